@@ -1,0 +1,1 @@
+//! Planned (issue 5): see the README of this crate.
