@@ -1,1 +1,17 @@
-//! Planned (issue 5): see the README of this crate.
+//! `dbfork-agent`: a preload for mariadbd that knows the identity of every InnoDB
+//! page read and shares clean pages between the instances of a family. See README.md.
+
+pub mod agent;
+pub mod config;
+pub mod directory;
+pub mod error;
+pub mod fdtable;
+pub mod page;
+pub mod pool;
+pub mod share;
+pub mod stats;
+
+#[cfg(not(test))]
+mod hooks;
+
+pub use error::{AgentError, Result};

@@ -1,1 +1,22 @@
-//! Planned: see the README of this crate.
+//! `pagetable`: which instance of a family holds which InnoDB page in memory.
+//!
+//! - [`PageTable`]: the in-process table (what `pagetabled` serves).
+//! - [`wire`]: the binary data-plane protocol.
+//! - [`transport`]: how connections reach the daemon (Unix socket now, Xen vchan planned).
+//! - [`client::Client`]: the blocking client the guest agent uses.
+//! - [`admin`]: the JSON-lines control protocol of the admin socket and its client.
+
+pub mod admin;
+pub mod client;
+mod error;
+mod ids;
+mod packed;
+mod stats;
+mod table;
+pub mod transport;
+pub mod wire;
+
+pub use error::{Error, Result};
+pub use ids::{DomainId, Entry, FamilyId, Frame, PageKey, Registration};
+pub use stats::FamilyStats;
+pub use table::{PageTable, TableConfig};

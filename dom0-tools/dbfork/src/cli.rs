@@ -1,0 +1,128 @@
+//! The command-line surface (clap derive). Verbs follow xl's habits: a verb, a name,
+//! `--json` for scripts.
+
+use crate::attach::FsType;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Fork warm read replicas of a running MariaDB/MySQL instance.
+#[derive(Parser, Debug)]
+#[command(name = "dbfork", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Store directory of volumes and runtime state.
+    #[arg(long, global = true, env = "DBFORK_STORE", default_value = crate::paths::DEFAULT_STORE)]
+    pub store: PathBuf,
+    /// Machine-readable output (JSON on stdout).
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// More log output (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Volumes, snapshots and lazy clones.
+    #[command(subcommand)]
+    Volume(VolumeCommand),
+    /// The end-to-end demonstration that the README's main command runs.
+    Demo(DemoArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Keep what the demo made instead of cleaning up.
+    #[arg(long)]
+    pub keep: bool,
+    /// Size of the demo volume.
+    #[arg(long, default_value = "1G", value_parser = size)]
+    pub size: u64,
+}
+
+fn size(s: &str) -> Result<u64, String> {
+    crate::units::parse_size(s)
+}
+
+fn rate(s: &str) -> Result<u64, String> {
+    let mib: f64 = s
+        .parse()
+        .map_err(|_| format!("rate {s:?}: expected MiB/s as a number, e.g. 100"))?;
+    if !(mib > 0.0 && mib.is_finite()) {
+        return Err(format!("rate {s:?}: must be a positive number of MiB/s"));
+    }
+    Ok((mib * 1024.0 * 1024.0) as u64)
+}
+
+#[derive(Subcommand, Debug)]
+pub enum VolumeCommand {
+    /// Create an empty volume.
+    Create {
+        name: String,
+        /// Size, e.g. 10G.
+        #[arg(long, value_parser = size)]
+        size: u64,
+    },
+    /// Import a raw image as a new volume (reflinked where the filesystem can, copied otherwise).
+    Import { name: String, file: PathBuf },
+    /// Take an instant snapshot of a volume (also while it is exported or attached).
+    Snapshot { volume: String, snapshot: String },
+    /// Make an instant, writable, lazily hydrated clone of a snapshot.
+    Clone {
+        snapshot: String,
+        new: String,
+        /// Do not hydrate in the background (on-demand only).
+        #[arg(long)]
+        no_hydrate: bool,
+        /// Background hydration limit in MiB/s.
+        #[arg(long, value_parser = rate)]
+        rate: Option<u64>,
+        /// Hydration region size (power of two, >= 4K).
+        #[arg(long, value_parser = size)]
+        region_size: Option<u64>,
+    },
+    /// Move byte ranges to the front of a clone's hydration queue.
+    Prefetch {
+        name: String,
+        /// File of `OFFSET LENGTH` lines (units allowed, # comments).
+        #[arg(long)]
+        ranges: PathBuf,
+    },
+    /// Size, hydration progress, fetch counts, rate, ETA, dependency.
+    Status {
+        name: String,
+        /// Redraw a progress bar until the volume is independent (Ctrl-C to stop).
+        #[arg(long)]
+        watch: bool,
+    },
+    /// List volumes, snapshots and clones.
+    List,
+    /// Delete a volume or snapshot.
+    Delete {
+        name: String,
+        /// For a snapshot with dependent clones: hydrate them fully first.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Serve a volume over NBD in the foreground (runs its hydrator too).
+    Export {
+        name: String,
+        /// unix:PATH or tcp:HOST:PORT (TCP binds loopback unless given another address).
+        #[arg(long)]
+        nbd: String,
+    },
+    /// Export a volume and mount its filesystem (nbdfuse + loop + mount).
+    Attach {
+        name: String,
+        mountpoint: PathBuf,
+        /// Make a new filesystem on it first (destroys its content).
+        #[arg(long, value_enum)]
+        mkfs: Option<FsType>,
+        /// Mount read-only.
+        #[arg(long)]
+        read_only: bool,
+    },
+    /// Unmount and stop the export of an attached volume.
+    Detach { name: String },
+}

@@ -1,0 +1,16 @@
+//! The `dbfork` library: everything the CLI does, so tests and other tools can call it.
+//!
+//! Control plane: `volume_cmd` (the `dbfork volume` verbs), `control` (the control
+//! socket of a running export). Data plane: `export` (NBD serving of one volume).
+//! Host plumbing: `attach` (nbdfuse + loop + mount), `tools` (running host commands).
+
+pub mod attach;
+pub mod control;
+pub mod export;
+pub mod cli;
+pub mod paths;
+pub mod tools;
+pub mod units;
+pub mod output;
+pub mod volume_cmd;
+pub mod demo;

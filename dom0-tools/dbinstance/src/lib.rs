@@ -1,0 +1,33 @@
+//! Control of local MariaDB server instances for dbfork: datadirs, start/stop,
+//! consistent points, replication, hot-page lists, file extents and sysbench.
+//! See README.md for what this crate owns and what it does not.
+
+pub mod config;
+pub mod consistent;
+pub mod error;
+pub mod fiemap;
+pub mod gtid;
+pub mod hotpages;
+pub mod instance;
+pub mod native_clone;
+pub mod preflight;
+pub mod replication;
+pub mod sql;
+pub mod sysbench;
+pub mod testing;
+mod tools;
+
+pub use config::InstanceConfig;
+pub use consistent::ConsistentPoint;
+pub use error::{Error, Result};
+pub use gtid::{Gtid, GtidPos};
+pub use hotpages::{
+    dump_buffer_pool, parse_buffer_pool_dump, tablespace_files, PageId, TablespaceFile,
+};
+pub use instance::{Instance, ReplCredentials, StartOptions, REPL_USER};
+pub use native_clone::{native_clone, NativeClone, NativeCloneTimings};
+pub use preflight::free_port;
+pub use replication::{
+    checksum_all_tables, configure_replica, next_server_id, replication_status, wait_caught_up,
+    ReplicationSource, ReplicationStatus,
+};

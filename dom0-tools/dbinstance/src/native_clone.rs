@@ -1,0 +1,219 @@
+//! The DBMS-native replica path, and the baseline dbfork is measured against:
+//! mariadb-backup --backup, --prepare, --copy-back, start, replicate.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::InstanceConfig;
+use crate::error::{Error, Result};
+use crate::gtid::GtidPos;
+use crate::instance::{prepare_empty_dir, Instance, StartOptions};
+use crate::replication::{configure_replica, ReplicationSource};
+use crate::tools::run;
+
+/// Wall time of each phase.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NativeCloneTimings {
+    pub backup_ms: u64,
+    pub prepare_ms: u64,
+    pub copy_back_ms: u64,
+    /// Server start until the first query answers.
+    pub start_ms: u64,
+    pub configure_ms: u64,
+    pub total_ms: u64,
+}
+
+/// A running replica made the native way.
+#[derive(Debug)]
+pub struct NativeClone {
+    pub instance: Instance,
+    /// The position the backup is consistent with (replication starts after it).
+    pub gtid: GtidPos,
+    pub timings: NativeCloneTimings,
+}
+
+/// Clones `source` into the (empty or missing) datadir of `new_cfg` with
+/// mariadb-backup, starts it with `start`, and makes it a read-only replica.
+/// The backup is staged in `new_cfg.run_dir/backup` and removed afterwards.
+pub fn native_clone(
+    source: &Instance,
+    new_cfg: InstanceConfig,
+    start: &StartOptions,
+) -> Result<NativeClone> {
+    new_cfg.validate()?;
+    source.require_binlog()?;
+    if new_cfg.server_id == source.config().server_id {
+        return Err(Error::InvalidConfig(format!(
+            "clone {} needs a server_id other than its source's ({})",
+            new_cfg.name, new_cfg.server_id
+        )));
+    }
+    prepare_empty_dir(&new_cfg.datadir)?;
+    let t_all = Instant::now();
+    let mut t = NativeCloneTimings::default();
+    let staging = new_cfg.run_dir.join("backup");
+    if staging.exists() {
+        return Err(Error::InvalidConfig(format!(
+            "backup staging dir {} already exists",
+            staging.display()
+        )));
+    }
+    let _cleanup = RemoveDirOnDrop(staging.clone());
+    let log = new_cfg.run_dir.join("mariadb-backup.log");
+
+    let t0 = Instant::now();
+    let mut cmd = Command::new("mariadb-backup");
+    cmd.arg(format!(
+        "--defaults-file={}",
+        source.config().cnf_path().display()
+    ))
+    .arg("--backup")
+    .arg(format!("--target-dir={}", staging.display()))
+    .arg(format!(
+        "--socket={}",
+        source.config().socket_path().display()
+    ))
+    .arg("--user=root")
+    .stdin(Stdio::null());
+    run_logged(&mut cmd, "mariadb-backup --backup", &log)?;
+    t.backup_ms = ms(t0.elapsed());
+
+    let t0 = Instant::now();
+    let mut cmd = Command::new("mariadb-backup");
+    cmd.arg("--no-defaults")
+        .arg("--prepare")
+        .arg(format!("--target-dir={}", staging.display()))
+        .stdin(Stdio::null());
+    run_logged(&mut cmd, "mariadb-backup --prepare", &log)?;
+    t.prepare_ms = ms(t0.elapsed());
+
+    let gtid = read_backup_gtid(&staging)?;
+
+    let instance = Instance::open(new_cfg)?;
+    let t0 = Instant::now();
+    let mut cmd = Command::new("mariadb-backup");
+    cmd.arg(format!(
+        "--defaults-file={}",
+        instance.config().cnf_path().display()
+    ))
+    .arg("--copy-back")
+    .arg(format!("--target-dir={}", staging.display()))
+    .stdin(Stdio::null());
+    run_logged(&mut cmd, "mariadb-backup --copy-back", &log)?;
+    t.copy_back_ms = ms(t0.elapsed());
+    instance.adopt_repl_secret(source.config())?;
+
+    let mut instance = instance;
+    let t0 = Instant::now();
+    instance.start_with(start)?;
+    t.start_ms = ms(t0.elapsed());
+
+    let t0 = Instant::now();
+    configure_replica(&instance, &ReplicationSource::of(source)?, &gtid)?;
+    t.configure_ms = ms(t0.elapsed());
+    t.total_ms = ms(t_all.elapsed());
+    tracing::info!(clone = instance.name(), gtid = %gtid, ?t, "native clone ready");
+    Ok(NativeClone {
+        instance,
+        gtid,
+        timings: t,
+    })
+}
+
+fn run_logged(cmd: &mut Command, what: &str, log: &Path) -> Result<()> {
+    let out = run(cmd, what, "mariadb-backup", None)?;
+    // mariadb-backup reports on stderr even on success; keep it for post-mortems.
+    let mut text = String::from_utf8_lossy(&out.stderr).into_owned();
+    text.insert_str(0, &format!("=== {what}\n"));
+    use std::io::Write;
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+    {
+        let _ = f.write_all(text.as_bytes());
+    }
+    Ok(())
+}
+
+/// The GTID position recorded by mariadb-backup (file name differs by version).
+pub fn read_backup_gtid(backup_dir: &Path) -> Result<GtidPos> {
+    for name in ["mariadb_backup_binlog_info", "xtrabackup_binlog_info"] {
+        let path = backup_dir.join(name);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => return parse_binlog_info(&text, &path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io(&path, e)),
+        }
+    }
+    Err(Error::Parse {
+        what: backup_dir.display().to_string(),
+        detail:
+            "no mariadb_backup_binlog_info or xtrabackup_binlog_info: was the source's binlog on?"
+                .into(),
+    })
+}
+
+/// `file<TAB>offset[<TAB>gtid_pos]`; no GTID field means an empty position.
+pub fn parse_binlog_info(text: &str, path: &Path) -> Result<GtidPos> {
+    let line = text
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .ok_or_else(|| Error::Parse {
+            what: path.display().to_string(),
+            detail: "empty file".into(),
+        })?;
+    let fields: Vec<&str> = line.split('\t').collect();
+    if fields.len() < 2 || fields[1].trim().parse::<u64>().is_err() {
+        return Err(Error::Parse {
+            what: path.display().to_string(),
+            detail: format!("expected file<TAB>offset[<TAB>gtid], got {line:?}"),
+        });
+    }
+    GtidPos::parse(fields.get(2).copied().unwrap_or(""))
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+struct RemoveDirOnDrop(PathBuf);
+
+impl Drop for RemoveDirOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_binlog_info_variants() {
+        let p = Path::new("x");
+        assert_eq!(
+            parse_binlog_info("binlog.000002\t1234\t0-1-17\n", p).unwrap(),
+            GtidPos::parse("0-1-17").unwrap()
+        );
+        assert_eq!(
+            parse_binlog_info("binlog.000002\t1234\t0-1-17,3-2-5", p)
+                .unwrap()
+                .to_string(),
+            "0-1-17,3-2-5"
+        );
+        assert!(parse_binlog_info("binlog.000001\t329\n", p)
+            .unwrap()
+            .is_empty());
+        assert!(parse_binlog_info("binlog.000001\t329\t\n", p)
+            .unwrap()
+            .is_empty());
+        assert!(parse_binlog_info("", p).is_err());
+        assert!(parse_binlog_info("garbage", p).is_err());
+        assert!(parse_binlog_info("f\tnotanumber\t0-1-1", p).is_err());
+        assert!(parse_binlog_info("f\t1\tzz", p).is_err());
+    }
+}

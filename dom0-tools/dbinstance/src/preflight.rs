@@ -1,0 +1,142 @@
+//! Checks before a server starts: is the port free, is the datadir locked by a live
+//! server, is a pid ours.
+
+use std::net::TcpListener;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+/// Fails with `PortInUse` when something already listens on `addr:port`.
+pub fn check_port_free(addr: &str, port: u16) -> Result<()> {
+    match TcpListener::bind((addr, port)) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(Error::PortInUse {
+            addr: addr.to_string(),
+            port,
+            detail: String::new(),
+        }),
+        Err(e) => Err(Error::InvalidConfig(format!(
+            "cannot bind {addr}:{port} to check it: {e}"
+        ))),
+    }
+}
+
+/// A free TCP port on 127.0.0.1 right now (the OS picks it; another process may still
+/// take it before the server binds, which start() then reports as PortInUse).
+pub fn free_port() -> Result<u16> {
+    let l = TcpListener::bind(("127.0.0.1", 0)).map_err(|e| Error::io("127.0.0.1:0", e))?;
+    let port = l
+        .local_addr()
+        .map_err(|e| Error::io("127.0.0.1:0", e))?
+        .port();
+    Ok(port)
+}
+
+/// The pid of a live process holding InnoDB's write lock on `datadir/ibdata1`, which
+/// every running mariadbd takes on its system tablespace.
+pub fn datadir_lock_holder(datadir: &Path) -> Result<Option<i32>> {
+    let path = datadir.join("ibdata1");
+    let file = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(&path, e)),
+    };
+    // SAFETY: flock is plain old data; zeroed is a valid value for every field.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = 0;
+    fl.l_len = 0;
+    // SAFETY: the fd is open for the duration of the call and `fl` is a valid,
+    // exclusively borrowed flock the kernel fills in.
+    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETLK, &mut fl) };
+    if rc != 0 {
+        return Err(Error::io(&path, std::io::Error::last_os_error()));
+    }
+    if fl.l_type == libc::F_UNLCK as libc::c_short {
+        Ok(None)
+    } else {
+        Ok(Some(fl.l_pid))
+    }
+}
+
+/// True when `pid` is a live (not zombie) process whose command line contains `needle`.
+pub(crate) fn process_matches(pid: i32, needle: &str) -> bool {
+    if pid <= 0 || !process_alive(pid) {
+        return false;
+    }
+    match std::fs::read(format!("/proc/{pid}/cmdline")) {
+        Ok(raw) => raw.split(|b| *b == 0).any(|arg| arg == needle.as_bytes()),
+        Err(_) => false,
+    }
+}
+
+/// True when `pid` exists and is not a zombie.
+pub(crate) fn process_alive(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state follows the parenthesised comm, which may itself contain spaces.
+    match stat.rfind(')') {
+        Some(i) => !matches!(
+            stat[i + 1..].trim_start().chars().next(),
+            Some('Z') | Some('X') | None
+        ),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bound_port_is_reported_in_use() {
+        let l = TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        let port = l.local_addr().unwrap().port();
+        let err = check_port_free("127.0.0.1", port).unwrap_err();
+        assert!(matches!(err, Error::PortInUse { port: p, .. } if p == port));
+        assert!(err.to_string().contains(&port.to_string()));
+        drop(l);
+        check_port_free("127.0.0.1", port).unwrap();
+    }
+
+    #[test]
+    fn lock_holder_seen_from_other_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let ib = dir.path().join("ibdata1");
+        std::fs::write(&ib, b"x").unwrap();
+        assert_eq!(datadir_lock_holder(dir.path()).unwrap(), None);
+        // flock(1) takes BSD locks, not fcntl ones; python's fcntl.lockf takes fcntl locks.
+        let mut child = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import fcntl,sys;f=open(sys.argv[1],'r+');fcntl.lockf(f,fcntl.LOCK_EX);print('locked',flush=True);sys.stdin.read()",
+            ])
+            .arg(&ib)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert_eq!(line.trim(), "locked");
+        let holder = datadir_lock_holder(dir.path()).unwrap();
+        drop(child.stdin.take());
+        child.wait().unwrap();
+        assert_eq!(holder, Some(child.id() as i32));
+    }
+
+    #[test]
+    fn own_process_alive_and_matches() {
+        let me = std::process::id() as i32;
+        assert!(process_alive(me));
+        assert!(!process_matches(me, "--definitely-not-an-arg"));
+        assert!(!process_alive(i32::MAX - 1));
+    }
+}

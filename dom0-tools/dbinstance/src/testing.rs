@@ -1,0 +1,155 @@
+//! Test support: instances in temp dirs that are stopped (or killed) and removed on
+//! Drop, also when the test panics. Used by this crate's tests and by dbfork's.
+
+use std::ops::{Deref, DerefMut};
+use std::path::Path;
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use crate::config::InstanceConfig;
+use crate::error::{Error, Result};
+use crate::instance::{Instance, StartOptions};
+use crate::preflight::free_port;
+
+/// How long Drop waits for a clean shutdown before SIGKILL.
+const DROP_STOP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Copies a running instance's datadir into the empty dir `dest` as an atomic volume
+/// snapshot would see it: the server is SIGSTOPped for the copy, so no file changes
+/// mid-copy. Like a snapshot, the copy is crash-consistent (it needs crash recovery
+/// when started). Returns how long the server was stopped. Stand-in for the volume
+/// snapshot in tests that must not depend on the volume engine.
+pub fn frozen_datadir_copy(source: &Instance, dest: &Path) -> Result<Duration> {
+    let pid = source
+        .pid()
+        .ok_or_else(|| Error::NotRunning(source.name().to_string()))?;
+    std::fs::create_dir_all(dest).map_err(|e| Error::io(dest, e))?;
+    let t0 = std::time::Instant::now();
+    // SAFETY: kill(2) with integers only.
+    if unsafe { libc::kill(pid, libc::SIGSTOP) } != 0 {
+        return Err(Error::io(
+            format!("/proc/{pid}"),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    struct Cont(i32);
+    impl Drop for Cont {
+        fn drop(&mut self) {
+            // SAFETY: as above; the server must never stay stopped, even on error.
+            unsafe { libc::kill(self.0, libc::SIGCONT) };
+        }
+    }
+    let _cont = Cont(pid);
+    let src = format!("{}/.", source.config().datadir.display());
+    let out = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&src)
+        .arg(dest)
+        .output()
+        .map_err(|e| Error::io("cp", e))?;
+    if !out.status.success() {
+        return Err(Error::CommandFailed {
+            what: format!("cp -a {src} {}", dest.display()),
+            status: out.status.to_string(),
+            output_tail: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
+    }
+    Ok(t0.elapsed())
+}
+
+/// Owns an [`Instance`] and its temp dir. Deref gives the instance.
+pub struct InstanceGuard {
+    instance: Instance,
+    dir: Option<TempDir>,
+}
+
+/// Start options for test servers: they die with the test process.
+pub fn test_start_options() -> StartOptions {
+    StartOptions {
+        die_with_parent: true,
+        ..StartOptions::default()
+    }
+}
+
+/// A new temp dir with a short path (sockets have a 107-byte limit).
+pub fn short_tempdir(prefix: &str) -> Result<TempDir> {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in("/tmp")
+        .map_err(|e| Error::io("/tmp", e))
+}
+
+/// A config in a fresh temp dir with a free port and small, test-sized settings
+/// (64 MiB pool, 16 MiB redo log).
+pub fn test_config(name: &str, server_id: u32) -> Result<(InstanceConfig, TempDir)> {
+    let dir = short_tempdir(&format!("dbi-{name}-"))?;
+    let mut cfg = InstanceConfig::in_dir(name, dir.path(), free_port()?, server_id);
+    cfg.extra
+        .insert("innodb_log_file_size".into(), "16M".into());
+    Ok((cfg, dir))
+}
+
+impl InstanceGuard {
+    /// Initialised and running, binlog on.
+    pub fn source(name: &str, server_id: u32) -> Result<Self> {
+        let (cfg, dir) = test_config(name, server_id)?;
+        Self::init_and_start(cfg, dir)
+    }
+
+    /// Init `cfg` (whose dirs should be inside `dir`) and start it.
+    pub fn init_and_start(cfg: InstanceConfig, dir: TempDir) -> Result<Self> {
+        let instance = Instance::init(cfg)?;
+        let mut g = InstanceGuard {
+            instance,
+            dir: Some(dir),
+        };
+        g.instance.start_with(&test_start_options())?;
+        Ok(g)
+    }
+
+    /// Takes ownership of an instance (running or not) and the dir to remove.
+    pub fn adopt(instance: Instance, dir: Option<TempDir>) -> Self {
+        InstanceGuard { instance, dir }
+    }
+
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_ref().map(|d| d.path())
+    }
+}
+
+impl Deref for InstanceGuard {
+    type Target = Instance;
+    fn deref(&self) -> &Instance {
+        &self.instance
+    }
+}
+
+impl DerefMut for InstanceGuard {
+    fn deref_mut(&mut self) -> &mut Instance {
+        &mut self.instance
+    }
+}
+
+impl Drop for InstanceGuard {
+    fn drop(&mut self) {
+        if self.instance.is_running() {
+            // A panicking test may have left the server mid-anything; a clean stop is
+            // polite, SIGKILL is the guarantee.
+            let res = if std::thread::panicking() {
+                self.instance.kill()
+            } else {
+                self.instance.stop_with_timeout(DROP_STOP_TIMEOUT)
+            };
+            if let Err(e) = res {
+                eprintln!(
+                    "InstanceGuard: stopping {} failed ({e}); killing",
+                    self.instance.name()
+                );
+                let _ = self.instance.kill();
+            }
+        }
+        // TempDir's own Drop removes the tree.
+        self.dir.take();
+    }
+}

@@ -1,0 +1,159 @@
+//! Real mariadbd processes: init, start, stop, kill, refusals.
+
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+
+use dbinstance::testing::{test_config, test_start_options, InstanceGuard};
+use dbinstance::{Error, GtidPos, Instance};
+
+#[test]
+fn init_start_query_stop_restart() {
+    let mut src = InstanceGuard::source("life", 11).unwrap();
+    assert!(src.is_running());
+    let v: String = src.query_scalar("SELECT VERSION()").unwrap().unwrap();
+    assert!(v.contains("MariaDB"), "{v}");
+    assert_eq!(
+        src.query_scalar::<i64>("SELECT @@server_id").unwrap(),
+        Some(11)
+    );
+    assert_eq!(
+        src.query_scalar::<i64>("SELECT @@innodb_use_native_aio")
+            .unwrap(),
+        Some(0)
+    );
+    assert!(src.has_binlog().unwrap());
+    assert!(src.gtid_binlog_pos().unwrap().is_empty());
+
+    src.exec("CREATE DATABASE d").unwrap();
+    src.exec("CREATE TABLE d.t (id INT PRIMARY KEY) ENGINE=InnoDB")
+        .unwrap();
+    src.exec("INSERT INTO d.t VALUES (1),(2)").unwrap();
+    let pos = src.gtid_binlog_pos().unwrap();
+    assert_eq!(pos, GtidPos::parse("0-11-3").unwrap());
+    assert_eq!(src.gtid_current_pos().unwrap(), pos);
+
+    // The replication secret is private and the account works over TCP.
+    let secret = src.config().repl_secret_path();
+    assert_eq!(
+        std::fs::metadata(&secret).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let creds = src.repl_credentials().unwrap();
+    let mut c = src.conn_tcp(&creds.user, &creds.password).unwrap();
+    assert_eq!(
+        dbinstance::sql::scalar::<String>(&mut c, "t", "SELECT CURRENT_USER()")
+            .unwrap()
+            .unwrap(),
+        "dbfork_repl@%"
+    );
+    assert!(src.conn_tcp(&creds.user, "wrong").is_err());
+
+    let pid = src.pid().unwrap();
+    src.stop().unwrap();
+    assert!(!src.is_running());
+    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
+    src.stop().unwrap(); // idempotent
+
+    src.start_with(&test_start_options()).unwrap();
+    assert_eq!(
+        src.query_scalar::<i64>("SELECT COUNT(*) FROM d.t").unwrap(),
+        Some(2)
+    );
+    assert_eq!(src.gtid_binlog_pos().unwrap(), pos);
+}
+
+#[test]
+fn kill_then_restart_recovers() {
+    let mut src = InstanceGuard::source("kill", 12).unwrap();
+    src.exec("CREATE DATABASE d").unwrap();
+    src.exec("CREATE TABLE d.t (id INT PRIMARY KEY) ENGINE=InnoDB")
+        .unwrap();
+    src.exec("INSERT INTO d.t VALUES (1),(2),(3)").unwrap();
+    src.kill().unwrap();
+    assert!(!src.is_running());
+    assert!(src.conn().is_err());
+    src.start_with(&test_start_options()).unwrap();
+    assert_eq!(
+        src.query_scalar::<i64>("SELECT COUNT(*) FROM d.t").unwrap(),
+        Some(3)
+    );
+}
+
+#[test]
+fn refuses_port_in_use_before_start() {
+    let (cfg, dir) = test_config("port", 13).unwrap();
+    let holder = TcpListener::bind(("127.0.0.1", cfg.port)).unwrap();
+    let port = cfg.port;
+    let inst = Instance::init(cfg).unwrap();
+    let mut g = InstanceGuard::adopt(inst, Some(dir));
+    let err = g.start_with(&test_start_options()).unwrap_err();
+    assert!(
+        matches!(err, Error::PortInUse { port: p, .. } if p == port),
+        "{err}"
+    );
+    assert!(err.to_string().contains(&format!("port {port}")), "{err}");
+    assert!(!g.is_running());
+    drop(holder);
+    g.start_with(&test_start_options()).unwrap();
+}
+
+#[test]
+fn refuses_datadir_of_live_server_and_double_start() {
+    let mut src = InstanceGuard::source("busy", 14).unwrap();
+    let err = src.start_with(&test_start_options()).unwrap_err();
+    assert!(matches!(err, Error::AlreadyRunning(_)), "{err}");
+
+    // A second config (other run dir, other port) pointing at the same datadir.
+    let (mut other, other_dir) = test_config("busy2", 15).unwrap();
+    other.datadir = src.config().datadir.clone();
+    let mut intruder = InstanceGuard::adopt(Instance::open(other).unwrap(), Some(other_dir));
+    let err = intruder.start_with(&test_start_options()).unwrap_err();
+    match &err {
+        Error::DatadirInUse { pid, .. } => assert_eq!(Some(*pid), src.pid()),
+        _ => panic!("expected DatadirInUse, got {err}"),
+    }
+    assert!(!intruder.is_running());
+    assert!(src.is_running());
+}
+
+#[test]
+fn init_refuses_non_empty_datadir_and_start_needs_init() {
+    let (cfg, _dir) = test_config("full", 16).unwrap();
+    std::fs::create_dir_all(&cfg.datadir).unwrap();
+    std::fs::write(cfg.datadir.join("junk"), b"x").unwrap();
+    let err = Instance::init(cfg.clone()).unwrap_err();
+    assert!(matches!(err, Error::DatadirNotEmpty(_)), "{err}");
+
+    let mut empty = cfg.clone();
+    empty.datadir = cfg.run_dir.join("empty");
+    std::fs::create_dir_all(&empty.datadir).unwrap();
+    let err = Instance::open(empty).unwrap().start().unwrap_err();
+    assert!(matches!(err, Error::DatadirNotInitialised(_)), "{err}");
+}
+
+#[test]
+fn startup_failure_carries_log_tail() {
+    let (mut cfg, dir) = test_config("badopt", 17).unwrap();
+    let inst = Instance::init(cfg.clone()).unwrap();
+    drop(inst);
+    cfg.extra.insert("innodb_no_such_option".into(), "1".into());
+    let mut g = InstanceGuard::adopt(Instance::open(cfg).unwrap(), Some(dir));
+    let err = g.start_with(&test_start_options()).unwrap_err();
+    assert!(matches!(err, Error::StartupExited { .. }), "{err}");
+    assert!(
+        err.to_string().contains("innodb_no_such_option")
+            || err.to_string().contains("unknown variable"),
+        "{err}"
+    );
+}
+
+#[test]
+fn source_without_binlog_is_reported() {
+    let (mut cfg, dir) = test_config("nobin", 18).unwrap();
+    cfg.binlog = false;
+    let src = InstanceGuard::init_and_start(cfg, dir).unwrap();
+    assert!(!src.has_binlog().unwrap());
+    let err = src.require_binlog().unwrap_err();
+    assert!(matches!(err, Error::NoBinlog(_)), "{err}");
+    assert!(err.to_string().contains("no binary log"));
+}

@@ -1,0 +1,305 @@
+//! Clone lifecycle: hydration, independence, prefetch, counters, busy/in-use rules.
+
+use std::time::{Duration, Instant};
+
+use lazyvol::{CloneOptions, Error, OpenOptions, Store, VolumeKind};
+
+fn pattern(seed: u8, off: u64, len: u64) -> Vec<u8> {
+    (off..off + len)
+        .map(|i| (i as u8).wrapping_mul(17).wrapping_add(seed) ^ ((i >> 9) as u8))
+        .collect()
+}
+
+/// Polls `cond` until it holds or `limit` passes.
+fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::yield_now();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A store with volume "v" (2 MiB of pattern 1) and its snapshot "s".
+fn store_with_snapshot() -> (tempfile::TempDir, Store, Vec<u8>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store.create("v", 2 << 20).unwrap();
+    let data = pattern(1, 0, 2 << 20);
+    {
+        let v = store.open_volume("v").unwrap();
+        v.write_at(&data, 0, false).unwrap();
+        v.flush().unwrap();
+    }
+    store.snapshot("v", "s").unwrap();
+    (dir, store, data)
+}
+
+fn opts(hydrate: bool, rate: Option<u64>, region_size: u64) -> CloneOptions {
+    CloneOptions {
+        hydrate,
+        rate,
+        region_size,
+    }
+}
+
+#[test]
+fn background_hydration_makes_clone_independent_and_snapshot_deletable() {
+    let (_d, store, data) = store_with_snapshot();
+    store.clone("s", "c", opts(true, None, 65536)).unwrap();
+    let st = store.status("c").unwrap();
+    assert_eq!(st.kind, VolumeKind::Clone);
+    assert_eq!(st.depends_on.as_deref(), Some("s"));
+    assert!(!st.independent);
+    assert_eq!(st.hydrated_bytes, 0);
+
+    match store.delete("s") {
+        Err(Error::SnapshotInUse { snapshot, clones }) => {
+            assert_eq!(snapshot, "s");
+            assert_eq!(clones, vec!["c".to_string()]);
+        }
+        other => panic!("expected SnapshotInUse, got {other:?}"),
+    }
+
+    let c = store.open_volume("c").unwrap();
+    wait_until(Duration::from_secs(30), "independence", || !c.dependent());
+    let st = c.status();
+    assert!(st.independent);
+    assert_eq!(st.hydrated_bytes, 2 << 20);
+    assert_eq!(st.background_fetches + st.on_demand_fetches, 32);
+    drop(c);
+
+    let on_disk = store.status("c").unwrap();
+    assert!(on_disk.independent && on_disk.depends_on.is_none());
+    store.delete("s").unwrap();
+    store.delete("v").unwrap();
+    // Only the clone's own layer is left.
+    assert_eq!(
+        std::fs::read_dir(store.root().join("layers"))
+            .unwrap()
+            .count(),
+        1
+    );
+    let c = store.open_volume("c").unwrap();
+    let mut buf = vec![0u8; 2 << 20];
+    c.read_at(&mut buf, 0).unwrap();
+    assert!(buf == data);
+}
+
+#[test]
+fn on_demand_reads_fetch_each_region_once() {
+    let (_d, store, data) = store_with_snapshot();
+    store.clone("s", "c", opts(false, None, 65536)).unwrap();
+    let c = store.open_volume("c").unwrap();
+    let mut buf = vec![0u8; 16384];
+    c.read_at(&mut buf, 70_000).unwrap();
+    assert!(buf[..] == data[70_000..70_000 + 16384]);
+    assert_eq!(c.counters().on_demand_fetches, 1);
+    c.read_at(&mut buf, 65536 + 100).unwrap();
+    assert_eq!(
+        c.counters().on_demand_fetches,
+        1,
+        "region 1 already hydrated"
+    );
+    // Spanning regions 1..=3: two new fetches.
+    let mut big = vec![0u8; 3 * 65536];
+    c.read_at(&mut big, 65536).unwrap();
+    assert_eq!(c.counters().on_demand_fetches, 3);
+    assert_eq!(c.counters().fetched_bytes, 3 * 65536);
+    assert_eq!(c.counters().background_fetches, 0);
+    c.flush().unwrap();
+    assert_eq!(c.committed_regions(), 3);
+    drop(c);
+    let st = store.status("c").unwrap();
+    assert_eq!(st.on_demand_fetches, 3);
+    assert_eq!(st.hydrated_bytes, 3 * 65536);
+}
+
+#[test]
+fn partial_writes_to_unhydrated_regions_keep_the_rest_of_the_region() {
+    let (_d, store, mut data) = store_with_snapshot();
+    store.clone("s", "c", opts(false, None, 65536)).unwrap();
+    let c = store.open_volume("c").unwrap();
+    let w = pattern(9, 0, 1000);
+    c.write_at(&w, 65536 + 5000, false).unwrap();
+    data[65536 + 5000..65536 + 6000].copy_from_slice(&w);
+    // A whole-region write is not a fetch.
+    let whole = pattern(3, 0, 65536);
+    c.write_at(&whole, 4 * 65536, false).unwrap();
+    data[4 * 65536..5 * 65536].copy_from_slice(&whole);
+    c.write_zeroes(10 * 65536 + 10, 65536, false).unwrap();
+    data[10 * 65536 + 10..11 * 65536 + 10].fill(0);
+    let n = c.counters();
+    assert_eq!(
+        n.on_demand_fetches, 3,
+        "partial write + two partial zero pieces"
+    );
+    let mut got = vec![0u8; 2 << 20];
+    c.read_at(&mut got, 0).unwrap();
+    assert!(got == data);
+}
+
+#[test]
+fn prefetch_moves_ranges_to_the_front() {
+    let (_d, store, _) = store_with_snapshot();
+    // 64 KiB/s: the sweep from region 0 would need ~8 s to reach the last region.
+    store
+        .clone("s", "c", opts(true, Some(64 * 1024), 16384))
+        .unwrap();
+    let c = store.open_volume("c").unwrap();
+    let last = (2 << 20) - 16384;
+    c.set_rate(Some(256 * 1024));
+    c.prefetch(&[(last, 16384)]).unwrap();
+    wait_until(Duration::from_secs(20), "prefetched region", || {
+        c.region_hydrated(last)
+    });
+    let st = c.status();
+    assert_eq!(st.on_demand_fetches, 0);
+    assert!(
+        st.background_fetches < 20,
+        "prefetched region came before most of the sweep ({} fetched)",
+        st.background_fetches
+    );
+    assert!(
+        c.prefetch(&[(2 << 20, 1)]).is_err(),
+        "out of range prefetch is an error"
+    );
+}
+
+#[test]
+fn hydrate_fully_reports_progress_and_frees_the_snapshot() {
+    let (_d, store, data) = store_with_snapshot();
+    store.clone("s", "c", opts(true, Some(1), 262144)).unwrap();
+    let mut calls = Vec::new();
+    store
+        .hydrate_fully("c", |done, total| calls.push((done, total)))
+        .unwrap();
+    assert_eq!(calls.last(), Some(&(8, 8)));
+    assert!(store.status("c").unwrap().independent);
+    assert!(store.dependents("s").unwrap().is_empty());
+    store.delete("s").unwrap();
+    let c = store.open_volume("c").unwrap();
+    let mut got = vec![0u8; 2 << 20];
+    c.read_at(&mut got, 0).unwrap();
+    assert!(got == data);
+}
+
+#[test]
+fn hydrator_races_with_partial_writes_from_many_threads() {
+    let (_d, store, data) = store_with_snapshot();
+    store.clone("s", "c", opts(true, None, 4096)).unwrap();
+    let c = store.open_volume("c").unwrap();
+    let mut model = data.clone();
+    let writes: Vec<(u64, Vec<u8>)> = (0..400u64)
+        .map(|i| {
+            let off = (i * 5237) % ((2 << 20) - 3000);
+            (off, pattern(i as u8, off, 100 + (i * 7) % 2900))
+        })
+        .collect();
+    // Threads write disjoint stripes so the model does not depend on interleaving.
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let c = &c;
+            let writes = &writes;
+            s.spawn(move || {
+                for (off, w) in writes.iter().filter(|(off, _)| (off / 524288) % 4 == t) {
+                    if (off + w.len() as u64 - 1) / 524288 % 4 == t {
+                        c.write_at(w, *off, false).unwrap();
+                    }
+                }
+            });
+        }
+    });
+    for (off, w) in &writes {
+        if (off / 524288) % 4 == (off + w.len() as u64 - 1) / 524288 % 4 {
+            model[*off as usize..*off as usize + w.len()].copy_from_slice(w);
+        }
+    }
+    let mut got = vec![0u8; 2 << 20];
+    c.read_at(&mut got, 0).unwrap();
+    assert!(got == model);
+    wait_until(Duration::from_secs(30), "independence", || !c.dependent());
+    c.read_at(&mut got, 0).unwrap();
+    assert!(got == model);
+}
+
+#[test]
+fn open_volumes_are_busy_and_names_are_checked() {
+    let (_d, store, _) = store_with_snapshot();
+    let v = store.open_volume("v").unwrap();
+    assert!(matches!(
+        store.open_volume("v"),
+        Err(Error::VolumeBusy { .. })
+    ));
+    match store.snapshot("v", "s2") {
+        Err(Error::VolumeBusy { name, pid }) => {
+            assert_eq!(name, "v");
+            assert_eq!(pid, Some(std::process::id()));
+        }
+        other => panic!("expected VolumeBusy, got {other:?}"),
+    }
+    assert!(matches!(store.delete("v"), Err(Error::VolumeBusy { .. })));
+    // The holder can snapshot.
+    v.snapshot("s2").unwrap();
+    assert!(matches!(v.snapshot("s2"), Err(Error::NameClash(_))));
+    drop(v);
+    // Snapshots can be opened by several readers at once.
+    let a = store.open_volume("s").unwrap();
+    let b = store.open_volume("s").unwrap();
+    assert!(a.read_only() && b.read_only());
+
+    assert!(matches!(store.status("nope"), Err(Error::UnknownVolume(_))));
+    assert!(matches!(store.create("v", 1), Err(Error::NameClash(_))));
+    assert!(matches!(
+        store.create("../x", 1),
+        Err(Error::InvalidName(_))
+    ));
+    assert!(matches!(store.create("z", 0), Err(Error::InvalidSize(0))));
+    assert!(matches!(
+        store.clone("v", "c", CloneOptions::default()),
+        Err(Error::NotASnapshot(_))
+    ));
+    assert!(matches!(
+        store.clone("s", "c", opts(true, None, 4096 + 512)),
+        Err(Error::InvalidRegionSize(_))
+    ));
+    let names: Vec<String> = store.list().unwrap().into_iter().map(|s| s.name).collect();
+    assert_eq!(names, ["s", "s2", "v"]);
+    let c = store.open_volume_with("s", OpenOptions::default()).unwrap();
+    let mut buf = [0u8; 10];
+    assert!(
+        c.read_at(&mut buf, (2 << 20) - 5).is_err(),
+        "read past the end"
+    );
+    assert!(c.write_at(&buf, 0, false).is_err());
+}
+
+#[test]
+fn snapshot_of_a_clone_while_it_hydrates() {
+    let (_d, store, data) = store_with_snapshot();
+    store
+        .clone("s", "c", opts(true, Some(512 * 1024), 65536))
+        .unwrap();
+    let c = store.open_volume("c").unwrap();
+    let mut model = data.clone();
+    let w = pattern(5, 0, 5000);
+    c.write_at(&w, 100_000, false).unwrap();
+    model[100_000..105_000].copy_from_slice(&w);
+    c.snapshot("cs").unwrap();
+    let after = pattern(6, 0, 5000);
+    c.write_at(&after, 100_000, false).unwrap();
+    c.set_rate(None);
+    wait_until(Duration::from_secs(30), "independence", || !c.dependent());
+    let cs = store.open_volume("cs").unwrap();
+    let mut got = vec![0u8; 2 << 20];
+    cs.read_at(&mut got, 0).unwrap();
+    assert!(
+        got == model,
+        "snapshot of the clone unchanged by later writes"
+    );
+    model[100_000..105_000].copy_from_slice(&after);
+    c.read_at(&mut got, 0).unwrap();
+    assert!(got == model);
+    // The clone's snapshot still reads through "s".
+    assert_eq!(store.status("cs").unwrap().depends_on.as_deref(), Some("s"));
+}

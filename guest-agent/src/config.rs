@@ -1,0 +1,111 @@
+//! Configuration from the environment of the preloaded server.
+
+use std::path::PathBuf;
+
+use crate::error::{AgentError, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Only identify files and count reads; never map or register anything.
+    Off,
+    /// Move verified page reads into the family pool and register them.
+    Source,
+    /// Serve reads from the pool when the share rule allows.
+    Replica,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub role: Role,
+    /// `DBFORK_PAGETABLE_SOCKET`: the page table daemon. Without it the directory is
+    /// the pool's own record file (see `directory::PoolIndex`).
+    pub pagetable_socket: Option<PathBuf>,
+    /// `DBFORK_SNAPSHOT_LSN`: the replica's snapshot LSN S. Required for a replica.
+    pub snapshot_lsn: Option<u64>,
+    /// `DBFORK_POOL_PATH`: the family pool file; its records live at `<path>.meta`.
+    pub pool_path: Option<PathBuf>,
+    /// `DBFORK_AGENT_STATS`: a JSON file rewritten periodically and at exit.
+    pub stats_path: Option<PathBuf>,
+    /// `DBFORK_FAMILY_EPOCH_FILE`: the family's clone-LSN counter (decimal u64).
+    pub epoch_file: Option<PathBuf>,
+}
+
+impl Config {
+    /// Reads the configuration through `get` (the process environment in the preload).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config> {
+        let path = |k: &str| get(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+        let role = match get("DBFORK_AGENT_ROLE").as_deref() {
+            None | Some("") | Some("off") => Role::Off,
+            Some("source") => Role::Source,
+            Some("replica") => Role::Replica,
+            Some(other) => {
+                return Err(AgentError::Config {
+                    var: "DBFORK_AGENT_ROLE",
+                    msg: format!("{other:?} is not one of source, replica, off"),
+                })
+            }
+        };
+        let snapshot_lsn = match get("DBFORK_SNAPSHOT_LSN").filter(|v| !v.is_empty()) {
+            None => None,
+            Some(v) => Some(v.trim().parse::<u64>().map_err(|e| AgentError::Config {
+                var: "DBFORK_SNAPSHOT_LSN",
+                msg: format!("{v:?}: {e}"),
+            })?),
+        };
+        let cfg = Config {
+            role,
+            pagetable_socket: path("DBFORK_PAGETABLE_SOCKET"),
+            snapshot_lsn,
+            pool_path: path("DBFORK_POOL_PATH"),
+            stats_path: path("DBFORK_AGENT_STATS"),
+            epoch_file: path("DBFORK_FAMILY_EPOCH_FILE"),
+        };
+        if cfg.role != Role::Off && cfg.pool_path.is_none() {
+            return Err(AgentError::Config {
+                var: "DBFORK_POOL_PATH",
+                msg: "required for the source and replica roles".into(),
+            });
+        }
+        if cfg.role == Role::Replica && cfg.snapshot_lsn.is_none() {
+            return Err(AgentError::Config {
+                var: "DBFORK_SNAPSHOT_LSN",
+                msg: "required for the replica role".into(),
+            });
+        }
+        if cfg.role == Role::Source && cfg.epoch_file.is_none() {
+            return Err(AgentError::Config {
+                var: "DBFORK_FAMILY_EPOCH_FILE",
+                msg: "required for the source role (valid_from of every frame)".into(),
+            });
+        }
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn cfg(pairs: &[(&str, &str)]) -> Result<Config> {
+        let m: HashMap<String, String> =
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::from_lookup(|k| m.get(k).cloned())
+    }
+
+    #[test]
+    fn roles_and_their_requirements() {
+        assert_eq!(cfg(&[]).unwrap().role, Role::Off);
+        assert!(cfg(&[("DBFORK_AGENT_ROLE", "boss")]).is_err());
+        assert!(cfg(&[("DBFORK_AGENT_ROLE", "replica"), ("DBFORK_POOL_PATH", "/p")]).is_err());
+        assert!(cfg(&[("DBFORK_AGENT_ROLE", "source"), ("DBFORK_POOL_PATH", "/p")]).is_err());
+        let r = cfg(&[
+            ("DBFORK_AGENT_ROLE", "replica"),
+            ("DBFORK_POOL_PATH", "/p"),
+            ("DBFORK_SNAPSHOT_LSN", "12345"),
+        ])
+        .unwrap();
+        assert_eq!(r.snapshot_lsn, Some(12345));
+        assert!(cfg(&[("DBFORK_SNAPSHOT_LSN", "12x")]).is_err());
+    }
+}

@@ -1,0 +1,305 @@
+//! The FFI edge: the libc functions mariadbd calls, exported so LD_PRELOAD puts them in
+//! front of glibc's. Each one resolves the real function with dlsym(RTLD_NEXT), runs the
+//! agent under catch_unwind (no panic may cross into the server) and a per-thread guard
+//! (the agent's own file I/O must not re-enter it), and falls back to the real call on
+//! any internal failure.
+
+use std::cell::Cell;
+use std::ffi::{c_char, c_int, c_void, CStr};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use libc::{mode_t, off_t, size_t, ssize_t};
+
+use crate::agent::{error_chain, Agent};
+use crate::config::Config;
+
+type OpenFn = unsafe extern "C" fn(*const c_char, c_int, mode_t) -> c_int;
+type OpenatFn = unsafe extern "C" fn(c_int, *const c_char, c_int, mode_t) -> c_int;
+type CloseFn = unsafe extern "C" fn(c_int) -> c_int;
+type PreadFn = unsafe extern "C" fn(c_int, *mut c_void, size_t, off_t) -> ssize_t;
+type PwriteFn = unsafe extern "C" fn(c_int, *const c_void, size_t, off_t) -> ssize_t;
+type IoSetupFn = unsafe extern "C" fn(c_int, *mut c_void) -> c_int;
+type UringInitFn = unsafe extern "C" fn(u32, *mut c_void, u32) -> c_int;
+
+struct Real {
+    open: OpenFn,
+    open64: OpenFn,
+    openat: OpenatFn,
+    openat64: OpenatFn,
+    close: CloseFn,
+    pread: PreadFn,
+    pread64: PreadFn,
+    pwrite: PwriteFn,
+    pwrite64: PwriteFn,
+    io_setup: Option<IoSetupFn>,
+    io_uring_queue_init: Option<UringInitFn>,
+}
+
+fn sym(name: &CStr) -> *mut c_void {
+    // SAFETY: dlsym with RTLD_NEXT and a NUL-terminated name has no other precondition.
+    unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) }
+}
+
+macro_rules! required {
+    ($name:literal) => {{
+        let p = sym($name);
+        if p.is_null() {
+            // glibc always has these; without them nothing can be forwarded.
+            std::process::abort();
+        }
+        // SAFETY: the symbol is glibc's function of this exact C signature.
+        unsafe { std::mem::transmute::<*mut c_void, _>(p) }
+    }};
+}
+
+macro_rules! optional {
+    ($name:literal) => {{
+        let p = sym($name);
+        // SAFETY: as above; absent when the server does not link the library.
+        (!p.is_null()).then(|| unsafe { std::mem::transmute::<*mut c_void, _>(p) })
+    }};
+}
+
+fn real() -> &'static Real {
+    static REAL: OnceLock<Real> = OnceLock::new();
+    REAL.get_or_init(|| Real {
+        open: required!(c"open"),
+        open64: required!(c"open64"),
+        openat: required!(c"openat"),
+        openat64: required!(c"openat64"),
+        close: required!(c"close"),
+        pread: required!(c"pread"),
+        pread64: required!(c"pread64"),
+        pwrite: required!(c"pwrite"),
+        pwrite64: required!(c"pwrite64"),
+        io_setup: optional!(c"io_setup"),
+        io_uring_queue_init: optional!(c"io_uring_queue_init"),
+    })
+}
+
+thread_local! {
+    static IN_AGENT: Cell<bool> = const { Cell::new(false) };
+}
+
+static AGENT: OnceLock<Agent> = OnceLock::new();
+
+fn init() -> Agent {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("DBFORK_AGENT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .try_init();
+    let config = match Config::from_lookup(|k| std::env::var(k).ok()) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("dbfork agent: bad configuration, sharing off: {}", error_chain(&e));
+            let mut c = Config::from_lookup(|_| None).expect("empty config is valid");
+            c.stats_path = std::env::var("DBFORK_AGENT_STATS").ok().map(Into::into);
+            c
+        }
+    };
+    let agent = Agent::new(config);
+    if agent.config.stats_path.is_some() {
+        // The server routes signals to one sigwait thread and blocks them everywhere
+        // else; our thread must not be a place a process signal can land, so it is
+        // created with every signal blocked (threads inherit the creator's mask).
+        // SAFETY: plain sigset manipulation on local values and this thread's mask.
+        let old = unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
+            old
+        };
+        let spawned = std::thread::Builder::new()
+            .name("dbfork-stats".into())
+            .spawn(|| {
+                IN_AGENT.with(|g| g.set(true));
+                loop {
+                    // A periodic dump, not synchronisation.
+                    std::thread::sleep(Duration::from_millis(200));
+                    if let Some(a) = AGENT.get() {
+                        a.write_stats();
+                    }
+                }
+            });
+        // SAFETY: restoring the mask saved above.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+        if let Err(e) = spawned {
+            tracing::warn!("dbfork agent: no stats thread: {e}");
+        }
+        // SAFETY: registering a plain extern "C" fn with no captured state.
+        unsafe { libc::atexit(write_stats_at_exit) };
+    }
+    agent
+}
+
+extern "C" fn write_stats_at_exit() {
+    let _ = catch_unwind(|| {
+        IN_AGENT.with(|g| g.set(true));
+        if let Some(a) = AGENT.get() {
+            a.write_stats();
+        }
+    });
+}
+
+/// Runs `f` with the agent unless this thread is already inside the agent. None means
+/// "do the plain real call".
+fn with_agent<R>(f: impl FnOnce(&Agent) -> R) -> Option<R> {
+    if IN_AGENT.with(|g| g.replace(true)) {
+        return None;
+    }
+    let r = catch_unwind(AssertUnwindSafe(|| f(AGENT.get_or_init(init))));
+    IN_AGENT.with(|g| g.set(false));
+    r.ok()
+}
+
+fn after_open(fd: c_int, path: *const c_char) {
+    if fd < 0 || path.is_null() {
+        return;
+    }
+    with_agent(|a| {
+        // SAFETY: the server passed a NUL-terminated path that open just accepted.
+        let p = unsafe { CStr::from_ptr(path) }.to_bytes();
+        a.on_open(fd, p, |buf, off| {
+            // SAFETY: buf is a live, writable slice of buf.len() bytes.
+            unsafe { (real().pread64)(fd, buf.as_mut_ptr().cast(), buf.len(), off) }
+        });
+    });
+}
+
+macro_rules! open_hook {
+    ($name:ident) => {
+        /// # Safety
+        /// Called by C code with open(2)'s contract. The variadic mode argument is read
+        /// as a fixed third argument: on x86_64 and aarch64 Linux it travels in the
+        /// same register either way, and is ignored unless O_CREAT/O_TMPFILE is set.
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(path: *const c_char, flags: c_int, mode: mode_t) -> c_int {
+            // SAFETY: forwarding the caller's arguments unchanged.
+            let fd = unsafe { (real().$name)(path, flags, mode) };
+            after_open(fd, path);
+            fd
+        }
+    };
+}
+
+macro_rules! openat_hook {
+    ($name:ident) => {
+        /// # Safety
+        /// As for `open`, with openat(2)'s contract.
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(
+            dirfd: c_int,
+            path: *const c_char,
+            flags: c_int,
+            mode: mode_t,
+        ) -> c_int {
+            // SAFETY: forwarding the caller's arguments unchanged.
+            let fd = unsafe { (real().$name)(dirfd, path, flags, mode) };
+            after_open(fd, path);
+            fd
+        }
+    };
+}
+
+open_hook!(open);
+open_hook!(open64);
+openat_hook!(openat);
+openat_hook!(openat64);
+
+/// # Safety
+/// close(2)'s contract.
+#[no_mangle]
+pub unsafe extern "C" fn close(fd: c_int) -> c_int {
+    // Forget the fd first: once closed, the number can be reused by another thread.
+    with_agent(|a| a.on_close(fd));
+    // SAFETY: forwarding.
+    unsafe { (real().close)(fd) }
+}
+
+macro_rules! pread_hook {
+    ($name:ident) => {
+        /// # Safety
+        /// pread(2)'s contract: `buf` is writable for `count` bytes.
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(fd: c_int, buf: *mut c_void, count: size_t, off: off_t) -> ssize_t {
+            let done = Cell::new(None);
+            let r = with_agent(|a| {
+                let real_call = || {
+                    // SAFETY: forwarding the caller's arguments unchanged.
+                    let n = unsafe { (real().$name)(fd, buf, count, off) };
+                    done.set(Some((n, std::io::Error::last_os_error().raw_os_error())));
+                    n
+                };
+                // SAFETY: the caller's buffer contract is forwarded.
+                unsafe { a.on_pread(fd, buf.cast(), count, off, real_call) }
+            });
+            match (r, done.get()) {
+                (Some(n), _) => n,
+                // The agent failed after the real read: return that read's result.
+                (None, Some((n, errno))) => {
+                    if let Some(e) = errno {
+                        // SAFETY: errno is thread-local; restoring the real call's value.
+                        unsafe { *libc::__errno_location() = e };
+                    }
+                    n
+                }
+                // SAFETY: forwarding.
+                (None, None) => unsafe { (real().$name)(fd, buf, count, off) },
+            }
+        }
+    };
+}
+
+pread_hook!(pread);
+pread_hook!(pread64);
+
+macro_rules! pwrite_hook {
+    ($name:ident) => {
+        /// # Safety
+        /// pwrite(2)'s contract.
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(fd: c_int, buf: *const c_void, count: size_t, off: off_t) -> ssize_t {
+            with_agent(|a| a.on_pwrite(fd, count, off));
+            // SAFETY: forwarding.
+            unsafe { (real().$name)(fd, buf, count, off) }
+        }
+    };
+}
+
+pwrite_hook!(pwrite);
+pwrite_hook!(pwrite64);
+
+/// libaio's io_setup: native AIO bypasses the agent, so sharing must go off.
+///
+/// # Safety
+/// libaio's contract.
+#[no_mangle]
+pub unsafe extern "C" fn io_setup(nr: c_int, ctx: *mut c_void) -> c_int {
+    with_agent(|a| a.on_native_aio("libaio"));
+    match real().io_setup {
+        // SAFETY: forwarding.
+        Some(f) => unsafe { f(nr, ctx) },
+        None => -libc::ENOSYS,
+    }
+}
+
+/// liburing's io_uring_queue_init: as for `io_setup`.
+///
+/// # Safety
+/// liburing's contract.
+#[no_mangle]
+pub unsafe extern "C" fn io_uring_queue_init(entries: u32, ring: *mut c_void, flags: u32) -> c_int {
+    with_agent(|a| a.on_native_aio("io_uring"));
+    match real().io_uring_queue_init {
+        // SAFETY: forwarding.
+        Some(f) => unsafe { f(entries, ring, flags) },
+        None => -libc::ENOSYS,
+    }
+}

@@ -1,0 +1,309 @@
+//! The family page pool: a file (on tmpfs, /dev/shm) of 16 KiB slots holding clean page
+//! bytes, mapped MAP_PRIVATE over buffer-pool frames of the source and the replicas, plus
+//! a record file (`<pool>.meta`, 32 bytes per slot) saying what each slot holds and
+//! from when it is valid.
+//!
+//! Why a named file and not a memfd: the replicas are separate processes started by
+//! dbfork, not children of the source, and the page table daemon does not pass fds;
+//! a path in /dev/shm is reachable by every member and removable by dbfork.
+//!
+//! Lifetime rule: a slot is written once (before it is registered) and never changed,
+//! punched or truncated; the pool only grows. dbfork unlinks the pool and its record
+//! file when it destroys the family; mappers keep the pages alive after the unlink (a
+//! tmpfs inode lives until its last mapping is gone), so no live process ever sees a
+//! page change or turn to zeros under it.
+//!
+//! One writer: only the source appends (its agent owns the slot counter, resumed from
+//! the file sizes when a source restarts).
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::error::{AgentError, Result};
+
+/// Every pool slot is one 16 KiB page; other page sizes are not shared.
+pub const POOL_PAGE: usize = 16384;
+pub const RECORD_LEN: usize = 32;
+const RECORD_MAGIC: u32 = 0xDBF0_0001;
+
+/// What a slot holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolRecord {
+    pub space_id: u32,
+    pub page_no: u32,
+    pub lsn: u64,
+    /// The family clone-LSN counter read before the read that produced these bytes.
+    pub valid_from: u64,
+}
+
+impl PoolRecord {
+    pub fn encode(&self) -> [u8; RECORD_LEN] {
+        let mut b = [0u8; RECORD_LEN];
+        b[0..4].copy_from_slice(&self.space_id.to_le_bytes());
+        b[4..8].copy_from_slice(&self.page_no.to_le_bytes());
+        b[8..16].copy_from_slice(&self.lsn.to_le_bytes());
+        b[16..24].copy_from_slice(&self.valid_from.to_le_bytes());
+        b[24..28].copy_from_slice(&RECORD_MAGIC.to_le_bytes());
+        let crc = crc32c::crc32c(&b[..28]);
+        b[28..32].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    /// None for a slot whose record is not (completely) written yet or is damaged.
+    pub fn decode(b: &[u8]) -> Option<PoolRecord> {
+        if b.len() < RECORD_LEN {
+            return None;
+        }
+        let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap());
+        let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap());
+        if u32_at(24) != RECORD_MAGIC || u32_at(28) != crc32c::crc32c(&b[..28]) {
+            return None;
+        }
+        Some(PoolRecord {
+            space_id: u32_at(0),
+            page_no: u32_at(4),
+            lsn: u64_at(8),
+            valid_from: u64_at(16),
+        })
+    }
+}
+
+pub fn meta_path(pool: &Path) -> PathBuf {
+    let mut s = pool.as_os_str().to_owned();
+    s.push(".meta");
+    PathBuf::from(s)
+}
+
+pub struct Pool {
+    data: File,
+    meta: File,
+    next_slot: AtomicU64,
+}
+
+impl Pool {
+    /// Opens (creating when `create`) the pool and its record file.
+    pub fn open(path: &Path, create: bool) -> Result<Pool> {
+        let open = |p: &Path| {
+            OpenOptions::new()
+                .read(true)
+                .write(create)
+                .create(create)
+                .mode(0o600)
+                .custom_flags(libc::O_CLOEXEC)
+                .open(p)
+                .map_err(|e| AgentError::io(format!("opening pool file {}", p.display()), e))
+        };
+        let data = open(path)?;
+        let meta = open(&meta_path(path))?;
+        let len = |f: &File| f.metadata().map(|m| m.len()).unwrap_or(0);
+        // A source restarting after a crash resumes after every slot either file has
+        // touched, so a half-appended slot is never reused.
+        let next = (len(&data).div_ceil(POOL_PAGE as u64)).max(len(&meta).div_ceil(RECORD_LEN as u64));
+        Ok(Pool {
+            data,
+            meta,
+            next_slot: AtomicU64::new(next),
+        })
+    }
+
+    pub fn fd(&self) -> i32 {
+        self.data.as_raw_fd()
+    }
+
+    pub fn slots_used(&self) -> u64 {
+        self.next_slot.load(Ordering::Relaxed)
+    }
+
+    /// Appends a page and then its record; returns the slot's byte offset. The record
+    /// is written last, so a reader that sees a valid record sees the whole page.
+    pub fn append(&self, page: &[u8], rec: PoolRecord) -> Result<u64> {
+        if page.len() != POOL_PAGE {
+            return Err(AgentError::Config {
+                var: "page size",
+                msg: format!("pool holds {POOL_PAGE}-byte pages, got {}", page.len()),
+            });
+        }
+        let slot = self.next_slot.fetch_add(1, Ordering::Relaxed);
+        let off = slot * POOL_PAGE as u64;
+        self.data
+            .write_all_at(page, off)
+            .map_err(|e| AgentError::io("writing a page into the pool", e))?;
+        self.meta
+            .write_all_at(&rec.encode(), slot * RECORD_LEN as u64)
+            .map_err(|e| AgentError::io("writing a pool record", e))?;
+        Ok(off)
+    }
+
+    /// The record of the slot at byte offset `off`, if it is complete.
+    pub fn record_at(&self, off: u64) -> Result<Option<PoolRecord>> {
+        if off % POOL_PAGE as u64 != 0 {
+            return Ok(None);
+        }
+        let slot = off / POOL_PAGE as u64;
+        let mut b = [0u8; RECORD_LEN];
+        match self.meta.read_exact_at(&mut b, slot * RECORD_LEN as u64) {
+            Ok(()) => Ok(PoolRecord::decode(&b)),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
+            Err(e) => Err(AgentError::io("reading a pool record", e)),
+        }
+    }
+
+    /// Complete records from slot `from` on, stopping at the first incomplete one.
+    pub fn records_from(&self, from: u64, max: usize) -> Result<Vec<(u64, PoolRecord)>> {
+        let mut buf = vec![0u8; max * RECORD_LEN];
+        let n = self
+            .meta
+            .read_at(&mut buf, from * RECORD_LEN as u64)
+            .map_err(|e| AgentError::io("reading pool records", e))?;
+        let mut out = Vec::new();
+        for (i, chunk) in buf[..n].chunks_exact(RECORD_LEN).enumerate() {
+            match PoolRecord::decode(chunk) {
+                Some(r) => out.push((from + i as u64, r)),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// Copies the bytes of the slot at `off` into `dst`.
+    pub fn read_slot(&self, off: u64, dst: &mut [u8]) -> Result<()> {
+        self.data
+            .read_exact_at(dst, off)
+            .map_err(|e| AgentError::io("reading a pool slot", e))
+    }
+
+    /// Maps the pool slot at `off` copy-on-write over `dst` (one pool page).
+    ///
+    /// # Safety
+    /// `dst` must be page-aligned, `POOL_PAGE` bytes long, and owned by the caller for
+    /// the duration (no other thread may use those bytes while they are replaced).
+    pub unsafe fn map_over(&self, dst: *mut u8, off: u64) -> Result<()> {
+        // SAFETY: the caller owns [dst, dst + POOL_PAGE); MAP_FIXED replaces exactly that
+        // range with a private view of the slot, whose bytes never change (lifetime rule).
+        let p = unsafe {
+            libc::mmap(
+                dst.cast(),
+                POOL_PAGE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_FIXED,
+                self.data.as_raw_fd(),
+                off as libc::off_t,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(AgentError::last_os("mapping a pool page over a frame"));
+        }
+        Ok(())
+    }
+}
+
+/// Replaces a frame with fresh anonymous memory (undoing `map_over`).
+///
+/// # Safety
+/// As for `Pool::map_over`.
+pub unsafe fn anon_over(dst: *mut u8, len: usize) -> Result<()> {
+    // SAFETY: the caller owns [dst, dst + len); the range becomes private zero pages.
+    let p = unsafe {
+        libc::mmap(
+            dst.cast(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(AgentError::last_os("replacing a frame with anonymous memory"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::page::testpage::full_crc32_page;
+
+    /// A page-aligned anonymous buffer, unmapped on drop.
+    pub(crate) struct Frame(*mut u8, usize);
+    impl Frame {
+        pub fn new(len: usize) -> Frame {
+            // SAFETY: fresh anonymous mapping, owned by this struct.
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            assert_ne!(p, libc::MAP_FAILED);
+            Frame(p.cast(), len)
+        }
+        pub fn bytes(&mut self) -> &mut [u8] {
+            // SAFETY: the mapping is live and exclusively ours.
+            unsafe { std::slice::from_raw_parts_mut(self.0, self.1) }
+        }
+    }
+    impl Drop for Frame {
+        fn drop(&mut self) {
+            // SAFETY: unmapping our own mapping.
+            unsafe { libc::munmap(self.0.cast(), self.1) };
+        }
+    }
+
+    #[test]
+    fn records_round_trip_and_damage_is_detected() {
+        let r = PoolRecord { space_id: 7, page_no: 9, lsn: 1 << 40, valid_from: 55 };
+        let mut b = r.encode();
+        assert_eq!(PoolRecord::decode(&b), Some(r));
+        b[5] ^= 1;
+        assert_eq!(PoolRecord::decode(&b), None);
+        assert_eq!(PoolRecord::decode(&[0u8; 32]), None);
+        assert_eq!(PoolRecord::decode(&[0u8; 3]), None);
+    }
+
+    #[test]
+    fn writes_to_a_mapped_frame_stay_private_and_the_pool_keeps_its_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pool");
+        let pool = Pool::open(&path, true).unwrap();
+        let page = full_crc32_page(3, 4, 100);
+        let rec = PoolRecord { space_id: 3, page_no: 4, lsn: 100, valid_from: 90 };
+        let off = pool.append(&page, rec).unwrap();
+        assert_eq!(pool.record_at(off).unwrap(), Some(rec));
+
+        let mut a = Frame::new(POOL_PAGE);
+        let mut b = Frame::new(POOL_PAGE);
+        // SAFETY: both frames are ours, aligned, one pool page long.
+        unsafe {
+            pool.map_over(a.0, off).unwrap();
+            pool.map_over(b.0, off).unwrap();
+        }
+        assert_eq!(a.bytes(), &page[..]);
+        a.bytes()[100] ^= 0xff; // the "server" modifies its frame
+        assert_ne!(a.bytes()[100], page[100]);
+        assert_eq!(b.bytes(), &page[..], "other mapper sees its own bytes");
+        let on_disk = std::fs::read(&path).unwrap();
+        assert_eq!(&on_disk[off as usize..off as usize + POOL_PAGE], &page[..]);
+
+        // A reopened pool (a restarted source) appends after the existing slot.
+        drop(pool);
+        let pool = Pool::open(&path, true).unwrap();
+        assert_eq!(pool.slots_used(), 1);
+        let recs = pool.records_from(0, 8).unwrap();
+        assert_eq!(recs, vec![(0, rec)]);
+
+        // Unlinking the pool (family destroyed) does not change a live mapping.
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(b.bytes(), &page[..]);
+        // SAFETY: as above.
+        unsafe { anon_over(b.0, POOL_PAGE).unwrap() };
+        assert!(b.bytes().iter().all(|&x| x == 0));
+    }
+}

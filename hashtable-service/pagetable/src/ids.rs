@@ -1,0 +1,82 @@
+//! Identities and values of the page table: who holds which page, in which frame.
+
+use serde::{Deserialize, Serialize};
+
+/// A family: the source instance and every replica cloned from it (DESIGN.md invariant 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct FamilyId(pub u32);
+
+/// A domain: one DBMS instance (a process for `local`, a domU for `xen`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct DomainId(pub u32);
+
+impl std::fmt::Display for FamilyId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "family {}", self.0)
+    }
+}
+
+impl std::fmt::Display for DomainId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "domain {}", self.0)
+    }
+}
+
+/// The data identity of an InnoDB page inside a family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PageKey {
+    pub family: FamilyId,
+    pub space_id: u32,
+    pub page_no: u32,
+}
+
+impl PageKey {
+    pub fn new(family: FamilyId, space_id: u32, page_no: u32) -> Self {
+        Self {
+            family,
+            space_id,
+            page_no,
+        }
+    }
+
+    /// The key inside one family's map; the family is implied by the map.
+    pub(crate) fn page_bits(&self) -> u64 {
+        (u64::from(self.space_id) << 32) | u64::from(self.page_no)
+    }
+
+    pub(crate) fn from_page_bits(family: FamilyId, bits: u64) -> Self {
+        Self::new(family, (bits >> 32) as u32, bits as u32)
+    }
+}
+
+/// Where a page lives in memory, one variant per substrate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Frame {
+    /// `local`: byte offset of the frame inside the family page pool (a memfd).
+    LocalPool { offset: u64 },
+    /// `xen` with memory sharing: guest frame number in the owner's physmap.
+    XenGfn { gfn: u64 },
+    /// `xen` PV: a grant reference issued by `domid`.
+    XenGrant { domid: u16, gref: u32 },
+}
+
+/// One frame that holds a copy of a page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Entry {
+    /// The domain whose memory the frame is.
+    pub owner: DomainId,
+    pub frame: Frame,
+    /// The InnoDB page LSN (FIL_PAGE_LSN) of the bytes in the frame.
+    pub lsn: u64,
+    /// Page size in bytes, a power of two from 512 to 65536.
+    pub page_size: u32,
+}
+
+/// A request to record that the calling domain holds `key` in `frame`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Registration {
+    pub key: PageKey,
+    pub frame: Frame,
+    pub lsn: u64,
+    pub page_size: u32,
+}

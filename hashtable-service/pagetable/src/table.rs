@@ -1,0 +1,478 @@
+//! The page table itself: per-family sharded maps plus a per-domain reverse index.
+//!
+//! Layout and locking, and why:
+//! - Each family owns its own `DashMap<page, Slot>`. The family wall (DESIGN.md
+//!   invariant 3) is structural: a lookup can only reach the map of the caller's family.
+//! - Each domain owns its reverse index frame -> page behind its own mutex. Only the
+//!   domain's own registrations and invalidations, and its removal, take that mutex, so
+//!   every change to a domain's entries is serialised, and the forward map and reverse
+//!   index agree whenever the mutex is free. Different domains never contend.
+//! - A lookup takes no mutex: two shard read locks (domain map, family page map) and
+//!   striped counters.
+//! - Hashing is aHash with a per-table random seed: several times cheaper than SipHash
+//!   on these u64 keys, and clients still cannot precompute colliding keys.
+//! - Membership changes (family create/add/remove/destroy, remove_domain) are rare and
+//!   take one control mutex, so they cannot interleave with each other.
+
+use ahash::RandomState;
+use dashmap::DashMap;
+use parking_lot::Mutex;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::ids::{DomainId, Entry, FamilyId, Frame, PageKey, Registration};
+use crate::packed::{pack_frame, unpack_frame, PackedEntry, PageShift, Slot};
+use crate::stats::{FamilyCounters, FamilyStats};
+
+/// Shards of a family's page map. Every lookup takes a shard read lock, an atomic
+/// write to the lock word; more shards make two cores rarely touch the same word.
+const PAGE_SHARDS: usize = 64;
+
+/// Settings of a table.
+#[derive(Debug, Clone, Copy)]
+pub struct TableConfig {
+    /// Most entries one domain may hold at once; registering more fails with
+    /// `Error::QuotaExceeded`.
+    pub quota_per_domain: usize,
+}
+
+impl Default for TableConfig {
+    fn default() -> Self {
+        // A 64 GiB buffer pool of 16 KiB pages.
+        Self {
+            quota_per_domain: 4 << 20,
+        }
+    }
+}
+
+struct FamilyState {
+    id: FamilyId,
+    pages: DashMap<u64, Slot, RandomState>,
+    /// Guarded in practice by `PageTable::control`; the mutex only satisfies Sync.
+    members: Mutex<BTreeSet<DomainId>>,
+    counters: FamilyCounters,
+}
+
+struct DomainState {
+    id: DomainId,
+    family: Arc<FamilyState>,
+    frames: Mutex<DomainFrames>,
+}
+
+#[derive(Default)]
+struct DomainFrames {
+    /// Packed frame -> page bits in the domain's family.
+    by_frame: HashMap<u64, u64, RandomState>,
+    /// Set once the domain left its family; later registrations must fail instead of
+    /// leaving entries nobody will remove.
+    removed: bool,
+}
+
+/// The page table. Cheap to share: put it in an `Arc`.
+pub struct PageTable {
+    families: DashMap<FamilyId, Arc<FamilyState>, RandomState>,
+    domains: DashMap<DomainId, Arc<DomainState>, RandomState>,
+    control: Mutex<()>,
+    config: TableConfig,
+}
+
+impl Default for PageTable {
+    fn default() -> Self {
+        Self::new(TableConfig::default())
+    }
+}
+
+impl PageTable {
+    pub fn new(config: TableConfig) -> Self {
+        Self {
+            families: DashMap::with_hasher(RandomState::new()),
+            domains: DashMap::with_hasher(RandomState::new()),
+            control: Mutex::new(()),
+            config,
+        }
+    }
+
+    pub fn config(&self) -> TableConfig {
+        self.config
+    }
+
+    // ---- control plane -------------------------------------------------------------
+
+    pub fn create_family(&self, family: FamilyId) -> Result<()> {
+        let _c = self.control.lock();
+        if self.families.contains_key(&family) {
+            return Err(Error::FamilyExists(family));
+        }
+        self.families.insert(
+            family,
+            Arc::new(FamilyState {
+                id: family,
+                pages: DashMap::with_hasher_and_shard_amount(RandomState::new(), PAGE_SHARDS),
+                members: Mutex::new(BTreeSet::new()),
+                counters: FamilyCounters::default(),
+            }),
+        );
+        Ok(())
+    }
+
+    /// Removes the family, its members' memberships and all its entries.
+    pub fn destroy_family(&self, family: FamilyId) -> Result<()> {
+        let _c = self.control.lock();
+        let (_, fam) = self
+            .families
+            .remove(&family)
+            .ok_or(Error::UnknownFamily(family))?;
+        let members = std::mem::take(&mut *fam.members.lock());
+        for d in members {
+            if let Some((_, dom)) = self.domains.remove(&d) {
+                self.drop_entries(&dom, true);
+            }
+        }
+        fam.pages.clear();
+        Ok(())
+    }
+
+    /// Makes `domain` a member of `family`. A domain belongs to at most one family.
+    pub fn add_to_family(&self, family: FamilyId, domain: DomainId) -> Result<()> {
+        let _c = self.control.lock();
+        let fam = self
+            .families
+            .get(&family)
+            .map(|f| f.clone())
+            .ok_or(Error::UnknownFamily(family))?;
+        if let Some(existing) = self.domains.get(&domain) {
+            return Err(Error::AlreadyInFamily {
+                domain,
+                family: existing.family.id,
+            });
+        }
+        fam.members.lock().insert(domain);
+        self.domains.insert(
+            domain,
+            Arc::new(DomainState {
+                id: domain,
+                family: fam,
+                frames: Mutex::new(DomainFrames::default()),
+            }),
+        );
+        Ok(())
+    }
+
+    /// Takes `domain` out of `family`, dropping its entries.
+    pub fn remove_from_family(&self, family: FamilyId, domain: DomainId) -> Result<usize> {
+        let _c = self.control.lock();
+        match self.domains.get(&domain) {
+            None => return Err(Error::UnknownDomain(domain)),
+            Some(d) if d.family.id != family => return Err(Error::NotInFamily { domain, family }),
+            Some(_) => {}
+        }
+        Ok(self.remove_domain_locked(domain))
+    }
+
+    /// Drops every entry of `domain` and its family membership.
+    pub fn remove_domain(&self, domain: DomainId) -> Result<usize> {
+        let _c = self.control.lock();
+        if !self.domains.contains_key(&domain) {
+            return Err(Error::UnknownDomain(domain));
+        }
+        Ok(self.remove_domain_locked(domain))
+    }
+
+    fn remove_domain_locked(&self, domain: DomainId) -> usize {
+        let Some((_, dom)) = self.domains.remove(&domain) else {
+            return 0;
+        };
+        dom.family.members.lock().remove(&domain);
+        self.drop_entries(&dom, true)
+    }
+
+    /// Drops every entry of `domain` but keeps it in its family (a client that
+    /// disconnected may come back and register again).
+    pub fn clear_domain(&self, domain: DomainId) -> Result<usize> {
+        let dom = self.domain(domain)?;
+        Ok(self.drop_entries(&dom, false))
+    }
+
+    fn drop_entries(&self, dom: &DomainState, mark_removed: bool) -> usize {
+        let mut frames = dom.frames.lock();
+        if mark_removed {
+            frames.removed = true;
+        }
+        let n = frames.by_frame.len();
+        for (frame, page) in frames.by_frame.drain() {
+            remove_from_slot(&dom.family.pages, page, dom.id.0, frame);
+        }
+        dom.family
+            .counters
+            .entries
+            .fetch_sub(n as i64, Ordering::Relaxed);
+        n
+    }
+
+    // ---- data plane ----------------------------------------------------------------
+
+    fn domain(&self, domain: DomainId) -> Result<Arc<DomainState>> {
+        self.domains
+            .get(&domain)
+            .map(|d| d.clone())
+            .ok_or(Error::UnknownDomain(domain))
+    }
+
+    pub fn register(&self, domain: DomainId, reg: Registration) -> Result<()> {
+        self.register_many(domain, std::slice::from_ref(&reg))
+            .map(|_| ())
+    }
+
+    /// Registers frames of `domain`. Re-registering a frame moves it to the new key
+    /// (or updates its LSN). The whole batch is validated first; only the quota can
+    /// stop it midway, and then the entries before the failing one stay registered.
+    pub fn register_many(&self, domain: DomainId, regs: &[Registration]) -> Result<usize> {
+        let dom = self.domain(domain)?;
+        let family = dom.family.id;
+        let mut packed = Vec::with_capacity(regs.len());
+        for r in regs {
+            if r.key.family != family {
+                return Err(Error::NotInFamily {
+                    domain,
+                    family: r.key.family,
+                });
+            }
+            packed.push((
+                r.key.page_bits(),
+                PackedEntry {
+                    lsn: r.lsn,
+                    frame: pack_frame(r.frame)?,
+                    owner: domain.0,
+                    shift: PageShift::from_size(r.page_size)?,
+                },
+            ));
+        }
+        let pages = &dom.family.pages;
+        let mut frames = dom.frames.lock();
+        if frames.removed {
+            return Err(Error::UnknownDomain(domain));
+        }
+        for (done, (page, entry)) in packed.into_iter().enumerate() {
+            match frames.by_frame.get(&entry.frame).copied() {
+                Some(old) if old == page => {}
+                Some(old) => {
+                    remove_from_slot(pages, old, domain.0, entry.frame);
+                    frames.by_frame.insert(entry.frame, page);
+                }
+                None => {
+                    if frames.by_frame.len() >= self.config.quota_per_domain {
+                        return Err(Error::QuotaExceeded {
+                            domain,
+                            quota: self.config.quota_per_domain,
+                        })
+                        .inspect_err(|_| {
+                            tracing::debug!(%domain, done, "quota stopped a registration batch")
+                        });
+                    }
+                    frames.by_frame.insert(entry.frame, page);
+                    dom.family.counters.entries.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            match pages.entry(page) {
+                dashmap::Entry::Occupied(mut o) => o.get_mut().upsert(entry),
+                dashmap::Entry::Vacant(v) => {
+                    v.insert(Slot::One(entry));
+                }
+            }
+        }
+        Ok(regs.len())
+    }
+
+    /// The newest entry for `key` with page LSN <= `max_lsn`, if any domain of the
+    /// family holds one. `domain` is the caller; it must be a member of `key.family`.
+    pub fn lookup(&self, domain: DomainId, key: PageKey, max_lsn: u64) -> Result<Option<Entry>> {
+        let dom = self
+            .domains
+            .get(&domain)
+            .ok_or(Error::UnknownDomain(domain))?;
+        let fam = &dom.family;
+        if fam.id != key.family {
+            return Err(Error::NotInFamily {
+                domain,
+                family: key.family,
+            });
+        }
+        let found = fam
+            .pages
+            .get(&key.page_bits())
+            .and_then(|s| s.best(max_lsn).map(PackedEntry::unpack));
+        let c = &fam.counters;
+        c.lookups.add(1);
+        if found.is_some() { &c.hits } else { &c.misses }.add(1);
+        Ok(found)
+    }
+
+    /// `lookup` for a batch of keys of one family; results in the order of `keys`.
+    pub fn lookup_many(
+        &self,
+        domain: DomainId,
+        keys: &[PageKey],
+        max_lsn: u64,
+    ) -> Result<Vec<Option<Entry>>> {
+        let dom = self
+            .domains
+            .get(&domain)
+            .ok_or(Error::UnknownDomain(domain))?;
+        let fam = &dom.family;
+        if let Some(k) = keys.iter().find(|k| k.family != fam.id) {
+            return Err(Error::NotInFamily {
+                domain,
+                family: k.family,
+            });
+        }
+        let out: Vec<Option<Entry>> = keys
+            .iter()
+            .map(|k| {
+                fam.pages
+                    .get(&k.page_bits())
+                    .and_then(|s| s.best(max_lsn).map(PackedEntry::unpack))
+            })
+            .collect();
+        let hits = out.iter().filter(|e| e.is_some()).count() as u64;
+        let c = &fam.counters;
+        c.lookups.add(keys.len() as u64);
+        c.hits.add(hits);
+        c.misses.add(keys.len() as u64 - hits);
+        Ok(out)
+    }
+
+    /// Removes the entry of `frame` of `domain` (its bytes are about to change or the
+    /// frame is being evicted). Returns false if the frame was not registered.
+    pub fn invalidate(&self, domain: DomainId, frame: Frame) -> Result<bool> {
+        let dom = self.domain(domain)?;
+        let bits = pack_frame(frame)?;
+        let mut frames = dom.frames.lock();
+        let Some(page) = frames.by_frame.remove(&bits) else {
+            return Ok(false);
+        };
+        remove_from_slot(&dom.family.pages, page, domain.0, bits);
+        let c = &dom.family.counters;
+        c.entries.fetch_sub(1, Ordering::Relaxed);
+        c.invalidations.add(1);
+        Ok(true)
+    }
+
+    // ---- inspection ------------------------------------------------------------------
+
+    pub fn family_of(&self, domain: DomainId) -> Option<FamilyId> {
+        self.domains.get(&domain).map(|d| d.family.id)
+    }
+
+    pub fn families(&self) -> Vec<FamilyId> {
+        let mut v: Vec<_> = self.families.iter().map(|f| *f.key()).collect();
+        v.sort();
+        v
+    }
+
+    pub fn members(&self, family: FamilyId) -> Result<Vec<DomainId>> {
+        let fam = self
+            .families
+            .get(&family)
+            .ok_or(Error::UnknownFamily(family))?;
+        let members = fam.members.lock().iter().copied().collect();
+        Ok(members)
+    }
+
+    /// Entries `domain` holds now (what the quota counts).
+    pub fn domain_entries(&self, domain: DomainId) -> Result<usize> {
+        Ok(self.domain(domain)?.frames.lock().by_frame.len())
+    }
+
+    pub fn family_stats(&self, family: FamilyId) -> Result<FamilyStats> {
+        let fam = self
+            .families
+            .get(&family)
+            .ok_or(Error::UnknownFamily(family))?;
+        let members = fam.members.lock().len();
+        Ok(fam.counters.snapshot(family, members))
+    }
+
+    /// Stats of every family, ordered by family id.
+    pub fn stats(&self) -> Vec<FamilyStats> {
+        self.families()
+            .into_iter()
+            .filter_map(|f| self.family_stats(f).ok())
+            .collect()
+    }
+
+    /// Every entry, sorted; for tests and debugging (it walks the whole table).
+    pub fn dump(&self) -> Vec<(PageKey, Entry)> {
+        let mut out = Vec::new();
+        for fam in self.families.iter() {
+            for slot in fam.pages.iter() {
+                for e in slot.value().entries() {
+                    out.push((PageKey::from_page_bits(fam.id, *slot.key()), e.unpack()));
+                }
+            }
+        }
+        out.sort_by_key(|(k, e)| (*k, e.owner, e.frame));
+        out
+    }
+
+    /// Checks that forward map, reverse indexes, members and gauges agree. Meant for
+    /// tests; call it when no operation is running.
+    pub fn check_consistency(&self) -> std::result::Result<(), String> {
+        let _c = self.control.lock();
+        for fam in self.families.iter() {
+            let mut forward = 0usize;
+            for slot in fam.pages.iter() {
+                let entries = slot.value().entries();
+                if entries.is_empty() {
+                    return Err(format!("{} page {:#x}: empty slot", fam.id, slot.key()));
+                }
+                for e in entries {
+                    forward += 1;
+                    let owner = DomainId(e.owner);
+                    let dom = self.domains.get(&owner).ok_or_else(|| {
+                        format!("{}: entry of {owner}, which is not a member", fam.id)
+                    })?;
+                    if dom.family.id != fam.id {
+                        return Err(format!(
+                            "{}: entry of {owner} from {}",
+                            fam.id, dom.family.id
+                        ));
+                    }
+                    let frames = dom.frames.lock();
+                    if frames.by_frame.get(&e.frame) != Some(slot.key()) {
+                        return Err(format!(
+                            "{owner} frame {:?}: reverse index disagrees",
+                            unpack_frame(e.frame)
+                        ));
+                    }
+                }
+            }
+            let mut reverse = 0usize;
+            for d in fam.members.lock().iter() {
+                let dom = self
+                    .domains
+                    .get(d)
+                    .ok_or_else(|| format!("{}: member {d} has no state", fam.id))?;
+                reverse += dom.frames.lock().by_frame.len();
+            }
+            let gauge = fam.counters.entries.load(Ordering::Relaxed);
+            if forward != reverse || gauge != forward as i64 {
+                return Err(format!(
+                    "{}: forward {forward}, reverse {reverse}, gauge {gauge}",
+                    fam.id
+                ));
+            }
+        }
+        for dom in self.domains.iter() {
+            if !self.families.contains_key(&dom.family.id) {
+                return Err(format!("{} belongs to a destroyed family", dom.id));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn remove_from_slot(pages: &DashMap<u64, Slot, RandomState>, page: u64, owner: u32, frame: u64) {
+    pages.remove_if_mut(&page, |_, slot| slot.remove(owner, frame));
+}

@@ -1,0 +1,509 @@
+//! The table against a plain BTreeMap model, sequentially and under concurrency.
+
+use pagetable::{
+    DomainId, Entry, Error, FamilyId, FamilyStats, Frame, PageKey, PageTable, Registration,
+    TableConfig,
+};
+use proptest::prelude::*;
+use std::collections::{BTreeMap, BTreeSet};
+
+const QUOTA: usize = 6;
+
+#[derive(Debug, Clone)]
+enum Op {
+    CreateFamily(u32),
+    DestroyFamily(u32),
+    Add(u32, u32),
+    RemoveFrom(u32, u32),
+    RemoveDomain(u32),
+    ClearDomain(u32),
+    Register(u32, Vec<Registration>),
+    Lookup(u32, PageKey, u64),
+    LookupMany(u32, Vec<PageKey>, u64),
+    Invalidate(u32, Frame),
+}
+
+fn frame() -> impl Strategy<Value = Frame> {
+    prop_oneof![
+        4 => (0u64..6).prop_map(|o| Frame::LocalPool { offset: o * 16384 }),
+        1 => (0u64..3).prop_map(|gfn| Frame::XenGfn { gfn }),
+        1 => (0u16..2, 0u32..2).prop_map(|(domid, gref)| Frame::XenGrant { domid, gref }),
+    ]
+}
+
+fn key() -> impl Strategy<Value = PageKey> {
+    (1u32..3, 0u32..2, 0u32..4).prop_map(|(f, s, p)| PageKey::new(FamilyId(f), s, p))
+}
+
+fn registration() -> impl Strategy<Value = Registration> {
+    (
+        key(),
+        frame(),
+        0u64..20,
+        prop_oneof![10 => Just(16384u32), 1 => Just(4096), 1 => Just(1000)],
+    )
+        .prop_map(|(key, frame, lsn, page_size)| Registration {
+            key,
+            frame,
+            lsn,
+            page_size,
+        })
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let d = 1u32..5;
+    let f = 1u32..3;
+    prop_oneof![
+        2 => f.clone().prop_map(Op::CreateFamily),
+        1 => f.clone().prop_map(Op::DestroyFamily),
+        3 => (f.clone(), d.clone()).prop_map(|(f, d)| Op::Add(f, d)),
+        1 => (f.clone(), d.clone()).prop_map(|(f, d)| Op::RemoveFrom(f, d)),
+        1 => d.clone().prop_map(Op::RemoveDomain),
+        1 => d.clone().prop_map(Op::ClearDomain),
+        8 => (d.clone(), prop::collection::vec(registration(), 1..5)).prop_map(|(d, r)| Op::Register(d, r)),
+        6 => (d.clone(), key(), 0u64..22).prop_map(|(d, k, l)| Op::Lookup(d, k, l)),
+        2 => (d.clone(), prop::collection::vec(key(), 0..4), 0u64..22).prop_map(|(d, k, l)| Op::LookupMany(d, k, l)),
+        3 => (d, frame()).prop_map(|(d, f)| Op::Invalidate(d, f)),
+    ]
+}
+
+#[derive(Default, Clone, Copy, PartialEq, Eq, Debug)]
+struct Counters {
+    lookups: u64,
+    hits: u64,
+    misses: u64,
+    invalidations: u64,
+}
+
+/// The obviously-correct version of the table.
+#[derive(Default)]
+struct Model {
+    families: BTreeMap<FamilyId, (BTreeSet<DomainId>, Counters)>,
+    member_of: BTreeMap<DomainId, FamilyId>,
+    /// (owner, frame) -> (key, lsn, page size)
+    held: BTreeMap<(DomainId, Frame), (PageKey, u64, u32)>,
+}
+
+/// Errors compared by kind only; messages are the table's business.
+fn kind<T>(r: &Result<T, Error>) -> &'static str {
+    match r {
+        Ok(_) => "ok",
+        Err(Error::UnknownFamily(_)) => "unknown family",
+        Err(Error::FamilyExists(_)) => "family exists",
+        Err(Error::UnknownDomain(_)) => "unknown domain",
+        Err(Error::NotInFamily { .. }) => "not in family",
+        Err(Error::AlreadyInFamily { .. }) => "already in family",
+        Err(Error::QuotaExceeded { .. }) => "quota",
+        Err(Error::InvalidPageSize(_)) => "page size",
+        Err(_) => "other",
+    }
+}
+
+fn valid_size(s: u32) -> bool {
+    s.is_power_of_two() && (512..=65536).contains(&s)
+}
+
+impl Model {
+    fn drop_domain_entries(&mut self, d: DomainId) -> usize {
+        let before = self.held.len();
+        self.held.retain(|(o, _), _| *o != d);
+        before - self.held.len()
+    }
+
+    fn remove_domain(&mut self, d: DomainId) -> usize {
+        if let Some(f) = self.member_of.remove(&d) {
+            self.families.get_mut(&f).unwrap().0.remove(&d);
+        }
+        self.drop_domain_entries(d)
+    }
+
+    fn best(&self, k: PageKey, max_lsn: u64) -> Option<Entry> {
+        self.held
+            .iter()
+            .filter(|(_, (key, lsn, _))| *key == k && *lsn <= max_lsn)
+            // Newest LSN first; among equal LSNs the smallest (owner, frame).
+            .max_by(|a, b| (a.1 .1, std::cmp::Reverse(a.0)).cmp(&(b.1 .1, std::cmp::Reverse(b.0))))
+            .map(|((owner, frame), (_, lsn, size))| Entry {
+                owner: *owner,
+                frame: *frame,
+                lsn: *lsn,
+                page_size: *size,
+            })
+    }
+
+    fn register(
+        &mut self,
+        d: DomainId,
+        regs: &[Registration],
+        quota: usize,
+    ) -> Result<usize, &'static str> {
+        let f = *self.member_of.get(&d).ok_or("unknown domain")?;
+        for r in regs {
+            if r.key.family != f {
+                return Err("not in family");
+            }
+            if !valid_size(r.page_size) {
+                return Err("page size");
+            }
+        }
+        for r in regs {
+            let count = self.held.keys().filter(|(o, _)| *o == d).count();
+            if !self.held.contains_key(&(d, r.frame)) && count >= quota {
+                return Err("quota");
+            }
+            self.held.insert((d, r.frame), (r.key, r.lsn, r.page_size));
+        }
+        Ok(regs.len())
+    }
+
+    fn count_lookup(&mut self, f: FamilyId, hits: u64, n: u64) {
+        let c = &mut self.families.get_mut(&f).unwrap().1;
+        c.lookups += n;
+        c.hits += hits;
+        c.misses += n - hits;
+    }
+
+    fn stats(&self) -> Vec<FamilyStats> {
+        self.families
+            .iter()
+            .map(|(f, (members, c))| FamilyStats {
+                family: *f,
+                domains: members.len(),
+                entries: self
+                    .held
+                    .values()
+                    .filter(|(k, _, _)| k.family == *f)
+                    .count() as u64,
+                lookups: c.lookups,
+                hits: c.hits,
+                misses: c.misses,
+                invalidations: c.invalidations,
+            })
+            .collect()
+    }
+
+    fn dump(&self) -> Vec<(PageKey, Entry)> {
+        let mut v: Vec<_> = self
+            .held
+            .iter()
+            .map(|((owner, frame), (key, lsn, size))| {
+                (
+                    *key,
+                    Entry {
+                        owner: *owner,
+                        frame: *frame,
+                        lsn: *lsn,
+                        page_size: *size,
+                    },
+                )
+            })
+            .collect();
+        v.sort_by_key(|(k, e)| (*k, e.owner, e.frame));
+        v
+    }
+}
+
+fn apply(t: &PageTable, m: &mut Model, op: &Op) -> Result<(), TestCaseError> {
+    match op {
+        Op::CreateFamily(f) => {
+            let f = FamilyId(*f);
+            let r = t.create_family(f);
+            let want = if m.families.contains_key(&f) {
+                "family exists"
+            } else {
+                "ok"
+            };
+            m.families.entry(f).or_default();
+            prop_assert_eq!(kind(&r), want);
+        }
+        Op::DestroyFamily(f) => {
+            let f = FamilyId(*f);
+            let r = t.destroy_family(f);
+            match m.families.remove(&f) {
+                None => prop_assert_eq!(kind(&r), "unknown family"),
+                Some((members, _)) => {
+                    prop_assert_eq!(kind(&r), "ok");
+                    for d in members {
+                        m.member_of.remove(&d);
+                        m.drop_domain_entries(d);
+                    }
+                }
+            }
+        }
+        Op::Add(f, d) => {
+            let (f, d) = (FamilyId(*f), DomainId(*d));
+            let r = t.add_to_family(f, d);
+            let want = match (m.families.get_mut(&f), m.member_of.entry(d)) {
+                (None, _) => "unknown family",
+                (Some(_), std::collections::btree_map::Entry::Occupied(_)) => "already in family",
+                (Some((members, _)), std::collections::btree_map::Entry::Vacant(v)) => {
+                    v.insert(f);
+                    members.insert(d);
+                    "ok"
+                }
+            };
+            prop_assert_eq!(kind(&r), want);
+        }
+        Op::RemoveFrom(f, d) => {
+            let (f, d) = (FamilyId(*f), DomainId(*d));
+            let r = t.remove_from_family(f, d);
+            match m.member_of.get(&d) {
+                None => prop_assert_eq!(kind(&r), "unknown domain"),
+                Some(g) if *g != f => prop_assert_eq!(kind(&r), "not in family"),
+                Some(_) => prop_assert_eq!(r.unwrap(), m.remove_domain(d)),
+            }
+        }
+        Op::RemoveDomain(d) => {
+            let d = DomainId(*d);
+            let r = t.remove_domain(d);
+            if m.member_of.contains_key(&d) {
+                prop_assert_eq!(r.unwrap(), m.remove_domain(d));
+            } else {
+                prop_assert_eq!(kind(&r), "unknown domain");
+            }
+        }
+        Op::ClearDomain(d) => {
+            let d = DomainId(*d);
+            let r = t.clear_domain(d);
+            if m.member_of.contains_key(&d) {
+                prop_assert_eq!(r.unwrap(), m.drop_domain_entries(d));
+            } else {
+                prop_assert_eq!(kind(&r), "unknown domain");
+            }
+        }
+        Op::Register(d, regs) => {
+            let d = DomainId(*d);
+            let r = t.register_many(d, regs);
+            match m.register(d, regs, QUOTA) {
+                Ok(n) => prop_assert_eq!(r.unwrap(), n),
+                Err(want) => prop_assert_eq!(kind(&r), want),
+            }
+        }
+        Op::Lookup(d, k, max_lsn) => {
+            let d = DomainId(*d);
+            let r = t.lookup(d, *k, *max_lsn);
+            match m.member_of.get(&d).copied() {
+                None => prop_assert_eq!(kind(&r), "unknown domain"),
+                Some(f) if f != k.family => prop_assert_eq!(kind(&r), "not in family"),
+                Some(f) => {
+                    let want = m.best(*k, *max_lsn);
+                    m.count_lookup(f, want.is_some() as u64, 1);
+                    prop_assert_eq!(r.unwrap(), want);
+                }
+            }
+        }
+        Op::LookupMany(d, keys, max_lsn) => {
+            let d = DomainId(*d);
+            let r = t.lookup_many(d, keys, *max_lsn);
+            match m.member_of.get(&d).copied() {
+                None => prop_assert_eq!(kind(&r), "unknown domain"),
+                Some(f) if keys.iter().any(|k| k.family != f) => {
+                    prop_assert_eq!(kind(&r), "not in family")
+                }
+                Some(f) => {
+                    let want: Vec<_> = keys.iter().map(|k| m.best(*k, *max_lsn)).collect();
+                    let hits = want.iter().filter(|e| e.is_some()).count() as u64;
+                    m.count_lookup(f, hits, keys.len() as u64);
+                    prop_assert_eq!(r.unwrap(), want);
+                }
+            }
+        }
+        Op::Invalidate(d, frame) => {
+            let d = DomainId(*d);
+            let r = t.invalidate(d, *frame);
+            match m.member_of.get(&d).copied() {
+                None => prop_assert_eq!(kind(&r), "unknown domain"),
+                Some(f) => {
+                    let removed = m.held.remove(&(d, *frame)).is_some();
+                    if removed {
+                        m.families.get_mut(&f).unwrap().1.invalidations += 1;
+                    }
+                    prop_assert_eq!(r.unwrap(), removed);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn table_matches_model(ops in prop::collection::vec(op(), 1..80)) {
+        let t = PageTable::new(TableConfig { quota_per_domain: QUOTA });
+        let mut m = Model::default();
+        for op in &ops {
+            apply(&t, &mut m, op)?;
+            prop_assert_eq!(t.check_consistency(), Ok(()));
+        }
+        prop_assert_eq!(t.dump(), m.dump());
+        prop_assert_eq!(t.stats(), m.stats());
+    }
+}
+
+/// Per-thread work in the concurrent test: one domain's own operations.
+#[derive(Debug, Clone)]
+enum DomOp {
+    Register(Vec<Registration>),
+    Invalidate(Frame),
+    Clear,
+    Lookup(PageKey, u64),
+}
+
+fn dom_op(family: u32) -> impl Strategy<Value = DomOp> {
+    let key = (0u32..2, 0u32..6).prop_map(move |(s, p)| PageKey::new(FamilyId(family), s, p));
+    let reg = (key.clone(), frame(), 0u64..20).prop_map(|(key, frame, lsn)| Registration {
+        key,
+        frame,
+        lsn,
+        page_size: 16384,
+    });
+    prop_oneof![
+        6 => prop::collection::vec(reg, 1..4).prop_map(DomOp::Register),
+        2 => frame().prop_map(DomOp::Invalidate),
+        1 => Just(DomOp::Clear),
+        6 => (key, 0u64..22).prop_map(|(k, l)| DomOp::Lookup(k, l)),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// Four domains of one family work at once, a fifth domain is removed while its
+    /// thread is registering. Domains only change their own entries, so the final
+    /// table must equal each domain's sequential model merged, whatever the
+    /// interleaving; concurrent lookups must only ever see legal entries.
+    #[test]
+    fn concurrent_domains_match_merged_models(
+        plans in prop::collection::vec(prop::collection::vec(dom_op(1), 1..60), 4),
+        doomed in prop::collection::vec(dom_op(1), 1..60),
+        remove_after in 0usize..60,
+    ) {
+        let t = PageTable::new(TableConfig { quota_per_domain: QUOTA });
+        let fam = FamilyId(1);
+        t.create_family(fam).unwrap();
+        for d in 1..=5 {
+            t.add_to_family(fam, DomainId(d)).unwrap();
+        }
+        let doomed_id = DomainId(5);
+        let lookups: u64 = plans.iter().flatten().filter(|o| matches!(o, DomOp::Lookup(..))).count() as u64;
+        let bad_lookup = std::sync::Mutex::new(None::<String>);
+        std::thread::scope(|s| {
+            for (i, plan) in plans.iter().enumerate() {
+                let (t, bad) = (&t, &bad_lookup);
+                s.spawn(move || {
+                    let d = DomainId(i as u32 + 1);
+                    for op in plan {
+                        match op {
+                            DomOp::Register(r) => { let _ = t.register_many(d, r); }
+                            DomOp::Invalidate(f) => { t.invalidate(d, *f).unwrap(); }
+                            DomOp::Clear => { t.clear_domain(d).unwrap(); }
+                            DomOp::Lookup(k, max) => {
+                                if let Some(e) = t.lookup(d, *k, *max).unwrap() {
+                                    if e.lsn > *max || e.owner.0 == 0 || e.owner.0 > 5 {
+                                        *bad.lock().unwrap() = Some(format!("{k:?} {max} -> {e:?}"));
+                                    }
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+            let t = &t;
+            let doomed = &doomed;
+            s.spawn(move || {
+                for op in doomed {
+                    if let DomOp::Register(r) = op {
+                        let _ = t.register_many(doomed_id, r);
+                    }
+                }
+            });
+            for _ in 0..remove_after {
+                std::thread::yield_now();
+            }
+            t.remove_domain(doomed_id).unwrap();
+        });
+        prop_assert_eq!(bad_lookup.into_inner().unwrap(), None);
+        prop_assert_eq!(t.check_consistency(), Ok(()));
+
+        let mut m = Model::default();
+        m.families.entry(fam).or_default();
+        for (i, plan) in plans.iter().enumerate() {
+            let d = DomainId(i as u32 + 1);
+            m.member_of.insert(d, fam);
+            m.families.get_mut(&fam).unwrap().0.insert(d);
+            for op in plan {
+                match op {
+                    DomOp::Register(r) => { let _ = m.register(d, r, QUOTA); }
+                    DomOp::Invalidate(f) => {
+                        if m.held.remove(&(d, *f)).is_some() {
+                            m.families.get_mut(&fam).unwrap().1.invalidations += 1;
+                        }
+                    }
+                    DomOp::Clear => { m.drop_domain_entries(d); }
+                    DomOp::Lookup(..) => {}
+                }
+            }
+        }
+        prop_assert_eq!(t.dump(), m.dump());
+        let st = t.family_stats(fam).unwrap();
+        prop_assert_eq!(st.lookups, lookups);
+        prop_assert_eq!(st.hits + st.misses, lookups);
+        prop_assert_eq!(st.domains, 4);
+        prop_assert_eq!(st.entries, m.held.len() as u64);
+        prop_assert_eq!(st.invalidations, m.families[&fam].1.invalidations);
+    }
+}
+
+#[test]
+fn frame_moves_between_keys_and_quota_names_the_domain() {
+    let t = PageTable::new(TableConfig {
+        quota_per_domain: 2,
+    });
+    let f = FamilyId(9);
+    t.create_family(f).unwrap();
+    t.add_to_family(f, DomainId(1)).unwrap();
+    let frame = Frame::LocalPool { offset: 0 };
+    let reg = |page, frame, lsn| Registration {
+        key: PageKey::new(f, 0, page),
+        frame,
+        lsn,
+        page_size: 16384,
+    };
+    t.register(DomainId(1), reg(1, frame, 10)).unwrap();
+    t.register(DomainId(1), reg(2, frame, 11)).unwrap();
+    assert_eq!(
+        t.lookup(DomainId(1), PageKey::new(f, 0, 1), u64::MAX)
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        t.lookup(DomainId(1), PageKey::new(f, 0, 2), u64::MAX)
+            .unwrap()
+            .unwrap()
+            .lsn,
+        11
+    );
+    t.register(DomainId(1), reg(3, Frame::LocalPool { offset: 16384 }, 1))
+        .unwrap();
+    let err = t
+        .register(DomainId(1), reg(4, Frame::LocalPool { offset: 32768 }, 1))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::QuotaExceeded {
+                domain: DomainId(1),
+                quota: 2
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("quota"), "{err}");
+    assert_eq!(t.domain_entries(DomainId(1)).unwrap(), 2);
+    assert!(matches!(
+        t.register(DomainId(1), reg(4, Frame::XenGfn { gfn: u64::MAX }, 1)),
+        Err(Error::FrameOutOfRange(_))
+    ));
+}

@@ -1,0 +1,223 @@
+//! The daemon's shared state: the table, who is who (pid -> domain), how many
+//! connections each domain has open, and the control operations the admin socket runs.
+
+use anyhow::Context;
+use pagetable::admin::{AdminReply, AdminRequest, StatsReport};
+use pagetable::{DomainId, PageTable, TableConfig};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::state::{process_start_time, ControlState, PidBinding};
+
+pub struct Daemon {
+    pub table: PageTable,
+    /// Random at start; every reply carries it so clients notice a restart.
+    pub generation: u64,
+    bindings: Mutex<HashMap<u32, PidBinding>>,
+    /// Open connections per domain. A domain's entries are dropped when its last
+    /// connection closes (its process exited or gave up sharing); the change and the
+    /// count move under this one mutex so that a reconnecting process cannot lose
+    /// registrations made on its new connection.
+    live: Mutex<HashMap<DomainId, usize>>,
+    connections: AtomicUsize,
+    state_file: Option<PathBuf>,
+    /// Serialises admin changes with the state-file write that follows them.
+    admin: Mutex<()>,
+}
+
+impl Daemon {
+    pub fn new(config: TableConfig, state_file: Option<PathBuf>) -> anyhow::Result<Self> {
+        let d = Daemon {
+            table: PageTable::new(config),
+            generation: loop {
+                // 0 is what a client holds before its first reply; never use it.
+                let g: u64 = rand::random();
+                if g != 0 {
+                    break g;
+                }
+            },
+            bindings: Mutex::new(HashMap::new()),
+            live: Mutex::new(HashMap::new()),
+            connections: AtomicUsize::new(0),
+            state_file,
+            admin: Mutex::new(()),
+        };
+        if let Some(path) = &d.state_file {
+            if let Some(state) = ControlState::load(path)? {
+                d.restore(state).context("restoring control state")?;
+            }
+        }
+        Ok(d)
+    }
+
+    fn restore(&self, state: ControlState) -> anyhow::Result<()> {
+        for f in &state.families {
+            self.table.create_family(*f)?;
+        }
+        for (d, f) in &state.members {
+            self.table.add_to_family(*f, *d)?;
+        }
+        let mut b = self.bindings.lock();
+        for binding in state.bindings {
+            if process_start_time(binding.pid) == Some(binding.start_time) {
+                b.insert(binding.pid, binding);
+            } else {
+                tracing::info!(
+                    pid = binding.pid,
+                    "dropping binding of a process that is gone"
+                );
+            }
+        }
+        tracing::info!(
+            families = state.families.len(),
+            bindings = b.len(),
+            "restored control state"
+        );
+        Ok(())
+    }
+
+    fn save(&self) -> anyhow::Result<()> {
+        let Some(path) = &self.state_file else {
+            return Ok(());
+        };
+        let families = self.table.families();
+        let mut members = Vec::new();
+        for f in &families {
+            for d in self.table.members(*f)? {
+                members.push((d, *f));
+            }
+        }
+        let mut bindings: Vec<_> = self.bindings.lock().values().copied().collect();
+        bindings.sort_by_key(|b| b.pid);
+        ControlState {
+            families,
+            members,
+            bindings,
+        }
+        .save(path)
+    }
+
+    /// The domain `pid` acts as, if the admin bound it and it is the same process.
+    pub fn domain_of_pid(&self, pid: u32) -> Option<DomainId> {
+        let b = *self.bindings.lock().get(&pid)?;
+        (process_start_time(pid) == Some(b.start_time)).then_some(b.domain)
+    }
+
+    pub fn connection_opened(&self) {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn connection_closed(&self) {
+        self.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    pub fn domain_attached(&self, domain: DomainId) {
+        *self.live.lock().entry(domain).or_default() += 1;
+    }
+
+    pub fn domain_detached(&self, domain: DomainId) {
+        let mut live = self.live.lock();
+        let Some(n) = live.get_mut(&domain) else {
+            return;
+        };
+        *n -= 1;
+        if *n == 0 {
+            live.remove(&domain);
+            // An error means the admin removed the domain meanwhile: nothing to drop.
+            if let Ok(entries) = self.table.clear_domain(domain) {
+                tracing::info!(%domain, entries, "last connection closed; entries dropped");
+            }
+        }
+    }
+
+    /// Runs one admin request. Every change is persisted before the reply.
+    pub fn admin(&self, req: &AdminRequest) -> AdminReply {
+        let _a = self.admin.lock();
+        let result = self.admin_locked(req);
+        let result = match result {
+            Ok(reply) if !matches!(req, AdminRequest::Stats) => {
+                self.save().map(|_| reply).map_err(|e| format!("{e:#}"))
+            }
+            other => other,
+        };
+        match result {
+            Ok(reply) => {
+                tracing::info!(?req, "admin");
+                reply
+            }
+            Err(message) => {
+                tracing::warn!(?req, %message, "admin request refused");
+                AdminReply::Error { message }
+            }
+        }
+    }
+
+    fn admin_locked(&self, req: &AdminRequest) -> Result<AdminReply, String> {
+        let t = &self.table;
+        let err = |e: pagetable::Error| e.to_string();
+        Ok(match *req {
+            AdminRequest::BindPid { pid, domain } => {
+                let start_time =
+                    process_start_time(pid).ok_or_else(|| format!("no process with pid {pid}"))?;
+                let mut b = self.bindings.lock();
+                // Forget processes that are gone, so the map does not grow forever.
+                b.retain(|p, v| process_start_time(*p) == Some(v.start_time));
+                b.insert(
+                    pid,
+                    PidBinding {
+                        pid,
+                        start_time,
+                        domain,
+                    },
+                );
+                AdminReply::Ok
+            }
+            AdminRequest::UnbindPid { pid } => {
+                self.bindings
+                    .lock()
+                    .remove(&pid)
+                    .ok_or_else(|| format!("pid {pid} is not bound"))?;
+                AdminReply::Ok
+            }
+            AdminRequest::FamilyCreate { family } => {
+                t.create_family(family).map_err(err)?;
+                AdminReply::Ok
+            }
+            AdminRequest::FamilyDestroy { family } => {
+                let members = t.members(family).map_err(err)?;
+                t.destroy_family(family).map_err(err)?;
+                self.bindings
+                    .lock()
+                    .retain(|_, b| !members.contains(&b.domain));
+                AdminReply::Ok
+            }
+            AdminRequest::FamilyAdd { family, domain } => {
+                t.add_to_family(family, domain).map_err(err)?;
+                AdminReply::Ok
+            }
+            AdminRequest::FamilyRemove { family, domain } => AdminReply::Removed {
+                entries: t.remove_from_family(family, domain).map_err(err)?,
+            },
+            AdminRequest::RemoveDomain { domain } => {
+                let entries = t.remove_domain(domain).map_err(err)?;
+                self.bindings.lock().retain(|_, b| b.domain != domain);
+                AdminReply::Removed { entries }
+            }
+            AdminRequest::Stats => AdminReply::Stats(self.stats()),
+        })
+    }
+
+    pub fn stats(&self) -> StatsReport {
+        StatsReport {
+            generation: self.generation,
+            connections: self.connections(),
+            families: self.table.stats(),
+        }
+    }
+}
