@@ -27,8 +27,8 @@ pub struct Agent {
     pub stats: Stats,
     pool: Option<Arc<Pool>>,
     dir: Mutex<Option<Box<dyn PageDirectory>>>,
-    /// Pages this process wrote, as space_id << 32 | page_no: never shared again.
-    written: Mutex<HashSet<u64>>,
+    /// Pages this replica wrote, as space_id << 32 | page_no: never shared again.
+    written: Mutex<WrittenSet>,
     epoch: Option<File>,
     sharing_off: AtomicBool,
     off_reason: Mutex<Option<String>>,
@@ -48,7 +48,7 @@ impl Agent {
             stats: Stats::default(),
             pool: None,
             dir: Mutex::new(None),
-            written: Mutex::new(HashSet::new()),
+            written: Mutex::new(WrittenSet::default()),
             epoch: None,
             sharing_off: AtomicBool::new(config.role == Role::Off),
             off_reason: Mutex::new(None),
@@ -65,6 +65,9 @@ impl Agent {
     fn setup_sharing(&mut self) -> Result<()> {
         let path = self.config.pool_path.clone().expect("checked by Config");
         let pool = Arc::new(Pool::open(&path, self.config.role == Role::Source)?);
+        if let Some(w) = &self.config.writes_file {
+            *self.written.lock() = WrittenSet::open(w)?;
+        }
         if let Some(ep) = &self.config.epoch_file {
             let f = File::open(ep)
                 .map_err(|e| AgentError::io(format!("opening epoch file {}", ep.display()), e))?;
@@ -213,7 +216,9 @@ impl Agent {
                 if n == POOL_PAGE as isize {
                     // SAFETY: the real pread filled the whole page.
                     let bytes = unsafe { std::slice::from_raw_parts(buf, POOL_PAGE) };
-                    self.count_verified(page::verify_identity(bytes, id.format, id.space_id, page_no).is_ok());
+                    self.count_verified(
+                        page::verify_identity(bytes, id.format, id.space_id, page_no).is_ok(),
+                    );
                 }
                 n
             }
@@ -273,7 +278,12 @@ impl Agent {
             return;
         };
         let pool = self.pool.as_ref().expect("sharing on implies a pool");
-        let rec = PoolRecord { space_id: id.space_id, page_no, lsn: h.lsn, valid_from };
+        let rec = PoolRecord {
+            space_id: id.space_id,
+            page_no,
+            lsn: h.lsn,
+            valid_from,
+        };
         let off = match pool.append(bytes, rec) {
             Ok(off) => off,
             Err(e) => {
@@ -294,15 +304,25 @@ impl Agent {
                 pool.read_slot(off, dst)
             });
             if let Err(r) = restored {
-                tracing::error!("dbfork agent: restoring a frame failed: {}", error_chain(&r));
+                tracing::error!(
+                    "dbfork agent: restoring a frame failed: {}",
+                    error_chain(&r)
+                );
             }
             self.disable_sharing(&map_failure_reason(&e));
             return;
         }
         Stats::inc(&self.stats.pages_pooled);
-        let entry = DirEntry { pool_offset: off, lsn: h.lsn, valid_from };
+        let entry = DirEntry {
+            pool_offset: off,
+            lsn: h.lsn,
+            valid_from,
+        };
         let mut dir = self.dir.lock();
-        match dir.as_mut().map(|d| d.register(id.space_id, page_no, entry)) {
+        match dir
+            .as_mut()
+            .map(|d| d.register(id.space_id, page_no, entry))
+        {
             Some(Ok(())) => Stats::inc(&self.stats.pages_registered),
             Some(Err(e)) => {
                 if self.stats.register_errors.load(Ordering::Relaxed) == 0 {
@@ -375,7 +395,9 @@ impl Agent {
     /// Before a pwrite by the server: the pages it covers are this process's own from
     /// now on (recorded before the write, so no read can be shared in between).
     pub fn on_pwrite(&self, fd: i32, count: usize, off: i64) {
-        let FdState::Identified(id) = self.fds.get(fd) else { return };
+        let FdState::Identified(id) = self.fds.get(fd) else {
+            return;
+        };
         if count == 0 || off < 0 {
             return;
         }
@@ -383,15 +405,35 @@ impl Agent {
         let ps = u64::from(id.page_size);
         let first = off as u64 / ps;
         let last = (off as u64 + count as u64 - 1) / ps;
-        let mut w = self.written.lock();
-        for p in first..=last.min(u64::from(u32::MAX)) {
-            w.insert(key(id.space_id, p as u32));
+        let keys: Vec<u64> = (first..=last.min(u64::from(u32::MAX)))
+            .map(|p| key(id.space_id, p as u32))
+            .collect();
+        Stats::add(&self.stats.pages_written, keys.len() as u64);
+        if let Err(e) = self.written.lock().insert(&keys) {
+            // Without a durable record a restarted replica could be served a stale
+            // copy of this page: stop sharing rather than risk it.
+            self.disable_sharing(&format!(
+                "recording written pages failed: {}",
+                error_chain(&e)
+            ));
         }
-        Stats::add(&self.stats.pages_written, last - first + 1);
     }
 
     pub fn written_by_me(&self, space: u32, page: u32) -> bool {
         self.written.lock().contains(&key(space, page))
+    }
+
+    /// Periodic work off the read path (the background thread): catch the directory
+    /// up with the pool (registration after a reconnect or a daemon restart).
+    pub fn tick(&self) {
+        if self.config.role != Role::Source || !self.sharing_on() {
+            return;
+        }
+        if let Some(d) = self.dir.lock().as_mut() {
+            if let Err(e) = d.sync() {
+                tracing::debug!("dbfork agent: directory sync: {}", error_chain(&e));
+            }
+        }
     }
 
     /// Called when the server starts native AIO: its reads and writes would bypass
@@ -405,8 +447,73 @@ impl Agent {
     }
 }
 
+/// The set of pages this replica wrote, mirrored in an append-only file of u64 keys
+/// (little endian) so it survives a restart. A key is appended before the page write
+/// is issued; a torn last entry (crash mid-append) is ignored on load, which is safe
+/// because the page write it preceded had not been issued yet.
+#[derive(Default)]
+pub struct WrittenSet {
+    keys: HashSet<u64>,
+    file: Option<File>,
+}
+
+impl WrittenSet {
+    pub fn open(path: &std::path::Path) -> Result<WrittenSet> {
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(path)
+            .map_err(|e| {
+                AgentError::io(format!("opening written-page file {}", path.display()), e)
+            })?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)
+            .map_err(|e| AgentError::io("reading the written-page file", e))?;
+        let keys = bytes
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .collect();
+        Ok(WrittenSet {
+            keys,
+            file: Some(file),
+        })
+    }
+
+    pub fn contains(&self, k: &u64) -> bool {
+        self.keys.contains(k)
+    }
+
+    pub fn insert(&mut self, keys: &[u64]) -> Result<()> {
+        use std::io::Write;
+        let new: Vec<u8> = keys
+            .iter()
+            .filter(|k| self.keys.insert(**k))
+            .flat_map(|k| k.to_le_bytes())
+            .collect();
+        if let (Some(f), false) = (self.file.as_mut(), new.is_empty()) {
+            f.write_all(&new)
+                .map_err(|e| AgentError::io("appending to the written-page file", e))?;
+        }
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
 fn map_failure_reason(e: &AgentError) -> String {
-    let enomem = matches!(e, AgentError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOMEM));
+    let enomem =
+        matches!(e, AgentError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOMEM));
     if enomem {
         "mmap failed with ENOMEM (vm.max_map_count reached?)".into()
     } else {
@@ -437,5 +544,219 @@ impl AlignedPage {
     }
     pub fn bytes(&mut self) -> &mut [u8] {
         &mut self.0 .0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::page::testpage::{full_crc32_page, raw, seal_full_crc32};
+    use std::os::unix::io::AsRawFd;
+    use std::path::Path;
+
+    /// A page-aligned anonymous frame, like a buffer-pool block.
+    struct Frame(*mut u8);
+    impl Frame {
+        fn new() -> Frame {
+            // SAFETY: fresh anonymous mapping owned by this value.
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    POOL_PAGE,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            assert_ne!(p, libc::MAP_FAILED);
+            Frame(p.cast())
+        }
+        #[allow(clippy::mut_from_ref)] // a test frame, like InnoDB's: raw memory
+        fn bytes(&self) -> &mut [u8] {
+            // SAFETY: our live mapping.
+            unsafe { std::slice::from_raw_parts_mut(self.0, POOL_PAGE) }
+        }
+    }
+    impl Drop for Frame {
+        fn drop(&mut self) {
+            // SAFETY: our own mapping.
+            unsafe { libc::munmap(self.0.cast(), POOL_PAGE) };
+        }
+    }
+
+    const SPACE: u32 = 42;
+
+    /// A tablespace file: page 0 with full_crc32 16K flags, then pages at `lsn`.
+    fn tablespace(path: &Path, pages: u32, lsn: u64) -> Vec<Vec<u8>> {
+        let mut p0 = raw(POOL_PAGE, SPACE, 0, lsn, 0);
+        p0[page::FSP_SPACE_FLAGS..page::FSP_SPACE_FLAGS + 4]
+            .copy_from_slice(&0x15u32.to_be_bytes());
+        seal_full_crc32(&mut p0);
+        let mut all = vec![p0];
+        all.extend((1..pages).map(|n| full_crc32_page(SPACE, n, lsn)));
+        std::fs::write(path, all.concat()).unwrap();
+        all
+    }
+
+    fn agent(dir: &Path, role: &str, s: u64) -> Agent {
+        let pool = dir.join("pool").display().to_string();
+        let epoch = dir.join("epoch").display().to_string();
+        let writes = dir.join(format!("{role}.writes")).display().to_string();
+        let s = s.to_string();
+        let cfg = Config::from_lookup(|k| match k {
+            "DBFORK_AGENT_ROLE" => Some(role.to_string()),
+            "DBFORK_POOL_PATH" => Some(pool.clone()),
+            "DBFORK_FAMILY_EPOCH_FILE" => Some(epoch.clone()),
+            "DBFORK_SNAPSHOT_LSN" => Some(s.clone()),
+            "DBFORK_REPLICA_WRITES" => Some(writes.clone()),
+            _ => None,
+        })
+        .unwrap();
+        Agent::new(cfg)
+    }
+
+    fn read(a: &Agent, file: &File, frame: &Frame, page_no: u32) -> isize {
+        let fd = file.as_raw_fd();
+        let off = i64::from(page_no) * POOL_PAGE as i64;
+        let buf = frame.0;
+        // SAFETY: frame is a live POOL_PAGE mapping.
+        unsafe {
+            a.on_pread(fd, buf, POOL_PAGE, off, || {
+                libc::pread(fd, buf.cast(), POOL_PAGE, off) as isize
+            })
+        }
+    }
+
+    fn open_tracked(a: &Agent, path: &Path) -> File {
+        let f = File::open(path).unwrap();
+        let fd = f.as_raw_fd();
+        a.on_open(fd, path.as_os_str().as_encoded_bytes(), |buf, off| {
+            // SAFETY: buf is a live slice.
+            unsafe { libc::pread(fd, buf.as_mut_ptr().cast(), buf.len(), off) as isize }
+        });
+        f
+    }
+
+    #[test]
+    fn source_pools_and_replica_shares_then_declines_by_rule() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("epoch"), "1000").unwrap();
+        let src_file = dir.path().join("src.ibd");
+        let pages = tablespace(&src_file, 4, 900);
+        let rep_file = dir.path().join("rep.ibd");
+        std::fs::copy(&src_file, &rep_file).unwrap();
+
+        let src = agent(dir.path(), "source", 0);
+        let f = open_tracked(&src, &src_file);
+        assert!(matches!(src.fds.get(f.as_raw_fd()), FdState::Identified(_)));
+        let frames: Vec<Frame> = (0..4).map(|_| Frame::new()).collect();
+        for (n, fr) in frames.iter().enumerate() {
+            assert_eq!(read(&src, &f, fr, n as u32), POOL_PAGE as isize);
+            assert_eq!(fr.bytes(), &pages[n][..]);
+        }
+        assert_eq!(src.snapshot().pages_pooled, 4);
+        // The source changes its frame; the pool must not see it.
+        frames[2].bytes()[500] ^= 0xff;
+
+        // Replica at S = 1000: lsn 900 <= S, valid_from 1000 >= S: shared.
+        let rep = agent(dir.path(), "replica", 1000);
+        let rf = open_tracked(&rep, &rep_file);
+        let fr = Frame::new();
+        assert_eq!(read(&rep, &rf, &fr, 2), POOL_PAGE as isize);
+        assert_eq!(fr.bytes(), &pages[2][..]);
+        assert_eq!(rep.snapshot().shared, 1);
+
+        // Replica at S = 1001: the frames were read before that snapshot.
+        let late = agent(dir.path(), "replica", 1001);
+        let lf = open_tracked(&late, &rep_file);
+        assert_eq!(read(&late, &lf, &fr, 1), POOL_PAGE as isize);
+        assert_eq!(fr.bytes(), &pages[1][..]);
+        let s = late.snapshot();
+        assert_eq!((s.shared, s.declined_before_snapshot), (0, 1));
+
+        // Replica at S = 899: the frames are newer than its snapshot.
+        let early = agent(dir.path(), "replica", 899);
+        let ef = open_tracked(&early, &rep_file);
+        assert_eq!(read(&early, &ef, &fr, 1), POOL_PAGE as isize);
+        assert_eq!(early.snapshot().shared, 0);
+        assert_eq!(early.snapshot().lookup_misses, 1);
+    }
+
+    #[test]
+    fn replica_writes_are_remembered_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("epoch"), "1000").unwrap();
+        let file = dir.path().join("t.ibd");
+        tablespace(&file, 3, 900);
+        let src = agent(dir.path(), "source", 0);
+        let f = open_tracked(&src, &file);
+        let fr = Frame::new();
+        for n in 0..3 {
+            read(&src, &f, &fr, n);
+        }
+        let rep = agent(dir.path(), "replica", 1000);
+        let rf = open_tracked(&rep, &file);
+        rep.on_pwrite(rf.as_raw_fd(), POOL_PAGE, POOL_PAGE as i64); // page 1
+        assert!(rep.written_by_me(SPACE, 1));
+        read(&rep, &rf, &fr, 1);
+        read(&rep, &rf, &fr, 2);
+        let s = rep.snapshot();
+        assert_eq!((s.shared, s.declined_written), (1, 1));
+        drop(rep);
+        let again = agent(dir.path(), "replica", 1000);
+        assert!(again.written_by_me(SPACE, 1));
+        assert!(!again.written_by_me(SPACE, 2));
+    }
+
+    #[test]
+    fn a_damaged_pool_slot_is_undone_and_read_from_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("epoch"), "1000").unwrap();
+        let file = dir.path().join("t.ibd");
+        let pages = tablespace(&file, 2, 900);
+        let src = agent(dir.path(), "source", 0);
+        let f = open_tracked(&src, &file);
+        let fr = Frame::new();
+        read(&src, &f, &fr, 1);
+        // Corrupt the pool slot behind the agents' backs.
+        let pool = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.path().join("pool"))
+            .unwrap();
+        pool.write_all_at(&[0xee; 16], 4000).unwrap();
+        let rep = agent(dir.path(), "replica", 1000);
+        let rf = open_tracked(&rep, &file);
+        let rfr = Frame::new();
+        assert_eq!(read(&rep, &rf, &rfr, 1), POOL_PAGE as isize);
+        assert_eq!(
+            rfr.bytes(),
+            &pages[1][..],
+            "disk bytes, not the damaged slot"
+        );
+        let s = rep.snapshot();
+        assert_eq!((s.shared, s.declined_verify), (0, 1));
+    }
+
+    #[test]
+    fn unaligned_or_odd_sized_reads_pass_through_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("epoch"), "1000").unwrap();
+        let file = dir.path().join("t.ibd");
+        tablespace(&file, 2, 900);
+        let src = agent(dir.path(), "source", 0);
+        let f = open_tracked(&src, &file);
+        let mut buf = vec![0u8; 3 * POOL_PAGE];
+        let fd = f.as_raw_fd();
+        let p = buf.as_mut_ptr();
+        // SAFETY: buf is a live Vec of 3 pages.
+        let n = unsafe {
+            src.on_pread(fd, p, 2 * POOL_PAGE, 0, || {
+                libc::pread(fd, p.cast(), 2 * POOL_PAGE, 0) as isize
+            })
+        };
+        assert_eq!(n, 2 * POOL_PAGE as isize);
+        assert_eq!(src.snapshot().pages_pooled, 0);
+        assert_eq!(src.snapshot().reads_data, 1);
     }
 }

@@ -28,6 +28,10 @@ pub struct Config {
     pub stats_path: Option<PathBuf>,
     /// `DBFORK_FAMILY_EPOCH_FILE`: the family's clone-LSN counter (decimal u64).
     pub epoch_file: Option<PathBuf>,
+    /// `DBFORK_REPLICA_WRITES`: the replica's written-page set, kept across restarts
+    /// (a restarted replica must not be served pages it changed). Required for a
+    /// replica; belongs with the replica's datadir and lives as long as it does.
+    pub writes_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -59,6 +63,7 @@ impl Config {
             pool_path: path("DBFORK_POOL_PATH"),
             stats_path: path("DBFORK_AGENT_STATS"),
             epoch_file: path("DBFORK_FAMILY_EPOCH_FILE"),
+            writes_file: path("DBFORK_REPLICA_WRITES"),
         };
         if cfg.role != Role::Off && cfg.pool_path.is_none() {
             return Err(AgentError::Config {
@@ -70,6 +75,12 @@ impl Config {
             return Err(AgentError::Config {
                 var: "DBFORK_SNAPSHOT_LSN",
                 msg: "required for the replica role".into(),
+            });
+        }
+        if cfg.role == Role::Replica && cfg.writes_file.is_none() {
+            return Err(AgentError::Config {
+                var: "DBFORK_REPLICA_WRITES",
+                msg: "required for the replica role (pages it wrote, across restarts)".into(),
             });
         }
         if cfg.role == Role::Source && cfg.epoch_file.is_none() {
@@ -88,8 +99,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn cfg(pairs: &[(&str, &str)]) -> Result<Config> {
-        let m: HashMap<String, String> =
-            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Config::from_lookup(|k| m.get(k).cloned())
     }
 
@@ -103,6 +116,7 @@ mod tests {
             ("DBFORK_AGENT_ROLE", "replica"),
             ("DBFORK_POOL_PATH", "/p"),
             ("DBFORK_SNAPSHOT_LSN", "12345"),
+            ("DBFORK_REPLICA_WRITES", "/w"),
         ])
         .unwrap();
         assert_eq!(r.snapshot_lsn, Some(12345));

@@ -30,6 +30,10 @@ pub trait PageDirectory: Send {
     /// A frame of (space, page) that can satisfy snapshot S, preferring one that passes
     /// the whole share rule; None if there is none.
     fn lookup(&mut self, space: u32, page: u32, snapshot_lsn: u64) -> Result<Option<DirEntry>>;
+    /// Background catch-up (off the read path); nothing to do for most directories.
+    fn sync(&mut self) -> Result<()> {
+        Ok(())
+    }
     fn describe(&self) -> &'static str;
 }
 
@@ -116,16 +120,36 @@ impl PageDirectory for PoolIndex {
     }
 }
 
-/// The page table daemon. A lost connection is retried at most once per second;
-/// meanwhile lookups miss (reads go to disk) and registrations are dropped.
+/// The page table daemon.
+///
+/// Registration is a sync of the pool record file, not of single reads: the pool is
+/// the truth (its slots outlive the source process), and the daemon drops a domain's
+/// entries when its last connection closes or the daemon restarts. So after every
+/// (re)connect the whole record file is registered again, and each `register` (and
+/// `sync` from the agent's background thread) sends whatever was appended since.
+///
+/// The daemon breaks ties between frames of one (page, LSN) towards the oldest slot,
+/// whose `valid_from` is the smallest; the share rule wants the newest. So when a page
+/// is pooled again unchanged, the older slot is invalidated.
+///
+/// A lost connection is retried at most once per second; meanwhile lookups miss and
+/// registration waits.
 pub struct PageTableDirectory {
     path: PathBuf,
     client: Option<Client>,
     last_attempt: Option<Instant>,
     pool: Arc<Pool>,
+    /// Records below this slot are registered with the connected daemon.
+    synced: u64,
+    /// page key -> (lsn, valid_from, offset) of the registered frame per page version.
+    latest: HashMap<u64, (u64, u64, u64)>,
+    /// Daemon generation our registrations belong to.
+    generation: u64,
+    last_ping: Option<Instant>,
 }
 
 const RECONNECT_EVERY: Duration = Duration::from_secs(1);
+const SYNC_BATCH: usize = 1024;
 
 impl PageTableDirectory {
     pub fn new(path: &Path, pool: Arc<Pool>) -> Self {
@@ -134,13 +158,20 @@ impl PageTableDirectory {
             client: None,
             last_attempt: None,
             pool,
+            synced: 0,
+            latest: HashMap::new(),
+            generation: 0,
+            last_ping: None,
         }
     }
 
     fn client(&mut self) -> Result<&mut Client> {
         let connected = self.client.as_ref().is_some_and(|c| c.is_connected());
         if !connected {
-            if self.last_attempt.is_some_and(|t| t.elapsed() < RECONNECT_EVERY) {
+            if self
+                .last_attempt
+                .is_some_and(|t| t.elapsed() < RECONNECT_EVERY)
+            {
                 return Err(AgentError::PageTable {
                     what: "not connected (retrying later)",
                     source: pagetable::Error::NotConnected,
@@ -151,43 +182,143 @@ impl PageTableDirectory {
                 Some(mut c) => c.reconnect().map(|_| c),
                 None => Client::connect(&self.path),
             };
-            let c = c.map_err(|source| AgentError::PageTable { what: "connecting", source })?;
+            let c = c.map_err(|source| AgentError::PageTable {
+                what: "connecting",
+                source,
+            })?;
+            tracing::info!(domain = %c.domain(), family = %c.family(), "dbfork agent: page table connected");
+            self.generation = c.generation();
             self.client = Some(c);
+            // A new connection holds none of our entries: register everything again.
+            self.resync();
         }
         Ok(self.client.as_mut().expect("set above"))
+    }
+
+    fn resync(&mut self) {
+        self.synced = 0;
+        self.latest.clear();
+    }
+
+    /// After any reply: a new daemon generation lost every registration.
+    fn check_generation(&mut self) {
+        if let Some(g) = self.client.as_ref().map(|c| c.generation()) {
+            if g != self.generation {
+                self.generation = g;
+                self.resync();
+            }
+        }
+    }
+
+    fn fail<T>(&mut self, what: &'static str, source: pagetable::Error) -> Result<T> {
+        Err(AgentError::PageTable { what, source })
+    }
+
+    /// Registers pool records appended since the last sync. Returns how many.
+    /// With nothing to register, a cheap request once a second notices a dead or
+    /// restarted daemon (its generation changes), so registration resumes by itself.
+    fn ping_if_idle(&mut self) -> Result<()> {
+        if self
+            .last_ping
+            .is_some_and(|t| t.elapsed() < RECONNECT_EVERY)
+        {
+            return Ok(());
+        }
+        self.last_ping = Some(Instant::now());
+        let client = self.client.as_mut().expect("connected by caller");
+        if let Err(e) = client.lookup(0, 0, 0) {
+            return self.fail("pinging", e);
+        }
+        self.check_generation();
+        Ok(())
+    }
+
+    pub fn sync(&mut self) -> Result<u64> {
+        let mut total = 0;
+        loop {
+            self.client()?;
+            let recs = self.pool.records_from(self.synced, SYNC_BATCH)?;
+            let Some(&(last, _)) = recs.last() else {
+                self.ping_if_idle()?;
+                return Ok(total);
+            };
+            let mut regs = Vec::with_capacity(recs.len());
+            let mut superseded = Vec::new();
+            for (slot, r) in &recs {
+                let off = slot * POOL_PAGE as u64;
+                let k = (u64::from(r.space_id) << 32) | u64::from(r.page_no);
+                match self.latest.get(&k) {
+                    Some(&(lsn, vf, _)) if lsn == r.lsn && vf > r.valid_from => continue,
+                    Some(&(lsn, _, old)) if lsn == r.lsn => {
+                        superseded.push(Frame::LocalPool { offset: old })
+                    }
+                    _ => {}
+                }
+                self.latest.insert(k, (r.lsn, r.valid_from, off));
+                regs.push(WireRegistration {
+                    space_id: r.space_id,
+                    page_no: r.page_no,
+                    frame: Frame::LocalPool { offset: off },
+                    lsn: r.lsn,
+                    page_size: POOL_PAGE as u32,
+                });
+            }
+            let client = self.client.as_mut().expect("connected above");
+            if let Err(e) = client.register_many(&regs) {
+                return self.fail("registering", e);
+            }
+            if client.generation() != self.generation {
+                // The daemon restarted under us: start over on the new one.
+                self.check_generation();
+                continue;
+            }
+            // Frames registered in this same batch and superseded in it are withdrawn
+            // too; the daemon answers unknown frames with a count, not an error.
+            if !superseded.is_empty() {
+                if let Err(e) = client.invalidate_many(&superseded) {
+                    return self.fail("invalidating superseded frames", e);
+                }
+            }
+            total += regs.len() as u64;
+            self.synced = last + 1;
+            if recs.len() < SYNC_BATCH {
+                return Ok(total);
+            }
+        }
     }
 }
 
 impl PageDirectory for PageTableDirectory {
-    fn register(&mut self, space: u32, page: u32, entry: DirEntry) -> Result<()> {
-        let item = WireRegistration {
-            space_id: space,
-            page_no: page,
-            frame: Frame::LocalPool { offset: entry.pool_offset },
-            lsn: entry.lsn,
-            page_size: POOL_PAGE as u32,
-        };
-        self.client()?
-            .register(item)
-            .map_err(|source| AgentError::PageTable { what: "registering", source })
+    fn register(&mut self, _space: u32, _page: u32, _entry: DirEntry) -> Result<()> {
+        self.sync().map(|_| ())
     }
 
     fn lookup(&mut self, space: u32, page: u32, s: u64) -> Result<Option<DirEntry>> {
-        let found = self
-            .client()?
-            .lookup(space, page, s)
-            .map_err(|source| AgentError::PageTable { what: "looking up", source })?;
+        let found = match self.client()?.lookup(space, page, s) {
+            Ok(f) => f,
+            Err(e) => return self.fail("looking up", e),
+        };
+        self.check_generation();
         let Some(entry) = found else { return Ok(None) };
         let Frame::LocalPool { offset } = entry.frame else {
             return Err(AgentError::ForeignFrame(entry.frame));
         };
-        let rec = self.pool.record_at(offset)?;
-        match rec {
+        match self.pool.record_at(offset)? {
             Some(r) if r.space_id == space && r.page_no == page && r.lsn == entry.lsn => {
-                Ok(Some(DirEntry { pool_offset: offset, lsn: r.lsn, valid_from: r.valid_from }))
+                Ok(Some(DirEntry {
+                    pool_offset: offset,
+                    lsn: r.lsn,
+                    valid_from: r.valid_from,
+                }))
             }
-            _ => Err(AgentError::PoolRecord { slot: offset / POOL_PAGE as u64 }),
+            _ => Err(AgentError::PoolRecord {
+                slot: offset / POOL_PAGE as u64,
+            }),
         }
+    }
+
+    fn sync(&mut self) -> Result<()> {
+        PageTableDirectory::sync(self).map(|_| ())
     }
 
     fn describe(&self) -> &'static str {
@@ -204,9 +335,21 @@ mod tests {
     #[test]
     fn memory_directory_prefers_a_frame_that_passes_the_rule() {
         let mut d = MemoryDirectory::default();
-        let old = DirEntry { pool_offset: 0, lsn: 50, valid_from: 10 };
-        let fresh = DirEntry { pool_offset: 16384, lsn: 50, valid_from: 200 };
-        let newer = DirEntry { pool_offset: 32768, lsn: 300, valid_from: 250 };
+        let old = DirEntry {
+            pool_offset: 0,
+            lsn: 50,
+            valid_from: 10,
+        };
+        let fresh = DirEntry {
+            pool_offset: 16384,
+            lsn: 50,
+            valid_from: 200,
+        };
+        let newer = DirEntry {
+            pool_offset: 32768,
+            lsn: 300,
+            valid_from: 250,
+        };
         for e in [old, fresh, newer] {
             d.register(1, 2, e).unwrap();
         }
@@ -225,7 +368,12 @@ mod tests {
         let mut idx = PoolIndex::new(reader);
         assert_eq!(idx.lookup(4, 1, 100).unwrap(), None);
         for p in 0..300u32 {
-            let rec = PoolRecord { space_id: 4, page_no: p, lsn: 90, valid_from: 100 };
+            let rec = PoolRecord {
+                space_id: 4,
+                page_no: p,
+                lsn: 90,
+                valid_from: 100,
+            };
             writer.append(&full_crc32_page(4, p, 90), rec).unwrap();
         }
         let e = idx.lookup(4, 299, 100).unwrap().unwrap();

@@ -28,7 +28,11 @@ pub struct Ident {
 
 impl From<SpaceInfo> for Ident {
     fn from(i: SpaceInfo) -> Self {
-        Ident { space_id: i.space_id, page_size: i.page_size, format: i.format }
+        Ident {
+            space_id: i.space_id,
+            page_size: i.page_size,
+            format: i.format,
+        }
     }
 }
 
@@ -38,7 +42,9 @@ pub struct FdTable {
 
 impl Default for FdTable {
     fn default() -> Self {
-        FdTable { slots: (0..MAX_FD).map(|_| AtomicU64::new(0)).collect() }
+        FdTable {
+            slots: (0..MAX_FD).map(|_| AtomicU64::new(0)).collect(),
+        }
     }
 }
 
@@ -48,13 +54,19 @@ impl FdTable {
     }
 
     pub fn get(&self, fd: i32) -> FdState {
-        let Some(s) = self.slot(fd) else { return FdState::Untracked };
+        let Some(s) = self.slot(fd) else {
+            return FdState::Untracked;
+        };
         let v = s.load(Ordering::Acquire);
         if v & IDENTIFIED != 0 {
             FdState::Identified(Ident {
                 space_id: v as u32,
                 page_size: 1 << ((v >> 32) & 0xff),
-                format: if v & FULL_CRC32 != 0 { SpaceFormat::FullCrc32 } else { SpaceFormat::Legacy },
+                format: if v & FULL_CRC32 != 0 {
+                    SpaceFormat::FullCrc32
+                } else {
+                    SpaceFormat::Legacy
+                },
             })
         } else if v & CANDIDATE != 0 {
             FdState::Candidate
@@ -71,9 +83,16 @@ impl FdTable {
 
     pub fn set_identified(&self, fd: i32, id: Ident) {
         if let Some(s) = self.slot(fd) {
-            let fmt = if id.format == SpaceFormat::FullCrc32 { FULL_CRC32 } else { 0 };
+            let fmt = if id.format == SpaceFormat::FullCrc32 {
+                FULL_CRC32
+            } else {
+                0
+            };
             let shift = u64::from(id.page_size.trailing_zeros());
-            s.store(IDENTIFIED | fmt | (shift << 32) | u64::from(id.space_id), Ordering::Release);
+            s.store(
+                IDENTIFIED | fmt | (shift << 32) | u64::from(id.space_id),
+                Ordering::Release,
+            );
         }
     }
 
@@ -104,7 +123,15 @@ mod tests {
         for yes in ["./t/x.ibd", "ibdata1", "/d/ibdata12", "undo001", "/x/undo3"] {
             assert!(is_data_file(yes.as_bytes()), "{yes}");
         }
-        for no in ["ib_logfile0", "x.frm", "ibdata", "undo", "undo1x", "ibd", "/t/ibdata1/x"] {
+        for no in [
+            "ib_logfile0",
+            "x.frm",
+            "ibdata",
+            "undo",
+            "undo1x",
+            "ibd",
+            "/t/ibdata1/x",
+        ] {
             assert!(!is_data_file(no.as_bytes()), "{no}");
         }
     }
@@ -117,10 +144,18 @@ mod tests {
         assert_eq!(t.get(MAX_FD as i32), FdState::Untracked);
         t.set_candidate(5);
         assert_eq!(t.get(5), FdState::Candidate);
-        let id = Ident { space_id: u32::MAX - 1, page_size: 65536, format: SpaceFormat::FullCrc32 };
+        let id = Ident {
+            space_id: u32::MAX - 1,
+            page_size: 65536,
+            format: SpaceFormat::FullCrc32,
+        };
         t.set_identified(5, id);
         assert_eq!(t.get(5), FdState::Identified(id));
-        let id2 = Ident { space_id: 0, page_size: 4096, format: SpaceFormat::Legacy };
+        let id2 = Ident {
+            space_id: 0,
+            page_size: 4096,
+            format: SpaceFormat::Legacy,
+        };
         t.set_identified(6, id2);
         assert_eq!(t.get(6), FdState::Identified(id2));
         t.clear(5);

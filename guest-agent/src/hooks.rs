@@ -43,39 +43,39 @@ fn sym(name: &CStr) -> *mut c_void {
 }
 
 macro_rules! required {
-    ($name:literal) => {{
+    ($name:literal, $ty:ty) => {{
         let p = sym($name);
         if p.is_null() {
             // glibc always has these; without them nothing can be forwarded.
             std::process::abort();
         }
         // SAFETY: the symbol is glibc's function of this exact C signature.
-        unsafe { std::mem::transmute::<*mut c_void, _>(p) }
+        unsafe { std::mem::transmute::<*mut c_void, $ty>(p) }
     }};
 }
 
 macro_rules! optional {
-    ($name:literal) => {{
+    ($name:literal, $ty:ty) => {{
         let p = sym($name);
         // SAFETY: as above; absent when the server does not link the library.
-        (!p.is_null()).then(|| unsafe { std::mem::transmute::<*mut c_void, _>(p) })
+        (!p.is_null()).then(|| unsafe { std::mem::transmute::<*mut c_void, $ty>(p) })
     }};
 }
 
 fn real() -> &'static Real {
     static REAL: OnceLock<Real> = OnceLock::new();
     REAL.get_or_init(|| Real {
-        open: required!(c"open"),
-        open64: required!(c"open64"),
-        openat: required!(c"openat"),
-        openat64: required!(c"openat64"),
-        close: required!(c"close"),
-        pread: required!(c"pread"),
-        pread64: required!(c"pread64"),
-        pwrite: required!(c"pwrite"),
-        pwrite64: required!(c"pwrite64"),
-        io_setup: optional!(c"io_setup"),
-        io_uring_queue_init: optional!(c"io_uring_queue_init"),
+        open: required!(c"open", OpenFn),
+        open64: required!(c"open64", OpenFn),
+        openat: required!(c"openat", OpenatFn),
+        openat64: required!(c"openat64", OpenatFn),
+        close: required!(c"close", CloseFn),
+        pread: required!(c"pread", PreadFn),
+        pread64: required!(c"pread64", PreadFn),
+        pwrite: required!(c"pwrite", PwriteFn),
+        pwrite64: required!(c"pwrite64", PwriteFn),
+        io_setup: optional!(c"io_setup", IoSetupFn),
+        io_uring_queue_init: optional!(c"io_uring_queue_init", UringInitFn),
     })
 }
 
@@ -97,14 +97,17 @@ fn init() -> Agent {
     let config = match Config::from_lookup(|k| std::env::var(k).ok()) {
         Ok(c) => c,
         Err(e) => {
-            tracing::error!("dbfork agent: bad configuration, sharing off: {}", error_chain(&e));
+            tracing::error!(
+                "dbfork agent: bad configuration, sharing off: {}",
+                error_chain(&e)
+            );
             let mut c = Config::from_lookup(|_| None).expect("empty config is valid");
             c.stats_path = std::env::var("DBFORK_AGENT_STATS").ok().map(Into::into);
             c
         }
     };
     let agent = Agent::new(config);
-    if agent.config.stats_path.is_some() {
+    if agent.config.stats_path.is_some() || agent.config.role != crate::config::Role::Off {
         // The server routes signals to one sigwait thread and blocks them everywhere
         // else; our thread must not be a place a process signal can land, so it is
         // created with every signal blocked (threads inherit the creator's mask).
@@ -117,13 +120,14 @@ fn init() -> Agent {
             old
         };
         let spawned = std::thread::Builder::new()
-            .name("dbfork-stats".into())
+            .name("dbfork-agent".into())
             .spawn(|| {
                 IN_AGENT.with(|g| g.set(true));
                 loop {
                     // A periodic dump, not synchronisation.
                     std::thread::sleep(Duration::from_millis(200));
                     if let Some(a) = AGENT.get() {
+                        a.tick();
                         a.write_stats();
                     }
                 }
@@ -228,7 +232,12 @@ macro_rules! pread_hook {
         /// # Safety
         /// pread(2)'s contract: `buf` is writable for `count` bytes.
         #[no_mangle]
-        pub unsafe extern "C" fn $name(fd: c_int, buf: *mut c_void, count: size_t, off: off_t) -> ssize_t {
+        pub unsafe extern "C" fn $name(
+            fd: c_int,
+            buf: *mut c_void,
+            count: size_t,
+            off: off_t,
+        ) -> ssize_t {
             let done = Cell::new(None);
             let r = with_agent(|a| {
                 let real_call = || {
@@ -265,7 +274,12 @@ macro_rules! pwrite_hook {
         /// # Safety
         /// pwrite(2)'s contract.
         #[no_mangle]
-        pub unsafe extern "C" fn $name(fd: c_int, buf: *const c_void, count: size_t, off: off_t) -> ssize_t {
+        pub unsafe extern "C" fn $name(
+            fd: c_int,
+            buf: *const c_void,
+            count: size_t,
+            off: off_t,
+        ) -> ssize_t {
             with_agent(|a| a.on_pwrite(fd, count, off));
             // SAFETY: forwarding.
             unsafe { (real().$name)(fd, buf, count, off) }

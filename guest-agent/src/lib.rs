@@ -11,7 +11,7 @@ pub mod pool;
 pub mod share;
 pub mod stats;
 
-#[cfg(not(test))]
+#[cfg(all(feature = "preload", not(test)))]
 mod hooks;
 
 pub use error::{AgentError, Result};

@@ -208,8 +208,9 @@ pub fn fold_binary(bytes: &[u8]) -> u64 {
 /// The legacy "innodb" checksum stored at offset 0.
 pub fn innodb_new_checksum(page: &[u8]) -> u32 {
     let n = page.len();
-    let sum = fold_binary(&page[FIL_PAGE_OFFSET..FIL_PAGE_FILE_FLUSH_LSN])
-        .wrapping_add(fold_binary(&page[FIL_PAGE_DATA..n - FIL_PAGE_END_LSN_OLD_CHKSUM]));
+    let sum = fold_binary(&page[FIL_PAGE_OFFSET..FIL_PAGE_FILE_FLUSH_LSN]).wrapping_add(
+        fold_binary(&page[FIL_PAGE_DATA..n - FIL_PAGE_END_LSN_OLD_CHKSUM]),
+    );
     sum as u32
 }
 
@@ -344,7 +345,10 @@ mod tests {
     #[test]
     fn full_crc32_page_verifies_and_detects_one_flipped_bit() {
         let mut p = full_crc32_page(5, 3, 0x1_0000_1234);
-        assert_eq!(verify(&p, SpaceFormat::FullCrc32), Ok(ChecksumKind::FullCrc32));
+        assert_eq!(
+            verify(&p, SpaceFormat::FullCrc32),
+            Ok(ChecksumKind::FullCrc32)
+        );
         let h = verify_identity(&p, SpaceFormat::FullCrc32, 5, 3).unwrap();
         assert_eq!(h.lsn, 0x1_0000_1234);
         for bit in [0usize, 8 * 100, 8 * 16383 - 1, 8 * 9000 + 3] {
@@ -415,16 +419,31 @@ mod tests {
         assert_eq!(space_format(3 << 6), Ok((4096, SpaceFormat::Legacy)));
         assert_eq!(space_format(7 << 6), Ok((65536, SpaceFormat::Legacy)));
         assert!(matches!(space_format(0x10), Err(PageError::BadFlags(_))));
-        assert!(matches!(space_format(0x15 | (1 << 5)), Err(PageError::PageCompressed(1))));
-        assert!(matches!(space_format(0x21 | (4 << 1)), Err(PageError::Compressed(8192))));
+        assert!(matches!(
+            space_format(0x15 | (1 << 5)),
+            Err(PageError::PageCompressed(1))
+        ));
+        assert!(matches!(
+            space_format(0x21 | (4 << 1)),
+            Err(PageError::Compressed(8192))
+        ));
         assert!(matches!(space_format(5 << 6), Err(PageError::BadFlags(_))));
     }
 
     #[test]
     fn zero_and_short_pages_are_errors() {
-        assert_eq!(verify(&[0u8; 16384], SpaceFormat::FullCrc32), Err(PageError::AllZero));
-        assert!(matches!(verify(&[1u8; 100], SpaceFormat::FullCrc32), Err(PageError::BadPageSize(100))));
-        assert!(matches!(space_info(&[0u8; 20]), Err(PageError::Short { .. })));
+        assert_eq!(
+            verify(&[0u8; 16384], SpaceFormat::FullCrc32),
+            Err(PageError::AllZero)
+        );
+        assert!(matches!(
+            verify(&[1u8; 100], SpaceFormat::FullCrc32),
+            Err(PageError::BadPageSize(100))
+        ));
+        assert!(matches!(
+            space_info(&[0u8; 20]),
+            Err(PageError::Short { .. })
+        ));
         assert!(matches!(header(&[0u8; 20]), Err(PageError::Short { .. })));
     }
 

@@ -101,7 +101,8 @@ impl Pool {
         let len = |f: &File| f.metadata().map(|m| m.len()).unwrap_or(0);
         // A source restarting after a crash resumes after every slot either file has
         // touched, so a half-appended slot is never reused.
-        let next = (len(&data).div_ceil(POOL_PAGE as u64)).max(len(&meta).div_ceil(RECORD_LEN as u64));
+        let next =
+            (len(&data).div_ceil(POOL_PAGE as u64)).max(len(&meta).div_ceil(RECORD_LEN as u64));
         Ok(Pool {
             data,
             meta,
@@ -217,7 +218,9 @@ pub unsafe fn anon_over(dst: *mut u8, len: usize) -> Result<()> {
         )
     };
     if p == libc::MAP_FAILED {
-        return Err(AgentError::last_os("replacing a frame with anonymous memory"));
+        return Err(AgentError::last_os(
+            "replacing a frame with anonymous memory",
+        ));
     }
     Ok(())
 }
@@ -259,7 +262,12 @@ mod tests {
 
     #[test]
     fn records_round_trip_and_damage_is_detected() {
-        let r = PoolRecord { space_id: 7, page_no: 9, lsn: 1 << 40, valid_from: 55 };
+        let r = PoolRecord {
+            space_id: 7,
+            page_no: 9,
+            lsn: 1 << 40,
+            valid_from: 55,
+        };
         let mut b = r.encode();
         assert_eq!(PoolRecord::decode(&b), Some(r));
         b[5] ^= 1;
@@ -274,7 +282,12 @@ mod tests {
         let path = dir.path().join("pool");
         let pool = Pool::open(&path, true).unwrap();
         let page = full_crc32_page(3, 4, 100);
-        let rec = PoolRecord { space_id: 3, page_no: 4, lsn: 100, valid_from: 90 };
+        let rec = PoolRecord {
+            space_id: 3,
+            page_no: 4,
+            lsn: 100,
+            valid_from: 90,
+        };
         let off = pool.append(&page, rec).unwrap();
         assert_eq!(pool.record_at(off).unwrap(), Some(rec));
 

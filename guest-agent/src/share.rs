@@ -18,7 +18,11 @@ pub enum Decline {
     WrittenByReplica,
 }
 
-pub fn may_share(entry: &DirEntry, snapshot_lsn: u64, written_by_replica: bool) -> Result<(), Decline> {
+pub fn may_share(
+    entry: &DirEntry,
+    snapshot_lsn: u64,
+    written_by_replica: bool,
+) -> Result<(), Decline> {
     if written_by_replica {
         return Err(Decline::WrittenByReplica);
     }
@@ -36,7 +40,11 @@ mod tests {
     use super::*;
 
     fn e(lsn: u64, valid_from: u64) -> DirEntry {
-        DirEntry { pool_offset: 0, lsn, valid_from }
+        DirEntry {
+            pool_offset: 0,
+            lsn,
+            valid_from,
+        }
     }
 
     #[test]
@@ -44,8 +52,17 @@ mod tests {
         let s = 1000;
         assert_eq!(may_share(&e(900, 1000), s, false), Ok(()));
         assert_eq!(may_share(&e(1000, 5000), s, false), Ok(()));
-        assert_eq!(may_share(&e(1001, 5000), s, false), Err(Decline::NewerThanSnapshot));
-        assert_eq!(may_share(&e(900, 999), s, false), Err(Decline::ReadBeforeSnapshot));
-        assert_eq!(may_share(&e(900, 1000), s, true), Err(Decline::WrittenByReplica));
+        assert_eq!(
+            may_share(&e(1001, 5000), s, false),
+            Err(Decline::NewerThanSnapshot)
+        );
+        assert_eq!(
+            may_share(&e(900, 999), s, false),
+            Err(Decline::ReadBeforeSnapshot)
+        );
+        assert_eq!(
+            may_share(&e(900, 1000), s, true),
+            Err(Decline::WrittenByReplica)
+        );
     }
 }

@@ -20,7 +20,10 @@ fn check_file(path: &std::path::Path) -> (usize, Vec<ChecksumKind>) {
         // which identity checking must (and does) reject as page i.
         if info.space_id == 0 && (64..192).contains(&i) {
             let err = page::verify_identity(p, info.format, 0, i as u32).unwrap_err();
-            assert!(matches!(err, page::PageError::WrongIdentity { .. }), "{err}");
+            assert!(
+                matches!(err, page::PageError::WrongIdentity { .. }),
+                "{err}"
+            );
             continue;
         }
         let h = page::verify_identity(p, info.format, info.space_id, i as u32)
@@ -42,7 +45,8 @@ fn real_full_crc32_and_crc32_tablespaces_verify_page_by_page() {
     install_datadir(&data);
     // crc32 here makes new tablespaces use the pre-full_crc32 layout (MySQL-compatible).
     let mut opts = ServerOpts::plain();
-    opts.extra_args.push("--innodb-checksum-algorithm=crc32".into());
+    opts.extra_args
+        .push("--innodb-checksum-algorithm=crc32".into());
     let s = Server::start(&data, &tmp.path().join("run"), opts);
     load_table(&s, "legacy", 3000);
     s.sql("SET GLOBAL innodb_checksum_algorithm=full_crc32");

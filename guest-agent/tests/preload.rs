@@ -5,7 +5,9 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{checksum_query, install_datadir, load_table, require_mariadb, wait_for, Server, ServerOpts};
+use common::{
+    checksum_query, install_datadir, load_table, require_mariadb, wait_for, Server, ServerOpts,
+};
 use dbfork_agent::stats::StatsSnapshot;
 
 fn stats(path: &Path) -> StatsSnapshot {
@@ -30,17 +32,68 @@ fn role_off_identifies_data_files_and_counts_verified_page_reads() {
 
     let st = tmp.path().join("stats.json");
     let mut opts = ServerOpts::agent(&[("DBFORK_AGENT_STATS", st.display().to_string())]);
-    opts.extra_args.push("--innodb-buffer-pool-load-at-startup=0".into());
+    opts.extra_args
+        .push("--innodb-buffer-pool-load-at-startup=0".into());
     let s = Server::start(&data, &tmp.path().join("run1"), opts);
     assert_eq!(s.sql(&checksum_query("a")), want);
     let snap = wait_stats(&st, "page reads in stats", |x| x.pages_read_verified >= 20);
     assert_eq!(snap.role, "off");
     assert!(snap.files_identified >= 2, "{snap:?}"); // ibdata1 + t/a.ibd at least
     assert_eq!(snap.files_declined, 0, "{snap:?}");
-    assert!(snap.reads_page_sized >= snap.pages_read_verified, "{snap:?}");
-    assert_eq!(snap.shared + snap.pages_pooled, 0, "role off never shares: {snap:?}");
+    assert!(
+        snap.reads_page_sized >= snap.pages_read_verified,
+        "{snap:?}"
+    );
+    assert_eq!(
+        snap.shared + snap.pages_pooled,
+        0,
+        "role off never shares: {snap:?}"
+    );
     s.shutdown();
     // The exit handler wrote the final numbers.
     let last = stats(&st);
     assert!(last.pages_read_verified >= snap.pages_read_verified);
+}
+
+/// With native AIO the server's reads and writes bypass the preload; the agent must
+/// notice and keep sharing off, and the server must work normally.
+#[test]
+fn native_aio_turns_sharing_off_with_a_reason() {
+    require_mariadb!();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    install_datadir(&data);
+    let s = Server::start(&data, &tmp.path().join("run0"), ServerOpts::plain());
+    load_table(&s, "a", 3000);
+    let want = s.sql(&checksum_query("a"));
+    s.shutdown();
+
+    let shm = common::pool_dir();
+    let st = tmp.path().join("stats.json");
+    let epoch = tmp.path().join("epoch");
+    std::fs::write(&epoch, "1").unwrap();
+    let mut opts = ServerOpts::agent(&[
+        ("DBFORK_AGENT_ROLE", "source".to_string()),
+        (
+            "DBFORK_POOL_PATH",
+            shm.path().join("pool").display().to_string(),
+        ),
+        ("DBFORK_FAMILY_EPOCH_FILE", epoch.display().to_string()),
+        ("DBFORK_AGENT_STATS", st.display().to_string()),
+    ]);
+    opts.extra_args.push("--innodb-use-native-aio=1".into());
+    let s = Server::start(&data, &tmp.path().join("run1"), opts);
+    assert_eq!(s.sql(&checksum_query("a")), want);
+    let snap = wait_stats(&st, "sharing off reason", |x| {
+        x.sharing_off_reason.is_some()
+    });
+    let why = snap.sharing_off_reason.clone().unwrap();
+    assert!(why.contains("innodb_use_native_aio=0"), "{why}");
+    assert!(
+        s.log_text().contains("sharing is off"),
+        "the error log says why"
+    );
+    s.shutdown();
+    let last = stats(&st);
+    assert_eq!(last.pages_pooled, 0, "{last:?}");
 }

@@ -53,10 +53,17 @@ fn source_pools_verified_reads_and_server_writes_stay_private() {
         ("DBFORK_AGENT_STATS", st.display().to_string()),
     ];
     let mut opts = ServerOpts::agent(&env);
-    opts.extra_args.push("--innodb-buffer-pool-load-at-startup=0".into());
+    opts.extra_args
+        .push("--innodb-buffer-pool-load-at-startup=0".into());
     let s = Server::start(&data, &tmp.path().join("run1"), opts);
-    assert_eq!(s.sql(&checksum_query("a")), want, "same results with the agent");
-    wait_for(Duration::from_secs(30), "pooled pages in stats", || stats(&st).pages_pooled >= 100);
+    assert_eq!(
+        s.sql(&checksum_query("a")),
+        want,
+        "same results with the agent"
+    );
+    wait_for(Duration::from_secs(30), "pooled pages in stats", || {
+        stats(&st).pages_pooled >= 100
+    });
     let snap = stats(&st);
     assert_eq!(snap.sharing_off_reason, None, "{snap:?}");
     assert_eq!(snap.pages_registered, snap.pages_pooled, "{snap:?}");

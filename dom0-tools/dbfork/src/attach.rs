@@ -276,9 +276,19 @@ fn attach_steps(
         run(fs.mkfs(), args)?;
     }
     let mp = rec.mountpoint.display().to_string();
-    let mut mount = vec![];
+    let mut opts = vec![];
     if req.read_only {
-        mount.extend(["-o", "ro"]);
+        opts.push("ro");
+    }
+    // A clone carries its source's filesystem UUID; XFS refuses a second mount of the
+    // same UUID unless told, and a clone beside its source is exactly our use.
+    if run("blkid", &["-o", "value", "-s", "TYPE", &dev]).is_ok_and(|t| t == "xfs") {
+        opts.push("nouuid");
+    }
+    let opts = opts.join(",");
+    let mut mount = vec![];
+    if !opts.is_empty() {
+        mount.extend(["-o", opts.as_str()]);
     }
     mount.extend([dev.as_str(), mp.as_str()]);
     run("mount", &mount)?;

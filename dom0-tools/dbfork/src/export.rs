@@ -51,6 +51,13 @@ impl BlockDevice for VolumeDevice {
     fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> io::Result<()> {
         self.0.write_zeroes(offset, len, fua).map_err(errno)
     }
+    /// NBD_CMD_CACHE ("I will read this soon") is exactly a prefetch: the range
+    /// moves to the front of the hydration queue.
+    fn cache(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.0
+            .prefetch(&[(offset, len)])
+            .map_err(|e| errno(io::Error::from(e)))
+    }
     fn read_only(&self) -> bool {
         self.0.read_only()
     }

@@ -85,7 +85,15 @@ pub fn run(store_dir: &Path, out: &Output, cmd: VolumeCommand) -> Result<()> {
             }
         }
         VolumeCommand::List => {
-            let all = store.list()?;
+            // Open volumes report live figures through their export process.
+            let all: Vec<VolumeStatus> = store
+                .list()?
+                .into_iter()
+                .map(|v| match v.open_by_pid {
+                    Some(_) => status(&store, &run_dir, &v.name).unwrap_or(v),
+                    None => v,
+                })
+                .collect();
             if out.json {
                 out.print_json(&serde_json::to_value(&all)?);
             } else if all.is_empty() {

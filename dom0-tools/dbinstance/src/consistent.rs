@@ -21,6 +21,7 @@ pub struct ConsistentPoint {
     conn: Option<Conn>,
     name: String,
     gtid: GtidPos,
+    lsn: u64,
     held_since: Instant,
     acquire: Duration,
 }
@@ -49,6 +50,7 @@ impl ConsistentPoint {
             conn: Some(conn),
             name,
             gtid: GtidPos::default(),
+            lsn: 0,
             held_since: Instant::now(),
             acquire: Duration::ZERO,
         };
@@ -66,6 +68,7 @@ impl ConsistentPoint {
         cp.held_since = Instant::now();
         cp.acquire = t0.elapsed();
         cp.gtid = gtid_var(cp.conn_mut(), source.name(), "gtid_binlog_pos")?;
+        cp.lsn = innodb_lsn(cp.conn_mut(), source.name())?;
         tracing::info!(source = %cp.name, gtid = %cp.gtid, acquire_ms = cp.acquire.as_millis() as u64, "commits blocked");
         Ok(cp)
     }
@@ -78,6 +81,15 @@ impl ConsistentPoint {
     /// from a snapshot taken now starts replicating right after it.
     pub fn gtid(&self) -> &GtidPos {
         &self.gtid
+    }
+
+    /// InnoDB's current LSN, read under the hold and before the caller's snapshot.
+    /// Background work (purge, flushing) still writes redo while commits are held, so
+    /// the snapshot reflects at least this LSN: a source page whose LSN is <= this
+    /// value is what the clone has after crash recovery. Use it as the replica's
+    /// snapshot LSN for page sharing (reading it after the snapshot would not be safe).
+    pub fn lsn(&self) -> u64 {
+        self.lsn
     }
 
     /// Time spent getting the lock (waiting for in-flight commits and DDL).
@@ -98,6 +110,19 @@ impl ConsistentPoint {
         tracing::info!(source = %self.name, held_ms = held, "commits released");
         res.map(|_| held)
     }
+}
+
+/// `Innodb_lsn_current`.
+pub fn innodb_lsn(conn: &mut Conn, name: &str) -> Result<u64> {
+    use mysql::prelude::Queryable;
+    let row: Option<(String, String)> = conn
+        .query_first("SHOW GLOBAL STATUS LIKE 'Innodb_lsn_current'")
+        .map_err(|e| Error::sql(name, "SHOW STATUS Innodb_lsn_current", e))?;
+    let text = row.map(|r| r.1).unwrap_or_default();
+    text.trim().parse().map_err(|_| Error::UnexpectedResult {
+        name: name.to_string(),
+        detail: format!("Innodb_lsn_current is {text:?}"),
+    })
 }
 
 impl Drop for ConsistentPoint {

@@ -20,6 +20,7 @@ use crate::tools::{run, tail_lines, tail_of_file};
 pub const REPL_USER: &str = "dbfork_repl";
 
 const POLL: Duration = Duration::from_millis(50);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Startup includes crash recovery of a cloned datadir; generous by default.
 pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(180);
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(120);
@@ -254,7 +255,7 @@ impl Instance {
                 }
             }
             if self.cfg.socket_path().exists() {
-                if let Ok(mut c) = crate::sql::connect_socket(&self.cfg) {
+                if let Ok(mut c) = crate::sql::connect_socket_opts(&self.cfg, Some(PROBE_TIMEOUT)) {
                     if crate::sql::ping(&mut c) {
                         return Ok(());
                     }
@@ -407,6 +408,25 @@ pub(crate) fn prepare_empty_dir(dir: &Path) -> Result<()> {
     let occupied = entries.any(|e| e.map(|e| e.file_name() != "lost+found").unwrap_or(true));
     if occupied {
         return Err(Error::DatadirNotEmpty(dir.to_path_buf()));
+    }
+    Ok(())
+}
+
+/// Removes everything inside `dir` (not `dir` itself: it may be a mount point),
+/// keeping lost+found.
+pub(crate) fn clear_dir(dir: &Path) -> Result<()> {
+    for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        if entry.file_name() == "lost+found" {
+            continue;
+        }
+        let path = entry.path();
+        let res = if entry.file_type().map_err(|e| Error::io(&path, e))?.is_dir() {
+            fs::remove_dir_all(&path)
+        } else {
+            fs::remove_file(&path)
+        };
+        res.map_err(|e| Error::io(&path, e))?;
     }
     Ok(())
 }

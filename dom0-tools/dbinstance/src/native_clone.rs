@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::InstanceConfig;
 use crate::error::{Error, Result};
 use crate::gtid::GtidPos;
-use crate::instance::{prepare_empty_dir, Instance, StartOptions};
+use crate::instance::{clear_dir, prepare_empty_dir, Instance, StartOptions};
 use crate::replication::{configure_replica, ReplicationSource};
 use crate::tools::run;
 
@@ -53,7 +53,6 @@ pub fn native_clone(
     }
     prepare_empty_dir(&new_cfg.datadir)?;
     let t_all = Instant::now();
-    let mut t = NativeCloneTimings::default();
     let staging = new_cfg.run_dir.join("backup");
     if staging.exists() {
         return Err(Error::InvalidConfig(format!(
@@ -62,6 +61,41 @@ pub fn native_clone(
         )));
     }
     let _cleanup = RemoveDirOnDrop(staging.clone());
+    let datadir = new_cfg.datadir.clone();
+    let mut started: Option<Instance> = None;
+    let res = clone_steps(source, new_cfg, start, &staging, &mut started);
+    match res {
+        Ok((gtid, mut t)) => {
+            let instance = started.expect("set when the steps succeed");
+            t.total_ms = ms(t_all.elapsed());
+            tracing::info!(clone = instance.name(), gtid = %gtid, ?t, "native clone ready");
+            Ok(NativeClone {
+                instance,
+                gtid,
+                timings: t,
+            })
+        }
+        Err(e) => {
+            // No half-made replica: no server left running, the datadir empty again.
+            if let Some(mut inst) = started {
+                let _ = inst.kill();
+            }
+            if let Err(ce) = clear_dir(&datadir) {
+                tracing::warn!("cleaning {} after a failed clone: {ce}", datadir.display());
+            }
+            Err(e)
+        }
+    }
+}
+
+fn clone_steps(
+    source: &Instance,
+    new_cfg: InstanceConfig,
+    start: &StartOptions,
+    staging: &Path,
+    started: &mut Option<Instance>,
+) -> Result<(GtidPos, NativeCloneTimings)> {
+    let mut t = NativeCloneTimings::default();
     let log = new_cfg.run_dir.join("mariadb-backup.log");
 
     let t0 = Instant::now();
@@ -90,7 +124,7 @@ pub fn native_clone(
     run_logged(&mut cmd, "mariadb-backup --prepare", &log)?;
     t.prepare_ms = ms(t0.elapsed());
 
-    let gtid = read_backup_gtid(&staging)?;
+    let gtid = read_backup_gtid(staging)?;
 
     let instance = Instance::open(new_cfg)?;
     let t0 = Instant::now();
@@ -106,21 +140,15 @@ pub fn native_clone(
     t.copy_back_ms = ms(t0.elapsed());
     instance.adopt_repl_secret(source.config())?;
 
-    let mut instance = instance;
+    let instance = started.insert(instance);
     let t0 = Instant::now();
     instance.start_with(start)?;
     t.start_ms = ms(t0.elapsed());
 
     let t0 = Instant::now();
-    configure_replica(&instance, &ReplicationSource::of(source)?, &gtid)?;
+    configure_replica(instance, &ReplicationSource::of(source)?, &gtid)?;
     t.configure_ms = ms(t0.elapsed());
-    t.total_ms = ms(t_all.elapsed());
-    tracing::info!(clone = instance.name(), gtid = %gtid, ?t, "native clone ready");
-    Ok(NativeClone {
-        instance,
-        gtid,
-        timings: t,
-    })
+    Ok((gtid, t))
 }
 
 fn run_logged(cmd: &mut Command, what: &str, log: &Path) -> Result<()> {

@@ -1,5 +1,7 @@
 //! Connections and the small SQL helpers everything else is built from.
 
+use std::time::Duration;
+
 use mysql::prelude::{FromValue, Queryable};
 use mysql::{Conn, OptsBuilder};
 
@@ -10,10 +12,21 @@ use crate::instance::Instance;
 
 /// root over the instance's Unix socket (unix_socket authentication).
 pub(crate) fn connect_socket(cfg: &InstanceConfig) -> Result<Conn> {
+    connect_socket_opts(cfg, None)
+}
+
+/// As [`connect_socket`], with read/write timeouts so a hung (e.g. stopped) server
+/// cannot block a readiness probe past its deadline.
+pub(crate) fn connect_socket_opts(
+    cfg: &InstanceConfig,
+    io_timeout: Option<Duration>,
+) -> Result<Conn> {
     let opts = OptsBuilder::new()
         .socket(Some(cfg.socket_path().to_string_lossy().into_owned()))
         .user(Some("root"))
-        .prefer_socket(true);
+        .prefer_socket(true)
+        .read_timeout(io_timeout)
+        .write_timeout(io_timeout);
     Conn::new(opts).map_err(|e| Error::sql(&cfg.name, "connect over socket", e))
 }
 

@@ -94,7 +94,25 @@ impl InstanceGuard {
     /// Initialised and running, binlog on.
     pub fn source(name: &str, server_id: u32) -> Result<Self> {
         let (cfg, dir) = test_config(name, server_id)?;
-        Self::init_and_start(cfg, dir)
+        let instance = Instance::init(cfg)?;
+        let mut g = InstanceGuard {
+            instance,
+            dir: Some(dir),
+        };
+        // The free port may be taken by another process before the server binds it
+        // (other test processes pick ports the same way): pick another and retry.
+        let mut attempts = 0;
+        loop {
+            match g.instance.start_with(&test_start_options()) {
+                Err(Error::PortInUse { .. }) if attempts < 3 => {
+                    attempts += 1;
+                    let mut cfg = g.instance.config().clone();
+                    cfg.port = free_port()?;
+                    g.instance.reconfigure(cfg)?;
+                }
+                other => return other.map(|_| g),
+            }
+        }
     }
 
     /// Init `cfg` (whose dirs should be inside `dir`) and start it.

@@ -51,6 +51,8 @@ fn block_commit_holds_concurrent_insert_and_records_position() {
         &before,
         "position read under the hold is the source's position"
     );
+    let lsn = cp.lsn();
+    assert!(lsn > 0);
 
     let mut writer = src.conn().unwrap();
     let inserter = std::thread::spawn(move || {
@@ -69,6 +71,11 @@ fn block_commit_holds_concurrent_insert_and_records_position() {
 
     let held_ms = cp.finish().unwrap();
     inserter.join().unwrap().unwrap();
+    let lsn_after = dbinstance::consistent::innodb_lsn(&mut src.conn().unwrap(), "t").unwrap();
+    assert!(
+        lsn_after > lsn,
+        "the released insert wrote redo after the point"
+    );
     assert!(
         held_ms >= 1,
         "the hold lasted at least as long as we watched it"

@@ -157,3 +157,31 @@ fn source_without_binlog_is_reported() {
     assert!(matches!(err, Error::NoBinlog(_)), "{err}");
     assert!(err.to_string().contains("no binary log"));
 }
+
+/// The CLI's case: one process starts the server, a later one (no child handle)
+/// finds it through the pid file, stops it, and starts it again.
+#[test]
+fn another_handle_adopts_stops_and_restarts_via_pid_file() {
+    let src = InstanceGuard::source("adopt", 19).unwrap();
+    let pid = src.pid().unwrap();
+    let mut other = Instance::open(src.config().clone()).unwrap();
+    assert!(other.is_running());
+    assert_eq!(other.pid(), Some(pid));
+    assert_eq!(
+        other.query_scalar::<i64>("SELECT @@server_id").unwrap(),
+        Some(19)
+    );
+    other.stop().unwrap();
+    assert!(!other.is_running());
+    assert!(!src.is_running());
+    other.start_with(&test_start_options()).unwrap();
+    assert!(
+        src.is_running(),
+        "the guard sees the new process through the pid file"
+    );
+    assert_ne!(src.pid(), Some(pid));
+    // A stale pid file naming some unrelated live process is not taken as the server.
+    other.kill().unwrap();
+    std::fs::write(src.config().pid_file(), format!("{}\n", std::process::id())).unwrap();
+    assert!(!src.is_running());
+}

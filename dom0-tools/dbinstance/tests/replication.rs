@@ -133,6 +133,20 @@ fn native_clone_under_write_load_catches_up() {
     let err = native_clone(&src, same_id, &test_start_options()).unwrap_err();
     assert!(matches!(err, Error::InvalidConfig(_)), "{err}");
 
+    // A failure after the copy (the new port is taken) leaves no half-made replica.
+    let (busy, _busy_dir) = test_config("nbusy", 33).unwrap();
+    let holder = std::net::TcpListener::bind(("127.0.0.1", busy.port)).unwrap();
+    let err = native_clone(&src, busy.clone(), &test_start_options()).unwrap_err();
+    assert!(matches!(err, Error::PortInUse { .. }), "{err}");
+    assert_eq!(
+        std::fs::read_dir(&busy.datadir).unwrap().count(),
+        0,
+        "datadir emptied"
+    );
+    assert!(!busy.run_dir.join("backup").exists());
+    assert!(!Instance::open(busy).unwrap().is_running());
+    drop(holder);
+
     let writer = Writer::start(&src);
     writer.wait_progress(20);
     let (cfg, dir) = test_config("nrep", 32).unwrap();

@@ -154,7 +154,7 @@ pub(crate) fn run(shared: Arc<Shared>, background: bool) {
         }
         match shared.hydrate_region(r, FetchKind::Background) {
             Ok(Some(bytes)) => {
-                if let Some(rate) = meter.add(bytes.len() as u64) {
+                if let Some(rate) = meter.add(bytes) {
                     shared.measured_rate.store(rate, Ordering::Release);
                 }
             }

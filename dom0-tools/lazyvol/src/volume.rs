@@ -281,7 +281,7 @@ impl Volume {
         drop(st);
         let mut regions = Vec::new();
         for &(off, len) in ranges {
-            if off.checked_add(len).map_or(true, |e| e > self.shared.size) {
+            if !matches!(off.checked_add(len), Some(e) if e <= self.shared.size) {
                 return Err(Error::Io {
                     context: format!("prefetch of {}", self.shared.name),
                     source: range_error(off, len, self.shared.size),
@@ -417,8 +417,8 @@ impl Shared {
     }
 
     /// Copies region `r` from below the top into the top unless a layer this volume
-    /// owns already has it. Returns the region's bytes if this call copied it.
-    pub(crate) fn hydrate_region(&self, r: u64, kind: FetchKind) -> io::Result<Option<Vec<u8>>> {
+    /// owns already has it. Returns the bytes copied, if this call copied it.
+    pub(crate) fn hydrate_region(&self, r: u64, kind: FetchKind) -> io::Result<Option<u64>> {
         let st = self.stack.read();
         if !st.dependent() || st.hydrated(r) {
             return Ok(None);
@@ -426,26 +426,18 @@ impl Shared {
         self.hydrate_locked(&st, r, kind)
     }
 
-    fn hydrate_locked(&self, st: &Stack, r: u64, kind: FetchKind) -> io::Result<Option<Vec<u8>>> {
+    fn hydrate_locked(&self, st: &Stack, r: u64, kind: FetchKind) -> io::Result<Option<u64>> {
         let _region = self.region_lock(r);
         if st.hydrated(r) {
             return Ok(None);
         }
         let top = st.top();
-        let (rstart, rlen) = top.region_bounds(r);
-        let mut region = vec![0u8; rlen as usize];
-        read_through(&st.layers[..st.layers.len() - 1], &mut region, rstart)?;
-        if region.iter().all(|&b| b == 0) {
-            // Uncommitted bytes from before a crash may sit in the file: clear them.
-            top.zero(rstart, rlen)?;
-        } else {
-            top.write_at(&region, rstart)?;
-        }
+        let rlen = copy_up(st, r, |_, _| {})?;
         if top.map.mark_present(r) {
             top.map.record_fetch(kind, rlen);
             self.hydrated.fetch_add(1, Ordering::AcqRel);
         }
-        Ok(Some(region))
+        Ok(Some(rlen))
     }
 
     fn write(&self, payload: Payload<'_>, off: u64, len: u64, fua: bool) -> io::Result<()> {
@@ -518,19 +510,13 @@ impl Shared {
         } else {
             // Copy-up: the whole region goes to the top, old bytes merged with new,
             // so the top never holds a region that is part new, part missing.
-            let (rstart, rlen) = top.region_bounds(seg.region);
-            let mut region = vec![0u8; rlen as usize];
-            read_through(&st.layers[..st.layers.len() - 1], &mut region, rstart)?;
-            let at = (seg.off - rstart) as usize;
-            match payload {
-                Payload::Bytes(b) => region[at..at + b.len()].copy_from_slice(b),
-                Payload::Zeroes => region[at..at + seg.len as usize].fill(0),
-            }
-            if region.iter().all(|&b| b == 0) {
-                top.zero(rstart, rlen)?;
-            } else {
-                top.write_at(&region, rstart)?;
-            }
+            let rlen = copy_up(st, seg.region, |region, rstart| {
+                let at = (seg.off - rstart) as usize;
+                match payload {
+                    Payload::Bytes(b) => region[at..at + b.len()].copy_from_slice(b),
+                    Payload::Zeroes => region[at..at + seg.len as usize].fill(0),
+                }
+            })?;
             if top.map.mark_present(seg.region) && from_origin {
                 top.map.record_fetch(FetchKind::OnDemand, rlen);
                 self.hydrated.fetch_add(1, Ordering::AcqRel);
@@ -634,4 +620,41 @@ impl Shared {
         st.layers.push(Arc::new(new_layer));
         Ok(())
     }
+}
+
+thread_local! {
+    /// Region-sized scratch buffer, reused so a copy-up does not allocate (and fault
+    /// in) a fresh buffer each time.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Writes region `r` whole into the top: its bytes from the layers below, passed
+/// through `merge(region, region_start)` first. All-zero regions become a hole (which
+/// also clears bytes a crash may have left there). Returns the region length. The
+/// caller holds the region lock and sets the bit afterwards (commit rule 1).
+fn copy_up(st: &Stack, r: u64, merge: impl FnOnce(&mut [u8], u64)) -> io::Result<u64> {
+    let top = st.top();
+    let (rstart, rlen) = top.region_bounds(r);
+    SCRATCH.with(|cell| {
+        let mut buf = cell.borrow_mut();
+        if buf.len() < rlen as usize {
+            buf.resize(rlen as usize, 0);
+        }
+        let region = &mut buf[..rlen as usize];
+        // read_through fills every byte, so leftovers from the last use never leak.
+        read_through(&st.layers[..st.layers.len() - 1], region, rstart)?;
+        merge(region, rstart);
+        if is_zero(region) {
+            top.zero(rstart, rlen)?;
+        } else {
+            top.write_at(region, rstart)?;
+        }
+        Ok(rlen)
+    })
+}
+
+fn is_zero(buf: &[u8]) -> bool {
+    let mut words = buf.chunks_exact(8);
+    words.all(|w| u64::from_ne_bytes(w.try_into().expect("8 bytes")) == 0)
+        && words.remainder().iter().all(|&b| b == 0)
 }

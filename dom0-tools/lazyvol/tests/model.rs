@@ -53,6 +53,9 @@ enum Op {
         off: u64,
         len: u64,
     },
+    Delete {
+        v: usize,
+    },
 }
 
 fn range() -> impl Strategy<Value = (u64, u64)> {
@@ -70,6 +73,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (any::<usize>(), 12u32..15, any::<bool>()).prop_map(|(s, shift, hydrate)| Op::Clone { s, shift, hydrate }),
         1 => any::<usize>().prop_map(|v| Op::Reopen { v }),
         1 => (any::<usize>(), range()).prop_map(|(v, (off, len))| Op::Prefetch { v, off, len }),
+        1 => any::<usize>().prop_map(|v| Op::Delete { v }),
     ]
 }
 
@@ -220,6 +224,33 @@ fn run(ops: Vec<Op>) {
                 };
                 entries[k].vol = None;
                 entries[k].vol = Some(store.open_volume(&entries[k].name).unwrap());
+            }
+            Op::Delete { v } => {
+                if entries.len() < 2 {
+                    continue;
+                }
+                let k = v % entries.len();
+                entries[k].vol = None;
+                match store.delete(&entries[k].name) {
+                    Ok(()) => {
+                        entries.remove(k);
+                    }
+                    Err(lazyvol::Error::SnapshotInUse { clones, .. }) => {
+                        assert!(!clones.is_empty());
+                        for c in &clones {
+                            // It may have become independent since (hydrator).
+                            let st = store.status(c).unwrap();
+                            assert!(
+                                st.independent
+                                    || st.depends_on.as_deref() == Some(&entries[k].name),
+                                "{c} named as a dependent of {}",
+                                entries[k].name
+                            );
+                        }
+                        entries[k].vol = Some(store.open_volume(&entries[k].name).unwrap());
+                    }
+                    Err(e) => panic!("delete {}: {e}", entries[k].name),
+                }
             }
             Op::Prefetch { v, off, len } => {
                 let Some(k) = pick(&entries, v, true) else {

@@ -192,6 +192,12 @@ impl<S: Read + Write> Client<S> {
         self.command(CMD_FLUSH, 0, 0, 0)
     }
 
+    /// The stream after the handshake, for callers that drive transmission themselves
+    /// (for example with several requests in flight).
+    pub fn into_stream(self) -> S {
+        self.stream
+    }
+
     /// Send NBD_CMD_DISC and close.
     pub fn disconnect(mut self) -> Result<(), NbdError> {
         self.send(CMD_DISC, 0, 0, 0, &[])

@@ -6,7 +6,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use crate::{BlockDevice, NbdError};
+use crate::{BlockDevice, Extent, NbdError};
 
 fn image_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> NbdError {
     let path = path.to_path_buf();
@@ -107,6 +107,26 @@ impl FileDevice {
         Ok(())
     }
 
+    /// `lseek(SEEK_DATA/SEEK_HOLE)` from `pos`; `None` when there is no more data.
+    /// The fd's offset moves, which is harmless: all I/O here is positional.
+    fn seek(&self, pos: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
+        let Ok(p) = libc::off_t::try_from(pos) else {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        };
+        // SAFETY: lseek only reads its integer arguments; the fd is owned by
+        // `self.file` and stays open for the call.
+        let r = unsafe { libc::lseek(self.file.as_raw_fd(), p, whence) };
+        if r >= 0 {
+            return Ok(Some(r as u64));
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ENXIO) {
+            Ok(None)
+        } else {
+            Err(e)
+        }
+    }
+
     fn sync_if(&self, fua: bool) -> io::Result<()> {
         if fua {
             self.file.sync_data()
@@ -161,6 +181,53 @@ impl BlockDevice for FileDevice {
     fn write_zeroes_no_hole(&self, offset: u64, len: u64, fua: bool) -> io::Result<()> {
         self.zero_range(offset, len)?;
         self.sync_if(fua)
+    }
+
+    /// Holes of the sparse file (as SEEK_HOLE sees them) are reported as hole+zero,
+    /// everything else as allocated data. Block devices and filesystems without
+    /// SEEK_DATA report all data.
+    fn block_status(&self, offset: u64, len: u64) -> io::Result<Vec<Extent>> {
+        let end = offset.saturating_add(len).min(self.size);
+        let mut out = Vec::new();
+        let mut pos = offset;
+        while pos < end && out.len() < crate::proto::MAX_EXTENTS {
+            let data = match self.seek(pos, libc::SEEK_DATA) {
+                Ok(d) => d.unwrap_or(end).min(end),
+                Err(e) if Self::unsupported(&e) => break,
+                Err(e) => return Err(e),
+            };
+            if data > pos {
+                out.push(Extent {
+                    len: data - pos,
+                    hole: true,
+                    zero: true,
+                });
+                pos = data;
+                continue;
+            }
+            let hole = match self.seek(pos, libc::SEEK_HOLE) {
+                Ok(h) => h.unwrap_or(end).min(end),
+                Err(e) if Self::unsupported(&e) => break,
+                Err(e) => return Err(e),
+            };
+            if hole <= pos {
+                break; // the file changed under us; report what we have
+            }
+            out.push(Extent {
+                len: hole - pos,
+                hole: false,
+                zero: false,
+            });
+            pos = hole;
+        }
+        if pos < end && out.is_empty() {
+            out.push(Extent {
+                len: end - pos,
+                hole: false,
+                zero: false,
+            });
+        }
+        Ok(out)
     }
 
     fn read_only(&self) -> bool {

@@ -22,7 +22,8 @@ pub use exports::{Export, Exports};
 pub use file_device::FileDevice;
 pub use listen::ListenAddr;
 pub use mem_device::MemDevice;
-pub use negotiate::{negotiate, Negotiated};
+pub use negotiate::{negotiate, Negotiated, Session};
+pub use proto::Extent;
 pub use server::{Server, ServerHandle, DEFAULT_TCP_ADDR};
 pub use transmit::transmit;
 
@@ -61,6 +62,24 @@ pub trait BlockDevice: Send + Sync {
         }
         Ok(())
     }
+    /// NBD_CMD_CACHE: the client will read this range soon. A hint (a lazy clone
+    /// can hydrate the range ahead of the reads); the default does nothing.
+    fn cache(&self, offset: u64, len: u64) -> io::Result<()> {
+        let _ = (offset, len);
+        Ok(())
+    }
+    /// Allocation of the bytes from `offset` (up to `len` of them), for NBD block status
+    /// (`base:allocation`): consecutive extents starting at `offset`. Reporting less
+    /// than `len` is fine (clients ask again); reporting nothing, or this default of
+    /// "all allocated data", is always correct, just less useful to copy tools.
+    fn block_status(&self, offset: u64, len: u64) -> io::Result<Vec<Extent>> {
+        let _ = offset;
+        Ok(vec![Extent {
+            len,
+            hole: false,
+            zero: false,
+        }])
+    }
     /// Read-only exports refuse writes with EPERM.
     fn read_only(&self) -> bool {
         false
@@ -77,7 +96,7 @@ where
     W: Write + Send,
 {
     match negotiate(&mut r, &mut w, exports)? {
-        Negotiated::Transmit(export) => transmit(r, w, &export, 1),
+        Negotiated::Transmit(session) => transmit(r, w, &session, 1),
         Negotiated::Aborted => Ok(()),
     }
 }

@@ -4,7 +4,7 @@ use std::io;
 
 use parking_lot::RwLock;
 
-use crate::BlockDevice;
+use crate::{BlockDevice, Extent};
 
 /// A block device held in memory. Reads share the lock, writes take it alone; flush is
 /// a no-op because nothing here is durable anyway.
@@ -82,6 +82,31 @@ impl BlockDevice for MemDevice {
 
     fn write_zeroes_no_hole(&self, offset: u64, len: u64, fua: bool) -> io::Result<()> {
         self.write_zeroes(offset, len, fua)
+    }
+
+    /// Nothing is ever a hole here; 4 KiB blocks of zeroes are reported as such, so
+    /// tests can see block status change with writes.
+    fn block_status(&self, offset: u64, len: u64) -> io::Result<Vec<Extent>> {
+        const BLOCK: u64 = 4096;
+        let r = self.range(offset, len)?;
+        let data = self.data.read();
+        let mut out: Vec<Extent> = Vec::new();
+        let mut pos = r.start as u64;
+        while pos < r.end as u64 {
+            // Align chunks to the block grid so reports do not depend on `offset`.
+            let next = ((pos / BLOCK + 1) * BLOCK).min(r.end as u64);
+            let zero = data[pos as usize..next as usize].iter().all(|&b| b == 0);
+            match out.last_mut() {
+                Some(e) if e.zero == zero => e.len += next - pos,
+                _ => out.push(Extent {
+                    len: next - pos,
+                    hole: false,
+                    zero,
+                }),
+            }
+            pos = next;
+        }
+        Ok(out)
     }
 
     fn read_only(&self) -> bool {

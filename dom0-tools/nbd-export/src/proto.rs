@@ -26,11 +26,14 @@ pub const OPT_STARTTLS: u32 = 5;
 pub const OPT_INFO: u32 = 6;
 pub const OPT_GO: u32 = 7;
 pub const OPT_STRUCTURED_REPLY: u32 = 8;
+pub const OPT_LIST_META_CONTEXT: u32 = 9;
+pub const OPT_SET_META_CONTEXT: u32 = 10;
 
 // Option reply types.
 pub const REP_ACK: u32 = 1;
 pub const REP_SERVER: u32 = 2;
 pub const REP_INFO: u32 = 3;
+pub const REP_META_CONTEXT: u32 = 4;
 pub const REP_FLAG_ERROR: u32 = 1 << 31;
 pub const REP_ERR_UNSUP: u32 = REP_FLAG_ERROR | 1;
 pub const REP_ERR_POLICY: u32 = REP_FLAG_ERROR | 2;
@@ -53,6 +56,7 @@ pub const TFLAG_SEND_FUA: u16 = 1 << 3;
 pub const TFLAG_SEND_TRIM: u16 = 1 << 5;
 pub const TFLAG_SEND_WRITE_ZEROES: u16 = 1 << 6;
 pub const TFLAG_CAN_MULTI_CONN: u16 = 1 << 8;
+pub const TFLAG_SEND_CACHE: u16 = 1 << 10;
 
 // Commands.
 pub const CMD_READ: u16 = 0;
@@ -60,11 +64,32 @@ pub const CMD_WRITE: u16 = 1;
 pub const CMD_DISC: u16 = 2;
 pub const CMD_FLUSH: u16 = 3;
 pub const CMD_TRIM: u16 = 4;
+pub const CMD_CACHE: u16 = 5;
 pub const CMD_WRITE_ZEROES: u16 = 6;
+pub const CMD_BLOCK_STATUS: u16 = 7;
 
 // Command flags.
 pub const CMD_FLAG_FUA: u16 = 1 << 0;
 pub const CMD_FLAG_NO_HOLE: u16 = 1 << 1;
+pub const CMD_FLAG_REQ_ONE: u16 = 1 << 3;
+
+// Structured replies.
+pub const STRUCTURED_REPLY_MAGIC: u32 = 0x668e_33ef;
+pub const REPLY_FLAG_DONE: u16 = 1 << 0;
+pub const REPLY_TYPE_NONE: u16 = 0;
+pub const REPLY_TYPE_OFFSET_DATA: u16 = 1;
+pub const REPLY_TYPE_BLOCK_STATUS: u16 = 5;
+pub const REPLY_TYPE_ERROR: u16 = (1 << 15) + 1;
+pub const STRUCTURED_HEADER_LEN: usize = 20;
+
+/// The one metadata context this server offers, and the id it gets.
+pub const BASE_ALLOCATION: &str = "base:allocation";
+pub const BASE_ALLOCATION_ID: u32 = 1;
+pub const STATE_HOLE: u32 = 1 << 0;
+pub const STATE_ZERO: u32 = 1 << 1;
+/// Descriptors per block-status reply at most (the spec asks for no more than 2^20;
+/// far fewer keeps one reply small and clients simply ask again).
+pub const MAX_EXTENTS: usize = 1 << 12;
 
 // Error values carried in simple replies.
 pub const NBD_EPERM: u32 = 1;
@@ -198,6 +223,53 @@ pub fn parse_info_request(data: &[u8]) -> Result<InfoRequest, NbdError> {
     Ok(InfoRequest { name, requests })
 }
 
+/// The data of NBD_OPT_LIST_META_CONTEXT / NBD_OPT_SET_META_CONTEXT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetaContextRequest {
+    pub export: String,
+    pub queries: Vec<String>,
+}
+
+pub fn parse_meta_context_request(data: &[u8]) -> Result<MetaContextRequest, NbdError> {
+    const BAD: NbdError = NbdError::Malformed {
+        what: "META_CONTEXT option data",
+    };
+    fn take<'a>(d: &mut &'a [u8], n: usize) -> Result<&'a [u8], NbdError> {
+        if d.len() < n {
+            return Err(BAD);
+        }
+        let (head, tail) = d.split_at(n);
+        *d = tail;
+        Ok(head)
+    }
+    let mut d = data;
+    let name_len = be_u32(take(&mut d, 4)?) as usize;
+    let export = parse_name(take(&mut d, name_len)?)?;
+    let count = be_u32(take(&mut d, 4)?) as usize;
+    // Each query takes at least 4 bytes: a count beyond that is a lie, and checking
+    // it first keeps the Vec below from being sized by the client.
+    if count > d.len() / 4 {
+        return Err(BAD);
+    }
+    let mut queries = Vec::with_capacity(count);
+    for _ in 0..count {
+        let len = be_u32(take(&mut d, 4)?) as usize;
+        queries.push(parse_name(take(&mut d, len)?)?);
+    }
+    if !d.is_empty() {
+        return Err(BAD);
+    }
+    Ok(MetaContextRequest { export, queries })
+}
+
+/// The data of an NBD_REP_META_CONTEXT reply.
+pub fn encode_meta_context(id: u32, name: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + name.len());
+    out.extend_from_slice(&id.to_be_bytes());
+    out.extend_from_slice(name.as_bytes());
+    out
+}
+
 /// One option reply: magic, option, type, length, data.
 pub fn encode_option_reply(option: u32, reply: u32, data: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(20 + data.len());
@@ -263,6 +335,7 @@ pub fn transmission_flags(read_only: bool) -> u16 {
         | TFLAG_SEND_FUA
         | TFLAG_SEND_TRIM
         | TFLAG_SEND_WRITE_ZEROES
+        | TFLAG_SEND_CACHE
         | TFLAG_CAN_MULTI_CONN;
     if read_only {
         f |= TFLAG_READ_ONLY;
@@ -316,6 +389,89 @@ pub fn encode_simple_reply(error: u32, cookie: u64) -> [u8; SIMPLE_REPLY_LEN] {
     out
 }
 
+/// The header of one structured reply chunk; `len` bytes of payload follow.
+pub fn encode_structured_header(
+    flags: u16,
+    ty: u16,
+    cookie: u64,
+    len: u32,
+) -> [u8; STRUCTURED_HEADER_LEN] {
+    let mut out = [0u8; STRUCTURED_HEADER_LEN];
+    out[..4].copy_from_slice(&STRUCTURED_REPLY_MAGIC.to_be_bytes());
+    out[4..6].copy_from_slice(&flags.to_be_bytes());
+    out[6..8].copy_from_slice(&ty.to_be_bytes());
+    out[8..16].copy_from_slice(&cookie.to_be_bytes());
+    out[16..20].copy_from_slice(&len.to_be_bytes());
+    out
+}
+
+/// A final NBD_REPLY_TYPE_ERROR chunk (no message).
+pub fn encode_structured_error(error: u32, cookie: u64) -> [u8; STRUCTURED_HEADER_LEN + 6] {
+    let mut out = [0u8; STRUCTURED_HEADER_LEN + 6];
+    out[..STRUCTURED_HEADER_LEN].copy_from_slice(&encode_structured_header(
+        REPLY_FLAG_DONE,
+        REPLY_TYPE_ERROR,
+        cookie,
+        6,
+    ));
+    out[STRUCTURED_HEADER_LEN..STRUCTURED_HEADER_LEN + 4].copy_from_slice(&error.to_be_bytes());
+    out
+}
+
+/// One extent of a block-status answer, as a device reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    pub len: u64,
+    /// Not allocated in the backing store.
+    pub hole: bool,
+    /// Reads as zeroes.
+    pub zero: bool,
+}
+
+/// A final NBD_REPLY_TYPE_BLOCK_STATUS chunk for the request `offset..offset+len`
+/// from whatever `extents` the device reported: clipped to the request, merged where
+/// neighbours share a status, at most one with REQ_ONE, at most MAX_EXTENTS, and never
+/// empty (a device that says nothing gets "allocated data" for the whole range).
+pub fn encode_block_status(cookie: u64, len: u32, req_one: bool, extents: &[Extent]) -> Vec<u8> {
+    let mut descs: Vec<(u32, u32)> = Vec::new();
+    let mut left = len;
+    for e in extents {
+        if left == 0 || descs.len() >= MAX_EXTENTS {
+            break;
+        }
+        let n = e.len.min(u64::from(left)) as u32;
+        if n == 0 {
+            continue;
+        }
+        let flags = if e.hole { STATE_HOLE } else { 0 } | if e.zero { STATE_ZERO } else { 0 };
+        match descs.last_mut() {
+            Some((l, f)) if *f == flags => *l += n,
+            _ => descs.push((n, flags)),
+        }
+        left -= n;
+    }
+    if descs.is_empty() {
+        descs.push((len, 0));
+    }
+    if req_one {
+        descs.truncate(1);
+    }
+    let payload = 4 + 8 * descs.len();
+    let mut out = Vec::with_capacity(STRUCTURED_HEADER_LEN + payload);
+    out.extend_from_slice(&encode_structured_header(
+        REPLY_FLAG_DONE,
+        REPLY_TYPE_BLOCK_STATUS,
+        cookie,
+        payload as u32,
+    ));
+    out.extend_from_slice(&BASE_ALLOCATION_ID.to_be_bytes());
+    for (l, f) in descs {
+        out.extend_from_slice(&l.to_be_bytes());
+        out.extend_from_slice(&f.to_be_bytes());
+    }
+    out
+}
+
 /// A simple reply as the client sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SimpleReply {
@@ -361,6 +517,15 @@ pub enum Plan {
         fua: bool,
         no_hole: bool,
     },
+    BlockStatus {
+        offset: u64,
+        len: u32,
+        req_one: bool,
+    },
+    Cache {
+        offset: u64,
+        len: u32,
+    },
     Disconnect,
     /// Read and drop `skip` payload bytes, then reply with `error`.
     Reject {
@@ -373,10 +538,11 @@ pub enum Plan {
     },
 }
 
-/// Validate a request against an export of `size` bytes. Pure, total and cheap: every
-/// possible header maps to a plan, and the payload of a WRITE is always accounted for
-/// so the byte stream stays in sync after an error.
-pub fn plan_request(r: &Request, size: u64, read_only: bool) -> Plan {
+/// Validate a request against an export of `size` bytes (`block_status`: the client
+/// negotiated `base:allocation` for it). Pure, total and cheap: every possible header
+/// maps to a plan, and the payload of a WRITE is always accounted for so the byte
+/// stream stays in sync after an error.
+pub fn plan_request(r: &Request, size: u64, read_only: bool, block_status: bool) -> Plan {
     let payload = if r.command == CMD_WRITE { r.len } else { 0 };
     if payload > MAX_PAYLOAD {
         return Plan::RejectAndClose { error: NBD_EINVAL };
@@ -388,7 +554,9 @@ pub fn plan_request(r: &Request, size: u64, read_only: bool) -> Plan {
     let allowed_flags = match r.command {
         CMD_WRITE_ZEROES => CMD_FLAG_FUA | CMD_FLAG_NO_HOLE,
         // FUA is valid on every command once SEND_FUA is advertised.
-        CMD_READ | CMD_WRITE | CMD_DISC | CMD_FLUSH | CMD_TRIM => CMD_FLAG_FUA,
+        CMD_READ | CMD_WRITE | CMD_DISC | CMD_FLUSH | CMD_TRIM | CMD_CACHE => CMD_FLAG_FUA,
+        // Only for clients that selected a metadata context (spec: MUST NOT otherwise).
+        CMD_BLOCK_STATUS if block_status => CMD_FLAG_FUA | CMD_FLAG_REQ_ONE,
         _ => return reject(NBD_EINVAL),
     };
     if r.flags & !allowed_flags != 0 {
@@ -403,12 +571,8 @@ pub fn plan_request(r: &Request, size: u64, read_only: bool) -> Plan {
         .offset
         .checked_add(u64::from(r.len))
         .is_some_and(|end| end <= size);
-    if !in_range
-        && matches!(
-            r.command,
-            CMD_READ | CMD_WRITE | CMD_TRIM | CMD_WRITE_ZEROES
-        )
-    {
+    // FLUSH and DISC carry no range (their offset and length are meaningless).
+    if !in_range && !matches!(r.command, CMD_FLUSH | CMD_DISC) {
         // Spec "Error values": writes past the end are ENOSPC, reads and trims EINVAL.
         let error = if matches!(r.command, CMD_WRITE | CMD_WRITE_ZEROES) {
             NBD_ENOSPC
@@ -421,10 +585,19 @@ pub fn plan_request(r: &Request, size: u64, read_only: bool) -> Plan {
     match r.command {
         CMD_READ if len > MAX_PAYLOAD => reject(NBD_EINVAL),
         CMD_READ => Plan::Read { offset, len },
+        // Zero-length status is unspecified; an error is the answer that cannot be
+        // misread as "no extents".
+        CMD_BLOCK_STATUS if len == 0 => reject(NBD_EINVAL),
+        CMD_BLOCK_STATUS => Plan::BlockStatus {
+            offset,
+            len,
+            req_one: r.flags & CMD_FLAG_REQ_ONE != 0,
+        },
         CMD_WRITE => Plan::Write { offset, len, fua },
         CMD_DISC => Plan::Disconnect,
         CMD_FLUSH => Plan::Flush,
         CMD_TRIM => Plan::Trim { offset, len, fua },
+        CMD_CACHE => Plan::Cache { offset, len },
         CMD_WRITE_ZEROES => Plan::WriteZeroes {
             offset,
             len,
@@ -475,14 +648,19 @@ mod tests {
     #[test]
     fn plan_in_range() {
         assert_eq!(
-            plan_request(&req(CMD_READ, 0, 0, 512), 512, false),
+            plan_request(&req(CMD_READ, 0, 0, 512), 512, false, false),
             Plan::Read {
                 offset: 0,
                 len: 512
             }
         );
         assert_eq!(
-            plan_request(&req(CMD_WRITE_ZEROES, CMD_FLAG_NO_HOLE, 0, 512), 512, false),
+            plan_request(
+                &req(CMD_WRITE_ZEROES, CMD_FLAG_NO_HOLE, 0, 512),
+                512,
+                false,
+                false
+            ),
             Plan::WriteZeroes {
                 offset: 0,
                 len: 512,
@@ -495,21 +673,21 @@ mod tests {
     #[test]
     fn plan_out_of_range_errors_and_consumes_write_payload() {
         assert_eq!(
-            plan_request(&req(CMD_READ, 0, 1, 512), 512, false),
+            plan_request(&req(CMD_READ, 0, 1, 512), 512, false, false),
             Plan::Reject {
                 error: NBD_EINVAL,
                 skip: 0
             }
         );
         assert_eq!(
-            plan_request(&req(CMD_WRITE, 0, 512, 100), 512, false),
+            plan_request(&req(CMD_WRITE, 0, 512, 100), 512, false, false),
             Plan::Reject {
                 error: NBD_ENOSPC,
                 skip: 100
             }
         );
         assert_eq!(
-            plan_request(&req(CMD_TRIM, 0, u64::MAX, 2), 512, false),
+            plan_request(&req(CMD_TRIM, 0, u64::MAX, 2), 512, false, false),
             Plan::Reject {
                 error: NBD_EINVAL,
                 skip: 0
@@ -520,14 +698,14 @@ mod tests {
     #[test]
     fn plan_unknown_command_and_flags() {
         assert_eq!(
-            plan_request(&req(99, 0, 0, 0), 512, false),
+            plan_request(&req(99, 0, 0, 0), 512, false, false),
             Plan::Reject {
                 error: NBD_EINVAL,
                 skip: 0
             }
         );
         assert_eq!(
-            plan_request(&req(CMD_WRITE, CMD_FLAG_NO_HOLE, 0, 8), 512, false),
+            plan_request(&req(CMD_WRITE, CMD_FLAG_NO_HOLE, 0, 8), 512, false, false),
             Plan::Reject {
                 error: NBD_EINVAL,
                 skip: 8
@@ -538,18 +716,28 @@ mod tests {
     #[test]
     fn plan_read_only_and_oversized() {
         assert_eq!(
-            plan_request(&req(CMD_WRITE, 0, 0, 8), 512, true),
+            plan_request(&req(CMD_WRITE, 0, 0, 8), 512, true, false),
             Plan::Reject {
                 error: NBD_EPERM,
                 skip: 8
             }
         );
         assert_eq!(
-            plan_request(&req(CMD_WRITE, 0, 0, MAX_PAYLOAD + 1), u64::MAX, false),
+            plan_request(
+                &req(CMD_WRITE, 0, 0, MAX_PAYLOAD + 1),
+                u64::MAX,
+                false,
+                false
+            ),
             Plan::RejectAndClose { error: NBD_EINVAL }
         );
         assert_eq!(
-            plan_request(&req(CMD_READ, 0, 0, MAX_PAYLOAD + 1), u64::MAX, false),
+            plan_request(
+                &req(CMD_READ, 0, 0, MAX_PAYLOAD + 1),
+                u64::MAX,
+                false,
+                false
+            ),
             Plan::Reject {
                 error: NBD_EINVAL,
                 skip: 0
@@ -586,14 +774,120 @@ mod tests {
         assert!(parse_client_flags(4u32.to_be_bytes()).is_err());
     }
 
+    fn descs(reply: &[u8]) -> Vec<(u32, u32)> {
+        reply[STRUCTURED_HEADER_LEN + 4..]
+            .chunks_exact(8)
+            .map(|c| (be_u32(&c[..4]), be_u32(&c[4..])))
+            .collect()
+    }
+
+    #[test]
+    fn block_status_encoding_clips_merges_and_never_is_empty() {
+        let e = |len, hole, zero| Extent { len, hole, zero };
+        let r = encode_block_status(
+            9,
+            100,
+            false,
+            &[
+                e(30, false, false),
+                e(30, false, false),
+                e(1000, true, true),
+            ],
+        );
+        assert_eq!(be_u32(&r[16..20]) as usize, r.len() - STRUCTURED_HEADER_LEN);
+        assert_eq!(descs(&r), vec![(60, 0), (40, STATE_HOLE | STATE_ZERO)]);
+        let r = encode_block_status(9, 100, true, &[e(30, false, false), e(70, true, true)]);
+        assert_eq!(descs(&r), vec![(30, 0)]);
+        assert_eq!(
+            descs(&encode_block_status(9, 100, false, &[])),
+            vec![(100, 0)]
+        );
+        assert_eq!(
+            descs(&encode_block_status(9, 100, false, &[e(0, true, true)])),
+            vec![(100, 0)]
+        );
+        let many: Vec<Extent> = (0..MAX_EXTENTS * 2)
+            .map(|i| e(1, i % 2 == 0, false))
+            .collect();
+        assert_eq!(
+            descs(&encode_block_status(9, u32::MAX, false, &many)).len(),
+            MAX_EXTENTS
+        );
+    }
+
+    #[test]
+    fn meta_context_request_parses_and_rejects_lies() {
+        let mut d = Vec::new();
+        d.extend_from_slice(&3u32.to_be_bytes());
+        d.extend_from_slice(b"vol");
+        d.extend_from_slice(&2u32.to_be_bytes());
+        for q in ["base:allocation", "base:"] {
+            d.extend_from_slice(&(q.len() as u32).to_be_bytes());
+            d.extend_from_slice(q.as_bytes());
+        }
+        let r = parse_meta_context_request(&d).unwrap();
+        assert_eq!(r.export, "vol");
+        assert_eq!(r.queries, vec!["base:allocation", "base:"]);
+        assert!(parse_meta_context_request(&d[..d.len() - 1]).is_err());
+        let mut extra = d.clone();
+        extra.push(0);
+        assert!(parse_meta_context_request(&extra).is_err());
+        let mut lie = d.clone();
+        lie[7..11].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(parse_meta_context_request(&lie).is_err());
+    }
+
+    #[test]
+    fn block_status_needs_negotiation_and_range() {
+        let bs = req(CMD_BLOCK_STATUS, CMD_FLAG_REQ_ONE, 0, 512);
+        assert_eq!(
+            plan_request(&bs, 512, false, false),
+            Plan::Reject {
+                error: NBD_EINVAL,
+                skip: 0
+            }
+        );
+        assert_eq!(
+            plan_request(&bs, 512, true, true),
+            Plan::BlockStatus {
+                offset: 0,
+                len: 512,
+                req_one: true
+            }
+        );
+        assert_eq!(
+            plan_request(&bs, 511, false, true),
+            Plan::Reject {
+                error: NBD_EINVAL,
+                skip: 0
+            }
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn block_status_reply_is_well_formed(lens in proptest::collection::vec((0u64..5000, any::<bool>(), any::<bool>()), 0..20),
+                                             len in 1u32..20000, req_one in any::<bool>()) {
+            let ext: Vec<Extent> = lens.iter().map(|&(len, hole, zero)| Extent { len, hole, zero }).collect();
+            let r = encode_block_status(1, len, req_one, &ext);
+            let d = descs(&r);
+            prop_assert!(!d.is_empty());
+            prop_assert!(d.iter().all(|&(l, _)| l > 0));
+            prop_assert!(d.iter().map(|&(l, _)| u64::from(l)).sum::<u64>() <= u64::from(len));
+            prop_assert!(!req_one || d.len() == 1);
+            prop_assert_eq!(be_u32(&r[16..20]) as usize, r.len() - STRUCTURED_HEADER_LEN);
+        }
+    }
+
     proptest! {
         // Random bytes never panic any parser, and every request maps to a plan
         // whose effect stays within the export.
         #[test]
         fn parsers_total_on_random_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..64),
-                                          size in 0u64..(1 << 20), ro in any::<bool>()) {
+                                          size in 0u64..(1 << 20), ro in any::<bool>(), bs in any::<bool>()) {
             let _ = parse_info_request(&bytes);
             let _ = parse_name(&bytes);
+            let _ = parse_meta_context_request(&bytes);
             let mut h = [0u8; OPTION_HEADER_LEN];
             let n = bytes.len().min(OPTION_HEADER_LEN);
             h[..n].copy_from_slice(&bytes[..n]);
@@ -603,9 +897,10 @@ mod tests {
             b[..n].copy_from_slice(&bytes[..n]);
             b[..4].copy_from_slice(&REQUEST_MAGIC.to_be_bytes());
             let r = parse_request(&b).unwrap();
-            match plan_request(&r, size, ro) {
+            match plan_request(&r, size, ro, bs) {
                 Plan::Read { offset, len } | Plan::Write { offset, len, .. }
-                | Plan::Trim { offset, len, .. } | Plan::WriteZeroes { offset, len, .. } => {
+                | Plan::Trim { offset, len, .. } | Plan::WriteZeroes { offset, len, .. }
+                | Plan::BlockStatus { offset, len, .. } | Plan::Cache { offset, len } => {
                     prop_assert!(offset + u64::from(len) <= size);
                 }
                 Plan::Reject { skip, .. } => prop_assert!(skip <= MAX_PAYLOAD),

@@ -462,15 +462,15 @@ fn run_connection(stream: Stream, shared: &Shared) {
         stream
             .set_blocking_with_timeout(shared.handshake_timeout)
             .map_err(NbdError::io("configuring socket"))?;
-        let export = match negotiate(&mut &stream, &mut &stream, &shared.exports)? {
-            Negotiated::Transmit(e) => e,
+        let session = match negotiate(&mut &stream, &mut &stream, &shared.exports)? {
+            Negotiated::Transmit(s) => s,
             Negotiated::Aborted => return Ok(()),
         };
         stream
             .set_blocking_with_timeout(None)
             .map_err(NbdError::io("configuring socket"))?;
-        debug!(export = %export.name, "transmission");
-        transmit(&stream, &stream, &export, shared.workers)
+        debug!(export = %session.export.name, structured = session.structured_replies, "transmission");
+        transmit(&stream, &stream, &session, shared.workers)
     })();
     if let Err(e) = result {
         if shared.stopping.load(Ordering::SeqCst) {

@@ -1,4 +1,6 @@
-//! Transmission phase: the request loop of one connection (simple replies only).
+//! Transmission phase: the request loop of one connection. Reads and block status get
+//! structured replies when the client negotiated them; everything else simple replies
+//! (the spec allows either for other commands).
 //!
 //! Several requests of one connection may be in flight at once (NBD allows replies in
 //! any order, matched by cookie). `workers` threads take turns as the reader: the one
@@ -18,13 +20,14 @@ use parking_lot::Mutex;
 use tracing::{debug, warn};
 
 use crate::exports::Export;
+use crate::negotiate::Session;
 use crate::proto::*;
 use crate::NbdError;
 
-/// Serve requests for `export` until the client disconnects, reading from `r` and
-/// replying on `w`, with up to `workers` requests in flight (at least 1; with 1 the
-/// loop runs on the calling thread).
-pub fn transmit<R, W>(r: R, w: W, export: &Export, workers: usize) -> Result<(), NbdError>
+/// Serve requests for the session's export until the client disconnects, reading from
+/// `r` and replying on `w`, with up to `workers` requests in flight (at least 1; with
+/// 1 the loop runs on the calling thread).
+pub fn transmit<R, W>(r: R, w: W, session: &Session, workers: usize) -> Result<(), NbdError>
 where
     R: Read + Send,
     W: Write + Send,
@@ -32,7 +35,9 @@ where
     let conn = Conn {
         reader: Mutex::new(r),
         writer: Mutex::new(w),
-        export,
+        export: &session.export,
+        structured: session.structured_replies,
+        base_allocation: session.base_allocation,
         done: AtomicBool::new(false),
         error: Mutex::new(None),
     };
@@ -56,6 +61,8 @@ struct Conn<'e, R, W> {
     reader: Mutex<R>,
     writer: Mutex<W>,
     export: &'e Export,
+    structured: bool,
+    base_allocation: bool,
     /// Set once the session is over (DISC, EOF, fatal error): no more reads.
     done: AtomicBool,
     /// The first fatal error, reported by `transmit`.
@@ -121,7 +128,7 @@ impl<R: Read, W: Write> Conn<'_, R, W> {
         }
         let req = parse_request(&h)?;
         let dev = &self.export.device;
-        let plan = plan_request(&req, dev.size(), dev.read_only());
+        let plan = plan_request(&req, dev.size(), dev.read_only(), self.base_allocation);
         match plan {
             Plan::Write { len, .. } | Plan::Reject { skip: len, .. } => {
                 read_payload(r, buf, len)?;
@@ -135,7 +142,7 @@ impl<R: Read, W: Write> Conn<'_, R, W> {
                 self.done.store(true, Ordering::SeqCst);
                 debug!(?req, error, "oversized request; closing");
                 // Best effort: the client may still be busy sending its payload.
-                let _ = self.reply(error, req.cookie, &[]);
+                let _ = self.reply(error, req.cookie);
                 return Err(NbdError::Malformed {
                     what: "request payload larger than the maximum",
                 });
@@ -149,26 +156,55 @@ impl<R: Read, W: Write> Conn<'_, R, W> {
     fn run(&self, job: &Job, buf: &mut Vec<u8>) -> Result<(), NbdError> {
         let dev = &*self.export.device;
         let result = match job.plan {
+            Plan::Read { len: 0, .. } if self.structured => {
+                let none =
+                    encode_structured_header(REPLY_FLAG_DONE, REPLY_TYPE_NONE, job.req.cookie, 0);
+                return self.send(&none);
+            }
             Plan::Read { offset, len } => {
-                let total = SIMPLE_REPLY_LEN + len as usize;
+                // Reply header and data leave in one write from one buffer.
+                let head = if self.structured {
+                    STRUCTURED_HEADER_LEN + 8
+                } else {
+                    SIMPLE_REPLY_LEN
+                };
+                let total = head + len as usize;
                 if buf.len() < total {
                     buf.resize(total, 0);
                 }
-                match dev.read_at(&mut buf[SIMPLE_REPLY_LEN..total], offset) {
+                match dev.read_at(&mut buf[head..total], offset) {
                     Ok(()) => {
-                        buf[..SIMPLE_REPLY_LEN]
-                            .copy_from_slice(&encode_simple_reply(0, job.req.cookie));
-                        return self
-                            .writer
-                            .lock()
-                            .write_all(&buf[..total])
-                            .map_err(NbdError::io("writing read reply"));
+                        if self.structured {
+                            buf[..STRUCTURED_HEADER_LEN].copy_from_slice(
+                                &encode_structured_header(
+                                    REPLY_FLAG_DONE,
+                                    REPLY_TYPE_OFFSET_DATA,
+                                    job.req.cookie,
+                                    8 + len,
+                                ),
+                            );
+                            buf[STRUCTURED_HEADER_LEN..head].copy_from_slice(&offset.to_be_bytes());
+                        } else {
+                            buf[..head].copy_from_slice(&encode_simple_reply(0, job.req.cookie));
+                        }
+                        return self.send(&buf[..total]);
                     }
                     Err(e) => Err(e),
                 }
             }
+            Plan::BlockStatus {
+                offset,
+                len,
+                req_one,
+            } => match dev.block_status(offset, len.into()) {
+                Ok(extents) => {
+                    return self.send(&encode_block_status(job.req.cookie, len, req_one, &extents))
+                }
+                Err(e) => Err(e),
+            },
             Plan::Write { offset, len, fua } => dev.write_at(&buf[..len as usize], offset, fua),
             Plan::Flush => dev.flush(),
+            Plan::Cache { offset, len } => dev.cache(offset, len.into()),
             Plan::Trim { offset, len, fua } => {
                 dev.trim(offset, len.into())
                     .and_then(|()| if fua { dev.flush() } else { Ok(()) })
@@ -187,7 +223,7 @@ impl<R: Read, W: Write> Conn<'_, R, W> {
             }
             Plan::Reject { error, .. } => {
                 debug!(req = ?job.req, error, "request rejected");
-                return self.reply(error, job.req.cookie, &[]);
+                return self.reply_to(&job.req, error);
             }
             Plan::Disconnect | Plan::RejectAndClose { .. } => {
                 unreachable!("handled while reading")
@@ -201,13 +237,31 @@ impl<R: Read, W: Write> Conn<'_, R, W> {
             }
         };
         // A failed read sends no payload (spec: simple replies to errors carry none).
-        self.reply(error, job.req.cookie, &[])
+        self.reply_to(&job.req, error)
     }
 
-    fn reply(&self, error: u32, cookie: u64, data: &[u8]) -> Result<(), NbdError> {
-        let mut w = self.writer.lock();
-        w.write_all(&encode_simple_reply(error, cookie))
-            .and_then(|()| w.write_all(data))
+    /// The data-less reply to `req`: structured for reads and block status once
+    /// structured replies are on (the spec forbids simple replies to reads then).
+    fn reply_to(&self, req: &Request, error: u32) -> Result<(), NbdError> {
+        if self.structured && matches!(req.command, CMD_READ | CMD_BLOCK_STATUS) {
+            if error == 0 {
+                let none =
+                    encode_structured_header(REPLY_FLAG_DONE, REPLY_TYPE_NONE, req.cookie, 0);
+                return self.send(&none);
+            }
+            return self.send(&encode_structured_error(error, req.cookie));
+        }
+        self.reply(error, req.cookie)
+    }
+
+    fn reply(&self, error: u32, cookie: u64) -> Result<(), NbdError> {
+        self.send(&encode_simple_reply(error, cookie))
+    }
+
+    fn send(&self, bytes: &[u8]) -> Result<(), NbdError> {
+        self.writer
+            .lock()
+            .write_all(bytes)
             .map_err(NbdError::io("writing reply"))
     }
 }

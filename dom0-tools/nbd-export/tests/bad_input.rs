@@ -126,6 +126,18 @@ fn info_data(name: &str) -> Vec<u8> {
     d
 }
 
+fn meta_data(export: &str, queries: &[&str]) -> Vec<u8> {
+    let mut d = Vec::new();
+    d.extend_from_slice(&(export.len() as u32).to_be_bytes());
+    d.extend_from_slice(export.as_bytes());
+    d.extend_from_slice(&(queries.len() as u32).to_be_bytes());
+    for q in queries {
+        d.extend_from_slice(&(q.len() as u32).to_be_bytes());
+        d.extend_from_slice(q.as_bytes());
+    }
+    d
+}
+
 fn server_with(data: Vec<u8>) -> (TestServer, Arc<MemDevice>) {
     let dev = Arc::new(MemDevice::from_vec(data));
     let srv = TestServer::unix(vec![("vol", dev.clone() as Arc<dyn BlockDevice>)]);
@@ -201,8 +213,14 @@ fn unknown_and_malformed_options_get_errors_and_haggling_continues() {
     r.greet();
     r.option(99, b"abc");
     assert_eq!(r.option_reply().1, REP_ERR_UNSUP);
-    r.option(OPT_STRUCTURED_REPLY, &[]);
-    assert_eq!(r.option_reply().1, REP_ERR_UNSUP);
+    r.option(OPT_STRUCTURED_REPLY, b"x");
+    assert_eq!(r.option_reply().1, REP_ERR_INVALID);
+    // Meta contexts need structured replies first.
+    r.option(
+        OPT_SET_META_CONTEXT,
+        &meta_data("vol", &["base:allocation"]),
+    );
+    assert_eq!(r.option_reply().1, REP_ERR_INVALID);
     r.option(OPT_STARTTLS, &[]);
     assert_eq!(r.option_reply().1, REP_ERR_UNSUP);
     r.option(OPT_LIST, b"x");

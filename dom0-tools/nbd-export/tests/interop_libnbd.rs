@@ -281,6 +281,71 @@ h.shutdown()
     }
 }
 
+/// Records NBD_CMD_CACHE hints.
+struct CacheSpy {
+    inner: MemDevice,
+    hints: parking_lot::Mutex<Vec<(u64, u64)>>,
+}
+
+impl BlockDevice for CacheSpy {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> std::io::Result<()> {
+        self.inner.write_at(buf, offset, fua)
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn trim(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        self.inner.trim(offset, len)
+    }
+    fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> std::io::Result<()> {
+        self.inner.write_zeroes(offset, len, fua)
+    }
+    fn cache(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        self.hints.lock().push((offset, len));
+        Ok(())
+    }
+    fn block_status(&self, offset: u64, len: u64) -> std::io::Result<Vec<nbd_export::Extent>> {
+        self.inner.block_status(offset, len)
+    }
+}
+
+#[test]
+fn nbdsh_cache_hints_reach_the_device_and_block_status_works() {
+    let Some(mut sh) = nbdsh() else { return };
+    let mut data = vec![7u8; 1 << 20];
+    data[65536..131072].fill(0);
+    let dev = Arc::new(CacheSpy {
+        inner: MemDevice::from_vec(data),
+        hints: Default::default(),
+    });
+    let srv = TestServer::unix(vec![("vol", dev.clone() as Arc<dyn BlockDevice>)]);
+    let script = format!(
+        "h.add_meta_context(nbd.CONTEXT_BASE_ALLOCATION)
+h.connect_uri({uri:?})
+assert h.can_cache()
+assert h.can_meta_context(nbd.CONTEXT_BASE_ALLOCATION)
+h.cache(8192, 4096)
+seen = []
+def cb(metacontext, offset, entries, err):
+    assert metacontext == nbd.CONTEXT_BASE_ALLOCATION
+    seen.extend(entries)
+h.block_status(1 << 20, 0, cb)
+assert seen[:6] == [65536, 0, 65536, nbd.STATE_ZERO, (1 << 20) - 131072, 0], seen
+h.shutdown()
+",
+        uri = srv.uri("vol")
+    );
+    let o = run(sh.args(["-c", &script]));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(*dev.hints.lock(), vec![(4096, 8192)]);
+}
+
 /// Formats bytes as a Python bytes literal.
 struct PyBytes<'a>(&'a [u8]);
 impl std::fmt::Debug for PyBytes<'_> {

@@ -66,7 +66,12 @@ pub fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
 
 /// A fresh datadir made by mariadb-install-db.
 pub fn install_datadir(datadir: &Path) {
+    // A private tmpdir: bootstrap temp tables in a shared /tmp collided between
+    // parallel test processes.
+    let tmpdir = datadir.with_extension("tmp");
+    std::fs::create_dir_all(&tmpdir).unwrap();
     let out = Command::new("/usr/bin/mariadb-install-db")
+        .env("TMPDIR", &tmpdir)
         .args([
             "--no-defaults",
             &format!("--datadir={}", datadir.display()),
@@ -101,7 +106,10 @@ impl ServerOpts {
     pub fn agent(env: &[(&str, String)]) -> Self {
         ServerOpts {
             preload: true,
-            env: env.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
             extra_args: vec![],
         }
     }
@@ -134,6 +142,9 @@ impl Server {
             "--innodb-log-file-size=48M".to_string(),
             "--skip-log-bin".to_string(),
         ]);
+        let tmpdir = rundir.join("tmp");
+        std::fs::create_dir_all(&tmpdir).unwrap();
+        cmd.arg(format!("--tmpdir={}", tmpdir.display()));
         cmd.args(&opts.extra_args);
         if opts.preload {
             cmd.env("LD_PRELOAD", agent_so());
@@ -141,7 +152,9 @@ impl Server {
         for (k, v) in &opts.env {
             cmd.env(k, v);
         }
-        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
         let child = cmd.spawn().expect("spawning mariadbd");
         let mut server = Server {
             datadir: datadir.to_owned(),

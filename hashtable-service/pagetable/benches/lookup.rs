@@ -5,6 +5,9 @@
 //! Lookups/s = 1 / (time per element) from criterion's thrpt line; with 2 threads
 //! the time is wall time for the iterations of both, so thrpt is the total.
 //!
+//! "table" calls `PageTable::lookup(domain, ..)`; "handle" calls
+//! `DomainHandle::lookup`, which skips the domain map (what the daemon's connections do).
+//!
 //! Setup: one family, a source domain holding 1 Mi pages (16 KiB each, 16 GiB of
 //! buffer pool), a replica domain looking up uniformly random pages that are present
 //! (hits), with a snapshot LSN above every page LSN. Each thread is its own replica
@@ -56,7 +59,7 @@ fn keys(seed: u64, n: usize, span: u32) -> Vec<PageKey> {
         .collect()
 }
 
-fn run(t: &PageTable, threads: u32, span: u32, iters: u64) -> Duration {
+fn run(t: &PageTable, threads: u32, span: u32, handle: bool, iters: u64) -> Duration {
     let per = iters.div_ceil(u64::from(threads)) as usize;
     let ks: Vec<Vec<PageKey>> = (0..threads)
         .map(|i| keys(u64::from(i) + 7, 1 << 16, span))
@@ -66,10 +69,16 @@ fn run(t: &PageTable, threads: u32, span: u32, iters: u64) -> Duration {
         for (i, ks) in ks.iter().enumerate() {
             s.spawn(move || {
                 let me = DomainId(1 + i as u32);
+                let h = t.handle(me).unwrap();
                 let mut hits = 0u64;
                 for n in 0..per {
                     let k = ks[n & 0xffff];
-                    hits += t.lookup(me, k, u64::MAX).unwrap().is_some() as u64;
+                    let found = if handle {
+                        h.lookup(k, u64::MAX)
+                    } else {
+                        t.lookup(me, k, u64::MAX)
+                    };
+                    hits += found.unwrap().is_some() as u64;
                 }
                 assert_eq!(hits, per as u64, "every key is present");
             });
@@ -86,11 +95,13 @@ fn bench(c: &mut Criterion) {
     // caches (the table is ~70 MiB), as replica reads would. "hot": a 4 Ki-page
     // working set that stays in cache: the cost of the table code itself.
     for (name, span) in [("random_1M", PAGES), ("hot_4K", 4096)] {
-        for threads in [1u32, 2] {
-            g.throughput(Throughput::Elements(1));
-            g.bench_function(format!("{name}/{threads}_thread"), |b| {
-                b.iter_custom(|iters| run(&t, threads, span, iters))
-            });
+        for (api, handle) in [("table", false), ("handle", true)] {
+            for threads in [1u32, 2] {
+                g.throughput(Throughput::Elements(1));
+                g.bench_function(format!("{name}/{api}/{threads}_thread"), |b| {
+                    b.iter_custom(|iters| run(&t, threads, span, handle, iters))
+                });
+            }
         }
     }
     let batch = keys(99, 64, PAGES);

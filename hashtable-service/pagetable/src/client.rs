@@ -229,3 +229,67 @@ impl Client {
         Error::UnexpectedReply(format!("{reply:?}"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::unix::net::UnixListener;
+
+    #[test]
+    fn absent_daemon_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Client::connect(dir.path().join("nobody.sock"))
+            .err()
+            .unwrap();
+        assert!(matches!(err, Error::Io { .. }), "{err}");
+    }
+
+    /// A daemon that accepts and then never answers must not hold the caller.
+    #[test]
+    fn silent_daemon_times_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("silent.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut b = [0u8; 64];
+            let _ = s.read(&mut b);
+            // Hold the connection open, silent, until the client has given up.
+            let _ = rx.recv();
+        });
+        let err = Client::connect_with_timeout(&path, Duration::from_millis(50))
+            .err()
+            .expect("connect must fail");
+        match &err {
+            Error::Io { source, .. } => assert!(
+                matches!(
+                    source.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ),
+                "{err:?}"
+            ),
+            other => panic!("expected a timeout, got {other:?}"),
+        }
+        tx.send(()).unwrap();
+        server.join().unwrap();
+    }
+
+    /// A daemon speaking nonsense is a protocol error, and the client disconnects.
+    #[test]
+    fn garbage_reply_is_a_protocol_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("liar.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut b = [0u8; 64];
+            let _ = s.read(&mut b);
+            std::io::Write::write_all(&mut s, &[3, 0, 0, 0, 1, 2, 3]).unwrap();
+        });
+        let err = Client::connect(&path).err().expect("connect must fail");
+        assert!(matches!(err, Error::Protocol(_)), "{err:?}");
+        server.join().unwrap();
+    }
+}

@@ -19,4 +19,4 @@ pub mod wire;
 pub use error::{Error, Result};
 pub use ids::{DomainId, Entry, FamilyId, Frame, PageKey, Registration};
 pub use stats::FamilyStats;
-pub use table::{PageTable, TableConfig};
+pub use table::{DomainHandle, PageTable, TableConfig};

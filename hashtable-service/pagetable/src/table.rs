@@ -18,7 +18,7 @@ use ahash::RandomState;
 use dashmap::DashMap;
 use parking_lot::Mutex;
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
@@ -59,6 +59,8 @@ struct DomainState {
     id: DomainId,
     family: Arc<FamilyState>,
     frames: Mutex<DomainFrames>,
+    /// Mirrors `frames.removed` for `DomainHandle` lookups, which take no lock.
+    gone: AtomicBool,
 }
 
 #[derive(Default)]
@@ -155,6 +157,7 @@ impl PageTable {
                 id: domain,
                 family: fam,
                 frames: Mutex::new(DomainFrames::default()),
+                gone: AtomicBool::new(false),
             }),
         );
         Ok(())
@@ -199,6 +202,7 @@ impl PageTable {
         let mut frames = dom.frames.lock();
         if mark_removed {
             frames.removed = true;
+            dom.gone.store(true, Ordering::Relaxed);
         }
         let n = frames.by_frame.len();
         for (frame, page) in frames.by_frame.drain() {
@@ -292,21 +296,7 @@ impl PageTable {
             .domains
             .get(&domain)
             .ok_or(Error::UnknownDomain(domain))?;
-        let fam = &dom.family;
-        if fam.id != key.family {
-            return Err(Error::NotInFamily {
-                domain,
-                family: key.family,
-            });
-        }
-        let found = fam
-            .pages
-            .get(&key.page_bits())
-            .and_then(|s| s.best(max_lsn).map(PackedEntry::unpack));
-        let c = &fam.counters;
-        c.lookups.add(1);
-        if found.is_some() { &c.hits } else { &c.misses }.add(1);
-        Ok(found)
+        lookup_in(&dom, key, max_lsn)
     }
 
     /// `lookup` for a batch of keys of one family; results in the order of `keys`.
@@ -320,27 +310,17 @@ impl PageTable {
             .domains
             .get(&domain)
             .ok_or(Error::UnknownDomain(domain))?;
-        let fam = &dom.family;
-        if let Some(k) = keys.iter().find(|k| k.family != fam.id) {
-            return Err(Error::NotInFamily {
-                domain,
-                family: k.family,
-            });
-        }
-        let out: Vec<Option<Entry>> = keys
-            .iter()
-            .map(|k| {
-                fam.pages
-                    .get(&k.page_bits())
-                    .and_then(|s| s.best(max_lsn).map(PackedEntry::unpack))
-            })
-            .collect();
-        let hits = out.iter().filter(|e| e.is_some()).count() as u64;
-        let c = &fam.counters;
-        c.lookups.add(keys.len() as u64);
-        c.hits.add(hits);
-        c.misses.add(keys.len() as u64 - hits);
-        Ok(out)
+        lookup_many_in(&dom, keys, max_lsn)
+    }
+
+    /// A handle for repeated lookups by one domain: it skips the domain map (a shard
+    /// lock every caller shares) and checks membership with one relaxed load. It
+    /// stops working (`UnknownDomain`) once the domain leaves its family; get a new
+    /// one if the domain is added again.
+    pub fn handle(&self, domain: DomainId) -> Result<DomainHandle> {
+        Ok(DomainHandle {
+            dom: self.domain(domain)?,
+        })
     }
 
     /// Removes the entry of `frame` of `domain` (its bytes are about to change or the
@@ -475,4 +455,78 @@ impl PageTable {
 
 fn remove_from_slot(pages: &DashMap<u64, Slot, RandomState>, page: u64, owner: u32, frame: u64) {
     pages.remove_if_mut(&page, |_, slot| slot.remove(owner, frame));
+}
+
+fn lookup_in(dom: &DomainState, key: PageKey, max_lsn: u64) -> Result<Option<Entry>> {
+    let fam = &dom.family;
+    if fam.id != key.family {
+        return Err(Error::NotInFamily {
+            domain: dom.id,
+            family: key.family,
+        });
+    }
+    let found = fam
+        .pages
+        .get(&key.page_bits())
+        .and_then(|s| s.best(max_lsn).map(PackedEntry::unpack));
+    let c = &fam.counters;
+    c.lookups.add(1);
+    if found.is_some() { &c.hits } else { &c.misses }.add(1);
+    Ok(found)
+}
+
+fn lookup_many_in(dom: &DomainState, keys: &[PageKey], max_lsn: u64) -> Result<Vec<Option<Entry>>> {
+    let fam = &dom.family;
+    if let Some(k) = keys.iter().find(|k| k.family != fam.id) {
+        return Err(Error::NotInFamily {
+            domain: dom.id,
+            family: k.family,
+        });
+    }
+    let out: Vec<Option<Entry>> = keys
+        .iter()
+        .map(|k| {
+            fam.pages
+                .get(&k.page_bits())
+                .and_then(|s| s.best(max_lsn).map(PackedEntry::unpack))
+        })
+        .collect();
+    let hits = out.iter().filter(|e| e.is_some()).count() as u64;
+    let c = &fam.counters;
+    c.lookups.add(keys.len() as u64);
+    c.hits.add(hits);
+    c.misses.add(keys.len() as u64 - hits);
+    Ok(out)
+}
+
+/// See `PageTable::handle`.
+pub struct DomainHandle {
+    dom: Arc<DomainState>,
+}
+
+impl DomainHandle {
+    pub fn domain(&self) -> DomainId {
+        self.dom.id
+    }
+
+    pub fn family(&self) -> FamilyId {
+        self.dom.family.id
+    }
+
+    fn check(&self) -> Result<&DomainState> {
+        if self.dom.gone.load(Ordering::Relaxed) {
+            return Err(Error::UnknownDomain(self.dom.id));
+        }
+        Ok(&self.dom)
+    }
+
+    /// `PageTable::lookup` for this handle's domain.
+    pub fn lookup(&self, key: PageKey, max_lsn: u64) -> Result<Option<Entry>> {
+        lookup_in(self.check()?, key, max_lsn)
+    }
+
+    /// `PageTable::lookup_many` for this handle's domain.
+    pub fn lookup_many(&self, keys: &[PageKey], max_lsn: u64) -> Result<Vec<Option<Entry>>> {
+        lookup_many_in(self.check()?, keys, max_lsn)
+    }
 }

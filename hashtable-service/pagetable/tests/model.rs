@@ -281,7 +281,12 @@ fn apply(t: &PageTable, m: &mut Model, op: &Op) -> Result<(), TestCaseError> {
         }
         Op::Lookup(d, k, max_lsn) => {
             let d = DomainId(*d);
-            let r = t.lookup(d, *k, *max_lsn);
+            // Both paths must agree with the model; alternate between them.
+            let r = if max_lsn % 2 == 0 {
+                t.lookup(d, *k, *max_lsn)
+            } else {
+                t.handle(d).and_then(|h| h.lookup(*k, *max_lsn))
+            };
             match m.member_of.get(&d).copied() {
                 None => prop_assert_eq!(kind(&r), "unknown domain"),
                 Some(f) if f != k.family => prop_assert_eq!(kind(&r), "not in family"),
@@ -394,13 +399,14 @@ proptest! {
                 let (t, bad) = (&t, &bad_lookup);
                 s.spawn(move || {
                     let d = DomainId(i as u32 + 1);
+                    let h = t.handle(d).unwrap();
                     for op in plan {
                         match op {
                             DomOp::Register(r) => { let _ = t.register_many(d, r); }
                             DomOp::Invalidate(f) => { t.invalidate(d, *f).unwrap(); }
                             DomOp::Clear => { t.clear_domain(d).unwrap(); }
                             DomOp::Lookup(k, max) => {
-                                if let Some(e) = t.lookup(d, *k, *max).unwrap() {
+                                if let Some(e) = h.lookup(*k, *max).unwrap() {
                                     if e.lsn > *max || e.owner.0 == 0 || e.owner.0 > 5 {
                                         *bad.lock().unwrap() = Some(format!("{k:?} {max} -> {e:?}"));
                                     }
@@ -506,4 +512,38 @@ fn frame_moves_between_keys_and_quota_names_the_domain() {
         t.register(DomainId(1), reg(4, Frame::XenGfn { gfn: u64::MAX }, 1)),
         Err(Error::FrameOutOfRange(_))
     ));
+}
+
+#[test]
+fn handle_stops_working_when_its_domain_leaves() {
+    let t = PageTable::default();
+    let f = FamilyId(1);
+    t.create_family(f).unwrap();
+    t.add_to_family(f, DomainId(1)).unwrap();
+    let key = PageKey::new(f, 1, 1);
+    let reg = Registration {
+        key,
+        frame: Frame::XenGfn { gfn: 5 },
+        lsn: 3,
+        page_size: 4096,
+    };
+    t.register(DomainId(1), reg).unwrap();
+    let h = t.handle(DomainId(1)).unwrap();
+    assert_eq!((h.domain(), h.family()), (DomainId(1), f));
+    assert_eq!(
+        h.lookup(key, 3).unwrap().unwrap().frame,
+        Frame::XenGfn { gfn: 5 }
+    );
+    assert!(matches!(
+        h.lookup_many(&[PageKey::new(FamilyId(2), 1, 1)], 3),
+        Err(Error::NotInFamily { .. })
+    ));
+    t.remove_domain(DomainId(1)).unwrap();
+    assert!(matches!(h.lookup(key, 3), Err(Error::UnknownDomain(_))));
+    t.add_to_family(f, DomainId(1)).unwrap();
+    assert!(
+        matches!(h.lookup(key, 3), Err(Error::UnknownDomain(_))),
+        "stale handle"
+    );
+    assert_eq!(t.handle(DomainId(1)).unwrap().lookup(key, 3).unwrap(), None);
 }

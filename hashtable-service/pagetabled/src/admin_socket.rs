@@ -46,6 +46,11 @@ fn handle(conn: impl Connection, daemon: &Daemon) {
     };
     if uid != 0 && uid != own_uid {
         tracing::warn!(pid, uid, "admin connection from a non-root peer refused");
+        // Read the request first: closing under a client that is still writing would
+        // give it EPIPE instead of the reason.
+        let _ = conn.set_timeouts(Some(Duration::from_secs(2)), Some(Duration::from_secs(2)));
+        let mut first = Vec::new();
+        let _ = BufReader::new((&mut writer).take(MAX_LINE as u64)).read_until(b'\n', &mut first);
         let _ = reply_line(
             &mut writer,
             &AdminReply::Error {

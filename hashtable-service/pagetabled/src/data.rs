@@ -7,7 +7,7 @@
 
 use pagetable::transport::{Connection, PeerIdentity, Transport};
 use pagetable::wire::{self, ErrorCode, ReadError, RemoteError, Reply, ReplyMsg, Request};
-use pagetable::{DomainId, Error, PageKey, Registration};
+use pagetable::{DomainHandle, DomainId, Error, PageKey, PageTable, Registration};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,7 +39,11 @@ pub fn serve<T: Transport>(transport: T, daemon: Arc<Daemon>) -> anyhow::Result<
 fn handle(mut conn: impl Connection, daemon: &Daemon) {
     daemon.connection_opened();
     let PeerIdentity::Unix { pid, .. } = conn.peer();
-    let mut session = Session { domain: None, pid };
+    let mut session = Session {
+        domain: None,
+        handle: None,
+        pid,
+    };
     if let Err(e) = conn.set_timeouts(None, Some(WRITE_TIMEOUT)) {
         tracing::warn!(pid, error = %e, "cannot set socket timeouts");
     }
@@ -93,6 +97,8 @@ fn refusal(code: ErrorCode, message: String) -> Reply {
 
 struct Session {
     domain: Option<DomainId>,
+    /// Cached for lookups (no domain-map lock); refreshed when it goes stale.
+    handle: Option<DomainHandle>,
     pid: u32,
 }
 
@@ -141,7 +147,7 @@ impl Session {
                     .iter()
                     .map(|(s, p)| PageKey::new(family, *s, *p))
                     .collect();
-                t.lookup_many(domain, &keys, max_lsn).map(Reply::Found)
+                self.lookup(t, domain, &keys, max_lsn).map(Reply::Found)
             }
             Request::Invalidate { frames } => {
                 let mut count = 0;
@@ -155,6 +161,26 @@ impl Session {
             Ok(r) => (r, false),
             Err(e) => (refusal(code_of(&e), e.to_string()), false),
         }
+    }
+}
+
+impl Session {
+    fn lookup(
+        &mut self,
+        t: &PageTable,
+        domain: DomainId,
+        keys: &[PageKey],
+        max_lsn: u64,
+    ) -> Result<Vec<Option<pagetable::Entry>>, Error> {
+        if let Some(h) = &self.handle {
+            match h.lookup_many(keys, max_lsn) {
+                // The domain left its family; it may have been added again.
+                Err(Error::UnknownDomain(_)) => self.handle = None,
+                other => return other,
+            }
+        }
+        let h = self.handle.insert(t.handle(domain)?);
+        h.lookup_many(keys, max_lsn)
     }
 }
 

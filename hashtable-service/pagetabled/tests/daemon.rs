@@ -394,3 +394,28 @@ fn admin_refuses_bad_requests_and_non_root_peers() {
         "{r}"
     );
 }
+
+/// SIGSTOP the daemon: a client call returns an error after its socket timeout
+/// instead of hanging the database server; after SIGCONT a reconnect works and the
+/// generation is unchanged (same daemon, state intact).
+#[test]
+fn stopped_daemon_costs_a_bounded_wait_not_a_hang() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), &[]);
+    family(&d, 1, &[10, 11]);
+    let mut source = client(&d, 10);
+    let mut replica = client(&d, 11);
+    source.ok("register 2 2 0 9");
+    let pid = d.pid() as i32;
+    // SAFETY: kill(2) on our own child's pid; no memory is involved.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let e = replica.cmd("lookup 2 2 9");
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    assert!(e.starts_with("err") && e.contains("reading a reply"), "{e}");
+    assert_eq!(
+        replica.ok("reconnect"),
+        format!("ok changed=false gen={}", d.generation)
+    );
+    assert_eq!(replica.cmd("lookup 2 2 9"), "hit owner=10 offset=0 lsn=9");
+}

@@ -1,0 +1,86 @@
+//! Every CLI error names the problem (and where it can, the fix), exits non-zero and
+//! changes nothing.
+
+mod common;
+use common::*;
+
+#[test]
+fn errors_name_the_problem() {
+    let store = TestStore::new();
+    let err = store.fails(&["volume", "status", "ghost"]);
+    assert!(err.contains("unknown volume") && err.contains("ghost"), "{err}");
+
+    store.ok(&["volume", "create", "a", "--size", "16M"]);
+    let err = store.fails(&["volume", "create", "a", "--size", "16M"]);
+    assert!(err.contains("already exists"), "{err}");
+
+    let err = store.fails(&["volume", "create", "b", "--size", "12Q"]);
+    assert!(err.contains("unknown unit"), "{err}");
+
+    let err = store.fails(&["volume", "clone", "a", "c"]);
+    assert!(err.contains("not a snapshot"), "{err}");
+
+    store.ok(&["volume", "snapshot", "a", "s"]);
+    store.ok(&["volume", "clone", "s", "c", "--no-hydrate"]);
+    let err = store.fails(&["volume", "delete", "s"]);
+    assert!(err.contains("in use") && err.contains('c'), "{err}");
+
+    let err = store.fails(&["volume", "clone", "s", "c"]);
+    assert!(err.contains("already exists"), "{err}");
+
+    let err = store.fails(&["volume", "clone", "s", "d", "--region-size", "3000"]);
+    assert!(err.contains("region size"), "{err}");
+
+    let err = store.fails(&["volume", "clone", "s", "d", "--rate=0"]);
+    assert!(err.contains("positive"), "{err}");
+
+    let ranges = store.path().join("ranges.txt");
+    std::fs::write(&ranges, "0 4K\nnonsense\n").unwrap();
+    let err = store.fails(&["volume", "prefetch", "c", "--ranges", ranges.to_str().unwrap()]);
+    assert!(err.contains("line 2"), "{err}");
+    std::fs::write(&ranges, "15M 2M\n").unwrap();
+    let err = store.fails(&["volume", "prefetch", "c", "--ranges", ranges.to_str().unwrap()]);
+    assert!(err.contains("outside"), "{err}");
+
+    let err = store.fails(&["volume", "import", "i", "/nonexistent/image.raw"]);
+    assert!(err.contains("not a file"), "{err}");
+
+    let err = store.fails(&["volume", "detach", "a"]);
+    assert!(err.contains("not attached"), "{err}");
+
+    let err = store.fails(&["volume", "export", "a", "--nbd", "ftp:x"]);
+    assert!(err.contains("unix:PATH"), "{err}");
+
+    // --json errors are JSON too.
+    let out = store.run(&["--json", "volume", "status", "ghost"]);
+    assert!(!out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["error"].as_str().unwrap().contains("ghost"), "{v}");
+
+    // None of that changed the store.
+    let names: Vec<String> = store.json(&["volume", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["a", "c", "s"]);
+}
+
+#[test]
+fn prefetch_of_a_closed_clone_hydrates_those_ranges() {
+    let store = TestStore::new();
+    let img = store.path().join("base.raw");
+    let data: Vec<u8> = (0..8u32 << 20).map(|i| (i / 4096) as u8).collect();
+    std::fs::write(&img, &data).unwrap();
+    store.ok(&["volume", "import", "base", img.to_str().unwrap()]);
+    store.ok(&["volume", "snapshot", "base", "s"]);
+    store.ok(&["volume", "clone", "s", "c", "--no-hydrate", "--region-size", "64K"]);
+    let before = store.json(&["volume", "status", "c"]);
+    assert_eq!(before["hydrated_bytes"], 0, "{before}");
+    let ranges = store.path().join("r.txt");
+    std::fs::write(&ranges, "# two ranges\n0 64K\n1M 128K\n").unwrap();
+    store.ok(&["volume", "prefetch", "c", "--ranges", ranges.to_str().unwrap()]);
+    let after = store.json(&["volume", "status", "c"]);
+    assert_eq!(after["hydrated_bytes"], 3 * 65536, "{after}");
+}

@@ -1,0 +1,228 @@
+//! Test support: a throwaway store, the real `dbfork` binary, and guards that detach,
+//! unmount and kill whatever a test started, even when it panics.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+pub const DBFORK: &str = env!("CARGO_BIN_EXE_dbfork");
+
+/// The Python that has libnbd's bindings (Debian's python3-libnbd), whatever `python3`
+/// on PATH is.
+pub const SYSTEM_PYTHON: &str = "/usr/bin/python3";
+
+/// A temporary store; on drop, detaches every volume still attached in it.
+pub struct TestStore {
+    pub dir: tempfile::TempDir,
+}
+
+impl TestStore {
+    pub fn new() -> Self {
+        TestStore {
+            dir: tempfile::Builder::new()
+                .prefix("dbfork-test-")
+                .tempdir()
+                .unwrap(),
+        }
+    }
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+    /// Runs `dbfork --store STORE args...`.
+    pub fn run(&self, args: &[&str]) -> Output {
+        Command::new(DBFORK)
+            .arg("--store")
+            .arg(self.path())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+    /// Runs and asserts success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "dbfork {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+    /// Runs and asserts failure; returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            !out.status.success(),
+            "dbfork {args:?} should have failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8(out.stderr).unwrap()
+    }
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&a)).unwrap()
+    }
+    pub fn mountpoint(&self, name: &str) -> PathBuf {
+        let p = self.path().join("mnt").join(name);
+        std::fs::create_dir_all(&p).unwrap();
+        p
+    }
+}
+
+impl Drop for TestStore {
+    fn drop(&mut self) {
+        let run = self.path().join("run");
+        let Ok(entries) = std::fs::read_dir(&run) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if let Some(vol) = name.strip_suffix(".attach.json") {
+                let _ = self.run(&["volume", "detach", vol]);
+            }
+        }
+    }
+}
+
+/// A foreground `dbfork volume export` child; killed on drop.
+pub struct ExportProc {
+    pub child: Child,
+    pub socket: PathBuf,
+}
+
+impl ExportProc {
+    pub fn start(store: &TestStore, volume: &str) -> Self {
+        let socket = store.path().join(format!("{volume}.test.nbd"));
+        let _ = std::fs::remove_file(&socket);
+        let log = std::fs::File::create(store.path().join(format!("{volume}.export.log"))).unwrap();
+        let child = Command::new(DBFORK)
+            .arg("--store")
+            .arg(store.path())
+            .args(["volume", "export", volume, "--nbd"])
+            .arg(format!("unix:{}", socket.display()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut p = ExportProc { child, socket };
+        let up = wait_until(Duration::from_secs(30), || {
+            matches!(p.child.try_wait(), Ok(None))
+                && std::os::unix::net::UnixStream::connect(&p.socket).is_ok()
+        });
+        if !up {
+            let log = std::fs::read_to_string(store.path().join(format!("{volume}.export.log")))
+                .unwrap_or_default();
+            let _ = p.child.kill();
+            panic!("export of {volume} did not come up: {log}");
+        }
+        p
+    }
+    pub fn uri(&self, volume: &str) -> String {
+        format!("nbd+unix:///{volume}?socket={}", self.socket.display())
+    }
+    /// kill -9, as a crash.
+    pub fn crash(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+    /// SIGTERM: flush and exit; asserts a clean exit.
+    pub fn stop(mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "export exited with {status}");
+    }
+}
+
+impl Drop for ExportProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn wait_until(timeout: Duration, mut ready: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if ready() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    ready()
+}
+
+/// Is a host tool present? Prints why a test skips when not.
+pub fn have(tool: &str) -> bool {
+    let ok = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !ok {
+        eprintln!("SKIP: {tool} is not installed (scripts/install-deps installs it)");
+    }
+    ok
+}
+
+/// Can this process mount (root, /dev/fuse, loop devices)?
+pub fn can_attach() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIP: attach needs root (mount, losetup)");
+        return false;
+    }
+    if !Path::new("/dev/fuse").exists() {
+        eprintln!("SKIP: no /dev/fuse on this machine");
+        return false;
+    }
+    if !Path::new("/dev/loop-control").exists() {
+        eprintln!("SKIP: no loop devices on this machine");
+        return false;
+    }
+    have("nbdfuse") && have("losetup")
+}
+
+pub fn sha256_file(path: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    let mut f = std::fs::File::open(path).unwrap();
+    std::io::copy(&mut f, &mut h).unwrap();
+    format!("{:x}", h.finalize())
+}
+
+/// A deterministic pseudo-random file tree: (relative path, sha256) of every file.
+pub fn write_tree(root: &Path, seed: u64, files: usize) -> Vec<(String, String)> {
+    use rand::{Rng, RngCore, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut out = Vec::new();
+    for i in 0..files {
+        let dir = root.join(format!("d{}", i % 7));
+        std::fs::create_dir_all(&dir).unwrap();
+        let len = rng.gen_range(0..300_000);
+        let mut data = vec![0u8; len];
+        rng.fill_bytes(&mut data);
+        let rel = format!("d{}/f{i}.bin", i % 7);
+        std::fs::write(root.join(&rel), &data).unwrap();
+        out.push((rel, sha256_bytes(&data)));
+    }
+    out
+}
+
+pub fn sha256_bytes(b: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    format!("{:x}", Sha256::digest(b))
+}
+
+pub fn check_tree(root: &Path, expect: &[(String, String)]) {
+    for (rel, sum) in expect {
+        let got = sha256_file(&root.join(rel));
+        assert_eq!(&got, sum, "{rel} differs under {}", root.display());
+    }
+}

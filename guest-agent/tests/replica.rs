@@ -1,0 +1,333 @@
+//! Source + replica mariadbd processes sharing pages through the family pool.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+use dbfork_agent::stats::StatsSnapshot;
+
+fn stats(path: &Path) -> StatsSnapshot {
+    StatsSnapshot::read_from(path).unwrap_or_default()
+}
+
+struct Family {
+    tmp: tempfile::TempDir,
+    _shm: tempfile::TempDir,
+    pool: PathBuf,
+    epoch: PathBuf,
+    runs: u32,
+}
+
+impl Family {
+    fn new() -> Family {
+        let tmp = tempfile::tempdir().unwrap();
+        let shm = pool_dir();
+        let pool = shm.path().join("pool");
+        let epoch = tmp.path().join("epoch");
+        Family {
+            tmp,
+            _shm: shm,
+            pool,
+            epoch,
+            runs: 0,
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.tmp.path().join(name)
+    }
+
+    /// dbfork's job after a snapshot: publish its LSN as the family clone counter.
+    fn publish_snapshot(&self, s: u64) {
+        std::fs::write(&self.epoch, format!("{s}\n")).unwrap();
+    }
+
+    fn start(&mut self, data: &Path, role: &str, snapshot: Option<u64>) -> (Server, PathBuf) {
+        self.start_with(data, role, snapshot, &[])
+    }
+
+    fn start_with(
+        &mut self,
+        data: &Path,
+        role: &str,
+        snapshot: Option<u64>,
+        extra: &[&str],
+    ) -> (Server, PathBuf) {
+        self.runs += 1;
+        let st = self.path(&format!("stats{}.json", self.runs));
+        let mut env = vec![
+            ("DBFORK_AGENT_ROLE", role.to_string()),
+            ("DBFORK_POOL_PATH", self.pool.display().to_string()),
+            ("DBFORK_FAMILY_EPOCH_FILE", self.epoch.display().to_string()),
+            ("DBFORK_AGENT_STATS", st.display().to_string()),
+        ];
+        if let Some(s) = snapshot {
+            env.push(("DBFORK_SNAPSHOT_LSN", s.to_string()));
+            let writes = data.parent().unwrap().join(format!(
+                "{}.writes",
+                data.file_name().unwrap().to_string_lossy()
+            ));
+            env.push(("DBFORK_REPLICA_WRITES", writes.display().to_string()));
+        }
+        let mut opts = ServerOpts::agent(&env);
+        opts.extra_args
+            .push("--innodb-buffer-pool-load-at-startup=0".into());
+        opts.extra_args.extend(extra.iter().map(|a| a.to_string()));
+        let run = self.path(&format!("run{}", self.runs));
+        (Server::start(data, &run, opts), st)
+    }
+
+    fn start_plain(&mut self, data: &Path) -> Server {
+        self.runs += 1;
+        let run = self.path(&format!("run{}", self.runs));
+        Server::start(data, &run, ServerOpts::plain())
+    }
+}
+
+/// A cleanly shut down datadir with table t.a, and its checksum.
+fn seeded(f: &mut Family, rows: u32) -> (PathBuf, String) {
+    let data = f.path("source");
+    install_datadir(&data);
+    let s = f.start_plain(&data);
+    load_table(&s, "a", rows);
+    let sum = s.sql(&checksum_query("a"));
+    s.shutdown();
+    (data, sum)
+}
+
+#[test]
+fn replica_shares_source_pages_with_identical_results() {
+    require_mariadb!();
+    let mut f = Family::new();
+    let (src, want) = seeded(&mut f, 20000);
+    let rep = f.path("replica");
+    copy_datadir(&src, &rep);
+    let s_lsn = max_page_lsn(&rep);
+    f.publish_snapshot(s_lsn);
+
+    let (source, src_st) = f.start(&src, "source", None);
+    assert_eq!(source.sql(&checksum_query("a")), want);
+    wait_for(Duration::from_secs(30), "source pooled pages", || {
+        stats(&src_st).pages_pooled >= 100
+    });
+
+    let (replica, rep_st) = f.start(&rep, "replica", Some(s_lsn));
+    assert_eq!(
+        replica.sql(&checksum_query("a")),
+        want,
+        "replica with sharing"
+    );
+    assert_eq!(
+        replica.sql("SELECT COUNT(*) FROM t.a FORCE INDEX(k) WHERE k < 500"),
+        source.sql("SELECT COUNT(*) FROM t.a FORCE INDEX(k) WHERE k < 500")
+    );
+    wait_for(Duration::from_secs(30), "shared pages", || {
+        stats(&rep_st).shared >= 50
+    });
+    let snap = stats(&rep_st);
+    assert_eq!(snap.sharing_off_reason, None, "{snap:?}");
+    assert_eq!(snap.declined_verify, 0, "{snap:?}");
+    assert_eq!(
+        snap.pages_pooled, 0,
+        "a replica never adds to the pool: {snap:?}"
+    );
+    assert!(mappings_of(replica.pid(), &f.pool) > 0);
+
+    // The source changes rows after the replica's snapshot. The replica must keep
+    // returning its snapshot's rows, with its cache cold (restart) and warm.
+    source.sql("UPDATE t.a SET k = k + 1000 WHERE id <= 10000");
+    let changed = source.sql(&checksum_query("a"));
+    assert_ne!(changed, want);
+    source.shutdown(); // flushes the new versions
+    let (source, src_st2) = f.start(&src, "source", None);
+    assert_eq!(source.sql(&checksum_query("a")), changed); // re-reads (and pools) new versions
+    wait_for(Duration::from_secs(30), "new versions pooled", || {
+        stats(&src_st2).pages_pooled >= 100
+    });
+    assert_eq!(replica.sql(&checksum_query("a")), want, "warm replica");
+    replica.shutdown();
+    let (replica, rep_st2) = f.start(&rep, "replica", Some(s_lsn));
+    assert_eq!(
+        replica.sql(&checksum_query("a")),
+        want,
+        "cold replica after source change"
+    );
+    wait_for(Duration::from_secs(30), "shared pages", || {
+        stats(&rep_st2).shared >= 50
+    });
+    replica.shutdown();
+
+    // Sharing off: the same datadir read by a plain server gives the same rows.
+    let plain = f.start_plain(&rep);
+    assert_eq!(
+        plain.sql(&checksum_query("a")),
+        want,
+        "replica without sharing"
+    );
+    plain.shutdown();
+    source.shutdown();
+}
+
+/// The valid_from clause: frames the source read BEFORE a snapshot, and changed
+/// before it, are registered with an LSN <= S but are stale; they must not be served.
+#[test]
+fn frames_read_before_the_snapshot_are_never_served() {
+    require_mariadb!();
+    let mut f = Family::new();
+    let (src, want) = seeded(&mut f, 20000);
+    f.publish_snapshot(max_page_lsn(&src)); // an earlier snapshot
+
+    let (source, src_st) = f.start(&src, "source", None);
+    assert_eq!(source.sql(&checksum_query("a")), want);
+    wait_for(Duration::from_secs(30), "source pooled pages", || {
+        stats(&src_st).pages_pooled >= 100
+    });
+    source.sql("UPDATE t.a SET k = k + 1000 WHERE id % 2 = 0");
+    let changed = source.sql(&checksum_query("a"));
+    source.shutdown();
+
+    // The new snapshot: a copy of the changed source.
+    let rep = f.path("replica");
+    copy_datadir(&src, &rep);
+    let s_lsn = max_page_lsn(&rep);
+    f.publish_snapshot(s_lsn);
+
+    let (replica, rep_st) = f.start(&rep, "replica", Some(s_lsn));
+    assert_eq!(
+        replica.sql(&checksum_query("a")),
+        changed,
+        "no stale frame served"
+    );
+    wait_for(Duration::from_secs(30), "declines counted", || {
+        stats(&rep_st).declined_before_snapshot >= 50
+    });
+    let snap = stats(&rep_st);
+    assert_eq!(
+        snap.shared, 0,
+        "every pooled frame predates the snapshot: {snap:?}"
+    );
+    replica.shutdown();
+
+    // After the snapshot the source re-reads its pages; those frames are valid for S.
+    let (source, src_st) = f.start(&src, "source", None);
+    assert_eq!(source.sql(&checksum_query("a")), changed);
+    wait_for(Duration::from_secs(30), "source pooled pages", || {
+        stats(&src_st).pages_pooled >= 100
+    });
+    let (replica, rep_st) = f.start(&rep, "replica", Some(s_lsn));
+    assert_eq!(replica.sql(&checksum_query("a")), changed);
+    wait_for(Duration::from_secs(30), "shared pages", || {
+        stats(&rep_st).shared >= 50
+    });
+    replica.shutdown();
+    source.shutdown();
+}
+
+/// Pages the replica wrote itself are its own from then on, even if the pool holds a
+/// valid frame for them.
+#[test]
+fn pages_written_by_the_replica_are_not_shared_again() {
+    require_mariadb!();
+    let mut f = Family::new();
+    let (src, want) = seeded(&mut f, 20000);
+    let rep = f.path("replica");
+    copy_datadir(&src, &rep);
+    let s_lsn = max_page_lsn(&rep);
+    f.publish_snapshot(s_lsn);
+    let (source, src_st) = f.start(&src, "source", None);
+    assert_eq!(source.sql(&checksum_query("a")), want);
+    wait_for(Duration::from_secs(30), "source pooled pages", || {
+        stats(&src_st).pages_pooled >= 100
+    });
+
+    let (replica, rep_st) = f.start(&rep, "replica", Some(s_lsn));
+    replica.sql("UPDATE t.a SET pad = REPEAT('r', 200) WHERE id % 5 = 0");
+    let mine = replica.sql(&checksum_query("a"));
+    // Flush the replica's changes and push its pages out of the buffer pool by
+    // reading a larger table, so the next scan of t.a reads from "disk" again.
+    replica.sql("SET GLOBAL innodb_max_dirty_pages_pct = 0");
+    wait_for(Duration::from_secs(60), "replica flushed", || {
+        replica
+            .sql(
+                "SELECT variable_value FROM information_schema.global_status \
+                     WHERE variable_name = 'INNODB_BUFFER_POOL_PAGES_DIRTY'",
+            )
+            .trim()
+            == "0"
+    });
+    let written = stats(&rep_st).pages_written;
+    assert!(written > 0);
+    assert_eq!(replica.sql(&checksum_query("a")), mine);
+    replica.shutdown();
+
+    // A restarted replica reads everything again; the pool still holds valid frames
+    // (LSN <= S, read after S) for the pages the replica changed. Serving them would
+    // silently undo the replica's own writes.
+    let (replica, rep_st) = f.start(&rep, "replica", Some(s_lsn));
+    assert_eq!(
+        replica.sql(&checksum_query("a")),
+        mine,
+        "replica's own writes survive"
+    );
+    let snap = stats(&rep_st);
+    assert!(snap.declined_written > 0, "{snap:?}");
+    assert!(
+        snap.shared > 0,
+        "pages it did not write are still shared: {snap:?}"
+    );
+    replica.shutdown();
+    source.shutdown();
+}
+
+/// Buffer pools far smaller than the table: frames mapped from the pool are evicted
+/// and reused for other pages (real reads into mapped frames on the source, shared
+/// maps over previously shared frames on the replica), scan after scan.
+#[test]
+fn small_buffer_pools_reuse_mapped_frames_correctly() {
+    require_mariadb!();
+    let mut f = Family::new();
+    let (src, want) = seeded(&mut f, 60000); // ~20 MB of rows
+    let rep = f.path("replica");
+    copy_datadir(&src, &rep);
+    let s_lsn = max_page_lsn(&rep);
+    f.publish_snapshot(s_lsn);
+    let small = ["--innodb-buffer-pool-size=6M"];
+    let (source, src_st) = f.start_with(&src, "source", None, &small);
+    let (replica, rep_st) = f.start_with(&rep, "replica", Some(s_lsn), &small);
+    let bp = replica
+        .sql("SELECT @@innodb_buffer_pool_size")
+        .trim()
+        .parse::<u64>()
+        .unwrap();
+    assert!(bp <= 8 << 20, "buffer pool is {bp}");
+    for round in 0..3 {
+        assert_eq!(
+            source.sql(&checksum_query("a")),
+            want,
+            "source round {round}"
+        );
+        assert_eq!(
+            replica.sql(&checksum_query("a")),
+            want,
+            "replica round {round}"
+        );
+        let q = "SELECT SUM(id) FROM t.a FORCE INDEX(k) WHERE k BETWEEN 100 AND 300";
+        assert_eq!(replica.sql(q), source.sql(q), "index scan round {round}");
+    }
+    let (src_snap, rep_snap) = (stats(&src_st), stats(&rep_st));
+    let pool_pages = 6 * 1024 * 1024 / 16384;
+    assert!(
+        src_snap.pages_pooled > pool_pages,
+        "frames were reused: {src_snap:?}"
+    );
+    assert!(
+        rep_snap.shared > pool_pages,
+        "shared frames were reused: {rep_snap:?}"
+    );
+    assert_eq!(rep_snap.declined_verify, 0, "{rep_snap:?}");
+    assert_eq!(rep_snap.sharing_off_reason, None);
+    replica.shutdown();
+    source.shutdown();
+}
