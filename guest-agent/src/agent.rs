@@ -2,7 +2,7 @@
 //! these with a closure that performs the real libc call, so this module is tested in
 //! process with real files and mappings.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,6 +16,7 @@ use crate::error::{AgentError, Result};
 use crate::fdtable::{is_data_file, FdState, FdTable, Ident};
 use crate::page::{self, MIN_HEADER};
 use crate::pool::{anon_over, Pool, PoolRecord, POOL_PAGE};
+use crate::scan::Regions;
 use crate::share::{may_share, Decline};
 use crate::stats::{Stats, StatsSnapshot};
 
@@ -30,6 +31,14 @@ pub struct Agent {
     /// Pages this replica wrote, as space_id << 32 | page_no: never shared again.
     written: Mutex<WrittenSet>,
     epoch: Option<File>,
+    /// Buffer-pool candidates (source role), for the scan at clone time.
+    pub regions: Regions,
+    /// Open 16 KiB tablespaces: which checksum layout a scanned frame must verify in.
+    spaces: Mutex<HashMap<u32, page::SpaceFormat>>,
+    /// What this source pooled: page key -> (lsn, valid_from), to skip duplicates.
+    pooled: Mutex<HashMap<u64, (u64, u64)>>,
+    /// The clone counter value the last scan ran for.
+    scanned_epoch: Mutex<Option<u64>>,
     sharing_off: AtomicBool,
     off_reason: Mutex<Option<String>>,
 }
@@ -50,6 +59,10 @@ impl Agent {
             dir: Mutex::new(None),
             written: Mutex::new(WrittenSet::default()),
             epoch: None,
+            regions: Regions::default(),
+            spaces: Mutex::new(HashMap::new()),
+            pooled: Mutex::new(HashMap::new()),
+            scanned_epoch: Mutex::new(None),
             sharing_off: AtomicBool::new(config.role == Role::Off),
             off_reason: Mutex::new(None),
         };
@@ -86,6 +99,8 @@ impl Agent {
         );
         *self.dir.lock() = Some(dir);
         self.pool = Some(pool);
+        // Frames resident at start were read under the current counter already.
+        *self.scanned_epoch.lock() = self.read_epoch();
         Ok(())
     }
 
@@ -135,10 +150,18 @@ impl Agent {
     }
 
     fn identify(&self, fd: i32, page0: &[u8], path: &[u8]) {
+        // A zero-filled start (a file being extended before page 0 is written) would
+        // decode as space 0 with default flags; wait for the real page 0.
+        if page0.iter().take(MIN_HEADER).all(|&b| b == 0) {
+            return;
+        }
         match page::space_info(page0) {
             Ok(info) => {
                 Stats::inc(&self.stats.files_identified);
                 self.fds.set_identified(fd, Ident::from(info));
+                if info.page_size as usize == POOL_PAGE {
+                    self.spaces.lock().insert(info.space_id, info.format);
+                }
                 if info.page_size as usize != POOL_PAGE {
                     tracing::info!(
                         file = %String::from_utf8_lossy(path),
@@ -206,6 +229,12 @@ impl Agent {
             return real();
         }
         Stats::inc(&self.stats.reads_page_sized);
+        // Only buffer-pool frames are ever remapped: a heap buffer that happens to be
+        // aligned could be handed back to malloc with a file page under it.
+        if self.config.role != Role::Off && !self.regions.contains(buf as usize, POOL_PAGE) {
+            Stats::inc(&self.stats.reads_outside_pool);
+            return real();
+        }
         let page_no = match u32::try_from(off as u64 / POOL_PAGE as u64) {
             Ok(p) => p,
             Err(_) => return real(),
@@ -394,13 +423,34 @@ impl Agent {
 
     /// Before a pwrite by the server: the pages it covers are this process's own from
     /// now on (recorded before the write, so no read can be shared in between).
-    pub fn on_pwrite(&self, fd: i32, count: usize, off: i64) {
-        let FdState::Identified(id) = self.fds.get(fd) else {
-            return;
-        };
+    /// `head` is the start of the data being written (up to a page), used to identify
+    /// a data file whose page 0 could not be read when it was opened (a new file).
+    pub fn on_pwrite(&self, fd: i32, count: usize, off: i64, head: &[u8]) {
         if count == 0 || off < 0 {
             return;
         }
+        let id = match self.fds.get(fd) {
+            FdState::Untracked => return,
+            FdState::Identified(id) => id,
+            FdState::Candidate => {
+                if off == 0 && head.len() >= MIN_HEADER {
+                    self.identify(fd, head, b"(identified on first write)");
+                }
+                match self.fds.get(fd) {
+                    FdState::Identified(id) => id,
+                    _ => {
+                        // A write to a data file of unknown space: the written set
+                        // cannot say which pages are now this replica's own.
+                        if self.config.role == Role::Replica {
+                            self.disable_sharing(
+                                "write to a data file that could not be identified",
+                            );
+                        }
+                        return;
+                    }
+                }
+            }
+        };
         Stats::inc(&self.stats.writes_data);
         let ps = u64::from(id.page_size);
         let first = off as u64 / ps;
@@ -433,6 +483,87 @@ impl Agent {
             if let Err(e) = d.sync() {
                 tracing::debug!("dbfork agent: directory sync: {}", error_chain(&e));
             }
+        }
+        // A new snapshot was published: offer the whole warm set to its replicas.
+        let Some(epoch) = self.read_epoch() else {
+            return;
+        };
+        let due = {
+            let mut last = self.scanned_epoch.lock();
+            let due = last.is_none_or(|l| epoch > l);
+            if due {
+                *last = Some(epoch);
+            }
+            due
+        };
+        if due {
+            self.scan_buffer_pool(epoch);
+        }
+    }
+
+    /// Pools every clean resident frame (see `scan`); `valid_from` was read before.
+    pub fn scan_buffer_pool(&self, valid_from: u64) {
+        let Some(pool) = self.pool.clone() else {
+            return;
+        };
+        Stats::inc(&self.stats.scans);
+        let spaces = self.spaces.lock().clone();
+        let mut found = 0u64;
+        self.regions.for_each_frame(|_, bytes| {
+            let Ok(h) = page::header(bytes) else { return };
+            let Some(&format) = spaces.get(&h.space_id) else {
+                return;
+            };
+            if page::verify_identity(bytes, format, h.space_id, h.page_no).is_err() {
+                return;
+            }
+            let k = key(h.space_id, h.page_no);
+            if let Some(&(lsn, vf)) = self.pooled.lock().get(&k) {
+                if lsn == h.lsn && vf >= valid_from {
+                    return;
+                }
+            }
+            let rec = PoolRecord {
+                space_id: h.space_id,
+                page_no: h.page_no,
+                lsn: h.lsn,
+                valid_from,
+            };
+            let off = match pool.append(bytes, rec) {
+                Ok(off) => off,
+                Err(e) => {
+                    Stats::inc(&self.stats.fallback_errors);
+                    tracing::warn!("dbfork agent: scan: {}", error_chain(&e));
+                    return;
+                }
+            };
+            self.pooled.lock().insert(k, (h.lsn, valid_from));
+            found += 1;
+            let entry = DirEntry {
+                pool_offset: off,
+                lsn: h.lsn,
+                valid_from,
+            };
+            if let Some(d) = self.dir.lock().as_mut() {
+                match d.register(h.space_id, h.page_no, entry) {
+                    Ok(()) => Stats::inc(&self.stats.pages_registered),
+                    Err(_) => Stats::inc(&self.stats.register_errors),
+                }
+            }
+        });
+        Stats::add(&self.stats.scan_frames_pooled, found);
+        tracing::info!(
+            valid_from,
+            frames = found,
+            "dbfork agent: buffer-pool scan done"
+        );
+    }
+
+    /// After a successful mmap by the server: remember buffer-pool candidates (the
+    /// only memory the agent ever remaps, and what the clone-time scan reads).
+    pub fn on_mmap(&self, addr: usize, len: usize, prot: i32, flags: i32, fd: i32) {
+        if self.config.role != Role::Off {
+            self.regions.on_mmap(addr, len, prot, flags, fd);
         }
     }
 
@@ -533,10 +664,16 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// A 16 KiB buffer aligned for O_DIRECT.
-pub(crate) struct AlignedPage(Box<Aligned>);
+pub struct AlignedPage(Box<Aligned>);
 
 #[repr(C, align(4096))]
 struct Aligned([u8; POOL_PAGE]);
+
+impl Default for AlignedPage {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 impl AlignedPage {
     pub fn new() -> Self {
@@ -554,15 +691,16 @@ mod tests {
     use std::os::unix::io::AsRawFd;
     use std::path::Path;
 
-    /// A page-aligned anonymous frame, like a buffer-pool block.
-    struct Frame(*mut u8);
-    impl Frame {
-        fn new() -> Frame {
+    /// A buffer pool: one large anonymous mapping, as InnoDB makes it.
+    struct Arena(*mut u8, std::cell::Cell<usize>);
+    const ARENA: usize = crate::scan::MIN_REGION;
+    impl Arena {
+        fn new() -> Arena {
             // SAFETY: fresh anonymous mapping owned by this value.
             let p = unsafe {
                 libc::mmap(
                     std::ptr::null_mut(),
-                    POOL_PAGE,
+                    ARENA,
                     libc::PROT_READ | libc::PROT_WRITE,
                     libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
                     -1,
@@ -570,18 +708,43 @@ mod tests {
                 )
             };
             assert_ne!(p, libc::MAP_FAILED);
-            Frame(p.cast())
+            Arena(p.cast(), std::cell::Cell::new(0))
         }
+        /// Tells an agent this is a buffer pool, as the mmap hook would.
+        fn show(&self, a: &Agent) {
+            let rw = libc::PROT_READ | libc::PROT_WRITE;
+            a.on_mmap(
+                self.0 as usize,
+                ARENA,
+                rw,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+            );
+        }
+        fn frame(&self) -> Frame {
+            // The arena's start is page aligned; frames are 16 KiB aligned within it
+            // relative to that start, which is all mmap needs.
+            let i = self.1.get();
+            self.1.set(i + 1);
+            assert!((i + 1) * POOL_PAGE <= ARENA);
+            // SAFETY: inside our mapping.
+            Frame(unsafe { self.0.add(i * POOL_PAGE) })
+        }
+    }
+    impl Drop for Arena {
+        fn drop(&mut self) {
+            // SAFETY: our own mapping.
+            unsafe { libc::munmap(self.0.cast(), ARENA) };
+        }
+    }
+
+    /// A page-aligned frame inside an arena, like a buffer-pool block.
+    struct Frame(*mut u8);
+    impl Frame {
         #[allow(clippy::mut_from_ref)] // a test frame, like InnoDB's: raw memory
         fn bytes(&self) -> &mut [u8] {
             // SAFETY: our live mapping.
             unsafe { std::slice::from_raw_parts_mut(self.0, POOL_PAGE) }
-        }
-    }
-    impl Drop for Frame {
-        fn drop(&mut self) {
-            // SAFETY: our own mapping.
-            unsafe { libc::munmap(self.0.cast(), POOL_PAGE) };
         }
     }
 
@@ -641,6 +804,7 @@ mod tests {
     #[test]
     fn source_pools_and_replica_shares_then_declines_by_rule() {
         let dir = tempfile::tempdir().unwrap();
+        let arena = Arena::new();
         std::fs::write(dir.path().join("epoch"), "1000").unwrap();
         let src_file = dir.path().join("src.ibd");
         let pages = tablespace(&src_file, 4, 900);
@@ -648,9 +812,11 @@ mod tests {
         std::fs::copy(&src_file, &rep_file).unwrap();
 
         let src = agent(dir.path(), "source", 0);
+
+        arena.show(&src);
         let f = open_tracked(&src, &src_file);
         assert!(matches!(src.fds.get(f.as_raw_fd()), FdState::Identified(_)));
-        let frames: Vec<Frame> = (0..4).map(|_| Frame::new()).collect();
+        let frames: Vec<Frame> = (0..4).map(|_| arena.frame()).collect();
         for (n, fr) in frames.iter().enumerate() {
             assert_eq!(read(&src, &f, fr, n as u32), POOL_PAGE as isize);
             assert_eq!(fr.bytes(), &pages[n][..]);
@@ -661,14 +827,16 @@ mod tests {
 
         // Replica at S = 1000: lsn 900 <= S, valid_from 1000 >= S: shared.
         let rep = agent(dir.path(), "replica", 1000);
+        arena.show(&rep);
         let rf = open_tracked(&rep, &rep_file);
-        let fr = Frame::new();
+        let fr = arena.frame();
         assert_eq!(read(&rep, &rf, &fr, 2), POOL_PAGE as isize);
         assert_eq!(fr.bytes(), &pages[2][..]);
         assert_eq!(rep.snapshot().shared, 1);
 
         // Replica at S = 1001: the frames were read before that snapshot.
         let late = agent(dir.path(), "replica", 1001);
+        arena.show(&late);
         let lf = open_tracked(&late, &rep_file);
         assert_eq!(read(&late, &lf, &fr, 1), POOL_PAGE as isize);
         assert_eq!(fr.bytes(), &pages[1][..]);
@@ -677,6 +845,7 @@ mod tests {
 
         // Replica at S = 899: the frames are newer than its snapshot.
         let early = agent(dir.path(), "replica", 899);
+        arena.show(&early);
         let ef = open_tracked(&early, &rep_file);
         assert_eq!(read(&early, &ef, &fr, 1), POOL_PAGE as isize);
         assert_eq!(early.snapshot().shared, 0);
@@ -686,18 +855,21 @@ mod tests {
     #[test]
     fn replica_writes_are_remembered_across_restarts() {
         let dir = tempfile::tempdir().unwrap();
+        let arena = Arena::new();
         std::fs::write(dir.path().join("epoch"), "1000").unwrap();
         let file = dir.path().join("t.ibd");
         tablespace(&file, 3, 900);
         let src = agent(dir.path(), "source", 0);
+        arena.show(&src);
         let f = open_tracked(&src, &file);
-        let fr = Frame::new();
+        let fr = arena.frame();
         for n in 0..3 {
             read(&src, &f, &fr, n);
         }
         let rep = agent(dir.path(), "replica", 1000);
+        arena.show(&rep);
         let rf = open_tracked(&rep, &file);
-        rep.on_pwrite(rf.as_raw_fd(), POOL_PAGE, POOL_PAGE as i64); // page 1
+        rep.on_pwrite(rf.as_raw_fd(), POOL_PAGE, POOL_PAGE as i64, &[]); // page 1
         assert!(rep.written_by_me(SPACE, 1));
         read(&rep, &rf, &fr, 1);
         read(&rep, &rf, &fr, 2);
@@ -705,6 +877,7 @@ mod tests {
         assert_eq!((s.shared, s.declined_written), (1, 1));
         drop(rep);
         let again = agent(dir.path(), "replica", 1000);
+        arena.show(&again);
         assert!(again.written_by_me(SPACE, 1));
         assert!(!again.written_by_me(SPACE, 2));
     }
@@ -712,12 +885,14 @@ mod tests {
     #[test]
     fn a_damaged_pool_slot_is_undone_and_read_from_disk() {
         let dir = tempfile::tempdir().unwrap();
+        let arena = Arena::new();
         std::fs::write(dir.path().join("epoch"), "1000").unwrap();
         let file = dir.path().join("t.ibd");
         let pages = tablespace(&file, 2, 900);
         let src = agent(dir.path(), "source", 0);
+        arena.show(&src);
         let f = open_tracked(&src, &file);
-        let fr = Frame::new();
+        let fr = arena.frame();
         read(&src, &f, &fr, 1);
         // Corrupt the pool slot behind the agents' backs.
         let pool = std::fs::OpenOptions::new()
@@ -726,8 +901,9 @@ mod tests {
             .unwrap();
         pool.write_all_at(&[0xee; 16], 4000).unwrap();
         let rep = agent(dir.path(), "replica", 1000);
+        arena.show(&rep);
         let rf = open_tracked(&rep, &file);
-        let rfr = Frame::new();
+        let rfr = arena.frame();
         assert_eq!(read(&rep, &rf, &rfr, 1), POOL_PAGE as isize);
         assert_eq!(
             rfr.bytes(),
@@ -741,10 +917,12 @@ mod tests {
     #[test]
     fn unaligned_or_odd_sized_reads_pass_through_untouched() {
         let dir = tempfile::tempdir().unwrap();
+        let arena = Arena::new();
         std::fs::write(dir.path().join("epoch"), "1000").unwrap();
         let file = dir.path().join("t.ibd");
         tablespace(&file, 2, 900);
         let src = agent(dir.path(), "source", 0);
+        arena.show(&src);
         let f = open_tracked(&src, &file);
         let mut buf = vec![0u8; 3 * POOL_PAGE];
         let fd = f.as_raw_fd();
@@ -758,5 +936,21 @@ mod tests {
         assert_eq!(n, 2 * POOL_PAGE as isize);
         assert_eq!(src.snapshot().pages_pooled, 0);
         assert_eq!(src.snapshot().reads_data, 1);
+    }
+
+    #[test]
+    fn frames_outside_the_buffer_pool_are_never_remapped() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("epoch"), "1000").unwrap();
+        let file = dir.path().join("t.ibd");
+        let pages = tablespace(&file, 2, 900);
+        let src = agent(dir.path(), "source", 0);
+        let f = open_tracked(&src, &file);
+        let arena = Arena::new(); // not shown to the agent: not a buffer pool
+        let fr = arena.frame();
+        assert_eq!(read(&src, &f, &fr, 1), POOL_PAGE as isize);
+        assert_eq!(fr.bytes(), &pages[1][..]);
+        let s = src.snapshot();
+        assert_eq!((s.pages_pooled, s.reads_outside_pool), (0, 1));
     }
 }

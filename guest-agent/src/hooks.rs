@@ -20,6 +20,8 @@ type OpenatFn = unsafe extern "C" fn(c_int, *const c_char, c_int, mode_t) -> c_i
 type CloseFn = unsafe extern "C" fn(c_int) -> c_int;
 type PreadFn = unsafe extern "C" fn(c_int, *mut c_void, size_t, off_t) -> ssize_t;
 type PwriteFn = unsafe extern "C" fn(c_int, *const c_void, size_t, off_t) -> ssize_t;
+type MmapFn = unsafe extern "C" fn(*mut c_void, size_t, c_int, c_int, c_int, off_t) -> *mut c_void;
+type MunmapFn = unsafe extern "C" fn(*mut c_void, size_t) -> c_int;
 type IoSetupFn = unsafe extern "C" fn(c_int, *mut c_void) -> c_int;
 type UringInitFn = unsafe extern "C" fn(u32, *mut c_void, u32) -> c_int;
 
@@ -33,6 +35,9 @@ struct Real {
     pread64: PreadFn,
     pwrite: PwriteFn,
     pwrite64: PwriteFn,
+    mmap: MmapFn,
+    mmap64: MmapFn,
+    munmap: MunmapFn,
     io_setup: Option<IoSetupFn>,
     io_uring_queue_init: Option<UringInitFn>,
 }
@@ -74,6 +79,9 @@ fn real() -> &'static Real {
         pread64: required!(c"pread64", PreadFn),
         pwrite: required!(c"pwrite", PwriteFn),
         pwrite64: required!(c"pwrite64", PwriteFn),
+        mmap: required!(c"mmap", MmapFn),
+        mmap64: required!(c"mmap64", MmapFn),
+        munmap: required!(c"munmap", MunmapFn),
         io_setup: optional!(c"io_setup", IoSetupFn),
         io_uring_queue_init: optional!(c"io_uring_queue_init", UringInitFn),
     })
@@ -280,7 +288,16 @@ macro_rules! pwrite_hook {
             count: size_t,
             off: off_t,
         ) -> ssize_t {
-            with_agent(|a| a.on_pwrite(fd, count, off));
+            with_agent(|a| {
+                let head = if buf.is_null() {
+                    &[][..]
+                } else {
+                    // SAFETY: the caller's buffer holds `count` readable bytes; we read
+                    // at most the first page of it, before the write is issued.
+                    unsafe { std::slice::from_raw_parts(buf.cast::<u8>(), count.min(1 << 16)) }
+                };
+                a.on_pwrite(fd, count, off, head)
+            });
             // SAFETY: forwarding.
             unsafe { (real().$name)(fd, buf, count, off) }
         }
@@ -315,5 +332,51 @@ pub unsafe extern "C" fn io_uring_queue_init(entries: u32, ring: *mut c_void, fl
         // SAFETY: forwarding.
         Some(f) => unsafe { f(entries, ring, flags) },
         None => -libc::ENOSYS,
+    }
+}
+
+macro_rules! mmap_hook {
+    ($name:ident) => {
+        /// # Safety
+        /// mmap(2)'s contract.
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(
+            addr: *mut c_void,
+            len: size_t,
+            prot: c_int,
+            flags: c_int,
+            fd: c_int,
+            off: off_t,
+        ) -> *mut c_void {
+            // SAFETY: forwarding the caller's arguments unchanged.
+            let p = unsafe { (real().$name)(addr, len, prot, flags, fd, off) };
+            if p != libc::MAP_FAILED {
+                with_agent(|a| a.on_mmap(p as usize, len, prot, flags, fd));
+            }
+            p
+        }
+    };
+}
+
+mmap_hook!(mmap);
+mmap_hook!(mmap64);
+
+/// # Safety
+/// munmap(2)'s contract.
+#[no_mangle]
+pub unsafe extern "C" fn munmap(addr: *mut c_void, len: size_t) -> c_int {
+    let done = Cell::new(None);
+    let r = with_agent(|a| {
+        a.regions.on_munmap(addr as usize, len, || {
+            // SAFETY: forwarding.
+            let r = unsafe { (real().munmap)(addr, len) };
+            done.set(Some(r));
+            r
+        })
+    });
+    match (r, done.get()) {
+        (Some(r), _) | (None, Some(r)) => r,
+        // SAFETY: forwarding.
+        (None, None) => unsafe { (real().munmap)(addr, len) },
     }
 }

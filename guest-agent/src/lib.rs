@@ -8,6 +8,7 @@ pub mod error;
 pub mod fdtable;
 pub mod page;
 pub mod pool;
+pub mod scan;
 pub mod share;
 pub mod stats;
 

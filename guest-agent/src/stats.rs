@@ -37,12 +37,15 @@ counters!(
     reads_total,
     reads_data,
     reads_page_sized,
+    reads_outside_pool,
     pages_read_verified,
     pages_read_unverified,
     // source role
     pages_pooled,
     pages_registered,
     register_errors,
+    scans,
+    scan_frames_pooled,
     // replica role
     lookups,
     lookup_misses,

@@ -331,3 +331,56 @@ fn small_buffer_pools_reuse_mapped_frames_correctly() {
     replica.shutdown();
     source.shutdown();
 }
+
+/// At clone time the source offers its whole warm set: after dbfork publishes the new
+/// snapshot, the source agent scans its buffer pool and pools every clean frame with
+/// valid_from = the new counter. Without the scan every pooled frame here predates the
+/// snapshot and nothing could be shared.
+#[test]
+fn clone_time_scan_offers_the_warm_set_to_the_new_replica() {
+    require_mariadb!();
+    if !Path::new("/usr/bin/mariadb-backup").exists() {
+        eprintln!("skipping: mariadb-backup is not installed");
+        return;
+    }
+    let mut f = Family::new();
+    let (src, want) = seeded(&mut f, 20000);
+    f.publish_snapshot(max_page_lsn(&src)); // an earlier snapshot
+    let (source, src_st) = f.start(&src, "source", None);
+    assert_eq!(source.sql(&checksum_query("a")), want);
+    wait_for(Duration::from_secs(30), "source pooled pages", || {
+        stats(&src_st).pages_pooled >= 100
+    });
+    source.sql("UPDATE t.a SET k = k + 7 WHERE id % 4 = 0");
+    let changed = source.sql(&checksum_query("a"));
+    // Clean frames are what the scan can verify; make every frame clean.
+    source.sql("SET GLOBAL innodb_max_dirty_pages_pct = 0");
+    wait_for(Duration::from_secs(60), "source flushed", || {
+        source
+            .sql(
+                "SELECT variable_value FROM information_schema.global_status \
+             WHERE variable_name = 'INNODB_BUFFER_POOL_PAGES_DIRTY'",
+            )
+            .trim()
+            == "0"
+    });
+    assert_eq!(stats(&src_st).scans, 0);
+
+    let rep = f.path("replica");
+    let s_lsn = backup_running(&source, &rep);
+    f.publish_snapshot(s_lsn);
+    wait_for(Duration::from_secs(30), "clone-time scan", || {
+        stats(&src_st).scans >= 1
+    });
+    let s = stats(&src_st);
+    assert!(s.scan_frames_pooled >= 100, "{s:?}");
+
+    let (replica, rep_st) = f.start(&rep, "replica", Some(s_lsn));
+    assert_eq!(replica.sql(&checksum_query("a")), changed);
+    wait_for(Duration::from_secs(30), "shared pages", || {
+        stats(&rep_st).shared >= 100
+    });
+    assert_eq!(stats(&rep_st).declined_verify, 0);
+    replica.shutdown();
+    source.shutdown();
+}

@@ -20,6 +20,9 @@ pub enum Request {
     Snapshot { snapshot: String },
     /// Move byte ranges `(offset, length)` to the front of the hydration queue.
     Prefetch { ranges: Vec<(u64, u64)> },
+    /// Hydrate every remaining region now (whatever the clone's hydrate setting), in
+    /// the background of the export process; the reply comes at once.
+    HydrateAll,
     /// Make every acknowledged write durable.
     Flush,
     /// Live status of the open volume, as JSON.

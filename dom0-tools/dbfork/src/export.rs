@@ -67,6 +67,8 @@ impl BlockDevice for VolumeDevice {
 struct VolumeControl {
     volume: Arc<Volume>,
     stop: Arc<AtomicBool>,
+    /// Set while a full hydration requested over the control socket runs.
+    hydrating: Arc<AtomicBool>,
 }
 
 impl ControlHandler for VolumeControl {
@@ -82,6 +84,18 @@ impl ControlHandler for VolumeControl {
                 .prefetch(&ranges)
                 .map(|()| None)
                 .map_err(|e| e.to_string()),
+            Request::HydrateAll => {
+                if !self.hydrating.swap(true, Ordering::AcqRel) {
+                    let (volume, flag) = (self.volume.clone(), self.hydrating.clone());
+                    std::thread::spawn(move || {
+                        if let Err(e) = volume.hydrate_fully(|_, _| {}) {
+                            tracing::error!(error = %e, "full hydration failed");
+                        }
+                        flag.store(false, Ordering::Release);
+                    });
+                }
+                Ok(None)
+            }
             Request::Flush => self.volume.flush().map(|()| None).map_err(|e| e.to_string()),
             Request::Status => serde_json::to_value(self.volume.status())
                 .map(Some)
@@ -146,6 +160,7 @@ pub fn run_export(store: &Path, name: &str, addr: &ListenAddr) -> Result<(), Exp
         let handler = Arc::new(VolumeControl {
             volume: volume.clone(),
             stop: stop.clone(),
+            hydrating: Arc::new(AtomicBool::new(false)),
         });
         let stop = stop.clone();
         std::thread::spawn(move || control::serve(ctl, handler, stop))

@@ -334,31 +334,59 @@ fn delete(store: &Store, run_dir: &RunDir, name: &str, wait: bool, out: &Output)
                 if !out.json {
                     eprintln!("hydrating {clone} so that {name} can go");
                 }
-                if exported(run_dir, clone) {
-                    // Its export process hydrates it; wait for it to become independent.
-                    loop {
-                        let st = status(store, run_dir, clone)?;
-                        if st.independent {
-                            break;
-                        }
-                        std::thread::sleep(Duration::from_millis(500));
-                    }
-                } else {
-                    let bar = (!out.json).then(|| ProgressBar::new(0));
-                    store.hydrate_fully(clone, |done, total| {
-                        if let Some(b) = &bar {
-                            b.set_length(total);
-                            b.set_position(done);
-                        }
-                    })?;
-                    if let Some(b) = bar {
-                        b.finish_and_clear();
-                    }
-                }
+                hydrate_dependent(store, run_dir, clone, out)?;
             }
             store.delete(name)?;
             Ok(())
         }
         other => Ok(other?),
     }
+}
+
+/// How long full hydration of a clone may go without any progress before `delete
+/// --wait` gives up (a dead or stuck export process, a broken snapshot).
+const STALL_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Hydrates one clone completely: through its export process when it is served (it
+/// holds the volume), directly otherwise.
+fn hydrate_dependent(store: &Store, run_dir: &RunDir, clone: &str, out: &Output) -> Result<()> {
+    let bar = (!out.json).then(|| ProgressBar::new(0));
+    let mut requested = false;
+    let mut last = (0, std::time::Instant::now());
+    loop {
+        if !exported(run_dir, clone) {
+            store.hydrate_fully(clone, |done, total| {
+                if let Some(b) = &bar {
+                    b.set_length(total);
+                    b.set_position(done);
+                }
+            })?;
+            break;
+        }
+        if !requested {
+            control::call(&run_dir.control_socket(clone), &Request::HydrateAll)?;
+            requested = true;
+        }
+        let st = status(store, run_dir, clone)?;
+        if let Some(b) = &bar {
+            b.set_length(st.size);
+            b.set_position(st.hydrated_bytes);
+        }
+        if st.independent {
+            break;
+        }
+        if st.hydrated_bytes > last.0 {
+            last = (st.hydrated_bytes, std::time::Instant::now());
+        } else if last.1.elapsed() > STALL_TIMEOUT {
+            bail!(
+                "hydration of {clone} made no progress for {} s (check its export: dbfork volume status {clone})",
+                STALL_TIMEOUT.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    Ok(())
 }

@@ -28,6 +28,6 @@ pub use instance::{Instance, ReplCredentials, StartOptions, REPL_USER};
 pub use native_clone::{native_clone, NativeClone, NativeCloneTimings};
 pub use preflight::free_port;
 pub use replication::{
-    checksum_all_tables, configure_replica, next_server_id, replication_status, wait_caught_up,
-    ReplicationSource, ReplicationStatus,
+    checksum_all_tables, configure_replica, next_server_id, replication_status, start_replica,
+    wait_caught_up, ReplicaStartTimings, ReplicationSource, ReplicationStatus,
 };

@@ -289,3 +289,46 @@ mod tests {
         assert!(st.broken().unwrap().contains("1062"));
     }
 }
+
+/// Wall time of bringing up a replica from a datadir that already exists.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaStartTimings {
+    /// Server start (crash recovery included) until the first query answers.
+    pub start_ms: u64,
+    pub configure_ms: u64,
+}
+
+/// Steps 4 and 5 of a clone: `new_cfg.datadir` already holds a consistent copy of
+/// `source` at `gtid` (a snapshot or lazy clone). Copies the source's replication
+/// secret, starts the server with `opts`, and makes it a read-only replica from
+/// `gtid`. On failure the server is killed again; the datadir is left as it is
+/// (it belongs to the caller's volume).
+pub fn start_replica(
+    source: &Instance,
+    new_cfg: crate::InstanceConfig,
+    gtid: &GtidPos,
+    opts: &crate::StartOptions,
+) -> Result<(Instance, ReplicaStartTimings)> {
+    if new_cfg.server_id == source.config().server_id {
+        return Err(Error::InvalidConfig(format!(
+            "replica {} needs a server_id other than its source's ({})",
+            new_cfg.name, new_cfg.server_id
+        )));
+    }
+    let mut inst = Instance::open(new_cfg)?;
+    inst.adopt_repl_secret(source.config())?;
+    let mut t = ReplicaStartTimings::default();
+    let t0 = Instant::now();
+    inst.start_with(opts)?;
+    t.start_ms = t0.elapsed().as_millis() as u64;
+    let t0 = Instant::now();
+    let configured = ReplicationSource::of(source).and_then(|s| configure_replica(&inst, &s, gtid));
+    if let Err(e) = configured {
+        if let Err(ke) = inst.kill() {
+            tracing::warn!(replica = inst.name(), "kill after failed configure: {ke}");
+        }
+        return Err(e);
+    }
+    t.configure_ms = t0.elapsed().as_millis() as u64;
+    Ok((inst, t))
+}

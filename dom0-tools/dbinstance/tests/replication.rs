@@ -10,8 +10,8 @@ use std::time::Duration;
 use dbinstance::sql::exec;
 use dbinstance::testing::{frozen_datadir_copy, test_config, test_start_options, InstanceGuard};
 use dbinstance::{
-    checksum_all_tables, configure_replica, native_clone, replication_status, wait_caught_up,
-    ConsistentPoint, Error, Instance, ReplicationSource,
+    checksum_all_tables, configure_replica, native_clone, replication_status, start_replica,
+    wait_caught_up, ConsistentPoint, Error, Instance, ReplicationSource,
 };
 
 const CATCH_UP: Duration = Duration::from_secs(60);
@@ -241,11 +241,16 @@ fn snapshot_clone_under_write_load_and_clone_of_clone() {
     let gtid2 = cp.gtid().clone();
     frozen_datadir_copy(&replica, &cfg2.datadir).unwrap();
     cp.finish().unwrap();
-    let grand = Instance::open(cfg2).unwrap();
-    grand.adopt_repl_secret(replica.config()).unwrap();
-    let mut grand = InstanceGuard::adopt(grand, Some(dir2));
-    grand.start_with(&test_start_options()).unwrap();
-    configure_replica(&grand, &ReplicationSource::of(&replica).unwrap(), &gtid2).unwrap();
+    let mut same_id = cfg2.clone();
+    same_id.server_id = replica.config().server_id;
+    let err = start_replica(&replica, same_id, &gtid2, &test_start_options()).unwrap_err();
+    assert!(matches!(err, Error::InvalidConfig(_)), "{err}");
+    let (grand, t) = start_replica(&replica, cfg2, &gtid2, &test_start_options()).unwrap();
+    let grand = InstanceGuard::adopt(grand, Some(dir2));
+    eprintln!(
+        "clone of clone: start {} ms, configure {} ms",
+        t.start_ms, t.configure_ms
+    );
     src.exec("INSERT INTO app.accounts VALUES (5001, 1, 'after-chain')")
         .unwrap();
     wait_caught_up(&replica, &src, CATCH_UP).unwrap();

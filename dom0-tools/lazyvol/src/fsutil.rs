@@ -48,6 +48,45 @@ pub(crate) fn punch_zeroes(f: &File, off: u64, len: u64) -> io::Result<()> {
     }
 }
 
+/// Makes `dst[dst_off..+len]` share `src[src_off..+len]`'s extents (FICLONERANGE).
+/// Fails with EOPNOTSUPP/EXDEV/EINVAL where the file system cannot (or the range is
+/// not block-aligned).
+pub(crate) fn clone_range(
+    src: &File,
+    src_off: u64,
+    len: u64,
+    dst: &File,
+    dst_off: u64,
+) -> io::Result<()> {
+    let arg = libc::file_clone_range {
+        src_fd: i64::from(src.as_raw_fd()),
+        src_offset: src_off,
+        src_length: len,
+        dest_offset: dst_off,
+    };
+    // SAFETY: FICLONERANGE reads one `file_clone_range` that lives across the call;
+    // both descriptors are owned and open.
+    let rc = unsafe { libc::ioctl(dst.as_raw_fd(), libc::FICLONERANGE, &arg) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Whether an error from `clone_range` means "this file system cannot", as opposed
+/// to a real IO failure.
+pub(crate) fn reflink_unsupported(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EOPNOTSUPP)
+            | Some(libc::EXDEV)
+            | Some(libc::EINVAL)
+            | Some(libc::ENOTTY)
+            | Some(libc::ENOSYS)
+    )
+}
+
 /// Allocates `len` bytes of real blocks (not a sparse size).
 pub(crate) fn allocate(f: &File, len: u64) -> io::Result<()> {
     // SAFETY: posix_fallocate on a descriptor we own.
@@ -97,7 +136,8 @@ pub(crate) enum LockMode {
 
 /// An advisory `flock` held for the life of the value.
 pub(crate) struct FileLock {
-    file: File,
+    // Held only for its descriptor: closing it releases the lock.
+    _file: File,
 }
 
 impl FileLock {
@@ -114,22 +154,17 @@ impl FileLock {
     pub fn acquire(path: &Path, mode: LockMode) -> io::Result<FileLock> {
         let file = Self::open(path)?;
         flock(&file, mode, false)?;
-        Ok(FileLock { file })
+        Ok(FileLock { _file: file })
     }
 
     /// Returns `Ok(None)` if someone else holds a conflicting lock.
     pub fn try_acquire(path: &Path, mode: LockMode) -> io::Result<Option<FileLock>> {
         let file = Self::open(path)?;
         match flock(&file, mode, true) {
-            Ok(()) => Ok(Some(FileLock { file })),
+            Ok(()) => Ok(Some(FileLock { _file: file })),
             Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok(None),
             Err(e) => Err(e),
         }
-    }
-
-    #[allow(dead_code)]
-    pub fn file(&self) -> &File {
-        &self.file
     }
 }
 

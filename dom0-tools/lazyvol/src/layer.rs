@@ -13,6 +13,17 @@ pub(crate) struct Layer {
     pub map: RegionMap,
 }
 
+/// Removes a directory left under a freshly allocated layer id. Ids are allocated
+/// from the persisted counter under the store lock, so such a directory can only
+/// be the orphan of an operation a crash cut short before its metadata was written.
+pub(crate) fn clear_orphan(dir: &Path) -> Result<()> {
+    if dir.exists() {
+        tracing::warn!(dir = %dir.display(), "removing an orphaned layer directory");
+        std::fs::remove_dir_all(dir).ctx(|| format!("removing {}", dir.display()))?;
+    }
+    Ok(())
+}
+
 pub(crate) fn data_path(dir: &Path) -> PathBuf {
     dir.join("data")
 }
@@ -25,6 +36,7 @@ impl Layer {
         region_size: u64,
         counters: Counters,
     ) -> Result<Layer> {
+        clear_orphan(&dir)?;
         std::fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
         let path = data_path(&dir);
         let file = OpenOptions::new()

@@ -7,6 +7,7 @@
 //! like nbd-export's `BlockDevice`). Durability rules: `region_map.rs`.
 
 mod bitmap;
+mod copy_up;
 mod error;
 mod fsutil;
 mod hydrator;

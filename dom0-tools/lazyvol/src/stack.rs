@@ -6,6 +6,49 @@ use std::sync::Arc;
 
 use crate::layer::Layer;
 
+/// The layers an open volume reads through, and which of them it owns.
+pub(crate) struct Stack {
+    /// Bottom first; the last one is the top.
+    pub layers: Vec<Arc<Layer>>,
+    /// Layers at or above this index belong to this volume.
+    pub own_from: usize,
+    pub depends_on: Option<String>,
+}
+
+impl Stack {
+    pub fn top(&self) -> &Arc<Layer> {
+        self.layers.last().expect("a volume has at least one layer")
+    }
+
+    pub fn dependent(&self) -> bool {
+        self.own_from > 0
+    }
+
+    /// Whether a layer this volume owns holds region `r` (top-region numbering; all
+    /// owned layers share the volume's region size).
+    pub fn hydrated(&self, r: u64) -> bool {
+        self.layers[self.own_from..]
+            .iter()
+            .any(|l| l.map.is_present(r))
+    }
+
+    pub fn owned_below_top(&self, r: u64) -> bool {
+        let top = self.layers.len() - 1;
+        self.layers[self.own_from..top]
+            .iter()
+            .any(|l| l.map.is_present(r))
+    }
+
+    pub fn count_hydrated(&self) -> u64 {
+        if !self.dependent() {
+            return self.top().map.regions();
+        }
+        (0..self.top().map.regions())
+            .filter(|&r| self.hydrated(r))
+            .count() as u64
+    }
+}
+
 /// One piece of a byte range that lies inside a single region.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Segment {

@@ -13,57 +13,16 @@ use std::thread::JoinHandle;
 
 use parking_lot::{Condvar, Mutex, RwLock};
 
-use crate::error::{Error, IoContext, Result};
-use crate::fsutil::{FileLock, LockMode};
+use crate::copy_up::{copy_up, sole_holder};
+use crate::error::{is_enospc, Error, IoContext, Result};
+use crate::fsutil::{self, FileLock, LockMode};
 use crate::layer::Layer;
 use crate::meta::{self, Layout, VolumeKind, VolumeMeta};
 use crate::region_map::{Counters, FetchKind};
-use crate::stack::{read_through, segments, Segment};
+use crate::stack::{read_through, segments, Segment, Stack};
 use crate::status::{self, VolumeStatus};
 
 const REGION_LOCKS: usize = 512;
-
-pub(crate) struct Stack {
-    /// Bottom first; the last one is the top.
-    pub layers: Vec<Arc<Layer>>,
-    /// Layers at or above this index belong to this volume.
-    pub own_from: usize,
-    pub depends_on: Option<String>,
-}
-
-impl Stack {
-    pub fn top(&self) -> &Arc<Layer> {
-        self.layers.last().expect("a volume has at least one layer")
-    }
-
-    pub fn dependent(&self) -> bool {
-        self.own_from > 0
-    }
-
-    /// Whether a layer this volume owns holds region `r` (top-region numbering; all
-    /// owned layers share the volume's region size).
-    pub fn hydrated(&self, r: u64) -> bool {
-        self.layers[self.own_from..]
-            .iter()
-            .any(|l| l.map.is_present(r))
-    }
-
-    fn owned_below_top(&self, r: u64) -> bool {
-        let top = self.layers.len() - 1;
-        self.layers[self.own_from..top]
-            .iter()
-            .any(|l| l.map.is_present(r))
-    }
-
-    fn count_hydrated(&self) -> u64 {
-        if !self.dependent() {
-            return self.top().map.regions();
-        }
-        (0..self.top().map.regions())
-            .filter(|&r| self.hydrated(r))
-            .count() as u64
-    }
-}
 
 pub(crate) struct HydQueue {
     pub front: VecDeque<u64>,
@@ -89,10 +48,12 @@ pub(crate) struct Shared {
     pub rate_limit: AtomicU64,
     /// Measured background hydration rate in bytes/s.
     pub measured_rate: AtomicU64,
+    /// Try FICLONERANGE for hydration (cleared at the first "not supported").
+    reflink: AtomicBool,
     _name_lock: FileLock,
 }
 
-/// Options for [`Volume::open_with`].
+/// Options for [`crate::Store::open_volume_with`].
 #[derive(Clone, Copy, Debug, Default)]
 pub struct OpenOptions {
     /// Start the background hydrator (clones only). `None` = as configured at clone
@@ -200,6 +161,7 @@ impl Volume {
             stop: AtomicBool::new(false),
             rate_limit: AtomicU64::new(vm.rate.unwrap_or(0)),
             measured_rate: AtomicU64::new(0),
+            reflink: AtomicBool::new(true),
             _name_lock: name_lock,
         });
         if !read_only {
@@ -410,7 +372,15 @@ impl Shared {
         let shift = st.top().map.region_shift();
         for seg in segments(off, buf.len() as u64, shift, self.size) {
             if !st.hydrated(seg.region) {
-                self.hydrate_locked(&st, seg.region, FetchKind::OnDemand)?;
+                match self.hydrate_locked(&st, seg.region, FetchKind::OnDemand) {
+                    Ok(_) => {}
+                    // No room to hydrate: serve the read from the origin anyway (the
+                    // region stays unhydrated) so a full disk does not fail reads.
+                    Err(e) if is_enospc(&e) => {
+                        tracing::debug!(volume = %self.name, region = seg.region, "disk full; reading through");
+                    }
+                    Err(e) => return Err(e),
+                }
             }
         }
         read_through(&st.layers, buf, off)
@@ -432,12 +402,43 @@ impl Shared {
             return Ok(None);
         }
         let top = st.top();
-        let rlen = copy_up(st, r, |_, _| {})?;
+        let rlen = match self.try_reflink(st, r)? {
+            Some(rlen) => rlen,
+            None => copy_up(st, r, |_, _| {})?,
+        };
         if top.map.mark_present(r) {
             top.map.record_fetch(kind, rlen);
             self.hydrated.fetch_add(1, Ordering::AcqRel);
         }
         Ok(Some(rlen))
+    }
+
+    /// Hydrates region `r` by sharing extents with the one lower layer that holds
+    /// all of it (FICLONERANGE), where the file system can: no data is copied and
+    /// no space is used. Returns None when this does not apply (region held by
+    /// several layers or by none, short last region, no reflink support); the
+    /// caller then copies. The first "cannot" turns the attempt off for this open.
+    fn try_reflink(&self, st: &Stack, r: u64) -> io::Result<Option<u64>> {
+        if !self.reflink.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let top = st.top();
+        let (rstart, rlen) = top.region_bounds(r);
+        if rlen % 4096 != 0 {
+            return Ok(None);
+        }
+        let Some(src) = sole_holder(&st.layers[..st.layers.len() - 1], rstart, rlen) else {
+            return Ok(None);
+        };
+        match fsutil::clone_range(&src.file, rstart, rlen, &top.file, rstart) {
+            Ok(()) => Ok(Some(rlen)),
+            Err(e) if fsutil::reflink_unsupported(&e) => {
+                tracing::debug!(volume = %self.name, %e, "no reflink; hydrating by copy");
+                self.reflink.store(false, Ordering::Relaxed);
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     fn write(&self, payload: Payload<'_>, off: u64, len: u64, fua: bool) -> io::Result<()> {
@@ -510,6 +511,15 @@ impl Shared {
         } else {
             // Copy-up: the whole region goes to the top, old bytes merged with new,
             // so the top never holds a region that is part new, part missing.
+            // (Or: share the old region's extents, then write the new bytes over.)
+            if let Some(rlen) = self.try_reflink(st, seg.region)? {
+                Self::put(top, payload, seg.off, seg.len)?;
+                if top.map.mark_present(seg.region) && from_origin {
+                    top.map.record_fetch(FetchKind::OnDemand, rlen);
+                    self.hydrated.fetch_add(1, Ordering::AcqRel);
+                }
+                return Ok(());
+            }
             let rlen = copy_up(st, seg.region, |region, rstart| {
                 let at = (seg.off - rstart) as usize;
                 match payload {
@@ -620,41 +630,4 @@ impl Shared {
         st.layers.push(Arc::new(new_layer));
         Ok(())
     }
-}
-
-thread_local! {
-    /// Region-sized scratch buffer, reused so a copy-up does not allocate (and fault
-    /// in) a fresh buffer each time.
-    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Writes region `r` whole into the top: its bytes from the layers below, passed
-/// through `merge(region, region_start)` first. All-zero regions become a hole (which
-/// also clears bytes a crash may have left there). Returns the region length. The
-/// caller holds the region lock and sets the bit afterwards (commit rule 1).
-fn copy_up(st: &Stack, r: u64, merge: impl FnOnce(&mut [u8], u64)) -> io::Result<u64> {
-    let top = st.top();
-    let (rstart, rlen) = top.region_bounds(r);
-    SCRATCH.with(|cell| {
-        let mut buf = cell.borrow_mut();
-        if buf.len() < rlen as usize {
-            buf.resize(rlen as usize, 0);
-        }
-        let region = &mut buf[..rlen as usize];
-        // read_through fills every byte, so leftovers from the last use never leak.
-        read_through(&st.layers[..st.layers.len() - 1], region, rstart)?;
-        merge(region, rstart);
-        if is_zero(region) {
-            top.zero(rstart, rlen)?;
-        } else {
-            top.write_at(region, rstart)?;
-        }
-        Ok(rlen)
-    })
-}
-
-fn is_zero(buf: &[u8]) -> bool {
-    let mut words = buf.chunks_exact(8);
-    words.all(|w| u64::from_ne_bytes(w.try_into().expect("8 bytes")) == 0)
-        && words.remainder().iter().all(|&b| b == 0)
 }

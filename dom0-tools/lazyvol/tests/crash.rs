@@ -10,6 +10,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
 use lazyvol::{CloneOptions, OpenOptions, Store};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -160,24 +162,47 @@ impl Model {
     }
 }
 
+fn budget(default_secs: u64) -> Duration {
+    Duration::from_secs(
+        std::env::var("LAZYVOL_CRASH_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(default_secs),
+    )
+}
+
 #[test]
 fn kill_9_at_random_points_loses_nothing_flushed() {
     if std::env::var(CHILD_ENV).is_ok() {
         return;
     }
-    let budget = Duration::from_secs(
-        std::env::var("LAZYVOL_CRASH_SECS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(40),
-    );
+    crash_loop(&std::env::temp_dir(), budget(40));
+}
+
+/// The same on XFS with reflink, where hydration shares extents instead of copying.
+#[test]
+fn kill_9_on_xfs_with_reflink_hydration() {
+    if std::env::var(CHILD_ENV).is_ok() {
+        return;
+    }
+    let mnt = match common::Mount::xfs_reflink() {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("skipping: no XFS loop mount ({e})");
+            return;
+        }
+    };
+    crash_loop(mnt.path(), budget(40) / 3);
+}
+
+fn crash_loop(parent: &std::path::Path, budget: Duration) {
     let seed: u64 = std::env::var("LAZYVOL_CRASH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0x5eed);
     eprintln!("crash test: seed {seed}, budget {budget:?}");
     let mut rng = StdRng::seed_from_u64(seed);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir_in(parent).unwrap();
     let store = Store::open(dir.path()).unwrap();
     store.create("base", SIZE).unwrap();
     let base = pattern(0xba5e, 0, SIZE);

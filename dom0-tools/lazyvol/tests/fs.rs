@@ -1,53 +1,14 @@
 //! Tests on real file systems: a full tmpfs (ENOSPC), import by reflink on an XFS
 //! loop image, import by sparse copy on the ext4 root.
 
+mod common;
+
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
-use lazyvol::{Error, ImportMethod, Store};
-
-/// A mounted file system, unmounted (lazily, if busy) on drop.
-struct Mount {
-    dir: tempfile::TempDir,
-}
-
-impl Mount {
-    fn new(args: &[&str]) -> Result<Mount, String> {
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let out = Command::new("mount")
-            .args(args)
-            .arg(dir.path())
-            .output()
-            .map_err(|e| format!("mount: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "mount {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        Ok(Mount { dir })
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let ok = Command::new("umount")
-            .arg(self.dir.path())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            let _ = Command::new("umount")
-                .arg("-l")
-                .arg(self.dir.path())
-                .status();
-        }
-    }
-}
+use common::{used_bytes, Mount};
+use lazyvol::{CloneOptions, Error, ImportMethod, Store};
 
 fn noise(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed | 1;
@@ -71,6 +32,25 @@ fn disk_full_is_reported_and_the_volume_stays_consistent() {
         }
     };
     let store = Store::open(mnt.path().join("store")).unwrap();
+    // A clone whose regions are all still in its snapshot.
+    store.create("base", 1 << 20).unwrap();
+    let base = noise(50, 1 << 20);
+    {
+        let b = store.open_volume("base").unwrap();
+        b.write_at(&base, 0, true).unwrap();
+    }
+    store.snapshot("base", "snap").unwrap();
+    store
+        .clone(
+            "snap",
+            "c",
+            lazyvol::CloneOptions {
+                hydrate: false,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let c = store.open_volume("c").unwrap();
     store.create("v", 64 << 20).unwrap();
     let v = store.open_volume("v").unwrap();
     let a = noise(1, 1 << 20);
@@ -90,6 +70,16 @@ fn disk_full_is_reported_and_the_volume_stays_consistent() {
     }
     let err = full.expect("an 8 MiB tmpfs fills up");
     assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+
+    // Reads of the unhydrated clone still work: served from the snapshot when
+    // there is no room to hydrate.
+    let mut got = vec![0u8; 1 << 20];
+    c.read_at(&mut got, 0).unwrap();
+    assert!(
+        got == base,
+        "clone reads its snapshot's bytes on a full disk"
+    );
+    drop(c);
 
     // Control-plane calls name the problem.
     let src = tempfile::NamedTempFile::new().unwrap();
@@ -143,6 +133,7 @@ fn import_without_reflink_copies_sparsely() {
     drop(f);
     let store = Store::open(dir.path().join("store")).unwrap();
     let r = store.import("img", &img).unwrap();
+    assert_eq!(store.supports_reflink(), r.method == ImportMethod::Reflink);
     if r.method == ImportMethod::Reflink {
         eprintln!(
             "note: {} supports reflink; sparse path not exercised here",
@@ -176,34 +167,10 @@ fn import_without_reflink_copies_sparsely() {
 
 #[test]
 fn import_on_xfs_uses_reflink_and_leaves_the_source_alone() {
-    let work = tempfile::tempdir().unwrap();
-    let img = work.path().join("xfs.img");
-    std::fs::File::create(&img)
-        .unwrap()
-        .set_len(320 << 20)
-        .unwrap();
-    let mkfs = Command::new("mkfs.xfs")
-        .args(["-q", "-m", "reflink=1"])
-        .arg(&img)
-        .output();
-    match mkfs {
-        Ok(o) if o.status.success() => {}
-        Ok(o) => {
-            eprintln!(
-                "skipping: mkfs.xfs failed: {}",
-                String::from_utf8_lossy(&o.stderr)
-            );
-            return;
-        }
-        Err(e) => {
-            eprintln!("skipping: mkfs.xfs unavailable ({e})");
-            return;
-        }
-    }
-    let mnt = match Mount::new(&["-o", "loop", img.to_str().unwrap()]) {
+    let mnt = match Mount::xfs_reflink() {
         Ok(m) => m,
         Err(e) => {
-            eprintln!("skipping: cannot loop-mount XFS ({e})");
+            eprintln!("skipping: no XFS loop mount ({e})");
             return;
         }
     };
@@ -224,4 +191,77 @@ fn import_on_xfs_uses_reflink_and_leaves_the_source_alone() {
         std::fs::read(&src_path).unwrap() == src,
         "source unchanged by volume writes"
     );
+}
+
+#[test]
+fn hydration_on_xfs_shares_extents_instead_of_copying() {
+    let mnt = match Mount::xfs_reflink() {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("skipping: no XFS loop mount ({e})");
+            return;
+        }
+    };
+    let size = 64usize << 20;
+    let src_path = mnt.path().join("src.raw");
+    let src = noise(11, size);
+    std::fs::write(&src_path, &src).unwrap();
+    let store = Store::open(mnt.path().join("store")).unwrap();
+    assert_eq!(
+        store.import("base", &src_path).unwrap().method,
+        ImportMethod::Reflink
+    );
+    store.snapshot("base", "snap").unwrap();
+    store
+        .clone(
+            "snap",
+            "c",
+            CloneOptions {
+                hydrate: true,
+                rate: None,
+                region_size: 65536,
+            },
+        )
+        .unwrap();
+    // Make the file system's own accounting current before measuring.
+    assert!(std::process::Command::new("sync")
+        .status()
+        .unwrap()
+        .success());
+    let before = used_bytes(mnt.path());
+    let c = store.open_volume("c").unwrap();
+    // A partial write to an unhydrated region, and an on-demand read.
+    c.write_at(&[0xab; 100], 70_000, false).unwrap();
+    let mut buf = vec![0u8; 4096];
+    c.read_at(&mut buf, 40 << 20).unwrap();
+    assert!(buf[..] == src[40 << 20..(40 << 20) + 4096]);
+    let start = Instant::now();
+    while c.dependent() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "hydration did not finish"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let st = c.status();
+    assert_eq!(st.background_fetches + st.on_demand_fetches, 1024);
+    let mut all = vec![0u8; size];
+    c.read_at(&mut all, 0).unwrap();
+    let mut want = src.clone();
+    want[70_000..70_100].fill(0xab);
+    assert!(all == want);
+    drop(c);
+    assert!(std::process::Command::new("sync")
+        .status()
+        .unwrap()
+        .success());
+    let grew = used_bytes(mnt.path()).saturating_sub(before);
+    assert!(
+        grew < (size as u64) / 4,
+        "hydrating {size} bytes used {grew} bytes: extents were copied, not shared"
+    );
+    // The snapshot is unchanged by the clone's write (extents were unshared on write).
+    let s = store.open_volume("snap").unwrap();
+    s.read_at(&mut all, 0).unwrap();
+    assert!(all == src);
 }

@@ -2,6 +2,8 @@
 //! against a plain in-memory model of every volume. Clones are open with their
 //! background hydrator running, so hydration races with the operations.
 
+mod common;
+
 use lazyvol::{CloneOptions, Store, Volume, VolumeKind};
 use proptest::prelude::*;
 
@@ -101,7 +103,11 @@ fn first_diff(a: &[u8], b: &[u8]) -> Option<usize> {
 }
 
 fn run(ops: Vec<Op>) {
-    let dir = tempfile::tempdir().unwrap();
+    run_in(&std::env::temp_dir(), ops)
+}
+
+fn run_in(parent: &std::path::Path, ops: Vec<Op>) {
+    let dir = tempfile::tempdir_in(parent).unwrap();
     let store = Store::open(dir.path()).unwrap();
     store.create_with_region_size("base", SIZE, 8192).unwrap();
     let mut entries = vec![Entry {
@@ -330,4 +336,27 @@ fn writes_to_origin_after_snapshot_never_change_snapshot_or_clone() {
         s.write_at(&[1], 0, false).is_err(),
         "snapshots are read-only"
     );
+}
+
+/// The same model on XFS with reflink, where hydration shares extents
+/// (FICLONERANGE) instead of copying.
+#[test]
+fn random_ops_match_model_on_xfs_reflink() {
+    let mnt = match common::Mount::xfs_reflink() {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("skipping: no XFS loop mount ({e})");
+            return;
+        }
+    };
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: 20,
+        ..ProptestConfig::default()
+    });
+    runner
+        .run(&proptest::collection::vec(op(), 1..50), |ops| {
+            run_in(mnt.path(), ops);
+            Ok(())
+        })
+        .unwrap();
 }

@@ -312,3 +312,37 @@ pub fn mappings_of(pid: u32, file: &Path) -> usize {
     let name = file.display().to_string();
     maps.lines().filter(|l| l.ends_with(&name)).count()
 }
+
+/// A consistent copy of a running server made the DBMS-native way (mariadb-backup
+/// --backup, then --prepare). Returns the LSN the copy is consistent at.
+pub fn backup_running(server: &Server, target: &Path) -> u64 {
+    let run = |args: Vec<String>| {
+        let out = Command::new("/usr/bin/mariadb-backup")
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mariadb-backup {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(vec![
+        "--backup".into(),
+        format!("--target-dir={}", target.display()),
+        "--user=root".into(),
+        format!("--socket={}", server.socket.display()),
+        format!("--datadir={}", server.datadir.display()),
+    ]);
+    run(vec![
+        "--prepare".into(),
+        format!("--target-dir={}", target.display()),
+    ]);
+    let cp = std::fs::read_to_string(target.join("xtrabackup_checkpoints")).unwrap();
+    cp.lines()
+        .find_map(|l| l.strip_prefix("last_lsn = "))
+        .expect("last_lsn in xtrabackup_checkpoints")
+        .trim()
+        .parse()
+        .unwrap()
+}

@@ -90,7 +90,9 @@ impl PageTable {
     pub fn new(config: TableConfig) -> Self {
         Self {
             families: DashMap::with_hasher(RandomState::new()),
-            domains: DashMap::with_hasher(RandomState::new()),
+            // Every `PageTable::lookup` read-locks its domain's shard; more shards make
+            // it rarer that two busy domains share a lock word.
+            domains: DashMap::with_hasher_and_shard_amount(RandomState::new(), 64),
             control: Mutex::new(()),
             config,
         }
@@ -267,12 +269,10 @@ impl PageTable {
                 }
                 None => {
                     if frames.by_frame.len() >= self.config.quota_per_domain {
+                        tracing::debug!(%domain, done, "quota stopped a registration batch");
                         return Err(Error::QuotaExceeded {
                             domain,
                             quota: self.config.quota_per_domain,
-                        })
-                        .inspect_err(|_| {
-                            tracing::debug!(%domain, done, "quota stopped a registration batch")
                         });
                     }
                     frames.by_frame.insert(entry.frame, page);

@@ -16,15 +16,31 @@ use crate::daemon::Daemon;
 /// A client that does not read its replies for this long is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub fn serve<T: Transport>(transport: T, daemon: Arc<Daemon>) -> anyhow::Result<()> {
+/// How long a connection may stay silent before it is bound to a domain. Bound
+/// agents may idle forever; anyone else could otherwise park a thread per connection.
+pub struct Limits {
+    pub unbound_timeout: Duration,
+}
+
+pub fn serve<T: Transport>(
+    transport: T,
+    daemon: Arc<Daemon>,
+    limits: Limits,
+) -> anyhow::Result<()> {
+    let unbound_timeout = limits.unbound_timeout;
     tracing::info!(on = %transport.describe(), generation = daemon.generation, "serving clients");
     loop {
         match transport.accept() {
             Ok(conn) => {
                 let daemon = daemon.clone();
-                std::thread::Builder::new()
+                let spawned = std::thread::Builder::new()
                     .name("pagetable-conn".into())
-                    .spawn(move || handle(conn, &daemon))?;
+                    .spawn(move || handle(conn, &daemon, unbound_timeout));
+                // Out of threads: this client gets a closed socket (and reads from
+                // disk); everyone already connected keeps being served.
+                if let Err(e) = spawned {
+                    tracing::warn!(error = %e, "cannot start a connection thread");
+                }
             }
             // A peer that vanished between connect and accept, or fd exhaustion: log
             // and keep serving the others.
@@ -36,7 +52,7 @@ pub fn serve<T: Transport>(transport: T, daemon: Arc<Daemon>) -> anyhow::Result<
     }
 }
 
-fn handle(mut conn: impl Connection, daemon: &Daemon) {
+fn handle(mut conn: impl Connection, daemon: &Daemon, unbound_timeout: Duration) {
     daemon.connection_opened();
     let PeerIdentity::Unix { pid, .. } = conn.peer();
     let mut session = Session {
@@ -44,9 +60,10 @@ fn handle(mut conn: impl Connection, daemon: &Daemon) {
         handle: None,
         pid,
     };
-    if let Err(e) = conn.set_timeouts(None, Some(WRITE_TIMEOUT)) {
+    if let Err(e) = conn.set_timeouts(Some(unbound_timeout), Some(WRITE_TIMEOUT)) {
         tracing::warn!(pid, error = %e, "cannot set socket timeouts");
     }
+    let mut idle_allowed = false;
     let mut inp = Vec::new();
     let mut out = Vec::new();
     loop {
@@ -67,6 +84,9 @@ fn handle(mut conn: impl Connection, daemon: &Daemon) {
                 Err(e) => (0, refusal(ErrorCode::Malformed, e.to_string()), true),
                 Ok(msg) => {
                     let (reply, close) = session.answer(daemon, msg.request);
+                    if session.domain.is_some() && !idle_allowed {
+                        idle_allowed = conn.set_timeouts(None, Some(WRITE_TIMEOUT)).is_ok();
+                    }
                     (msg.id, reply, close)
                 }
             },

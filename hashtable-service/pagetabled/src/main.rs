@@ -39,6 +39,10 @@ enum Command {
         /// Serve Prometheus metrics at http://ADDR/metrics; loopback addresses only.
         #[arg(long)]
         metrics_addr: Option<String>,
+        /// Close a client connection that sends no message for this long before it is
+        /// bound to a domain (bound connections may stay idle).
+        #[arg(long, default_value_t = 10_000)]
+        unbound_timeout_ms: u64,
         /// Keep families, members and pid bindings here across daemon restarts.
         #[arg(long)]
         state_file: Option<PathBuf>,
@@ -76,9 +80,19 @@ fn main() -> anyhow::Result<()> {
             admin_socket,
             quota,
             metrics_addr,
+            unbound_timeout_ms,
             state_file,
             foreground: _,
-        } => serve(socket, admin_socket, quota, metrics_addr, state_file),
+        } => serve(
+            socket,
+            admin_socket,
+            quota,
+            metrics_addr,
+            state_file,
+            data::Limits {
+                unbound_timeout: std::time::Duration::from_millis(unbound_timeout_ms.max(1)),
+            },
+        ),
         Command::Stats { admin_socket, json } => stats(admin_socket, json),
         Command::Admin {
             admin_socket,
@@ -99,6 +113,7 @@ fn serve(
     quota: usize,
     metrics_addr: Option<String>,
     state_file: Option<PathBuf>,
+    limits: data::Limits,
 ) -> anyhow::Result<()> {
     if quota == 0 {
         bail!("--quota must be at least 1");
@@ -146,7 +161,7 @@ fn serve(
     writeln!(out)?;
     out.flush()?;
     drop(out);
-    data::serve(clients, daemon)
+    data::serve(clients, daemon, limits)
 }
 
 fn stats(admin_socket: PathBuf, json: bool) -> anyhow::Result<()> {

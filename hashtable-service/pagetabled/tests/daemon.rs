@@ -419,3 +419,24 @@ fn stopped_daemon_costs_a_bounded_wait_not_a_hang() {
     );
     assert_eq!(replica.cmd("lookup 2 2 9"), "hit owner=10 offset=0 lsn=9");
 }
+
+/// A process that connects and says nothing is dropped after --unbound-timeout-ms;
+/// a bound agent may stay idle for longer.
+#[test]
+fn silent_unbound_connections_are_dropped_but_bound_ones_may_idle() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), &["--unbound-timeout-ms", "200"]);
+    family(&d, 1, &[10]);
+    let mut agent = client(&d, 10);
+    let mut silent = UnixStream::connect(&d.socket).unwrap();
+    silent.set_read_timeout(Some(common::WAIT)).unwrap();
+    let mut rest = Vec::new();
+    // Returns (EOF) only because the daemon closed the connection.
+    assert_eq!(silent.read_to_end(&mut rest).unwrap(), 0);
+    d.wait_for("the dropped connection to be counted", |d| {
+        d.stats().connections == 1
+    });
+    // The agent has now been idle longer than the unbound timeout.
+    agent.ok("register 1 1 0 1");
+    assert_eq!(agent.cmd("lookup 1 1 1"), "hit owner=10 offset=0 lsn=1");
+}

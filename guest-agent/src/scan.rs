@@ -1,0 +1,171 @@
+//! Buffer-pool scan at clone time (source role): after dbfork publishes a new snapshot
+//! (the family clone-LSN counter changes), copy every clean resident frame into the
+//! pool and register it, so a replica finds the source's whole warm set.
+//!
+//! The frames stay the source's own anonymous memory: remapping a live frame could lose
+//! a concurrent change by the server. Each frame is copied first and the copy verified
+//! (checksum, trailer LSN, and a space this server has open); a frame being changed
+//! while copied fails the checksum and is skipped. valid_from is the counter value read
+//! before the scan started (the share rule).
+//!
+//! Where the buffer pool is: the server's large anonymous private mappings, seen by the
+//! mmap hook. munmap of such a region takes the write side of a lock the scan holds
+//! while it reads, so the scan never touches memory that is going away.
+
+use parking_lot::RwLock;
+
+use crate::pool::POOL_PAGE;
+
+/// Smallest anonymous mapping treated as a buffer pool candidate.
+pub const MIN_REGION: usize = 4 << 20;
+
+#[derive(Default)]
+pub struct Regions {
+    list: RwLock<Vec<(usize, usize)>>,
+}
+
+impl Regions {
+    /// After a successful mmap by the server.
+    pub fn on_mmap(&self, addr: usize, len: usize, prot: i32, flags: i32, fd: i32) {
+        let anon_private = flags & libc::MAP_ANONYMOUS != 0 && flags & libc::MAP_PRIVATE != 0;
+        let rw = prot & (libc::PROT_READ | libc::PROT_WRITE) == libc::PROT_READ | libc::PROT_WRITE;
+        if fd == -1 && anon_private && rw && len >= MIN_REGION {
+            self.list.write().push((addr, len));
+        }
+    }
+
+    /// Runs `unmap` (the real munmap) with every overlapping region forgotten first,
+    /// under the write lock, so no scan is reading the range while it goes away.
+    pub fn on_munmap<R>(&self, addr: usize, len: usize, unmap: impl FnOnce() -> R) -> R {
+        let mut list = self.list.write();
+        let end = addr.saturating_add(len);
+        list.retain(|&(a, l)| a + l <= addr || a >= end);
+        unmap()
+    }
+
+    /// Whether [addr, addr + len) lies inside one recorded region.
+    pub fn contains(&self, addr: usize, len: usize) -> bool {
+        let end = addr.saturating_add(len);
+        self.list
+            .read()
+            .iter()
+            .any(|&(a, l)| addr >= a && end <= a + l)
+    }
+
+    pub fn count(&self) -> usize {
+        self.list.read().len()
+    }
+
+    /// Calls `frame` with a private copy of each 16 KiB-aligned frame of every region.
+    /// The read lock is taken per region chunk, so an munmap waits at most one chunk.
+    pub fn for_each_frame(&self, mut frame: impl FnMut(usize, &[u8])) {
+        const CHUNK: usize = 1 << 20;
+        let regions: Vec<(usize, usize)> = self.list.read().clone();
+        let mut copy = crate::agent::AlignedPage::new();
+        for (start, len) in regions {
+            let first = start.next_multiple_of(POOL_PAGE);
+            let end = start + len;
+            let mut chunk_start = first;
+            while chunk_start + POOL_PAGE <= end {
+                let guard = self.list.read();
+                if !guard.iter().any(|&(a, l)| a == start && l == len) {
+                    break; // unmapped meanwhile
+                }
+                let chunk_end = (chunk_start + CHUNK).min(end);
+                let mut at = chunk_start;
+                while at + POOL_PAGE <= chunk_end {
+                    // SAFETY: [at, at + POOL_PAGE) lies in a live mapping of the server
+                    // (the region is still listed and munmap waits for our read lock).
+                    // The server may write the frame meanwhile; the copy is then torn
+                    // and fails verification, which is all the scan relies on.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            at as *const u8,
+                            copy.bytes().as_mut_ptr(),
+                            POOL_PAGE,
+                        )
+                    };
+                    frame(at, copy.bytes());
+                    at += POOL_PAGE;
+                }
+                drop(guard);
+                chunk_start = chunk_end;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_file_backed_and_read_only_mappings_are_not_regions() {
+        let r = Regions::default();
+        let anon = libc::MAP_ANONYMOUS | libc::MAP_PRIVATE;
+        let rw = libc::PROT_READ | libc::PROT_WRITE;
+        r.on_mmap(0x10000, MIN_REGION - 1, rw, anon, -1);
+        r.on_mmap(0x10000, MIN_REGION, rw, libc::MAP_PRIVATE, 5);
+        r.on_mmap(0x10000, MIN_REGION, libc::PROT_READ, anon, -1);
+        r.on_mmap(
+            0x10000,
+            MIN_REGION,
+            rw,
+            libc::MAP_ANONYMOUS | libc::MAP_SHARED,
+            -1,
+        );
+        assert_eq!(r.count(), 0);
+        r.on_mmap(0x100000, MIN_REGION, rw, anon, -1);
+        assert_eq!(r.count(), 1);
+        assert!(r.contains(0x100000, 16384));
+        assert!(r.contains(0x100000 + MIN_REGION - 16384, 16384));
+        assert!(!r.contains(0x100000 + MIN_REGION - 4096, 16384));
+        assert!(!r.contains(0x100000 - 4096, 16384));
+        assert_eq!(r.on_munmap(0x100000 + MIN_REGION, 4096, || 7), 7);
+        assert_eq!(r.count(), 1, "an adjacent unmap leaves it");
+        r.on_munmap(0x100000 + 4096, 4096, || ());
+        assert_eq!(r.count(), 0, "a partial unmap drops it");
+    }
+
+    #[test]
+    fn scan_visits_every_aligned_frame_of_a_real_mapping() {
+        let len = MIN_REGION + POOL_PAGE;
+        // SAFETY: fresh anonymous mapping, unmapped below.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        let r = Regions::default();
+        r.on_mmap(
+            p as usize,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+        );
+        let aligned_start = (p as usize).next_multiple_of(POOL_PAGE);
+        let marked_frame = aligned_start + POOL_PAGE * 3;
+        // SAFETY: writing inside our mapping.
+        unsafe { *((marked_frame + 5) as *mut u8) = 9 };
+        let mut seen = 0;
+        let mut marked = vec![];
+        r.for_each_frame(|addr, bytes| {
+            seen += 1;
+            if bytes[5] == 9 {
+                marked.push(addr);
+            }
+        });
+        assert_eq!(seen, (p as usize + len - aligned_start) / POOL_PAGE);
+        assert_eq!(marked, vec![marked_frame]);
+        // SAFETY: unmapping our mapping through the lock, as the hook does.
+        r.on_munmap(p as usize, len, || unsafe { libc::munmap(p, len) });
+        assert_eq!(r.count(), 0);
+    }
+}
