@@ -2,9 +2,9 @@
 //! implementations: in-process (tests), the pool's own record file (no daemon needed),
 //! and the page table daemon (`pagetable::client::Client`).
 //!
-//! The daemon's entries have no `valid_from`; the agent keeps it in the pool record of
-//! the slot (`pool::PoolRecord`) and joins the two on lookup, checking that the record
-//! names the same page and LSN as the entry.
+//! `valid_from` travels both in the daemon's entries (wire version 2; the daemon applies
+//! the whole LSN part of the share rule) and in the pool record of the slot
+//! (`pool::PoolRecord`); on a daemon hit the two must agree.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -128,9 +128,8 @@ impl PageDirectory for PoolIndex {
 /// (re)connect the whole record file is registered again, and each `register` (and
 /// `sync` from the agent's background thread) sends whatever was appended since.
 ///
-/// The daemon breaks ties between frames of one (page, LSN) towards the oldest slot,
-/// whose `valid_from` is the smallest; the share rule wants the newest. So when a page
-/// is pooled again unchanged, the older slot is invalidated.
+/// When a page is pooled again unchanged (same LSN, larger `valid_from`), the older
+/// frame is withdrawn: the newer one can serve every snapshot the older one could.
 ///
 /// A lost connection is retried at most once per second; meanwhile lookups miss and
 /// registration waits.
@@ -260,6 +259,7 @@ impl PageTableDirectory {
                     page_no: r.page_no,
                     frame: Frame::LocalPool { offset: off },
                     lsn: r.lsn,
+                    valid_from: r.valid_from,
                     page_size: POOL_PAGE as u32,
                 });
             }
@@ -303,8 +303,15 @@ impl PageDirectory for PageTableDirectory {
         let Frame::LocalPool { offset } = entry.frame else {
             return Err(AgentError::ForeignFrame(entry.frame));
         };
+        // The pool record is the agent's own account of the slot; the daemon's entry
+        // must agree with it (a stale or foreign entry is an error, not a hit).
         match self.pool.record_at(offset)? {
-            Some(r) if r.space_id == space && r.page_no == page && r.lsn == entry.lsn => {
+            Some(r)
+                if r.space_id == space
+                    && r.page_no == page
+                    && r.lsn == entry.lsn
+                    && r.valid_from == entry.valid_from =>
+            {
                 Ok(Some(DirEntry {
                     pool_offset: offset,
                     lsn: r.lsn,

@@ -3,111 +3,21 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::Duration;
 
 use common::*;
 use dbfork_agent::stats::StatsSnapshot;
-use pagetable::admin::{AdminClient, AdminRequest};
+use pagetable::admin::AdminRequest;
 use pagetable::{DomainId, FamilyId};
 
 fn stats(path: &Path) -> StatsSnapshot {
     StatsSnapshot::read_from(path).unwrap_or_default()
 }
 
-/// Builds the daemon from this workspace into the test's target dir.
-fn pagetabled_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().unwrap().parent().unwrap();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let st = Command::new(cargo)
-        .args([
-            "build",
-            "-p",
-            "pagetabled",
-            "--bin",
-            "pagetabled",
-            "--manifest-path",
-        ])
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml"))
-        .env("CARGO_TARGET_DIR", profile_dir.parent().unwrap())
-        .status()
-        .expect("running cargo build for pagetabled");
-    assert!(st.success(), "building pagetabled failed");
-    profile_dir.join("pagetabled")
-}
-
-struct Daemon {
-    child: Option<Child>,
-    socket: PathBuf,
-    admin: PathBuf,
-}
-
-impl Daemon {
-    fn start(bin: &Path, dir: &Path) -> Daemon {
-        let socket = dir.join("pt.sock");
-        let admin = dir.join("pt-admin.sock");
-        let _ = std::fs::remove_file(&socket);
-        let _ = std::fs::remove_file(&admin);
-        let child = Command::new(bin)
-            .arg("serve")
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--admin-socket")
-            .arg(&admin)
-            .arg("--state-file")
-            .arg(dir.join("pt-state.json"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting pagetabled");
-        let d = Daemon {
-            child: Some(child),
-            socket,
-            admin,
-        };
-        wait_for(Duration::from_secs(20), "pagetabled admin socket", || {
-            AdminClient::connect(&d.admin).is_ok()
-        });
-        d
-    }
-
-    fn admin(&self, req: AdminRequest) {
-        AdminClient::connect(&self.admin)
-            .unwrap()
-            .call(&req)
-            .unwrap();
-    }
-
-    fn entries(&self) -> u64 {
-        let Ok(mut c) = AdminClient::connect(&self.admin) else {
-            return 0;
-        };
-        c.stats()
-            .map(|s| s.families.iter().map(|f| f.entries).sum())
-            .unwrap_or(0)
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 #[test]
 fn replica_shares_through_pagetabled_and_keeps_serving_when_it_dies() {
     require_mariadb!();
-    let bin = pagetabled_bin();
     let tmp = tempfile::tempdir().unwrap();
     let shm = pool_dir();
     let pool = shm.path().join("pool");
@@ -124,7 +34,7 @@ fn replica_shares_through_pagetabled_and_keeps_serving_when_it_dies() {
     let s_lsn = max_page_lsn(&rep);
     std::fs::write(&epoch, s_lsn.to_string()).unwrap();
 
-    let mut daemon = Daemon::start(&bin, tmp.path());
+    let mut daemon = Daemon::start(tmp.path());
     daemon.admin(AdminRequest::FamilyCreate {
         family: FamilyId(1),
     });
@@ -208,7 +118,7 @@ fn replica_shares_through_pagetabled_and_keeps_serving_when_it_dies() {
 
     // Restarted with its state file, the daemon gets the source's frames again and the
     // replica shares again.
-    let daemon = Daemon::start(&bin, tmp.path());
+    daemon.restart();
     wait_for(Duration::from_secs(30), "re-registration", || {
         daemon.entries() >= 100
     });

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use common::*;
 use dbfork_agent::stats::StatsSnapshot;
+use pagetable::admin::AdminRequest;
+use pagetable::{DomainId, FamilyId};
 
 fn stats(path: &Path) -> StatsSnapshot {
     StatsSnapshot::read_from(path).unwrap_or_default()
@@ -18,6 +20,9 @@ struct Family {
     pool: PathBuf,
     epoch: PathBuf,
     runs: u32,
+    /// With a daemon, the directory is pagetabled (family 1); without, the pool index.
+    daemon: Option<Daemon>,
+    domains: Vec<PathBuf>,
 }
 
 impl Family {
@@ -32,7 +37,36 @@ impl Family {
             pool,
             epoch,
             runs: 0,
+            daemon: None,
+            domains: vec![],
         }
+    }
+
+    fn with_daemon() -> Family {
+        let mut f = Family::new();
+        let d = Daemon::start(f.tmp.path());
+        d.admin(AdminRequest::FamilyCreate {
+            family: FamilyId(1),
+        });
+        f.daemon = Some(d);
+        f
+    }
+
+    /// The daemon domain of a datadir (one per instance, kept across restarts).
+    fn domain_of(&mut self, data: &Path) -> DomainId {
+        if let Some(i) = self.domains.iter().position(|d| d == data) {
+            return DomainId(i as u32 + 1);
+        }
+        self.domains.push(data.to_owned());
+        let d = DomainId(self.domains.len() as u32);
+        self.daemon
+            .as_ref()
+            .unwrap()
+            .admin(AdminRequest::FamilyAdd {
+                family: FamilyId(1),
+                domain: d,
+            });
+        d
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -71,7 +105,23 @@ impl Family {
             ));
             env.push(("DBFORK_REPLICA_WRITES", writes.display().to_string()));
         }
+        let mut bind = None;
+        if self.daemon.is_some() {
+            let domain = self.domain_of(data);
+            let d = self.daemon.as_ref().unwrap();
+            env.push(("DBFORK_PAGETABLE_SOCKET", d.socket.display().to_string()));
+            let admin = d.admin.clone();
+            bind = Some(move |pid: u32| {
+                pagetable::admin::AdminClient::connect(&admin)
+                    .unwrap()
+                    .call(&AdminRequest::BindPid { pid, domain })
+                    .unwrap();
+            });
+        }
         let mut opts = ServerOpts::agent(&env);
+        if let Some(b) = bind {
+            opts.before_exec = Some(Box::new(b));
+        }
         opts.extra_args
             .push("--innodb-buffer-pool-load-at-startup=0".into());
         opts.extra_args.extend(extra.iter().map(|a| a.to_string()));
@@ -100,7 +150,16 @@ fn seeded(f: &mut Family, rows: u32) -> (PathBuf, String) {
 #[test]
 fn replica_shares_source_pages_with_identical_results() {
     require_mariadb!();
-    let mut f = Family::new();
+    replica_shares(Family::new());
+}
+
+#[test]
+fn replica_shares_source_pages_through_the_page_table_daemon() {
+    require_mariadb!();
+    replica_shares(Family::with_daemon());
+}
+
+fn replica_shares(mut f: Family) {
     let (src, want) = seeded(&mut f, 20000);
     let rep = f.path("replica");
     copy_datadir(&src, &rep);
@@ -339,11 +398,22 @@ fn small_buffer_pools_reuse_mapped_frames_correctly() {
 #[test]
 fn clone_time_scan_offers_the_warm_set_to_the_new_replica() {
     require_mariadb!();
+    clone_time_scan(Family::new());
+}
+
+/// With the daemon the same scan re-pools unchanged pages under the same LSN; the
+/// daemon breaks such ties towards the older frame, so the agent must withdraw it.
+#[test]
+fn clone_time_scan_through_the_page_table_daemon() {
+    require_mariadb!();
+    clone_time_scan(Family::with_daemon());
+}
+
+fn clone_time_scan(mut f: Family) {
     if !Path::new("/usr/bin/mariadb-backup").exists() {
         eprintln!("skipping: mariadb-backup is not installed");
         return;
     }
-    let mut f = Family::new();
     let (src, want) = seeded(&mut f, 20000);
     f.publish_snapshot(max_page_lsn(&src)); // an earlier snapshot
     let (source, src_st) = f.start(&src, "source", None);
@@ -351,7 +421,8 @@ fn clone_time_scan_offers_the_warm_set_to_the_new_replica() {
     wait_for(Duration::from_secs(30), "source pooled pages", || {
         stats(&src_st).pages_pooled >= 100
     });
-    source.sql("UPDATE t.a SET k = k + 7 WHERE id % 4 = 0");
+    // Few rows change: most pages are re-pooled by the scan under an unchanged LSN.
+    source.sql("UPDATE t.a SET k = k + 7 WHERE id <= 500");
     let changed = source.sql(&checksum_query("a"));
     // Clean frames are what the scan can verify; make every frame clean.
     source.sql("SET GLOBAL innodb_max_dirty_pages_pct = 0");

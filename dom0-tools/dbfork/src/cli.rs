@@ -27,8 +27,66 @@ pub enum Command {
     /// Volumes, snapshots and lazy clones.
     #[command(subcommand)]
     Volume(VolumeCommand),
+    /// Database sources: managed MariaDB instances that replicas are forked from.
+    #[command(subcommand)]
+    Source(SourceCommand),
+    /// Fork a live instance into a warm read replica (lazy clone + replication).
+    Clone {
+        /// The source (or replica) to fork.
+        source: String,
+        /// Name of the new replica.
+        new: String,
+        /// Background hydration limit in MiB/s (default: unlimited).
+        #[arg(long, value_parser = rate)]
+        rate: Option<u64>,
+        /// TCP port of the new server (default: a free one).
+        #[arg(long)]
+        port: Option<u16>,
+        /// Buffer pool of the new server (default: the source's).
+        #[arg(long, value_parser = size)]
+        buffer_pool: Option<u64>,
+        /// Do not queue the boot files and hot pages for hydration first.
+        #[arg(long)]
+        no_prefetch: bool,
+    },
+    /// List managed instances.
+    List,
+    /// Role, state, replication lag, hydration progress of an instance.
+    Status {
+        name: String,
+        /// Keep redrawing until hydrated and caught up (Ctrl-C to stop).
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Stop an instance, delete its volume and forget it.
+    Destroy {
+        name: String,
+        /// Destroy a source's replicas too.
+        #[arg(long)]
+        with_replicas: bool,
+    },
     /// The end-to-end demonstration that the README's main command runs.
     Demo(DemoArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SourceCommand {
+    /// New volume, filesystem and MariaDB datadir (binlog + GTID), server started.
+    Create {
+        name: String,
+        /// Volume size.
+        #[arg(long, default_value = "2G", value_parser = size)]
+        size: u64,
+        /// InnoDB buffer pool size.
+        #[arg(long, default_value = "128M", value_parser = size)]
+        buffer_pool: u64,
+        /// Filesystem for the datadir.
+        #[arg(long, value_enum, default_value = "ext4")]
+        fs: FsType,
+        /// TCP port (default: a free one).
+        #[arg(long)]
+        port: Option<u16>,
+    },
 }
 
 #[derive(Args, Debug)]

@@ -14,3 +14,8 @@ pub mod units;
 pub mod output;
 pub mod volume_cmd;
 pub mod demo;
+pub mod instance_cmd;
+pub mod lifecycle;
+pub mod prefetch;
+pub mod registry;
+pub mod undo;

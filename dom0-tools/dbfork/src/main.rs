@@ -21,6 +21,7 @@ fn main() {
     let result = match cli.command {
         Command::Volume(cmd) => dbfork::volume_cmd::run(&cli.store, &out, cmd),
         Command::Demo(args) => dbfork::demo::run(&cli.store, &out, args),
+        other => dbfork::instance_cmd::run(&cli.store, &out, other),
     };
     if let Err(e) = result {
         // The whole chain: "opening the volume store: permission denied" beats either half.

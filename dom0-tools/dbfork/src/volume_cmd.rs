@@ -51,14 +51,12 @@ pub fn run(store_dir: &Path, out: &Output, cmd: VolumeCommand) -> Result<()> {
             rate,
             region_size,
         } => {
-            let mut opts = CloneOptions {
+            let opts = CloneOptions {
                 hydrate: !no_hydrate,
                 rate,
-                ..CloneOptions::default()
+                // Measured per filesystem: see docs/results.md, "region size".
+                region_size: region_size.unwrap_or_else(|| store.recommended_region_size()),
             };
-            if let Some(rs) = region_size {
-                opts.region_size = rs;
-            }
             store.clone(&snapshot, &new, opts)?;
             out.done(
                 &format!("cloned {snapshot} as {new} (hydrates when exported or attached)"),

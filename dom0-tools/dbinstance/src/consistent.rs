@@ -83,11 +83,12 @@ impl ConsistentPoint {
         &self.gtid
     }
 
-    /// InnoDB's current LSN, read under the hold and before the caller's snapshot.
-    /// Background work (purge, flushing) still writes redo while commits are held, so
-    /// the snapshot reflects at least this LSN: a source page whose LSN is <= this
-    /// value is what the clone has after crash recovery. Use it as the replica's
-    /// snapshot LSN for page sharing (reading it after the snapshot would not be safe).
+    /// InnoDB's durable redo LSN (`Innodb_lsn_flushed`), read under the hold and
+    /// before the caller's snapshot: every record up to it is in the snapshot, so a
+    /// source page whose LSN is <= this value is no newer than what the clone has after
+    /// crash recovery. Use it as the replica's snapshot LSN for page sharing (reading it
+    /// after the snapshot, or reading the current rather than the flushed LSN, would not
+    /// be safe).
     pub fn lsn(&self) -> u64 {
         self.lsn
     }
@@ -112,16 +113,22 @@ impl ConsistentPoint {
     }
 }
 
-/// `Innodb_lsn_current`.
+/// `Innodb_lsn_flushed`: the end of the redo log that is durable on disk.
+///
+/// This, not `Innodb_lsn_current`, is the snapshot LSN of a clone. Read under the hold
+/// and before the snapshot, every log record up to it is in the snapshot, so crash
+/// recovery of the clone reaches at least this LSN. `Innodb_lsn_current` may include
+/// records still in the server's log buffer, which the snapshot does not hold: a
+/// replica told that LSN could be handed a page newer than its own recovered state.
 pub fn innodb_lsn(conn: &mut Conn, name: &str) -> Result<u64> {
     use mysql::prelude::Queryable;
     let row: Option<(String, String)> = conn
-        .query_first("SHOW GLOBAL STATUS LIKE 'Innodb_lsn_current'")
-        .map_err(|e| Error::sql(name, "SHOW STATUS Innodb_lsn_current", e))?;
+        .query_first("SHOW GLOBAL STATUS LIKE 'Innodb_lsn_flushed'")
+        .map_err(|e| Error::sql(name, "SHOW STATUS Innodb_lsn_flushed", e))?;
     let text = row.map(|r| r.1).unwrap_or_default();
     text.trim().parse().map_err(|_| Error::UnexpectedResult {
         name: name.to_string(),
-        detail: format!("Innodb_lsn_current is {text:?}"),
+        detail: format!("Innodb_lsn_flushed is {text:?}"),
     })
 }
 

@@ -255,12 +255,23 @@ impl Store {
         let mut m = meta::read_meta(&self.layout)?;
         m.volume(name)?;
         let _held = self.try_name_lock(name, LockMode::Exclusive)?;
-        let clones = m.dependents(name);
+        let (snapshots, clones): (Vec<String>, Vec<String>) = m
+            .dependents(name)
+            .into_iter()
+            .partition(|d| m.volumes[d].kind == VolumeKind::Snapshot);
         if !clones.is_empty() {
             return Err(Error::SnapshotInUse {
                 snapshot: name.to_string(),
                 clones,
             });
+        }
+        // Snapshots taken of a clone before it was independent list this snapshot's
+        // layers too. They never hydrate, so instead of pinning this name forever
+        // they take the layers over (layers are shared by every name listing them).
+        for s in snapshots {
+            let v = m.volume_mut(&s)?;
+            v.own_from = 0;
+            v.depends_on = None;
         }
         m.volumes.remove(name);
         meta::write_meta(&self.layout, &m)?;

@@ -300,8 +300,22 @@ fn snapshot_of_a_clone_while_it_hydrates() {
     model[100_000..105_000].copy_from_slice(&after);
     c.read_at(&mut got, 0).unwrap();
     assert!(got == model);
-    // The clone's snapshot still reads through "s".
+    // The clone's snapshot still reads through "s"'s layers; deleting "s" hands
+    // them over to it instead of being refused.
     assert_eq!(store.status("cs").unwrap().depends_on.as_deref(), Some("s"));
+    drop(cs);
+    drop(c);
+    store.delete("s").unwrap();
+    let st = store.status("cs").unwrap();
+    assert!(st.independent && st.depends_on.is_none());
+    let mut snap_model = data.clone();
+    snap_model[100_000..105_000].copy_from_slice(&w);
+    let cs = store.open_volume("cs").unwrap();
+    cs.read_at(&mut got, 0).unwrap();
+    assert!(
+        got == snap_model,
+        "layers were kept for the snapshot of the clone"
+    );
 }
 
 #[test]

@@ -68,6 +68,20 @@ pub fn warm(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `warm` for every regular file under `dir` (a store: its layers).
+pub fn warm_tree(dir: &Path) -> Result<()> {
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let t = e.file_type()?;
+        if t.is_dir() {
+            warm_tree(&e.path())?;
+        } else if t.is_file() {
+            warm(&e.path())?;
+        }
+    }
+    Ok(())
+}
+
 /// `sync; echo 3 > /proc/sys/vm/drop_caches`. False (and a note) where not allowed.
 pub fn drop_caches() -> bool {
     // SAFETY: sync(2) takes no arguments and cannot fail.

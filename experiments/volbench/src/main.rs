@@ -2,6 +2,7 @@
 //! QEMU copy-on-read + block-stream, both driven by the same NBD client.
 //! See README.md for what each figure means.
 
+mod busy;
 mod ctx;
 mod dbfork;
 mod hydration;
@@ -122,11 +123,13 @@ fn main() -> Result<()> {
     let when = machine::utc_now();
     let load_before = machine::loadavg();
 
+    remove_stale_workdirs(&args.workdir);
     let tmp = tempfile::Builder::new()
         .prefix("volbench-")
         .tempdir_in(&args.workdir)
         .with_context(|| format!("temp dir in {}", args.workdir.display()))?;
     let dir = tmp.path().to_path_buf();
+    std::fs::write(dir.join(OWNER_FILE), std::process::id().to_string())?;
     let store = dir.join("store");
     let ctx = Ctx {
         db: Dbfork {
@@ -153,17 +156,17 @@ fn main() -> Result<()> {
     ctx.db.import("base", &base)?;
     ctx.db.snapshot("base", "snap")?;
     image::warm(&base)?;
-    for entry in walk(&ctx.db.store)? {
-        image::warm(&entry)?;
-    }
+    image::warm_tree(&ctx.db.store)?;
     let before = latency::run(&ctx, &base, "base", "snap")?;
     let after = hydration::run(&ctx, &base, "snap")?;
+    let during = busy::run(&ctx, &base, "snap")?;
 
     let mut rep = report::Report::default();
     let cmd: Vec<String> = std::env::args().collect();
     rep.text(&format!(
         "## Volume engine benchmarks (volbench{})\n\n\
-         - command: `{}` (dbfork: `{}`)\n\
+         - command: `{}` (dbfork: `{}`), built with \
+         `cargo build --release -p dbfork -p volbench`\n\
          - machine: {}\n\
          - date: {when}; load average before: {load_before}, after: {}; run took {:.0} s\n\
          - page cache dropped before each hydration run: {}\n",
@@ -183,7 +186,7 @@ fn main() -> Result<()> {
             "no (not root)"
         },
     ));
-    summary::write(&mut rep, &ctx, &ttfr, &before, &after);
+    summary::write(&mut rep, &ctx, &ttfr, &before, &after, &during);
     print!("{}", rep.as_str());
 
     let out = match (&args.out, args.quick) {
@@ -200,17 +203,29 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// Every regular file under `dir`.
-fn walk(dir: &std::path::Path) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir)? {
-        let e = e?;
-        let t = e.file_type()?;
-        if t.is_dir() {
-            out.extend(walk(&e.path())?);
-        } else if t.is_file() {
-            out.push(e.path());
+/// Names the process that owns a work directory, so a later run can remove what a
+/// killed run (SIGKILL, Ctrl-C: no destructors) left behind.
+const OWNER_FILE: &str = "volbench.pid";
+
+fn remove_stale_workdirs(parent: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        let ours = e.file_name().to_string_lossy().starts_with("volbench-");
+        let owner = std::fs::read_to_string(path.join(OWNER_FILE))
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok());
+        let Some(pid) = owner.filter(|_| ours) else {
+            continue;
+        };
+        // SAFETY: kill(pid, 0) sends nothing; it only asks whether the process exists.
+        let alive = unsafe { libc::kill(pid, 0) } == 0
+            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+        if !alive {
+            eprintln!("volbench: removing {} left by a killed run", path.display());
+            let _ = std::fs::remove_dir_all(&path);
         }
     }
-    Ok(out)
 }

@@ -1,6 +1,7 @@
 //! The report: ratios first, then the absolute figures behind them, then the
 //! region size recommendation with the rule that picked it.
 
+use crate::busy::During;
 use crate::ctx::Ctx;
 use crate::hydration::{After, Copy};
 use crate::latency::Before;
@@ -31,6 +32,7 @@ struct Data<'a> {
     size: u64,
     before: &'a Before,
     after: &'a After,
+    during: &'a During,
 }
 
 impl Data<'_> {
@@ -43,6 +45,18 @@ impl Data<'_> {
     fn qemu_cold(&self, rs: u64) -> Latency {
         let q = &self.before.qemu_cor;
         q.iter()
+            .find(|c| c.region == rs)
+            .map_or(NAN_LAT, |c| c.latency)
+    }
+    fn busy(&self, rs: u64) -> Latency {
+        let b = &self.during.dbfork;
+        b.iter()
+            .find(|c| c.region == rs)
+            .map_or(NAN_LAT, |c| c.latency)
+    }
+    fn qemu_busy(&self, rs: u64) -> Latency {
+        let b = &self.during.qemu;
+        b.iter()
             .find(|c| c.region == rs)
             .map_or(NAN_LAT, |c| c.latency)
     }
@@ -76,12 +90,20 @@ impl Data<'_> {
     }
 }
 
-pub fn write(rep: &mut Report, ctx: &Ctx, ttfr: &[ttfr::Row], before: &Before, after: &After) {
+pub fn write(
+    rep: &mut Report,
+    ctx: &Ctx,
+    ttfr: &[ttfr::Row],
+    before: &Before,
+    after: &After,
+    during: &During,
+) {
     let size = ctx.plan.dense_size;
     let d = Data {
         size,
         before,
         after,
+        during,
     };
     let def = DEFAULT_REGION;
     let qdef = QCOW2_DEFAULT_CLUSTER;
@@ -155,6 +177,21 @@ fn ratios(rep: &mut Report, ttfr: &[ttfr::Row], d: &Data) {
         "engine against engine at equal fetch size",
     );
     row(
+        "read p50 during full-speed hydration / on an idle cold clone".into(),
+        ratio(d.busy(def).p50_us, d.cold(def).p50_us),
+        "~1.0: the background copy yields to foreground reads",
+    );
+    row(
+        "the same for QEMU (during block-stream / idle overlay)".into(),
+        ratio(d.qemu_busy(qdef).p50_us, d.qemu_cold(qdef).p50_us),
+        "",
+    );
+    row(
+        "read p50 during background copy, dbfork / QEMU (both defaults)".into(),
+        ratio(d.busy(def).p50_us, d.qemu_busy(qdef).p50_us),
+        "<= 1: on par or better",
+    );
+    row(
         "hydrated clone / raw volume, p50".into(),
         ratio(d.hyd_lat(def).p50_us, raw.p50_us),
         "~1.0: no cost left after hydration",
@@ -203,6 +240,7 @@ fn ttfr_table(rep: &mut Report, ctx: &Ctx, ttfr: &[ttfr::Row]) {
             "clone",
             "export start",
             "first 16K read",
+            "on-demand",
             "dbfork total",
             "dbfork min",
             "qemu-img overlay",
@@ -220,6 +258,7 @@ fn ttfr_table(rep: &mut Report, ctx: &Ctx, ttfr: &[ttfr::Row]) {
             ms(r.clone),
             ms(r.export_start),
             ms(r.first_read),
+            format!("{}/{}", r.on_demand, r.reps),
             ms(r.dbfork_total),
             ms(r.dbfork_min),
             ms(r.q_overlay),
@@ -234,7 +273,8 @@ fn ttfr_table(rep: &mut Report, ctx: &Ctx, ttfr: &[ttfr::Row]) {
          holes elsewhere (cheap to make at 4 GiB, not all zeroes). Each dbfork step is one `dbfork` \
          process, start-up included; export start = spawn until the NBD handshake succeeds; the \
          first read is 16 KiB in the last data MiB of the image (far from where the background \
-         hydrator starts, so an on-demand fetch), its bytes checked. The clone has default options \
+         hydrator starts, so an on-demand fetch; 'on-demand' counts the repetitions in which the \
+         engine's on_demand_fetches confirms it), its bytes checked. The clone has default options \
          (hydrating in the background). QEMU: `qemu-img create` of the overlay, \
          qemu-storage-daemon spawn until the handshake succeeds, the same read. Totals are the median \
          and the minimum of per-repetition sums; repetitions go round-robin over the sizes so \
@@ -276,6 +316,33 @@ fn latency_table(rep: &mut Report, ctx: &Ctx, d: &Data) {
             &c.latency,
         );
     }
+    let outlasted = |b: &crate::busy::Busy| {
+        if b.copy_outlasted_reads {
+            format!(" (copy at {:.0}% after the reads)", b.copied * 100.0)
+        } else {
+            ", copy ended first".to_string()
+        }
+    };
+    for b in &d.during.dbfork {
+        lat_row(
+            format!(
+                "dbfork clone while hydrating (unlimited), {} regions{}",
+                human(b.region),
+                outlasted(b)
+            ),
+            &b.latency,
+        );
+    }
+    for b in &d.during.qemu {
+        lat_row(
+            format!(
+                "QEMU overlay during block-stream, {} clusters{}",
+                human(b.region),
+                outlasted(b)
+            ),
+            &b.latency,
+        );
+    }
     for (rs, _, l, _) in &d.after.dbfork {
         lat_row(format!("dbfork hydrated clone, {} regions", human(*rs)), l);
     }
@@ -299,8 +366,11 @@ fn latency_table(rep: &mut Report, ctx: &Ctx, d: &Data) {
          every read is checked against the image. Each read falls in a different 1 MiB region, so \
          on an unhydrated clone or overlay every read is a first touch whatever the region or \
          cluster size. dbfork clones here are made with --no-hydrate; each round uses fresh \
-         clones and overlays and new offsets, samples pooled over rounds. Hydrated rows: the \
-         clones of table 3 once independent. The base image is in the \
+         clones and overlays and new offsets, samples pooled over rounds. 'While hydrating' / \
+         'during block-stream' rows: one run each, reads start as the background copy does \
+         (dbfork: right after the export's handshake; QEMU: right after `block-stream`); 'copy \
+         ended first' marks a run where the copy finished before the last read. Hydrated rows: \
+         the clones of table 3 once independent. The base image is in the \
          page cache (read once before): this compares engines, not the disk.",
     );
     rep.table(&t);

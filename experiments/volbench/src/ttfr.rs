@@ -24,6 +24,9 @@ pub struct Row {
     pub clone: Duration,
     pub export_start: Duration,
     pub first_read: Duration,
+    /// In how many of `reps` repetitions the first read was an on-demand fetch.
+    pub on_demand: usize,
+    pub reps: usize,
     pub dbfork_total: Duration,
     pub dbfork_min: Duration,
     pub q_overlay: Duration,
@@ -63,6 +66,7 @@ struct Prepared {
     import: Duration,
     db: Vec<DbRep>,
     q: Vec<QRep>,
+    on_demand: usize,
 }
 
 pub fn run(ctx: &Ctx) -> Result<Vec<Row>> {
@@ -91,6 +95,7 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Row>> {
             import,
             db: Vec::new(),
             q: Vec::new(),
+            on_demand: 0,
         });
     }
     // Round-robin over sizes: a burst of load from a neighbour lands on all sizes
@@ -102,13 +107,10 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Row>> {
             ctx.plan.ttfr_reps
         );
         for (i, p) in sizes.iter_mut().enumerate() {
-            p.db.push(dbfork_rep(
-                ctx,
-                &p.vol,
-                &format!("t{i}r{k}"),
-                p.at,
-                &p.want,
-            )?);
+            let tag = format!("t{i}r{k}");
+            let (rep, on_demand) = dbfork_rep(ctx, &p.vol, &tag, p.at, &p.want)?;
+            p.db.push(rep);
+            p.on_demand += usize::from(on_demand);
             p.q.push(qemu_rep(
                 ctx,
                 &p.img,
@@ -134,6 +136,8 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Row>> {
             export_start: col(2),
             first_read: col(3),
             dbfork_total: median(db_totals.clone()),
+            on_demand: p.on_demand,
+            reps: p.db.len(),
             dbfork_min: db_totals.iter().min().copied().unwrap_or_default(),
             q_overlay: qcol(0),
             q_start: qcol(1),
@@ -145,7 +149,9 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
-fn dbfork_rep(ctx: &Ctx, vol: &str, tag: &str, at: u64, want: &[u8]) -> Result<DbRep> {
+/// One repetition, and whether its first read was an on-demand fetch (the engine
+/// counted one) rather than a region the background hydrator had already copied.
+fn dbfork_rep(ctx: &Ctx, vol: &str, tag: &str, at: u64, want: &[u8]) -> Result<(DbRep, bool)> {
     let (snap, clone) = (format!("{tag}-snap"), format!("{tag}-clone"));
     let (_, snapshot) = timed(|| ctx.db.snapshot(vol, &snap))?;
     let spec = CloneSpec {
@@ -165,10 +171,13 @@ fn dbfork_rep(ctx: &Ctx, vol: &str, tag: &str, at: u64, want: &[u8]) -> Result<D
         bail!("first read of {clone} differs from the image");
     }
     drop(conn);
+    let on_demand = ctx.db.status(&clone)?["on_demand_fetches"]
+        .as_u64()
+        .unwrap_or(0);
     export.stop()?;
     ctx.db.delete(&clone)?;
     ctx.db.delete(&snap)?;
-    Ok([snapshot, clone_t, export_start, first_read])
+    Ok(([snapshot, clone_t, export_start, first_read], on_demand > 0))
 }
 
 fn qemu_rep(ctx: &Ctx, img: &Path, tag: &str, at: u64, want: &[u8]) -> Result<QRep> {

@@ -92,6 +92,10 @@ pub struct ServerOpts {
     pub preload: bool,
     pub env: Vec<(String, String)>,
     pub extra_args: Vec<String>,
+    /// Runs with the server's pid before mariadbd itself starts (the pid is a shell
+    /// that then execs mariadbd), e.g. to bind the pid in the page table daemon
+    /// before the agent first connects.
+    pub before_exec: Option<Box<dyn FnOnce(u32)>>,
 }
 
 impl ServerOpts {
@@ -100,6 +104,7 @@ impl ServerOpts {
             preload: false,
             env: vec![],
             extra_args: vec![],
+            before_exec: None,
         }
     }
 
@@ -111,6 +116,7 @@ impl ServerOpts {
                 .map(|(k, v)| (k.to_string(), v.clone()))
                 .collect(),
             extra_args: vec![],
+            before_exec: None,
         }
     }
 }
@@ -124,11 +130,19 @@ pub struct Server {
 }
 
 impl Server {
-    pub fn start(datadir: &Path, rundir: &Path, opts: ServerOpts) -> Server {
+    pub fn start(datadir: &Path, rundir: &Path, mut opts: ServerOpts) -> Server {
         std::fs::create_dir_all(rundir).unwrap();
         let socket = rundir.join("mysqld.sock");
         let log = rundir.join("mysqld.err");
-        let mut cmd = Command::new(MARIADBD);
+        let gate = opts.before_exec.take();
+        let mut cmd = if gate.is_some() {
+            // The shell waits for one line, then becomes mariadbd (same pid).
+            let mut c = Command::new("/bin/sh");
+            c.args(["-c", "read _ && exec \"$0\" \"$@\"", MARIADBD]);
+            c
+        } else {
+            Command::new(MARIADBD)
+        };
         cmd.args([
             "--no-defaults".to_string(),
             format!("--datadir={}", datadir.display()),
@@ -188,7 +202,9 @@ impl Server {
     }
 
     pub fn log_text(&self) -> String {
+        let stderr = self.log.with_file_name("stderr.log");
         std::fs::read_to_string(&self.log).unwrap_or_default()
+            + &std::fs::read_to_string(stderr).unwrap_or_default()
     }
 
     pub fn try_sql(&self, sql: &str) -> Result<String, String> {
@@ -345,4 +361,103 @@ pub fn backup_running(server: &Server, target: &Path) -> u64 {
         .trim()
         .parse()
         .unwrap()
+}
+
+/// The page table daemon of this workspace, built into the test's target dir and run
+/// with its sockets and state file in `dir`. Killed on drop.
+pub struct Daemon {
+    child: Option<Child>,
+    bin: PathBuf,
+    dir: PathBuf,
+    pub socket: PathBuf,
+    pub admin: PathBuf,
+}
+
+impl Daemon {
+    pub fn build() -> PathBuf {
+        let exe = std::env::current_exe().unwrap();
+        let profile_dir = exe.parent().unwrap().parent().unwrap();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let st = Command::new(cargo)
+            .args([
+                "build",
+                "-p",
+                "pagetabled",
+                "--bin",
+                "pagetabled",
+                "--manifest-path",
+            ])
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml"))
+            .env("CARGO_TARGET_DIR", profile_dir.parent().unwrap())
+            .status()
+            .expect("running cargo build for pagetabled");
+        assert!(st.success(), "building pagetabled failed");
+        profile_dir.join("pagetabled")
+    }
+
+    pub fn start(dir: &Path) -> Daemon {
+        let mut d = Daemon {
+            child: None,
+            bin: Self::build(),
+            dir: dir.to_owned(),
+            socket: dir.join("pt.sock"),
+            admin: dir.join("pt-admin.sock"),
+        };
+        d.restart();
+        d
+    }
+
+    /// Starts the daemon again (after `kill`), with the same state file.
+    pub fn restart(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_file(&self.socket);
+        let _ = std::fs::remove_file(&self.admin);
+        let child = Command::new(&self.bin)
+            .arg("serve")
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--admin-socket")
+            .arg(&self.admin)
+            .arg("--state-file")
+            .arg(self.dir.join("pt-state.json"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting pagetabled");
+        self.child = Some(child);
+        let admin = self.admin.clone();
+        wait_for(Duration::from_secs(20), "pagetabled admin socket", || {
+            pagetable::admin::AdminClient::connect(&admin).is_ok()
+        });
+    }
+
+    pub fn admin(&self, req: pagetable::admin::AdminRequest) {
+        pagetable::admin::AdminClient::connect(&self.admin)
+            .unwrap()
+            .call(&req)
+            .unwrap();
+    }
+
+    pub fn entries(&self) -> u64 {
+        let Ok(mut c) = pagetable::admin::AdminClient::connect(&self.admin) else {
+            return 0;
+        };
+        c.stats()
+            .map(|s| s.families.iter().map(|f| f.entries).sum())
+            .unwrap_or(0)
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }

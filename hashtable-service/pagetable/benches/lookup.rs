@@ -35,6 +35,7 @@ fn table() -> PageTable {
                 offset: u64::from(i) * 16384,
             },
             lsn: u64::from(i),
+            valid_from: u64::MAX,
             page_size: 16384,
         })
         .collect();

@@ -57,6 +57,7 @@ fn measure(n: u32, domains: u32) -> f64 {
                 offset: u64::from(i / domains) * 16384,
             },
             lsn: u64::from(i),
+            valid_from: u64::MAX,
             page_size: 16384,
         });
         if batch.len() == 4096 || i + 1 == n {

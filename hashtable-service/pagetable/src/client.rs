@@ -125,7 +125,9 @@ impl Client {
         self.register_many(std::slice::from_ref(&item)).map(|_| ())
     }
 
-    /// The newest frame of (space_id, page_no) in this family with LSN <= max_lsn.
+    /// The frame of (space_id, page_no) in this family that may serve a replica whose
+    /// snapshot LSN is `max_lsn`: the newest with `lsn <= max_lsn`, and only if its
+    /// `valid_from >= max_lsn` (`PageTable::lookup`).
     pub fn lookup(&mut self, space_id: u32, page_no: u32, max_lsn: u64) -> Result<Option<Entry>> {
         let mut v = self.lookup_many(&[(space_id, page_no)], max_lsn)?;
         Ok(v.pop().flatten())

@@ -68,6 +68,10 @@ pub struct Entry {
     pub frame: Frame,
     /// The InnoDB page LSN (FIL_PAGE_LSN) of the bytes in the frame.
     pub lsn: u64,
+    /// The family's clone counter as the owner read it before the read that produced
+    /// the frame: the frame may serve a snapshot `S` only if `valid_from >= S`
+    /// (docs/architecture.md, "The share rule").
+    pub valid_from: u64,
     /// Page size in bytes, a power of two from 512 to 65536.
     pub page_size: u32,
 }
@@ -78,5 +82,7 @@ pub struct Registration {
     pub key: PageKey,
     pub frame: Frame,
     pub lsn: u64,
+    /// See `Entry::valid_from`.
+    pub valid_from: u64,
     pub page_size: u32,
 }

@@ -75,6 +75,7 @@ impl PageShift {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct PackedEntry {
     pub(crate) lsn: u64,
+    pub(crate) valid_from: u64,
     pub(crate) frame: u64,
     pub(crate) owner: u32,
     pub(crate) shift: PageShift,
@@ -86,6 +87,7 @@ impl PackedEntry {
             owner: DomainId(self.owner),
             frame: unpack_frame(self.frame),
             lsn: self.lsn,
+            valid_from: self.valid_from,
             page_size: self.shift.size(),
         }
     }
@@ -106,7 +108,7 @@ pub(crate) enum Slot {
 }
 
 // The niche in PageShift must absorb the discriminant, or memory per entry grows by 8.
-const _: () = assert!(std::mem::size_of::<Slot>() == 24);
+const _: () = assert!(std::mem::size_of::<Slot>() == 32);
 
 impl Slot {
     pub(crate) fn entries(&self) -> &[PackedEntry] {
@@ -142,26 +144,49 @@ impl Slot {
         }
     }
 
-    /// The newest entry with lsn <= max_lsn; ties go to the smallest (owner, frame)
-    /// so that the answer does not depend on registration order.
+    /// The entry that may serve a replica whose snapshot LSN is `max_lsn`; see
+    /// [`serving`].
     pub(crate) fn best(&self, max_lsn: u64) -> Option<&PackedEntry> {
-        let mut best: Option<&PackedEntry> = None;
-        for e in self.entries() {
-            if e.lsn > max_lsn {
-                continue;
-            }
-            best = match best {
-                Some(b)
-                    if (b.lsn, std::cmp::Reverse(b.holder()))
-                        >= (e.lsn, std::cmp::Reverse(e.holder())) =>
-                {
-                    Some(b)
-                }
-                _ => Some(e),
-            };
-        }
-        best
+        serving(self.entries(), max_lsn)
     }
+}
+
+/// The share rule of docs/architecture.md: an entry may serve snapshot `S` only if
+/// `lsn <= S` and `valid_from >= S`. This picks the *newest* entry with `lsn <= S`
+/// (among equal LSNs the largest `valid_from`, then the smallest (owner, frame), so
+/// the answer does not depend on registration order) and returns it only if its
+/// `valid_from >= S`; otherwise a miss.
+///
+/// Why a failing newest entry means no entry can pass. Let `N` be the chosen entry.
+/// Entries with a larger LSN fail `lsn <= S`; entries with N's LSN have a
+/// `valid_from` no larger than N's, so they fail too. Take an entry `E` with
+/// `E.lsn < N.lsn <= S`. If `E.valid_from >= S`, the read that produced E began after
+/// snapshot S was complete (the counter reaches S only then), and it returned the
+/// page's latest version at that time (InnoDB reads only pages it does not hold, and
+/// a frame whose checksum verifies is clean). But N's bytes carry LSN `N.lsn <= S`:
+/// that version was written before the snapshot, and page LSNs only grow, so any
+/// read after the snapshot returns LSN >= N.lsn > E.lsn. Contradiction: E cannot be
+/// valid. The argument relies on honest registrations; if an agent breaks it, the
+/// rule still never returns an entry that fails either bound, it only misses (a
+/// disk read). `tests/model.rs` (`share_rule_matches_naive_rule_on_real_histories`)
+/// checks this against the naive rule over every entry.
+pub(crate) fn serving(entries: &[PackedEntry], max_lsn: u64) -> Option<&PackedEntry> {
+    let mut best: Option<&PackedEntry> = None;
+    for e in entries {
+        if e.lsn > max_lsn {
+            continue;
+        }
+        best = match best {
+            Some(b) if rank(b) >= rank(e) => Some(b),
+            _ => Some(e),
+        };
+    }
+    best.filter(|b| b.valid_from >= max_lsn)
+}
+
+/// Order of preference among entries that pass `lsn <= S`.
+fn rank(e: &PackedEntry) -> (u64, u64, std::cmp::Reverse<(u32, u64)>) {
+    (e.lsn, e.valid_from, std::cmp::Reverse(e.holder()))
 }
 
 fn v_is_empty(slot: &Slot) -> bool {
@@ -175,6 +200,7 @@ mod tests {
     fn pe(owner: u32, frame: u64, lsn: u64) -> PackedEntry {
         PackedEntry {
             lsn,
+            valid_from: u64::MAX,
             frame,
             owner,
             shift: PageShift::K16,
@@ -238,5 +264,34 @@ mod tests {
         s.upsert(pe(2, 3, 100));
         let b = s.best(100).unwrap();
         assert_eq!((b.owner, b.frame), (2, 3));
+    }
+
+    #[test]
+    fn valid_from_bounds_the_answer() {
+        let with_vf = |owner, lsn, valid_from| PackedEntry {
+            valid_from,
+            ..pe(owner, u64::from(owner), lsn)
+        };
+        // Read at LSN 100 before snapshot 150 was complete: it may be stale for 150.
+        let mut s = Slot::One(with_vf(1, 100, 120));
+        assert_eq!(s.best(120).unwrap().owner, 1);
+        assert!(s.best(121).is_none(), "valid_from < S is a miss");
+        assert!(s.best(99).is_none(), "lsn > S is a miss");
+        // The same version read again after snapshot 200: serves 150 and 200.
+        s.upsert(with_vf(2, 100, 200));
+        assert_eq!(s.best(150).unwrap().owner, 2);
+        assert_eq!(
+            s.best(110).unwrap().owner,
+            2,
+            "equal LSN: largest valid_from"
+        );
+        assert!(s.best(201).is_none());
+        // A newer version that is itself stale for S shadows older ones: a miss. (This
+        // history is impossible for honest agents: owner 2 read after snapshot 200 yet
+        // saw LSN 100 < 180. The rule errs towards a miss.)
+        s.upsert(with_vf(3, 180, 180));
+        assert!(s.best(190).is_none());
+        assert_eq!(s.best(180).unwrap().owner, 3);
+        assert_eq!(s.best(170).unwrap().owner, 2);
     }
 }

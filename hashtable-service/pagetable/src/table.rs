@@ -249,6 +249,7 @@ impl PageTable {
                 r.key.page_bits(),
                 PackedEntry {
                     lsn: r.lsn,
+                    valid_from: r.valid_from,
                     frame: pack_frame(r.frame)?,
                     owner: domain.0,
                     shift: PageShift::from_size(r.page_size)?,
@@ -289,8 +290,10 @@ impl PageTable {
         Ok(regs.len())
     }
 
-    /// The newest entry for `key` with page LSN <= `max_lsn`, if any domain of the
-    /// family holds one. `domain` is the caller; it must be a member of `key.family`.
+    /// The frame that may serve `key` to a replica whose snapshot LSN is `max_lsn`:
+    /// the newest entry with `lsn <= max_lsn`, returned only if its
+    /// `valid_from >= max_lsn` (the share rule, docs/architecture.md), else `None`.
+    /// `domain` is the caller; it must be a member of `key.family`.
     pub fn lookup(&self, domain: DomainId, key: PageKey, max_lsn: u64) -> Result<Option<Entry>> {
         let dom = self
             .domains

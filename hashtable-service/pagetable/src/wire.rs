@@ -8,13 +8,15 @@
 //! ```text
 //! request  kind  body after the header
 //! Hello    0x01  -
-//! Register 0x02  family u32, n u16, n x (space u32, page u32, frame, lsn u64, size u32)
+//! Register 0x02  family u32, n u16,
+//!                n x (space u32, page u32, frame, lsn u64, valid_from u64, size u32)
 //! Lookup   0x03  family u32, max_lsn u64, n u16, n x (space u32, page u32)
 //! Invalid. 0x04  n u16, n x frame
 //! reply    kind  body after the header (version, kind, id, generation)
 //! Hello    0x81  domain u32, family u32
 //! Register 0x82  registered u32
-//! Lookup   0x83  n u16, n x (u8 0 | u8 1, owner u32, frame, lsn u64, size u32)
+//! Lookup   0x83  n u16,
+//!                n x (u8 0 | u8 1, owner u32, frame, lsn u64, valid_from u64, size u32)
 //! Invalid. 0x84  removed u32
 //! Error    0xff  code u16, len u16, len bytes UTF-8 message
 //! frame:   u8 tag; 1 = LocalPool offset u64, 2 = XenGfn gfn u64,
@@ -27,8 +29,9 @@ use std::io::{Read, Write};
 
 use crate::ids::{DomainId, Entry, FamilyId, Frame};
 
-pub const VERSION: u8 = 1;
-/// Largest body accepted, in bytes. A full batch of registrations is ~120 KiB.
+/// Version 2 added `valid_from` to registrations and lookup replies.
+pub const VERSION: u8 = 2;
+/// Largest body accepted, in bytes. A full batch of registrations is ~150 KiB.
 pub const MAX_MESSAGE: usize = 256 * 1024;
 /// Most items in one batch; the client splits larger batches.
 pub const MAX_BATCH: usize = 4096;
@@ -75,6 +78,9 @@ pub struct WireRegistration {
     pub page_no: u32,
     pub frame: Frame,
     pub lsn: u64,
+    /// The family's clone counter read before the read that produced the frame
+    /// (`Entry::valid_from`).
+    pub valid_from: u64,
     pub page_size: u32,
 }
 
@@ -228,6 +234,7 @@ pub fn encode_request(msg: &RequestMsg, b: &mut Vec<u8>) {
                 b.extend_from_slice(&r.page_no.to_le_bytes());
                 put_frame(b, r.frame);
                 b.extend_from_slice(&r.lsn.to_le_bytes());
+                b.extend_from_slice(&r.valid_from.to_le_bytes());
                 b.extend_from_slice(&r.page_size.to_le_bytes());
             }
         }
@@ -285,6 +292,7 @@ pub fn encode_reply(msg: &ReplyMsg, b: &mut Vec<u8>) {
                         b.extend_from_slice(&e.owner.0.to_le_bytes());
                         put_frame(b, e.frame);
                         b.extend_from_slice(&e.lsn.to_le_bytes());
+                        b.extend_from_slice(&e.valid_from.to_le_bytes());
                         b.extend_from_slice(&e.page_size.to_le_bytes());
                     }
                 }
@@ -410,7 +418,7 @@ pub fn decode_request(body: &[u8]) -> Result<RequestMsg, DecodeError> {
         K_REGISTER => {
             let family = FamilyId(c.u32()?);
             // The smallest frame encoding (a grant) is 7 bytes.
-            let n = c.count(4 + 4 + 7 + 8 + 4)?;
+            let n = c.count(4 + 4 + 7 + 8 + 8 + 4)?;
             let mut items = Vec::with_capacity(n);
             for _ in 0..n {
                 items.push(WireRegistration {
@@ -418,6 +426,7 @@ pub fn decode_request(body: &[u8]) -> Result<RequestMsg, DecodeError> {
                     page_no: c.u32()?,
                     frame: c.frame()?,
                     lsn: c.u64()?,
+                    valid_from: c.u64()?,
                     page_size: c.u32()?,
                 });
             }
@@ -472,6 +481,7 @@ pub fn decode_reply(body: &[u8]) -> Result<ReplyMsg, DecodeError> {
                         owner: DomainId(c.u32()?),
                         frame: c.frame()?,
                         lsn: c.u64()?,
+                        valid_from: c.u64()?,
                         page_size: c.u32()?,
                     }),
                     p => return Err(DecodeError::Presence(p)),

@@ -35,17 +35,24 @@ fn key() -> impl Strategy<Value = PageKey> {
     (1u32..3, 0u32..2, 0u32..4).prop_map(|(f, s, p)| PageKey::new(FamilyId(f), s, p))
 }
 
+/// In the range of the lookups' max_lsn (0..22), so both bounds of the rule matter.
+fn valid_from() -> impl Strategy<Value = u64> {
+    prop_oneof![6 => 0u64..24, 1 => Just(u64::MAX)]
+}
+
 fn registration() -> impl Strategy<Value = Registration> {
     (
         key(),
         frame(),
         0u64..20,
+        valid_from(),
         prop_oneof![10 => Just(16384u32), 1 => Just(4096), 1 => Just(1000)],
     )
-        .prop_map(|(key, frame, lsn, page_size)| Registration {
+        .prop_map(|(key, frame, lsn, valid_from, page_size)| Registration {
             key,
             frame,
             lsn,
+            valid_from,
             page_size,
         })
 }
@@ -75,13 +82,31 @@ struct Counters {
     invalidations: u64,
 }
 
+/// What the model knows about one (owner, frame).
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    key: PageKey,
+    lsn: u64,
+    valid_from: u64,
+    page_size: u32,
+}
+
+fn entry(owner: DomainId, frame: Frame, h: &Held) -> Entry {
+    Entry {
+        owner,
+        frame,
+        lsn: h.lsn,
+        valid_from: h.valid_from,
+        page_size: h.page_size,
+    }
+}
+
 /// The obviously-correct version of the table.
 #[derive(Default)]
 struct Model {
     families: BTreeMap<FamilyId, (BTreeSet<DomainId>, Counters)>,
     member_of: BTreeMap<DomainId, FamilyId>,
-    /// (owner, frame) -> (key, lsn, page size)
-    held: BTreeMap<(DomainId, Frame), (PageKey, u64, u32)>,
+    held: BTreeMap<(DomainId, Frame), Held>,
 }
 
 /// Errors compared by kind only; messages are the table's business.
@@ -117,18 +142,16 @@ impl Model {
         self.drop_domain_entries(d)
     }
 
+    /// The table's lookup rule spelled out: the newest entry with lsn <= max_lsn (ties:
+    /// largest valid_from, then smallest (owner, frame)), a hit only if its
+    /// valid_from >= max_lsn.
     fn best(&self, k: PageKey, max_lsn: u64) -> Option<Entry> {
         self.held
             .iter()
-            .filter(|(_, (key, lsn, _))| *key == k && *lsn <= max_lsn)
-            // Newest LSN first; among equal LSNs the smallest (owner, frame).
-            .max_by(|a, b| (a.1 .1, std::cmp::Reverse(a.0)).cmp(&(b.1 .1, std::cmp::Reverse(b.0))))
-            .map(|((owner, frame), (_, lsn, size))| Entry {
-                owner: *owner,
-                frame: *frame,
-                lsn: *lsn,
-                page_size: *size,
-            })
+            .filter(|(_, h)| h.key == k && h.lsn <= max_lsn)
+            .max_by_key(|(holder, h)| (h.lsn, h.valid_from, std::cmp::Reverse(**holder)))
+            .filter(|(_, h)| h.valid_from >= max_lsn)
+            .map(|((owner, frame), h)| entry(*owner, *frame, h))
     }
 
     fn register(
@@ -151,7 +174,15 @@ impl Model {
             if !self.held.contains_key(&(d, r.frame)) && count >= quota {
                 return Err("quota");
             }
-            self.held.insert((d, r.frame), (r.key, r.lsn, r.page_size));
+            self.held.insert(
+                (d, r.frame),
+                Held {
+                    key: r.key,
+                    lsn: r.lsn,
+                    valid_from: r.valid_from,
+                    page_size: r.page_size,
+                },
+            );
         }
         Ok(regs.len())
     }
@@ -169,11 +200,7 @@ impl Model {
             .map(|(f, (members, c))| FamilyStats {
                 family: *f,
                 domains: members.len(),
-                entries: self
-                    .held
-                    .values()
-                    .filter(|(k, _, _)| k.family == *f)
-                    .count() as u64,
+                entries: self.held.values().filter(|h| h.key.family == *f).count() as u64,
                 lookups: c.lookups,
                 hits: c.hits,
                 misses: c.misses,
@@ -186,17 +213,7 @@ impl Model {
         let mut v: Vec<_> = self
             .held
             .iter()
-            .map(|((owner, frame), (key, lsn, size))| {
-                (
-                    *key,
-                    Entry {
-                        owner: *owner,
-                        frame: *frame,
-                        lsn: *lsn,
-                        page_size: *size,
-                    },
-                )
-            })
+            .map(|((owner, frame), h)| (h.key, entry(*owner, *frame, h)))
             .collect();
         v.sort_by_key(|(k, e)| (*k, e.owner, e.frame));
         v
@@ -358,12 +375,16 @@ enum DomOp {
 
 fn dom_op(family: u32) -> impl Strategy<Value = DomOp> {
     let key = (0u32..2, 0u32..6).prop_map(move |(s, p)| PageKey::new(FamilyId(family), s, p));
-    let reg = (key.clone(), frame(), 0u64..20).prop_map(|(key, frame, lsn)| Registration {
-        key,
-        frame,
-        lsn,
-        page_size: 16384,
-    });
+    let reg =
+        (key.clone(), frame(), 0u64..20, valid_from()).prop_map(|(key, frame, lsn, valid_from)| {
+            Registration {
+                key,
+                frame,
+                lsn,
+                valid_from,
+                page_size: 16384,
+            }
+        });
     prop_oneof![
         6 => prop::collection::vec(reg, 1..4).prop_map(DomOp::Register),
         2 => frame().prop_map(DomOp::Invalidate),
@@ -407,7 +428,7 @@ proptest! {
                             DomOp::Clear => { t.clear_domain(d).unwrap(); }
                             DomOp::Lookup(k, max) => {
                                 if let Some(e) = h.lookup(*k, *max).unwrap() {
-                                    if e.lsn > *max || e.owner.0 == 0 || e.owner.0 > 5 {
+                                    if e.lsn > *max || e.valid_from < *max || e.owner.0 == 0 || e.owner.0 > 5 {
                                         *bad.lock().unwrap() = Some(format!("{k:?} {max} -> {e:?}"));
                                     }
                                 }
@@ -475,6 +496,7 @@ fn frame_moves_between_keys_and_quota_names_the_domain() {
         key: PageKey::new(f, 0, page),
         frame,
         lsn,
+        valid_from: u64::MAX,
         page_size: 16384,
     };
     t.register(DomainId(1), reg(1, frame, 10)).unwrap();
@@ -525,6 +547,7 @@ fn handle_stops_working_when_its_domain_leaves() {
         key,
         frame: Frame::XenGfn { gfn: 5 },
         lsn: 3,
+        valid_from: 3,
         page_size: 4096,
     };
     t.register(DomainId(1), reg).unwrap();
@@ -546,4 +569,167 @@ fn handle_stops_working_when_its_domain_leaves() {
         "stale handle"
     );
     assert_eq!(t.handle(DomainId(1)).unwrap().lookup(key, 3).unwrap(), None);
+}
+
+/// One event in the life of a family, as the share rule sees it (architecture.md).
+#[derive(Debug, Clone)]
+enum History {
+    /// The source changes a page in memory: a new version with a new LSN. Frames
+    /// registered earlier keep their bytes (kernel copy-on-write).
+    Modify { page: u32, step: u64 },
+    /// dbfork takes a snapshot at the current LSN...
+    Snapshot,
+    /// ...and, later, publishes the newest one as the family's clone counter.
+    Publish,
+    /// A source domain reads a page from disk into `frame` and registers it.
+    /// `stale` counter values back: the agent read the counter before the read and
+    /// maybe well before (a smaller valid_from is always allowed).
+    Read {
+        domain: u32,
+        page: u32,
+        frame: u64,
+        stale: usize,
+    },
+    /// A source domain evicts a frame.
+    Evict { domain: u32, frame: u64 },
+    /// A replica of one of the snapshots taken so far looks a page up.
+    Lookup {
+        page: u32,
+        snapshot: prop::sample::Index,
+    },
+}
+
+fn history() -> impl Strategy<Value = History> {
+    prop_oneof![
+        4 => (0u32..3, 1u64..3).prop_map(|(page, step)| History::Modify { page, step }),
+        2 => Just(History::Snapshot),
+        2 => Just(History::Publish),
+        6 => (1u32..3, 0u32..3, 0u64..5, 0usize..3).prop_map(|(domain, page, frame, stale)| {
+            History::Read { domain, page, frame, stale }
+        }),
+        1 => (1u32..3, 0u64..5).prop_map(|(domain, frame)| History::Evict { domain, frame }),
+        6 => (0u32..3, any::<prop::sample::Index>())
+            .prop_map(|(page, snapshot)| History::Lookup { page, snapshot }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// Over histories that real agents can produce, the table's rule (newest entry
+    /// with lsn <= S, then valid_from >= S) answers exactly like the naive rule over
+    /// every entry, and whatever it serves is the page as it was at the snapshot.
+    #[test]
+    fn share_rule_matches_naive_rule_on_real_histories(
+        events in prop::collection::vec(history(), 1..120),
+    ) {
+        let f = FamilyId(1);
+        let t = PageTable::default();
+        t.create_family(f).unwrap();
+        for d in 1..=3 {
+            t.add_to_family(f, DomainId(d)).unwrap();
+        }
+        let replica = DomainId(3);
+        let mut lsn = 10u64;
+        let mut version = [lsn; 3];
+        // (S, page versions at S) for every snapshot taken.
+        let mut snapshots: Vec<(u64, [u64; 3])> = Vec::new();
+        let mut counter_history = vec![0u64];
+        // What the naive rule sees: every registered (owner, frame).
+        let mut held: BTreeMap<(DomainId, Frame), Held> = BTreeMap::new();
+        for ev in &events {
+            match ev {
+                History::Modify { page, step } => {
+                    lsn += step;
+                    version[*page as usize] = lsn;
+                }
+                History::Snapshot => snapshots.push((lsn, version)),
+                History::Publish => {
+                    if let Some((s, _)) = snapshots.last() {
+                        let c = *counter_history.last().unwrap();
+                        counter_history.push(c.max(*s));
+                    }
+                }
+                History::Read { domain, page, frame, stale } => {
+                    let i = counter_history.len().saturating_sub(1 + stale);
+                    let reg = Registration {
+                        key: PageKey::new(f, 0, *page),
+                        frame: Frame::LocalPool { offset: frame * 16384 },
+                        lsn: version[*page as usize],
+                        valid_from: counter_history[i],
+                        page_size: 16384,
+                    };
+                    t.register(DomainId(*domain), reg).unwrap();
+                    held.insert((DomainId(*domain), reg.frame), Held {
+                        key: reg.key,
+                        lsn: reg.lsn,
+                        valid_from: reg.valid_from,
+                        page_size: reg.page_size,
+                    });
+                }
+                History::Evict { domain, frame } => {
+                    let frame = Frame::LocalPool { offset: frame * 16384 };
+                    let was = held.remove(&(DomainId(*domain), frame)).is_some();
+                    prop_assert_eq!(t.invalidate(DomainId(*domain), frame).unwrap(), was);
+                }
+                History::Lookup { page, snapshot } => {
+                    if snapshots.is_empty() {
+                        continue;
+                    }
+                    let (s, at_snapshot) = snapshots[snapshot.index(snapshots.len())];
+                    let key = PageKey::new(f, 0, *page);
+                    let got = t.lookup(replica, key, s).unwrap();
+                    let naive = held
+                        .iter()
+                        .filter(|(_, h)| h.key == key && h.lsn <= s && h.valid_from >= s)
+                        .max_by_key(|(holder, h)| (h.lsn, h.valid_from, std::cmp::Reverse(**holder)))
+                        .map(|((o, fr), h)| entry(*o, *fr, h));
+                    prop_assert_eq!(got, naive, "S={} page {}", s, page);
+                    if let Some(e) = got {
+                        prop_assert_eq!(e.lsn, at_snapshot[*page as usize], "stale page served");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The case the rule exists for: a frame read before the snapshot, whose page then
+/// changed before the snapshot, must not serve that snapshot; a re-read after the
+/// snapshot (counter published) serves it; the newer in-memory version does not.
+#[test]
+fn frame_read_before_a_snapshot_does_not_serve_it() {
+    let f = FamilyId(1);
+    let t = PageTable::default();
+    t.create_family(f).unwrap();
+    t.add_to_family(f, DomainId(1)).unwrap();
+    t.add_to_family(f, DomainId(2)).unwrap();
+    let key = PageKey::new(f, 4, 7);
+    let reg = |offset, lsn, valid_from| Registration {
+        key,
+        frame: Frame::LocalPool { offset },
+        lsn,
+        valid_from,
+        page_size: 16384,
+    };
+    // Counter 0; the source reads the page at LSN 100 into frame 0.
+    t.register(DomainId(1), reg(0, 100, 0)).unwrap();
+    // The source changes the page (LSN 150, a private copy), then snapshot S = 200.
+    // Frame 0 still holds LSN 100 and would pass `lsn <= S`, but it is stale.
+    assert_eq!(t.lookup(DomainId(2), key, 200).unwrap(), None);
+    // Before the snapshot it was fine for older snapshots it was read after (none
+    // here: valid_from 0 serves only S = 0).
+    assert!(
+        t.lookup(DomainId(2), key, 0).unwrap().is_none(),
+        "lsn 100 > S 0"
+    );
+    // Counter published as 200; the page is evicted and read again: LSN 150.
+    t.register(DomainId(1), reg(16384, 150, 200)).unwrap();
+    let e = t.lookup(DomainId(2), key, 200).unwrap().unwrap();
+    assert_eq!(
+        (e.frame, e.lsn, e.valid_from),
+        (Frame::LocalPool { offset: 16384 }, 150, 200)
+    );
+    // A later snapshot (250) needs a frame read after it was published.
+    assert_eq!(t.lookup(DomainId(2), key, 250).unwrap(), None);
 }

@@ -91,6 +91,7 @@ fn main() {
                 offset: u64::from(i) * 16384,
             },
             lsn: 1,
+            valid_from: u64::MAX,
             page_size: 16384,
         })
         .collect();

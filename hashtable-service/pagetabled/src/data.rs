@@ -152,6 +152,7 @@ impl Session {
                         key: PageKey::new(family, r.space_id, r.page_no),
                         frame: r.frame,
                         lsn: r.lsn,
+                        valid_from: r.valid_from,
                         page_size: r.page_size,
                     })
                     .collect();

@@ -49,7 +49,7 @@ fn families_are_walls_between_processes() {
     // Same family: visible, with the owner and frame the source registered.
     assert_eq!(
         sibling.cmd("lookup 5 7 1000"),
-        "hit owner=10 offset=16384 lsn=100"
+        "hit owner=10 offset=16384 lsn=100 valid_from=max"
     );
     // LSN rule: a replica whose snapshot predates the page must not get it.
     assert_eq!(sibling.cmd("lookup 5 7 99"), "miss");
@@ -61,16 +61,50 @@ fn families_are_walls_between_processes() {
     assert!(e.starts_with("err") && e.contains("NotInFamily"), "{e}");
     // The refusal does not cost b its connection; its own family still works.
     b.ok("register 5 7 0 200");
-    assert_eq!(b.cmd("lookup 5 7 1000"), "hit owner=20 offset=0 lsn=200");
+    assert_eq!(
+        b.cmd("lookup 5 7 1000"),
+        "hit owner=20 offset=0 lsn=200 valid_from=max"
+    );
     assert_eq!(
         sibling.cmd("lookup 5 7 1000"),
-        "hit owner=10 offset=16384 lsn=100"
+        "hit owner=10 offset=16384 lsn=100 valid_from=max"
     );
     assert_eq!(d.family_entries(1), 1);
     assert_eq!(d.family_entries(2), 1);
     let s = d.stats();
     let f1 = s.families.iter().find(|f| f.family.0 == 1).unwrap();
     assert_eq!((f1.lookups, f1.hits, f1.misses), (3, 2, 1));
+}
+
+/// The share rule's second bound travels over the socket: valid_from goes in with
+/// the registration, comes back in the reply, and stops a frame read before a
+/// snapshot from serving it.
+#[test]
+fn valid_from_bounds_lookups_over_ipc() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), &[]);
+    family(&d, 1, &[10, 11]);
+    let mut source = client(&d, 10);
+    let mut replica = client(&d, 11);
+    // Read at LSN 100 while the clone counter was 120.
+    source.ok("register 3 3 0 100 120");
+    assert_eq!(
+        replica.cmd("lookup 3 3 120"),
+        "hit owner=10 offset=0 lsn=100 valid_from=120"
+    );
+    assert_eq!(replica.cmd("lookup 3 3 121"), "miss");
+    // Read again (same version) after snapshot 300 was published.
+    source.ok("register 3 3 16384 100 300");
+    assert_eq!(
+        replica.cmd("lookup 3 3 121"),
+        "hit owner=10 offset=16384 lsn=100 valid_from=300"
+    );
+    // Equal LSNs: the later read wins also where both would pass.
+    assert_eq!(
+        replica.cmd("lookup 3 3 110"),
+        "hit owner=10 offset=16384 lsn=100 valid_from=300"
+    );
+    assert_eq!(replica.cmd("lookup 3 3 301"), "miss");
 }
 
 #[test]
@@ -105,7 +139,7 @@ fn killed_client_domain_is_cleaned_up() {
     }
     assert_eq!(
         replica.cmd("lookup 1 2 50"),
-        "hit owner=10 offset=32768 lsn=50"
+        "hit owner=10 offset=32768 lsn=50 valid_from=max"
     );
     source.kill9();
     d.wait_for("entries of the killed domain to go", |d| {
@@ -115,7 +149,10 @@ fn killed_client_domain_is_cleaned_up() {
     // Membership survives a disconnect, so a restarted process can be bound again.
     let mut again = client(&d, 10);
     again.ok("register 1 2 0 60");
-    assert_eq!(replica.cmd("lookup 1 2 60"), "hit owner=10 offset=0 lsn=60");
+    assert_eq!(
+        replica.cmd("lookup 1 2 60"),
+        "hit owner=10 offset=0 lsn=60 valid_from=max"
+    );
 
     // The admin path: remove_domain drops entries, membership and bindings.
     let mut third = client(&d, 12);
@@ -144,7 +181,7 @@ fn restarted_daemon_is_noticed_and_repopulated() {
     source.ok("register 3 4 16384 70");
     assert_eq!(
         replica.cmd("lookup 3 4 70"),
-        "hit owner=10 offset=16384 lsn=70"
+        "hit owner=10 offset=16384 lsn=70 valid_from=max"
     );
     let old_gen = d.generation.clone();
     let old_seen = replica.ok("gen");
@@ -166,7 +203,7 @@ fn restarted_daemon_is_noticed_and_repopulated() {
     source.ok("register 3 4 16384 70");
     assert_eq!(
         replica.cmd("lookup 3 4 70"),
-        "hit owner=10 offset=16384 lsn=70"
+        "hit owner=10 offset=16384 lsn=70 valid_from=max"
     );
 }
 
@@ -257,7 +294,10 @@ fn malformed_truncated_and_oversized_messages_are_refused() {
         s.read_to_end(&mut rest).expect("daemon answers and closes");
     }
     assert!(d.is_running());
-    assert_eq!(good.cmd("lookup 1 1 5"), "hit owner=10 offset=0 lsn=5");
+    assert_eq!(
+        good.cmd("lookup 1 1 5"),
+        "hit owner=10 offset=0 lsn=5 valid_from=max"
+    );
 }
 
 #[test]
@@ -417,7 +457,10 @@ fn stopped_daemon_costs_a_bounded_wait_not_a_hang() {
         replica.ok("reconnect"),
         format!("ok changed=false gen={}", d.generation)
     );
-    assert_eq!(replica.cmd("lookup 2 2 9"), "hit owner=10 offset=0 lsn=9");
+    assert_eq!(
+        replica.cmd("lookup 2 2 9"),
+        "hit owner=10 offset=0 lsn=9 valid_from=max"
+    );
 }
 
 /// A process that connects and says nothing is dropped after --unbound-timeout-ms;
@@ -438,5 +481,8 @@ fn silent_unbound_connections_are_dropped_but_bound_ones_may_idle() {
     });
     // The agent has now been idle longer than the unbound timeout.
     agent.ok("register 1 1 0 1");
-    assert_eq!(agent.cmd("lookup 1 1 1"), "hit owner=10 offset=0 lsn=1");
+    assert_eq!(
+        agent.cmd("lookup 1 1 1"),
+        "hit owner=10 offset=0 lsn=1 valid_from=max"
+    );
 }

@@ -15,14 +15,16 @@ fn request() -> impl Strategy<Value = Request> {
         any::<u32>(),
         frame(),
         any::<u64>(),
+        any::<u64>(),
         any::<u32>(),
     )
         .prop_map(
-            |(space_id, page_no, frame, lsn, page_size)| WireRegistration {
+            |(space_id, page_no, frame, lsn, valid_from, page_size)| WireRegistration {
                 space_id,
                 page_no,
                 frame,
                 lsn,
+                valid_from,
                 page_size,
             },
         );
@@ -49,14 +51,20 @@ fn request() -> impl Strategy<Value = Request> {
 }
 
 fn reply() -> impl Strategy<Value = Reply> {
-    let entry = (any::<u32>(), frame(), any::<u64>(), any::<u32>()).prop_map(
-        |(o, frame, lsn, page_size)| Entry {
+    let entry = (
+        any::<u32>(),
+        frame(),
+        any::<u64>(),
+        any::<u64>(),
+        any::<u32>(),
+    )
+        .prop_map(|(o, frame, lsn, valid_from, page_size)| Entry {
             owner: DomainId(o),
             frame,
             lsn,
+            valid_from,
             page_size,
-        },
-    );
+        });
     prop_oneof![
         (any::<u32>(), any::<u32>()).prop_map(|(d, f)| Reply::Hello {
             domain: DomainId(d),

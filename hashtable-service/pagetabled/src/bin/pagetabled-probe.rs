@@ -4,13 +4,15 @@
 //!
 //! ```text
 //! connect SOCKET | reconnect | gen
-//! register SPACE PAGE OFFSET LSN          (a LocalPool frame, 16 KiB page)
-//! register_in FAMILY SPACE PAGE OFFSET LSN (names a family explicitly)
+//! register SPACE PAGE OFFSET LSN [VALID_FROM]  (a LocalPool frame, 16 KiB page;
+//!                                              VALID_FROM defaults to max)
+//! register_in FAMILY SPACE PAGE OFFSET LSN [VALID_FROM] (names a family explicitly)
 //! lookup SPACE PAGE MAX_LSN | lookup_in FAMILY SPACE PAGE MAX_LSN
 //! invalidate OFFSET
 //! admin ADMIN_SOCKET JSON                 (one admin request)
 //! ```
-//! Answers start with `ok`, `hit`, `miss` or `err`.
+//! Answers start with `ok`, `hit`, `miss` or `err`. A hit prints
+//! `hit owner=N offset=N lsn=N valid_from=N|max`.
 
 use pagetable::admin::{AdminClient, AdminRequest};
 use pagetable::client::Client;
@@ -18,13 +20,34 @@ use pagetable::wire::{Reply, Request, WireRegistration};
 use pagetable::{Entry, FamilyId, Frame};
 use std::io::{BufRead, Write};
 
-fn reg(space: u32, page: u32, offset: u64, lsn: u64) -> WireRegistration {
-    WireRegistration {
-        space_id: space,
-        page_no: page,
+/// `SPACE PAGE OFFSET LSN [VALID_FROM]`; a missing VALID_FROM is "read after every
+/// snapshot" (u64::MAX), so that tests about other things need not think about it.
+fn reg<'a>(mut w: impl Iterator<Item = &'a str>) -> Result<WireRegistration, String> {
+    let (space_id, page_no, offset, lsn) = (
+        num(w.next())?,
+        num(w.next())?,
+        num(w.next())?,
+        num(w.next())?,
+    );
+    let valid_from = match w.next() {
+        None | Some("max") => u64::MAX,
+        v => num(v)?,
+    };
+    Ok(WireRegistration {
+        space_id,
+        page_no,
         frame: Frame::LocalPool { offset },
         lsn,
+        valid_from,
         page_size: 16384,
+    })
+}
+
+fn show_valid_from(v: u64) -> String {
+    if v == u64::MAX {
+        "max".into()
+    } else {
+        v.to_string()
     }
 }
 
@@ -37,7 +60,12 @@ fn show(found: Option<Entry>) -> String {
                 Frame::XenGfn { gfn } => gfn,
                 Frame::XenGrant { gref, .. } => u64::from(gref),
             };
-            format!("hit owner={} offset={off} lsn={}", e.owner.0, e.lsn)
+            format!(
+                "hit owner={} offset={off} lsn={} valid_from={}",
+                e.owner.0,
+                e.lsn,
+                show_valid_from(e.valid_from)
+            )
         }
     }
 }
@@ -82,23 +110,12 @@ fn run(client: &mut Option<Client>, line: &str) -> Result<String, String> {
         }
         "gen" => Ok(format!("ok {:016x}", c.generation())),
         "register" => {
-            let r = reg(
-                num(w.next())?,
-                num(w.next())?,
-                num(w.next())?,
-                num(w.next())?,
-            );
-            c.register(r).map_err(e)?;
+            c.register(reg(w)?).map_err(e)?;
             Ok("ok".into())
         }
         "register_in" => {
             let family = FamilyId(num(w.next())?);
-            let r = reg(
-                num(w.next())?,
-                num(w.next())?,
-                num(w.next())?,
-                num(w.next())?,
-            );
+            let r = reg(w)?;
             match c
                 .call(Request::Register {
                     family,

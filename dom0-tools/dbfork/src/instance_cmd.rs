@@ -1,0 +1,278 @@
+//! `dbfork source|clone|list|status|destroy`: the instance verbs.
+
+use crate::cli::{Command, SourceCommand};
+use crate::control::{self, Request};
+use crate::lifecycle::{self, CloneOpts, Ctx, SourceOptions};
+use crate::output::Output;
+use crate::registry::{InstanceRecord, Role};
+use crate::units::human;
+use anyhow::Result;
+use dbinstance::Instance;
+use serde::Serialize;
+use std::path::Path;
+use std::time::Duration;
+
+pub fn run(store: &Path, out: &Output, cmd: Command) -> Result<()> {
+    let ctx = Ctx::new(store)?;
+    let say = |s: &str| {
+        if !out.json {
+            println!("{s}");
+        }
+    };
+    match cmd {
+        Command::Source(SourceCommand::Create {
+            name,
+            size,
+            buffer_pool,
+            fs,
+            port,
+        }) => {
+            let rec = lifecycle::create_source(
+                &ctx,
+                &name,
+                &SourceOptions {
+                    size,
+                    buffer_pool,
+                    fs,
+                    port,
+                },
+            )?;
+            out.done(
+                &format!(
+                    "source {name} running on port {} (socket {}), datadir {}",
+                    rec.config.port,
+                    rec.config.socket_path().display(),
+                    rec.config.datadir.display()
+                ),
+                serde_json::to_value(&rec)?,
+            );
+        }
+        Command::Clone {
+            source,
+            new,
+            rate,
+            port,
+            buffer_pool,
+            no_prefetch,
+        } => {
+            let rec = lifecycle::clone(
+                &ctx,
+                &source,
+                &new,
+                &CloneOpts {
+                    rate,
+                    port,
+                    buffer_pool,
+                    prefetch: !no_prefetch,
+                },
+                &say,
+            )?;
+            let c = rec.clone.as_ref().expect("a clone has a clone report");
+            out.done(
+                &format!(
+                    "replica {new} ready: first query after {} ms (consistent point {} ms, commits held {} ms; clone+attach {} ms; prefetch {} ms; server start {} ms; replication {} ms)",
+                    c.first_query_ms,
+                    c.phase_ms.consistent_point,
+                    c.hold_ms,
+                    c.phase_ms.clone_and_attach,
+                    c.phase_ms.prefetch,
+                    c.phase_ms.start,
+                    c.phase_ms.replication
+                ),
+                serde_json::to_value(&rec)?,
+            );
+        }
+        Command::List => {
+            let all = ctx.registry().list()?;
+            let rows: Vec<InstanceStatus> = all.iter().map(|r| status_of(&ctx, r)).collect();
+            if out.json {
+                out.print_json(&serde_json::to_value(&rows)?);
+            } else if rows.is_empty() {
+                println!("no instances (create one: dbfork source create NAME)");
+            } else {
+                println!(
+                    "{:<16} {:<8} {:<8} {:>6} {:<12} {:>9} {:>8}",
+                    "NAME", "ROLE", "STATE", "PORT", "PARENT", "HYDRATED", "LAG"
+                );
+                for s in rows {
+                    println!(
+                        "{:<16} {:<8} {:<8} {:>6} {:<12} {:>8.1}% {:>8}",
+                        s.name,
+                        format!("{:?}", s.role).to_lowercase(),
+                        s.state,
+                        s.port,
+                        s.parent.as_deref().unwrap_or("-"),
+                        s.hydrated_percent,
+                        s.lag_secs.map(|l| format!("{l}s")).unwrap_or_else(|| "-".into())
+                    );
+                }
+            }
+        }
+        Command::Status { name, watch } => {
+            let rec = ctx.registry().load(&name)?;
+            if watch && !out.json {
+                watch_instance(&ctx, &rec)?;
+            } else {
+                let st = status_of(&ctx, &rec);
+                out.done(&format_status(&st), serde_json::to_value(&st)?);
+            }
+        }
+        Command::Destroy {
+            name,
+            with_replicas,
+        } => {
+            lifecycle::destroy(&ctx, &name, with_replicas, &say)?;
+            if out.json {
+                out.print_json(&serde_json::json!({"destroyed": name}));
+            }
+        }
+        Command::Volume(_) | Command::Demo(_) => unreachable!("dispatched in main"),
+    }
+    Ok(())
+}
+
+/// What `dbfork status` reports.
+#[derive(Debug, Serialize)]
+pub struct InstanceStatus {
+    pub name: String,
+    pub role: Role,
+    pub family: String,
+    pub parent: Option<String>,
+    pub state: String,
+    pub port: u16,
+    pub socket: String,
+    pub volume: lazyvol::VolumeStatus,
+    pub hydrated_percent: f64,
+    pub replication: Option<dbinstance::ReplicationStatus>,
+    pub lag_secs: Option<u64>,
+    /// Why replication will not progress on its own (source gone, SQL error).
+    pub replication_problem: Option<String>,
+    pub clone: Option<crate::registry::CloneReport>,
+}
+
+pub fn status_of(ctx: &Ctx, rec: &InstanceRecord) -> InstanceStatus {
+    let inst = Instance::open(rec.config.clone()).ok();
+    let running = inst.as_ref().is_some_and(|i| i.is_running());
+    let volume = live_volume_status(ctx, &rec.volume).unwrap_or_else(|| lazyvol::VolumeStatus {
+        name: rec.volume.clone(),
+        kind: lazyvol::VolumeKind::Volume,
+        size: 0,
+        region_size: 0,
+        hydrated_bytes: 0,
+        on_demand_fetches: 0,
+        background_fetches: 0,
+        fetched_bytes: 0,
+        background_rate: 0,
+        eta_secs: None,
+        depends_on: None,
+        independent: false,
+        open_by_pid: None,
+    });
+    let replication = match (&inst, running, rec.role) {
+        (Some(i), true, Role::Replica) => dbinstance::replication_status(i).ok().flatten(),
+        _ => None,
+    };
+    let hydrated_percent = if volume.size == 0 {
+        0.0
+    } else {
+        volume.hydrated_bytes as f64 * 100.0 / volume.size as f64
+    };
+    InstanceStatus {
+        name: rec.name.clone(),
+        role: rec.role,
+        family: rec.family.clone(),
+        parent: rec.parent().map(str::to_string),
+        state: if running { "running" } else { "stopped" }.to_string(),
+        port: rec.config.port,
+        socket: rec.config.socket_path().display().to_string(),
+        hydrated_percent,
+        lag_secs: replication.as_ref().and_then(|r| r.seconds_behind_master),
+        replication_problem: replication.as_ref().and_then(|r| r.broken()),
+        replication,
+        volume,
+        clone: rec.clone.clone(),
+    }
+}
+
+fn live_volume_status(ctx: &Ctx, volume: &str) -> Option<lazyvol::VolumeStatus> {
+    let sock = ctx.run_dir().control_socket(volume);
+    if let Ok(Some(v)) = control::call(&sock, &Request::Status) {
+        if let Ok(st) = serde_json::from_value(v) {
+            return Some(st);
+        }
+    }
+    ctx.store().ok()?.status(volume).ok()
+}
+
+pub fn format_status(s: &InstanceStatus) -> String {
+    let mut out = format!(
+        "{} ({:?}, family {}){}\n  {} on port {}, socket {}\n  volume {}: {:.1}% of {} hydrated ({} on demand, {} background fetches){}",
+        s.name,
+        s.role,
+        s.family,
+        s.parent.as_ref().map(|p| format!(", cloned from {p}")).unwrap_or_default(),
+        s.state,
+        s.port,
+        s.socket,
+        s.volume.name,
+        s.hydrated_percent,
+        human(s.volume.size),
+        s.volume.on_demand_fetches,
+        s.volume.background_fetches,
+        match (&s.volume.depends_on, s.volume.independent) {
+            (Some(d), _) => format!(", depends on snapshot {d}"),
+            (None, true) => ", independent".into(),
+            _ => String::new(),
+        }
+    );
+    if let Some(r) = &s.replication {
+        out += &format!(
+            "\n  replication: io {}, sql {}, lag {}, applied {}",
+            r.io_running,
+            if r.sql_running { "Yes" } else { "No" },
+            r.seconds_behind_master
+                .map(|l| format!("{l} s"))
+                .unwrap_or_else(|| "unknown".into()),
+            r.gtid_slave_pos
+        );
+    }
+    if let Some(p) = &s.replication_problem {
+        out += &format!("\n  PROBLEM: {p}");
+    }
+    if let Some(c) = &s.clone {
+        out += &format!(
+            "\n  cloned at gtid {} (lsn {}), first query after {} ms",
+            c.gtid, c.snapshot_lsn, c.first_query_ms
+        );
+    }
+    out
+}
+
+fn watch_instance(ctx: &Ctx, rec: &InstanceRecord) -> Result<()> {
+    let bar = indicatif::ProgressBar::new(100);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}% {msg}")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(rec.name.clone());
+    loop {
+        let s = status_of(ctx, rec);
+        bar.set_position(s.hydrated_percent as u64);
+        bar.set_message(format!(
+            "{} | lag {}{}",
+            s.state,
+            s.lag_secs.map(|l| format!("{l}s")).unwrap_or_else(|| "-".into()),
+            s.replication_problem
+                .as_ref()
+                .map(|p| format!(" | {p}"))
+                .unwrap_or_default()
+        ));
+        let synced = s.role == Role::Source || s.lag_secs == Some(0);
+        if (s.volume.independent || s.hydrated_percent >= 100.0) && synced {
+            bar.finish();
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}

@@ -1,0 +1,415 @@
+//! Sources and replicas on the local substrate: `dbfork source create`, `clone`,
+//! `destroy`. A database server process is the "domain"; its datadir lives on a
+//! managed volume attached through the local attach path.
+
+use crate::attach::{self, AttachRequest, FsType};
+use crate::control::{self, Request};
+use crate::paths::RunDir;
+use crate::registry::{CloneReport, InstanceRecord, PhaseTimes, Registry, Role};
+use crate::undo::Undo;
+use crate::volume_cmd::snapshot_volume;
+use anyhow::{bail, Context, Result};
+use dbinstance::{ConsistentPoint, Instance, InstanceConfig, StartOptions};
+use lazyvol::{CloneOptions, Store};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Everything a lifecycle verb needs to know about where things live.
+pub struct Ctx {
+    pub store_dir: PathBuf,
+    pub dbfork_exe: PathBuf,
+}
+
+impl Ctx {
+    pub fn new(store_dir: &Path) -> Result<Self> {
+        Ok(Ctx {
+            store_dir: store_dir.to_path_buf(),
+            dbfork_exe: std::env::current_exe().context("locating the dbfork binary")?,
+        })
+    }
+    pub fn store(&self) -> Result<Store> {
+        Store::open(&self.store_dir)
+            .with_context(|| format!("opening the volume store {}", self.store_dir.display()))
+    }
+    pub fn registry(&self) -> Registry {
+        Registry::new(&self.store_dir)
+    }
+    pub fn run_dir(&self) -> RunDir {
+        RunDir::new(&self.store_dir)
+    }
+    pub fn mountpoint(&self, name: &str) -> PathBuf {
+        self.store_dir.join("mnt").join(name)
+    }
+}
+
+/// Instance and volume names share one namespace and must be safe in paths and SQL
+/// identifiers of replication users.
+pub fn check_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 48
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && !name.starts_with('-');
+    if !ok {
+        bail!("invalid name {name:?}: use 1-48 of A-Z a-z 0-9 - _, not starting with '-'");
+    }
+    Ok(())
+}
+
+fn check_free(ctx: &Ctx, name: &str) -> Result<()> {
+    check_name(name)?;
+    if ctx.registry().exists(name) {
+        bail!("an instance named {name} already exists (see `dbfork list`)");
+    }
+    if ctx.store()?.status(name).is_ok() {
+        bail!("a volume named {name} already exists in the store (dbfork volume list)");
+    }
+    Ok(())
+}
+
+fn check_port(port: u16) -> Result<()> {
+    if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+        bail!("port {port} is in use on 127.0.0.1; pick another with --port or leave it out");
+    }
+    Ok(())
+}
+
+fn pick_port(requested: Option<u16>) -> Result<u16> {
+    match requested {
+        Some(p) => check_port(p).map(|()| p),
+        None => Ok(dbinstance::free_port()?),
+    }
+}
+
+/// Free bytes on the filesystem holding `path`.
+fn free_bytes(path: &Path) -> Result<u64> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    // SAFETY: statvfs writes into the zeroed struct we own; `c` is NUL-terminated.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context(format!("statvfs {}", path.display()));
+    }
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// A lazy clone grows to its full size as it hydrates; refuse up front when the
+/// store's filesystem cannot hold that, instead of failing halfway with ENOSPC.
+fn check_space(ctx: &Ctx, needed: u64) -> Result<()> {
+    std::fs::create_dir_all(&ctx.store_dir)?;
+    let free = free_bytes(&ctx.store_dir)?;
+    if free < needed {
+        bail!(
+            "not enough disk in {}: needs up to {}, {} free",
+            ctx.store_dir.display(),
+            crate::units::human(needed),
+            crate::units::human(free)
+        );
+    }
+    Ok(())
+}
+
+pub struct SourceOptions {
+    pub size: u64,
+    pub buffer_pool: u64,
+    pub fs: FsType,
+    pub port: Option<u16>,
+}
+
+/// `dbfork source create`: volume + filesystem + fresh MariaDB datadir with binlog and
+/// GTID, server started, recorded as the root of a new family.
+pub fn create_source(ctx: &Ctx, name: &str, opts: &SourceOptions) -> Result<InstanceRecord> {
+    check_free(ctx, name)?;
+    let port = pick_port(opts.port)?;
+    check_space(ctx, opts.size)?;
+    let store = ctx.store()?;
+    let mut undo = Undo::new();
+
+    store.create(name, opts.size)?;
+    {
+        let (dir, n) = (ctx.store_dir.clone(), name.to_string());
+        undo.push(format!("volume {name}"), move || {
+            Ok(Store::open(&dir)?.delete(&n)?)
+        });
+    }
+    let mp = ctx.mountpoint(name);
+    std::fs::create_dir_all(&mp)?;
+    attach::attach(&AttachRequest {
+        store: &ctx.store_dir,
+        volume: name,
+        mountpoint: &mp,
+        mkfs: Some(opts.fs),
+        read_only: false,
+        dbfork_exe: &ctx.dbfork_exe,
+    })?;
+    {
+        let (dir, n) = (ctx.store_dir.clone(), name.to_string());
+        undo.push(format!("attach of {name}"), move || Ok(attach::detach(&dir, &n)?));
+    }
+
+    let used: Vec<u32> = ctx.registry().list()?.iter().map(|r| r.config.server_id).collect();
+    let mut cfg = InstanceConfig::in_dir(
+        name,
+        &ctx.registry().run_dir(name),
+        port,
+        dbinstance::next_server_id(used),
+    );
+    cfg.datadir = mp.join("data");
+    cfg.buffer_pool_size = opts.buffer_pool;
+    std::fs::create_dir_all(&cfg.run_dir)?;
+    {
+        let (reg_dir, n) = (ctx.store_dir.clone(), name.to_string());
+        undo.push(format!("run dir of {name}"), move || {
+            Registry::new(&reg_dir).purge(&n);
+            Ok(())
+        });
+    }
+    let mut inst = Instance::init(cfg.clone()).context("initialising the datadir")?;
+    inst.start_with(&StartOptions::default())
+        .context("starting the source server")?;
+    {
+        let cfg = cfg.clone();
+        undo.push(format!("server {name}"), move || {
+            let mut i = Instance::open(cfg)?;
+            i.kill()?;
+            Ok(())
+        });
+    }
+    let rec = InstanceRecord {
+        name: name.to_string(),
+        role: Role::Source,
+        family: name.to_string(),
+        volume: name.to_string(),
+        mountpoint: mp,
+        config: cfg,
+        clone: None,
+    };
+    ctx.registry().save(&rec)?;
+    undo.commit();
+    Ok(rec)
+}
+
+pub struct CloneOpts {
+    pub rate: Option<u64>,
+    pub port: Option<u16>,
+    pub buffer_pool: Option<u64>,
+    pub prefetch: bool,
+}
+
+/// Progress lines while a clone runs (the CLI prints them; --json stays quiet).
+pub type Say<'a> = &'a dyn Fn(&str);
+
+fn ms(t: Instant) -> u64 {
+    t.elapsed().as_millis() as u64
+}
+
+/// `dbfork clone SRC NEW`. See the phase comments; `undo` unwinds any failure.
+pub fn clone(ctx: &Ctx, src: &str, new: &str, opts: &CloneOpts, say: Say) -> Result<InstanceRecord> {
+    let t_start = Instant::now();
+    let reg = ctx.registry();
+    let parent = reg.load(src)?;
+    check_free(ctx, new)?;
+    let port = pick_port(opts.port)?;
+    let src_inst = Instance::open(parent.config.clone())?;
+    if !src_inst.is_running() {
+        bail!("{src} is not running; start it first (its datadir must be live to clone)");
+    }
+    src_inst
+        .require_binlog()
+        .with_context(|| format!("{src} cannot be a replication source"))?;
+    let store = ctx.store()?;
+    let src_size = store.status(&parent.volume)?.size;
+    check_space(ctx, src_size)?;
+    let run = ctx.run_dir();
+    let mut undo = Undo::new();
+    let mut phases = PhaseTimes::default();
+
+    // Hot set first, outside the hold: it also refreshes ib_buffer_pool in the
+    // datadir, which the replica loads at startup from its snapshot.
+    let hot = dbinstance::dump_buffer_pool(&src_inst)
+        .map_err(|e| tracing::warn!("no hot-page list from {src}: {e}"))
+        .unwrap_or_default();
+    let spaces = dbinstance::tablespace_files(&src_inst)
+        .map_err(|e| tracing::warn!("no tablespace list from {src}: {e}"))
+        .unwrap_or_default();
+
+    // 1. Consistent point: commits held, GTID and durable LSN read, volume snapshot
+    //    (filesystem frozen around it), commits released.
+    let t = Instant::now();
+    let snapshot = format!("{src}.at.{new}");
+    let cp = ConsistentPoint::begin(&src_inst)?;
+    let gtid = cp.gtid().clone();
+    let snapshot_lsn = cp.lsn();
+    let snap_res = snapshot_volume(&store, &run, &parent.volume, &snapshot);
+    let hold_ms = cp.finish()?;
+    snap_res?;
+    {
+        let (dir, s) = (ctx.store_dir.clone(), snapshot.clone());
+        undo.push(format!("snapshot {snapshot}"), move || {
+            Ok(Store::open(&dir)?.delete(&s)?)
+        });
+    }
+    phases.consistent_point = ms(t);
+    say(&format!(
+        "consistent point: gtid {gtid}, lsn {snapshot_lsn}, commits held {hold_ms} ms"
+    ));
+
+    // 2. Lazy clone of the snapshot, attached for the new server.
+    let t = Instant::now();
+    store.clone(
+        &snapshot,
+        new,
+        CloneOptions {
+            hydrate: true,
+            rate: opts.rate,
+            region_size: store.recommended_region_size(),
+        },
+    )?;
+    {
+        let (dir, n) = (ctx.store_dir.clone(), new.to_string());
+        undo.push(format!("volume {new}"), move || Ok(Store::open(&dir)?.delete(&n)?));
+    }
+    let mp = ctx.mountpoint(new);
+    std::fs::create_dir_all(&mp)?;
+    attach::attach(&AttachRequest {
+        store: &ctx.store_dir,
+        volume: new,
+        mountpoint: &mp,
+        mkfs: None,
+        read_only: false,
+        dbfork_exe: &ctx.dbfork_exe,
+    })?;
+    {
+        let (dir, n) = (ctx.store_dir.clone(), new.to_string());
+        undo.push(format!("attach of {new}"), move || Ok(attach::detach(&dir, &n)?));
+    }
+    phases.clone_and_attach = ms(t);
+    say(&format!("lazy clone {new} attached at {}", mp.display()));
+
+    // 3. Priority hydration: what the server reads to boot, then the source's hot
+    //    pages in LRU order. A hint only: failures cost speed, not correctness.
+    let t = Instant::now();
+    let datadir = mp.join("data");
+    let mut ranges = crate::prefetch::boot_ranges(&datadir);
+    let hot_ranges = crate::prefetch::hot_page_ranges(&datadir, &parent.config.datadir, &spaces, &hot);
+    ranges.extend(hot_ranges);
+    let ranges = crate::prefetch::coalesce(ranges);
+    if opts.prefetch && !ranges.is_empty() {
+        if let Err(e) = control::call(
+            &run.control_socket(new),
+            &Request::Prefetch {
+                ranges: ranges.clone(),
+            },
+        ) {
+            tracing::warn!("prefetch of {new} failed: {e}");
+        }
+    }
+    phases.prefetch = ms(t);
+    say(&format!(
+        "prefetch: {} ranges queued ({} hot pages)",
+        ranges.len(),
+        hot.len()
+    ));
+
+    // 4. The new server: own server_id, port, socket and run dir; crash recovery runs
+    //    on start. 5. Replication from the parent from the recorded GTID, read_only.
+    let used: Vec<u32> = reg.list()?.iter().map(|r| r.config.server_id).collect();
+    let mut cfg = InstanceConfig::in_dir(new, &reg.run_dir(new), port, dbinstance::next_server_id(used));
+    cfg.datadir = datadir;
+    cfg.buffer_pool_size = opts.buffer_pool.unwrap_or(parent.config.buffer_pool_size);
+    cfg.read_only = true;
+    std::fs::create_dir_all(&cfg.run_dir)?;
+    {
+        let (reg_dir, n) = (ctx.store_dir.clone(), new.to_string());
+        undo.push(format!("run dir of {new}"), move || {
+            Registry::new(&reg_dir).purge(&n);
+            Ok(())
+        });
+    }
+    let (_inst, timings) = dbinstance::start_replica(&src_inst, cfg.clone(), &gtid, &StartOptions::default())
+        .with_context(|| format!("starting replica {new}"))?;
+    {
+        let cfg = cfg.clone();
+        undo.push(format!("server {new}"), move || {
+            Instance::open(cfg)?.kill()?;
+            Ok(())
+        });
+    }
+    phases.start = timings.start_ms;
+    phases.replication = timings.configure_ms;
+    let first_query_ms = phases.consistent_point + phases.clone_and_attach + phases.prefetch + timings.start_ms;
+    say(&format!(
+        "{new} answered its first query {first_query_ms} ms after the clone began (server start {} ms); replicating from {src}",
+        timings.start_ms
+    ));
+
+    let rec = InstanceRecord {
+        name: new.to_string(),
+        role: Role::Replica,
+        family: parent.family.clone(),
+        volume: new.to_string(),
+        mountpoint: mp,
+        config: cfg,
+        clone: Some(CloneReport {
+            parent: src.to_string(),
+            snapshot,
+            gtid: gtid.to_string(),
+            snapshot_lsn,
+            hold_ms,
+            hot_pages: hot.len(),
+            prefetch_ranges: ranges.len(),
+            phase_ms: phases,
+            first_query_ms,
+        }),
+    };
+    reg.save(&rec)?;
+    undo.commit();
+    tracing::info!(total_ms = ms(t_start), "clone complete");
+    Ok(rec)
+}
+
+/// `dbfork destroy`: stop the server, detach and delete its volume (and the snapshot
+/// it was cloned from), forget it. Replicas of a source go first with
+/// `with_replicas`, otherwise a source with replicas is refused.
+pub fn destroy(ctx: &Ctx, name: &str, with_replicas: bool, say: Say) -> Result<()> {
+    let reg = ctx.registry();
+    let rec = reg.load(name)?;
+    let children = reg.children(name)?;
+    if !children.is_empty() {
+        let names: Vec<&str> = children.iter().map(|c| c.name.as_str()).collect();
+        if !with_replicas {
+            bail!(
+                "{name} has replicas ({}); destroy them first or pass --with-replicas",
+                names.join(", ")
+            );
+        }
+        for c in &children {
+            destroy(ctx, &c.name, true, say)?;
+        }
+    }
+    // Forget first: a crash halfway leaves orphans `dbfork` can clean, never a record
+    // pointing at nothing.
+    reg.remove(name)?;
+    let mut inst = Instance::open(rec.config.clone())?;
+    if inst.is_running() {
+        if let Err(e) = inst.stop() {
+            tracing::warn!("clean stop of {name} failed ({e}); killing it");
+            inst.kill()?;
+        }
+    }
+    if attach::load_record(&ctx.run_dir(), &rec.volume)?.is_some() {
+        attach::detach(&ctx.store_dir, &rec.volume)?;
+    }
+    let store = ctx.store()?;
+    store.delete(&rec.volume)?;
+    if let Some(c) = &rec.clone {
+        if store.status(&c.snapshot).is_ok() && store.dependents(&c.snapshot)?.is_empty() {
+            store.delete(&c.snapshot)?;
+        }
+    }
+    let _ = std::fs::remove_dir(&rec.mountpoint);
+    reg.purge(name);
+    say(&format!("destroyed {name}"));
+    Ok(())
+}
