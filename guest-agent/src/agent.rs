@@ -35,8 +35,9 @@ pub struct Agent {
     pub regions: Regions,
     /// Open 16 KiB tablespaces: which checksum layout a scanned frame must verify in.
     spaces: Mutex<HashMap<u32, page::SpaceFormat>>,
-    /// What this source pooled: page key -> (lsn, valid_from), to skip duplicates.
-    pooled: Mutex<HashMap<u64, (u64, u64)>>,
+    /// What this source pooled: page key -> (lsn, valid_from, pool offset), to reuse
+    /// a slot instead of appending the same page version again.
+    pooled: Mutex<HashMap<u64, (u64, u64, u64)>>,
     /// The clone counter value the last scan ran for.
     scanned_epoch: Mutex<Option<u64>>,
     sharing_off: AtomicBool,
@@ -307,18 +308,34 @@ impl Agent {
             return;
         };
         let pool = self.pool.as_ref().expect("sharing on implies a pool");
-        let rec = PoolRecord {
-            space_id: id.space_id,
-            page_no,
-            lsn: h.lsn,
-            valid_from,
+        let k = key(id.space_id, page_no);
+        // A re-read of a page version already pooled (evicted, read again) maps the
+        // existing slot: same bytes, and its valid_from serves at least as much.
+        let existing = match self.pooled.lock().get(&k) {
+            Some(&(lsn, vf, off)) if lsn == h.lsn && vf >= valid_from => Some(off),
+            _ => None,
         };
-        let off = match pool.append(bytes, rec) {
-            Ok(off) => off,
-            Err(e) => {
-                Stats::inc(&self.stats.fallback_errors);
-                self.disable_sharing(&format!("pool append failed: {}", error_chain(&e)));
-                return;
+        let reuse = existing.filter(|&off| {
+            let mut slot = AlignedPage::new();
+            pool.read_slot(off, slot.bytes()).is_ok() && slot.bytes() == bytes
+        });
+        let off = match reuse {
+            Some(off) => off,
+            None => {
+                let rec = PoolRecord {
+                    space_id: id.space_id,
+                    page_no,
+                    lsn: h.lsn,
+                    valid_from,
+                };
+                match pool.append(bytes, rec) {
+                    Ok(off) => off,
+                    Err(e) => {
+                        Stats::inc(&self.stats.fallback_errors);
+                        self.disable_sharing(&format!("pool append failed: {}", error_chain(&e)));
+                        return;
+                    }
+                }
             }
         };
         // SAFETY: the frame is InnoDB's, io-fixed for this read until we return.
@@ -518,7 +535,7 @@ impl Agent {
                 return;
             }
             let k = key(h.space_id, h.page_no);
-            if let Some(&(lsn, vf)) = self.pooled.lock().get(&k) {
+            if let Some(&(lsn, vf, _)) = self.pooled.lock().get(&k) {
                 if lsn == h.lsn && vf >= valid_from {
                     return;
                 }
@@ -537,7 +554,7 @@ impl Agent {
                     return;
                 }
             };
-            self.pooled.lock().insert(k, (h.lsn, valid_from));
+            self.pooled.lock().insert(k, (h.lsn, valid_from, off));
             found += 1;
             let entry = DirEntry {
                 pool_offset: off,

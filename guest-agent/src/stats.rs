@@ -42,6 +42,7 @@ counters!(
     pages_read_unverified,
     // source role
     pages_pooled,
+    pages_remapped,
     pages_registered,
     register_errors,
     scans,

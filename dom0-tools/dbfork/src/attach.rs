@@ -336,7 +336,10 @@ fn detach_record(run_dir: &RunDir, rec: &AttachRecord) -> Result<(), AttachError
     }
     let _ = std::fs::remove_dir(&rec.fuse_dir);
     if !stop_export(rec.export_pid) {
-        tracing::warn!(pid = rec.export_pid, "export process did not stop; killing it");
+        tracing::warn!(
+            pid = rec.export_pid,
+            "export process did not stop; killing it"
+        );
         tools::signal(rec.export_pid, libc::SIGKILL);
     }
     let _ = std::fs::remove_file(run_dir.attach_record(&rec.volume));

@@ -96,7 +96,11 @@ impl ControlHandler for VolumeControl {
                 }
                 Ok(None)
             }
-            Request::Flush => self.volume.flush().map(|()| None).map_err(|e| e.to_string()),
+            Request::Flush => self
+                .volume
+                .flush()
+                .map(|()| None)
+                .map_err(|e| e.to_string()),
             Request::Status => serde_json::to_value(self.volume.status())
                 .map(Some)
                 .map_err(|e| e.to_string()),

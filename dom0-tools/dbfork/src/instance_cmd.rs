@@ -103,7 +103,9 @@ pub fn run(store: &Path, out: &Output, cmd: Command) -> Result<()> {
                         s.port,
                         s.parent.as_deref().unwrap_or("-"),
                         s.hydrated_percent,
-                        s.lag_secs.map(|l| format!("{l}s")).unwrap_or_else(|| "-".into())
+                        s.lag_secs
+                            .map(|l| format!("{l}s"))
+                            .unwrap_or_else(|| "-".into())
                     );
                 }
             }
@@ -262,7 +264,9 @@ fn watch_instance(ctx: &Ctx, rec: &InstanceRecord) -> Result<()> {
         bar.set_message(format!(
             "{} | lag {}{}",
             s.state,
-            s.lag_secs.map(|l| format!("{l}s")).unwrap_or_else(|| "-".into()),
+            s.lag_secs
+                .map(|l| format!("{l}s"))
+                .unwrap_or_else(|| "-".into()),
             s.replication_problem
                 .as_ref()
                 .map(|p| format!(" | {p}"))

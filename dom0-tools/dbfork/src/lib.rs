@@ -5,17 +5,17 @@
 //! Host plumbing: `attach` (nbdfuse + loop + mount), `tools` (running host commands).
 
 pub mod attach;
-pub mod control;
-pub mod export;
 pub mod cli;
-pub mod paths;
-pub mod tools;
-pub mod units;
-pub mod output;
-pub mod volume_cmd;
+pub mod control;
 pub mod demo;
+pub mod export;
 pub mod instance_cmd;
 pub mod lifecycle;
+pub mod output;
+pub mod paths;
 pub mod prefetch;
 pub mod registry;
+pub mod tools;
 pub mod undo;
+pub mod units;
+pub mod volume_cmd;

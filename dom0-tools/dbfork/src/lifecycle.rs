@@ -145,10 +145,17 @@ pub fn create_source(ctx: &Ctx, name: &str, opts: &SourceOptions) -> Result<Inst
     })?;
     {
         let (dir, n) = (ctx.store_dir.clone(), name.to_string());
-        undo.push(format!("attach of {name}"), move || Ok(attach::detach(&dir, &n)?));
+        undo.push(format!("attach of {name}"), move || {
+            Ok(attach::detach(&dir, &n)?)
+        });
     }
 
-    let used: Vec<u32> = ctx.registry().list()?.iter().map(|r| r.config.server_id).collect();
+    let used: Vec<u32> = ctx
+        .registry()
+        .list()?
+        .iter()
+        .map(|r| r.config.server_id)
+        .collect();
     let mut cfg = InstanceConfig::in_dir(
         name,
         &ctx.registry().run_dir(name),
@@ -197,6 +204,27 @@ pub struct CloneOpts {
     pub prefetch: bool,
 }
 
+/// Test hook: `DBFORK_FAILPOINT=NAME` makes the operation fail at that point, and
+/// `DBFORK_FAILPOINT=kill-export:NAME` kills the named volume's export process there
+/// (an engine crash mid-clone). Tests use it to prove that every failure unwinds.
+fn failpoint(ctx: &Ctx, point: &str, volume: &str) -> Result<()> {
+    let Ok(fp) = std::env::var("DBFORK_FAILPOINT") else {
+        return Ok(());
+    };
+    if fp == point {
+        bail!("failpoint {point} hit (DBFORK_FAILPOINT is set)");
+    }
+    if fp == format!("kill-export:{point}") {
+        if let Some(rec) = attach::load_record(&ctx.run_dir(), volume)? {
+            crate::tools::signal(rec.export_pid, libc::SIGKILL);
+            crate::tools::wait_until(std::time::Duration::from_secs(10), || {
+                !crate::tools::process_alive(rec.export_pid)
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Progress lines while a clone runs (the CLI prints them; --json stays quiet).
 pub type Say<'a> = &'a dyn Fn(&str);
 
@@ -205,7 +233,13 @@ fn ms(t: Instant) -> u64 {
 }
 
 /// `dbfork clone SRC NEW`. See the phase comments; `undo` unwinds any failure.
-pub fn clone(ctx: &Ctx, src: &str, new: &str, opts: &CloneOpts, say: Say) -> Result<InstanceRecord> {
+pub fn clone(
+    ctx: &Ctx,
+    src: &str,
+    new: &str,
+    opts: &CloneOpts,
+    say: Say,
+) -> Result<InstanceRecord> {
     let t_start = Instant::now();
     let reg = ctx.registry();
     let parent = reg.load(src)?;
@@ -268,7 +302,9 @@ pub fn clone(ctx: &Ctx, src: &str, new: &str, opts: &CloneOpts, say: Say) -> Res
     )?;
     {
         let (dir, n) = (ctx.store_dir.clone(), new.to_string());
-        undo.push(format!("volume {new}"), move || Ok(Store::open(&dir)?.delete(&n)?));
+        undo.push(format!("volume {new}"), move || {
+            Ok(Store::open(&dir)?.delete(&n)?)
+        });
     }
     let mp = ctx.mountpoint(new);
     std::fs::create_dir_all(&mp)?;
@@ -282,9 +318,12 @@ pub fn clone(ctx: &Ctx, src: &str, new: &str, opts: &CloneOpts, say: Say) -> Res
     })?;
     {
         let (dir, n) = (ctx.store_dir.clone(), new.to_string());
-        undo.push(format!("attach of {new}"), move || Ok(attach::detach(&dir, &n)?));
+        undo.push(format!("attach of {new}"), move || {
+            Ok(attach::detach(&dir, &n)?)
+        });
     }
     phases.clone_and_attach = ms(t);
+    failpoint(ctx, "after-attach", new)?;
     say(&format!("lazy clone {new} attached at {}", mp.display()));
 
     // 3. Priority hydration: what the server reads to boot, then the source's hot
@@ -292,7 +331,8 @@ pub fn clone(ctx: &Ctx, src: &str, new: &str, opts: &CloneOpts, say: Say) -> Res
     let t = Instant::now();
     let datadir = mp.join("data");
     let mut ranges = crate::prefetch::boot_ranges(&datadir);
-    let hot_ranges = crate::prefetch::hot_page_ranges(&datadir, &parent.config.datadir, &spaces, &hot);
+    let hot_ranges =
+        crate::prefetch::hot_page_ranges(&datadir, &parent.config.datadir, &spaces, &hot);
     ranges.extend(hot_ranges);
     let ranges = crate::prefetch::coalesce(ranges);
     if opts.prefetch && !ranges.is_empty() {
@@ -306,6 +346,7 @@ pub fn clone(ctx: &Ctx, src: &str, new: &str, opts: &CloneOpts, say: Say) -> Res
         }
     }
     phases.prefetch = ms(t);
+    failpoint(ctx, "after-prefetch", new)?;
     say(&format!(
         "prefetch: {} ranges queued ({} hot pages)",
         ranges.len(),
@@ -315,7 +356,12 @@ pub fn clone(ctx: &Ctx, src: &str, new: &str, opts: &CloneOpts, say: Say) -> Res
     // 4. The new server: own server_id, port, socket and run dir; crash recovery runs
     //    on start. 5. Replication from the parent from the recorded GTID, read_only.
     let used: Vec<u32> = reg.list()?.iter().map(|r| r.config.server_id).collect();
-    let mut cfg = InstanceConfig::in_dir(new, &reg.run_dir(new), port, dbinstance::next_server_id(used));
+    let mut cfg = InstanceConfig::in_dir(
+        new,
+        &reg.run_dir(new),
+        port,
+        dbinstance::next_server_id(used),
+    );
     cfg.datadir = datadir;
     cfg.buffer_pool_size = opts.buffer_pool.unwrap_or(parent.config.buffer_pool_size);
     cfg.read_only = true;
@@ -327,8 +373,9 @@ pub fn clone(ctx: &Ctx, src: &str, new: &str, opts: &CloneOpts, say: Say) -> Res
             Ok(())
         });
     }
-    let (_inst, timings) = dbinstance::start_replica(&src_inst, cfg.clone(), &gtid, &StartOptions::default())
-        .with_context(|| format!("starting replica {new}"))?;
+    let (_inst, timings) =
+        dbinstance::start_replica(&src_inst, cfg.clone(), &gtid, &StartOptions::default())
+            .with_context(|| format!("starting replica {new}"))?;
     {
         let cfg = cfg.clone();
         undo.push(format!("server {new}"), move || {
@@ -338,7 +385,9 @@ pub fn clone(ctx: &Ctx, src: &str, new: &str, opts: &CloneOpts, say: Say) -> Res
     }
     phases.start = timings.start_ms;
     phases.replication = timings.configure_ms;
-    let first_query_ms = phases.consistent_point + phases.clone_and_attach + phases.prefetch + timings.start_ms;
+    failpoint(ctx, "after-start", new)?;
+    let first_query_ms =
+        phases.consistent_point + phases.clone_and_attach + phases.prefetch + timings.start_ms;
     say(&format!(
         "{new} answered its first query {first_query_ms} ms after the clone began (server start {} ms); replicating from {src}",
         timings.start_ms

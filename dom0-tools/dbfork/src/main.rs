@@ -27,10 +27,7 @@ fn main() {
         // The whole chain: "opening the volume store: permission denied" beats either half.
         if cli.json {
             let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
-            println!(
-                "{}",
-                serde_json::json!({"error": chain.join(": ")})
-            );
+            println!("{}", serde_json::json!({"error": chain.join(": ")}));
         }
         eprintln!("dbfork: error: {e:#}");
         std::process::exit(1);

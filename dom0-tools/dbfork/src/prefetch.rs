@@ -16,11 +16,7 @@ use std::path::{Path, PathBuf};
 pub fn boot_ranges(datadir: &Path) -> Vec<(u64, u64)> {
     let mut files = Vec::new();
     walk(datadir, &mut files);
-    let newest_binlog = files
-        .iter()
-        .filter(|p| is_binlog(p))
-        .max()
-        .cloned();
+    let newest_binlog = files.iter().filter(|p| is_binlog(p)).max().cloned();
     let mut out = Vec::new();
     for f in files {
         let rel = f.strip_prefix(datadir).unwrap_or(&f);

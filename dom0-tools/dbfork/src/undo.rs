@@ -12,7 +12,11 @@ impl Undo {
         Undo { steps: Vec::new() }
     }
     /// Registers how to undo the step just done.
-    pub fn push(&mut self, what: impl Into<String>, f: impl FnOnce() -> anyhow::Result<()> + 'static) {
+    pub fn push(
+        &mut self,
+        what: impl Into<String>,
+        f: impl FnOnce() -> anyhow::Result<()> + 'static,
+    ) {
         self.steps.push((what.into(), Box::new(f)));
     }
     /// Success: keep everything.

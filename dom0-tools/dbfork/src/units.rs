@@ -3,12 +3,12 @@
 /// Parses `4096`, `512K`, `256M`, `1G`, `4GiB`, `2T` (binary multiples; case-insensitive).
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     if num.is_empty() {
-        return Err(format!("size {s:?}: expected a number like 4096, 256M or 1G"));
+        return Err(format!(
+            "size {s:?}: expected a number like 4096, 256M or 1G"
+        ));
     }
     let n: u64 = num
         .parse()
@@ -82,7 +82,9 @@ mod tests {
         assert!(parse_size("").is_err());
         assert!(parse_size("M").is_err());
         assert!(parse_size("12Q").unwrap_err().contains("unknown unit"));
-        assert!(parse_size("99999999999T").unwrap_err().contains("too large"));
+        assert!(parse_size("99999999999T")
+            .unwrap_err()
+            .contains("too large"));
         assert!(parse_size("-1").is_err());
     }
 

@@ -29,11 +29,18 @@ pub fn run(store_dir: &Path, out: &Output, cmd: VolumeCommand) -> Result<()> {
         }
         VolumeCommand::Import { name, file } => {
             if !file.is_file() {
-                bail!("{} is not a file (import takes a raw image)", file.display());
+                bail!(
+                    "{} is not a file (import takes a raw image)",
+                    file.display()
+                );
             }
             let report = store.import(&name, &file)?;
             out.done(
-                &format!("imported {} as {name} ({:?})", file.display(), report.method),
+                &format!(
+                    "imported {} as {name} ({:?})",
+                    file.display(),
+                    report.method
+                ),
                 serde_json::to_value(report)?,
             );
         }

@@ -89,7 +89,14 @@ fn failed_attach_leaves_nothing_behind() {
     let st = store.json(&["volume", "status", "v"]);
     assert!(st["open_by_pid"].is_null(), "export left running: {st}");
     // And it can be attached properly right after.
-    store.ok(&["volume", "attach", "v", mp.to_str().unwrap(), "--mkfs", "ext4"]);
+    store.ok(&[
+        "volume",
+        "attach",
+        "v",
+        mp.to_str().unwrap(),
+        "--mkfs",
+        "ext4",
+    ]);
     let err = store.fails(&["volume", "attach", "v", mp.to_str().unwrap()]);
     assert!(err.contains("already attached"), "{err}");
     store.ok(&["volume", "detach", "v"]);

@@ -8,7 +8,10 @@ use common::*;
 fn errors_name_the_problem() {
     let store = TestStore::new();
     let err = store.fails(&["volume", "status", "ghost"]);
-    assert!(err.contains("unknown volume") && err.contains("ghost"), "{err}");
+    assert!(
+        err.contains("unknown volume") && err.contains("ghost"),
+        "{err}"
+    );
 
     store.ok(&["volume", "create", "a", "--size", "16M"]);
     let err = store.fails(&["volume", "create", "a", "--size", "16M"]);
@@ -36,10 +39,22 @@ fn errors_name_the_problem() {
 
     let ranges = store.path().join("ranges.txt");
     std::fs::write(&ranges, "0 4K\nnonsense\n").unwrap();
-    let err = store.fails(&["volume", "prefetch", "c", "--ranges", ranges.to_str().unwrap()]);
+    let err = store.fails(&[
+        "volume",
+        "prefetch",
+        "c",
+        "--ranges",
+        ranges.to_str().unwrap(),
+    ]);
     assert!(err.contains("line 2"), "{err}");
     std::fs::write(&ranges, "15M 2M\n").unwrap();
-    let err = store.fails(&["volume", "prefetch", "c", "--ranges", ranges.to_str().unwrap()]);
+    let err = store.fails(&[
+        "volume",
+        "prefetch",
+        "c",
+        "--ranges",
+        ranges.to_str().unwrap(),
+    ]);
     assert!(err.contains("outside"), "{err}");
 
     let err = store.fails(&["volume", "import", "i", "/nonexistent/image.raw"]);
@@ -58,7 +73,8 @@ fn errors_name_the_problem() {
     assert!(v["error"].as_str().unwrap().contains("ghost"), "{v}");
 
     // None of that changed the store.
-    let names: Vec<String> = store.json(&["volume", "list"])
+    let names: Vec<String> = store
+        .json(&["volume", "list"])
         .as_array()
         .unwrap()
         .iter()
@@ -75,12 +91,26 @@ fn prefetch_of_a_closed_clone_hydrates_those_ranges() {
     std::fs::write(&img, &data).unwrap();
     store.ok(&["volume", "import", "base", img.to_str().unwrap()]);
     store.ok(&["volume", "snapshot", "base", "s"]);
-    store.ok(&["volume", "clone", "s", "c", "--no-hydrate", "--region-size", "64K"]);
+    store.ok(&[
+        "volume",
+        "clone",
+        "s",
+        "c",
+        "--no-hydrate",
+        "--region-size",
+        "64K",
+    ]);
     let before = store.json(&["volume", "status", "c"]);
     assert_eq!(before["hydrated_bytes"], 0, "{before}");
     let ranges = store.path().join("r.txt");
     std::fs::write(&ranges, "# two ranges\n0 64K\n1M 128K\n").unwrap();
-    store.ok(&["volume", "prefetch", "c", "--ranges", ranges.to_str().unwrap()]);
+    store.ok(&[
+        "volume",
+        "prefetch",
+        "c",
+        "--ranges",
+        ranges.to_str().unwrap(),
+    ]);
     let after = store.json(&["volume", "status", "c"]);
     assert_eq!(after["hydrated_bytes"], 3 * 65536, "{after}");
 }

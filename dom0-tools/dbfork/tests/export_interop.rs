@@ -35,7 +35,15 @@ fn real_clients_read_and_write_a_clone() {
     std::fs::write(&img, &base).unwrap();
     store.ok(&["volume", "import", "base", img.to_str().unwrap()]);
     store.ok(&["volume", "snapshot", "base", "snap"]);
-    store.ok(&["volume", "clone", "snap", "c", "--no-hydrate", "--region-size", "64K"]);
+    store.ok(&[
+        "volume",
+        "clone",
+        "snap",
+        "c",
+        "--no-hydrate",
+        "--region-size",
+        "64K",
+    ]);
 
     let ex = ExportProc::start(&store, "c");
     let uri = ex.uri("c");
@@ -49,10 +57,25 @@ fn real_clients_read_and_write_a_clone() {
     // nbdcopy reads the unhydrated clone: the snapshot's bytes.
     let out = store.path().join("out.raw");
     sh("nbdcopy", &[&uri, out.to_str().unwrap()]);
-    assert!(std::fs::read(&out).unwrap() == base, "clone differs from its snapshot");
+    assert!(
+        std::fs::read(&out).unwrap() == base,
+        "clone differs from its snapshot"
+    );
 
     // qemu-io: patterns written partially across region boundaries read back.
-    let q = |cmd: &str| sh("qemu-io", &["-f", "raw", "--image-opts", &format!("driver=nbd,path={},export=c", ex.socket.display()), "-c", cmd]);
+    let q = |cmd: &str| {
+        sh(
+            "qemu-io",
+            &[
+                "-f",
+                "raw",
+                "--image-opts",
+                &format!("driver=nbd,path={},export=c", ex.socket.display()),
+                "-c",
+                cmd,
+            ],
+        )
+    };
     let _ = q; // image-opts form kept for reference; the URI form below is the common one.
     let qio = |cmd: &str| sh("qemu-io", &["-f", "raw", &uri, "-c", cmd]);
     qio("write -P 0xab 65000 10000");
@@ -68,8 +91,30 @@ fn real_clients_read_and_write_a_clone() {
 
     // qemu-img convert from the volume and compare with qemu-img compare.
     let conv = store.path().join("conv.raw");
-    sh("qemu-img", &["convert", "-f", "raw", "-O", "raw", &uri, conv.to_str().unwrap()]);
-    let cmp = sh("qemu-img", &["compare", "-f", "raw", "-F", "raw", conv.to_str().unwrap(), &uri]);
+    sh(
+        "qemu-img",
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "raw",
+            &uri,
+            conv.to_str().unwrap(),
+        ],
+    );
+    let cmp = sh(
+        "qemu-img",
+        &[
+            "compare",
+            "-f",
+            "raw",
+            "-F",
+            "raw",
+            conv.to_str().unwrap(),
+            &uri,
+        ],
+    );
     assert!(cmp.contains("identical"), "{cmp}");
     ex.stop();
 
@@ -90,10 +135,25 @@ fn real_clients_read_and_write_a_clone() {
     let fresh: Vec<u8> = (0..32u32 << 20).map(|i| (i / 512 % 253) as u8).collect();
     let fresh_img = store.path().join("fresh.raw");
     std::fs::write(&fresh_img, &fresh).unwrap();
-    sh("qemu-img", &["convert", "-n", "-f", "raw", "-O", "raw", fresh_img.to_str().unwrap(), &tcp_uri]);
+    sh(
+        "qemu-img",
+        &[
+            "convert",
+            "-n",
+            "-f",
+            "raw",
+            "-O",
+            "raw",
+            fresh_img.to_str().unwrap(),
+            &tcp_uri,
+        ],
+    );
     let back = store.path().join("back.raw");
     sh("nbdcopy", &[&tcp_uri, back.to_str().unwrap()]);
-    assert!(std::fs::read(&back).unwrap() == fresh, "TCP round trip differs");
+    assert!(
+        std::fs::read(&back).unwrap() == fresh,
+        "TCP round trip differs"
+    );
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert!(child.wait().unwrap().success());
@@ -102,7 +162,10 @@ fn real_clients_read_and_write_a_clone() {
     let ex = ExportProc::start(&store, "snap");
     let snap_out = store.path().join("snap.raw");
     sh("nbdcopy", &[&ex.uri("snap"), snap_out.to_str().unwrap()]);
-    assert!(std::fs::read(&snap_out).unwrap() == base, "snapshot changed");
+    assert!(
+        std::fs::read(&snap_out).unwrap() == base,
+        "snapshot changed"
+    );
 }
 
 #[test]
@@ -138,7 +201,17 @@ fn disk_full_is_named_and_leaves_the_volume_readable() {
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("small");
     std::fs::create_dir(&mnt).unwrap();
-    sh("mount", &["-t", "tmpfs", "-o", "size=8m", "tmpfs", mnt.to_str().unwrap()]);
+    sh(
+        "mount",
+        &[
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=8m",
+            "tmpfs",
+            mnt.to_str().unwrap(),
+        ],
+    );
     struct Unmount(std::path::PathBuf);
     impl Drop for Unmount {
         fn drop(&mut self) {
@@ -162,7 +235,9 @@ fn disk_full_is_named_and_leaves_the_volume_readable() {
     assert!(err.contains("disk full"), "{err}");
 
     // A volume that fits, then writes beyond the space: NBD errors, data before intact.
-    assert!(run(&["volume", "create", "v", "--size", "64M"]).status.success());
+    assert!(run(&["volume", "create", "v", "--size", "64M"])
+        .status
+        .success());
     let socket = mnt.join("v.nbd");
     let mut child = Command::new(DBFORK)
         .arg("--store")
@@ -183,7 +258,8 @@ fn disk_full_is_named_and_leaves_the_volume_readable() {
     };
     assert!(qio("write -P 0x11 0 1M").status.success());
     let full = qio("write -P 0x22 1M 30M");
-    let text = String::from_utf8_lossy(&full.stdout).to_string() + &String::from_utf8_lossy(&full.stderr);
+    let text =
+        String::from_utf8_lossy(&full.stdout).to_string() + &String::from_utf8_lossy(&full.stderr);
     assert!(text.contains("No space left"), "{text}");
     let r = qio("read -P 0x11 0 1M");
     assert!(String::from_utf8_lossy(&r.stdout).contains("read 1048576/1048576"));

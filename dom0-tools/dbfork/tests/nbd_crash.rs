@@ -157,7 +157,16 @@ fn crash_at_random_points_never_loses_flushed_data() {
     store.ok(&["volume", "snapshot", "base", "snap"]);
     // Slow background hydration, so that crashes land while most regions are not
     // hydrated yet and writes go to regions whose copy-up is not committed.
-    store.ok(&["volume", "clone", "snap", "c", "--rate", "1", "--region-size", "64K"]);
+    store.ok(&[
+        "volume",
+        "clone",
+        "snap",
+        "c",
+        "--rate",
+        "1",
+        "--region-size",
+        "64K",
+    ]);
     let client_py = store.path().join("client.py");
     std::fs::write(&client_py, CLIENT).unwrap();
     let dump = store.path().join("dump.raw");
@@ -228,8 +237,14 @@ fn crash_at_random_points_never_loses_flushed_data() {
                 format!("P {}", rng.gen_range(50..700))
             } else {
                 // Partial-region, whole-region and region-straddling writes.
-                let len = [512usize, 4096, 16384, REGION as usize, 3 * REGION as usize / 2, 200_000]
-                    [rng.gen_range(0..6)];
+                let len = [
+                    512usize,
+                    4096,
+                    16384,
+                    REGION as usize,
+                    3 * REGION as usize / 2,
+                    200_000,
+                ][rng.gen_range(0..6)];
                 let off = rng.gen_range(0..SIZE - len) & !511;
                 let val = rng.gen_range(1..=255u8);
                 model.pending.push((off, len, val));

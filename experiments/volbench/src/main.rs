@@ -92,7 +92,7 @@ fn plan(args: &Args) -> Plan {
     } else {
         Plan {
             ttfr_sizes: vec![256 * MIB, 1024 * MIB, 4096 * MIB],
-            ttfr_reps: 9,
+            ttfr_reps: 15,
             hydration_reps: 3,
             latency_rounds: 3,
             dense_size: 1024 * MIB,

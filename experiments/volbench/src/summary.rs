@@ -318,7 +318,7 @@ fn latency_table(rep: &mut Report, ctx: &Ctx, d: &Data) {
     }
     let outlasted = |b: &crate::busy::Busy| {
         if b.copy_outlasted_reads {
-            format!(" (copy at {:.0}% after the reads)", b.copied * 100.0)
+            format!(" (copy at {:.0}% just after the reads)", b.copied * 100.0)
         } else {
             ", copy ended first".to_string()
         }

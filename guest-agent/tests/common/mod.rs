@@ -166,10 +166,20 @@ impl Server {
         for (k, v) in &opts.env {
             cmd.env(k, v);
         }
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let child = cmd.spawn().expect("spawning mariadbd");
+        let stdin = if gate.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        };
+        let stderr = std::fs::File::create(rundir.join("stderr.log")).unwrap();
+        cmd.stdin(stdin).stdout(Stdio::null()).stderr(stderr);
+        let mut child = cmd.spawn().expect("spawning mariadbd");
+        if let Some(gate) = gate {
+            gate(child.id());
+            use std::io::Write;
+            let mut w = child.stdin.take().unwrap();
+            w.write_all(b"go\n").unwrap();
+        }
         let mut server = Server {
             datadir: datadir.to_owned(),
             socket,

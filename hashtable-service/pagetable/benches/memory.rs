@@ -72,16 +72,34 @@ fn measure(n: u32, domains: u32) -> f64 {
     per
 }
 
+/// Sizes just past a growth step of the indexes, where they are emptiest: swiss
+/// tables double when they pass 7/8 of a power of two (the reverse index at
+/// 7/8 * 2^k, the 16 store shards' page indexes around the same totals).
+const JUST_GROWN: [u32; 4] = [14_400, 114_800, 917_700, 1_835_200];
+
 fn main() {
     // `cargo test --benches` runs this with --bench absent; keep that fast.
     let quick = !std::env::args().any(|a| a == "--bench");
-    let sizes: &[u32] = if quick {
-        &[10_000]
-    } else {
-        &[100_000, 300_000, 500_000, 1 << 20, 1_500_000, 3_000_000]
+    // PAGETABLE_MEM_SIZES=1000,2000 measures those sizes instead.
+    let custom: Option<Vec<u32>> = std::env::var("PAGETABLE_MEM_SIZES")
+        .ok()
+        .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect());
+    let mut sizes: Vec<u32> = match custom {
+        Some(v) => v,
+        None if quick => vec![10_000],
+        None => {
+            let mut v = vec![10_000, 100_000, 300_000, 500_000, 1 << 20, 1_500_000, 3_000_000];
+            v.extend(JUST_GROWN);
+            v
+        }
     };
+    sizes.sort_unstable();
     println!("entries      bytes/entry (heap growth / entries)");
-    for &n in sizes {
-        println!("{n:>9}    {:6.1}", measure(n, 1));
+    let mut worst = 0f64;
+    for &n in &sizes {
+        let per = measure(n, 1);
+        worst = worst.max(per);
+        println!("{n:>9}    {per:6.1}");
     }
+    println!("worst        {worst:6.1}");
 }

@@ -16,9 +16,11 @@ pub enum Error {
     AlreadyInFamily { domain: DomainId, family: FamilyId },
     #[error("{domain} holds {quota} entries, its quota; register fewer pages or raise --quota")]
     QuotaExceeded { domain: DomainId, quota: usize },
+    #[error("the page table of {family} is full (2^28 entries in one of its 16 shards)")]
+    TableFull { family: FamilyId },
     #[error("page size {0} is not a power of two between 512 and 65536")]
     InvalidPageSize(u32),
-    #[error("frame {0:?} is out of the representable range (offsets and gfns below 2^62)")]
+    #[error("frame {0:?} is out of the representable range (offsets and gfns below 2^59)")]
     FrameOutOfRange(Frame),
     #[error("protocol: {0}")]
     Protocol(#[from] crate::wire::DecodeError),

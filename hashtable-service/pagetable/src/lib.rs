@@ -12,6 +12,7 @@ mod error;
 mod ids;
 mod packed;
 mod stats;
+mod store;
 mod table;
 pub mod transport;
 pub mod wire;

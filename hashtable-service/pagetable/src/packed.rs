@@ -1,18 +1,24 @@
 //! The compact in-memory form of entries. Memory per entry is a design target
-//! (<= 64 bytes), so the map never stores the public `Entry` type: a frame is packed
-//! into one u64 and the page size into a byte-sized enum whose spare values give
-//! `Slot` a niche, so a single-entry slot costs no discriminant.
+//! (<= 64 bytes, docs/results-pagetable.md), so the table never stores the public
+//! `Entry` type: an entry is a 36-byte `Record` (page key, LSN, valid_from, frame with
+//! the page size folded into spare bits, owner), and the indexes point at records by
+//! a u32 (see `store`).
 
 use crate::error::{Error, Result};
 use crate::ids::{DomainId, Entry, Frame};
 
 const TAG_SHIFT: u32 = 62;
-const PAYLOAD_MASK: u64 = (1 << TAG_SHIFT) - 1;
+const SIZE_SHIFT: u32 = 59;
+/// Frame payloads (offsets, gfns, domid+gref) fit below the page-size bits.
+const PAYLOAD_MASK: u64 = (1 << SIZE_SHIFT) - 1;
+/// A packed frame without the page size: the identity of a frame.
+const FRAME_MASK: u64 = !(0b111 << SIZE_SHIFT);
 const TAG_LOCAL: u64 = 0;
 const TAG_GFN: u64 = 1;
 const TAG_GRANT: u64 = 2;
 
-/// A `Frame` in one u64: two tag bits on top, the payload below.
+/// A `Frame` in one u64: two tag bits on top, three bits left free for the page size
+/// of a record, the payload below.
 pub(crate) fn pack_frame(frame: Frame) -> Result<u64> {
     let (tag, payload) = match frame {
         Frame::LocalPool { offset } => (TAG_LOCAL, offset),
@@ -67,87 +73,83 @@ impl PageShift {
         })
     }
 
+    #[cfg(test)]
     pub(crate) fn size(self) -> u32 {
         1 << (self as u8)
     }
+
+    /// 0..=7, to fit three bits.
+    fn code(self) -> u64 {
+        u64::from(self as u8 - 9)
+    }
 }
 
+/// One entry as stored. `packed(4)` keeps it at 36 bytes instead of 40: the u64
+/// fields are only ever copied out, never borrowed, so no unaligned reference exists
+/// (the compiler rejects one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct PackedEntry {
+#[repr(C, packed(4))]
+pub(crate) struct Record {
+    /// `PageKey::page_bits` (the family is the store's).
+    pub(crate) page: u64,
     pub(crate) lsn: u64,
     pub(crate) valid_from: u64,
-    pub(crate) frame: u64,
+    /// `pack_frame` with the page size code in bits 59..62.
+    frame_and_size: u64,
     pub(crate) owner: u32,
-    pub(crate) shift: PageShift,
 }
 
-impl PackedEntry {
+const _: () = assert!(std::mem::size_of::<Record>() == 36);
+
+impl Record {
+    /// A record for a frame packed by `pack_frame`.
+    pub(crate) fn new(
+        page: u64,
+        frame: u64,
+        lsn: u64,
+        valid_from: u64,
+        owner: u32,
+        shift: PageShift,
+    ) -> Self {
+        Record {
+            page,
+            lsn,
+            valid_from,
+            frame_and_size: (frame & FRAME_MASK) | (shift.code() << SIZE_SHIFT),
+            owner,
+        }
+    }
+
+    /// The free-slot filler of the arena; never reachable from an index.
+    pub(crate) const FREE: Record = Record {
+        page: 0,
+        lsn: 0,
+        valid_from: 0,
+        frame_and_size: 0,
+        owner: 0,
+    };
+
+    /// The frame as `pack_frame` packs it (without the page size).
+    pub(crate) fn frame(&self) -> u64 {
+        self.frame_and_size & FRAME_MASK
+    }
+
+    pub(crate) fn page_size(&self) -> u32 {
+        1 << (((self.frame_and_size >> SIZE_SHIFT) & 0b111) + 9)
+    }
+
     pub(crate) fn unpack(&self) -> Entry {
         Entry {
             owner: DomainId(self.owner),
-            frame: unpack_frame(self.frame),
+            frame: unpack_frame(self.frame()),
             lsn: self.lsn,
             valid_from: self.valid_from,
-            page_size: self.shift.size(),
+            page_size: self.page_size(),
         }
     }
 
     fn holder(&self) -> (u32, u64) {
-        (self.owner, self.frame)
-    }
-}
-
-/// All frames holding one page. Almost always one, so that case is inline.
-#[derive(Debug)]
-pub(crate) enum Slot {
-    One(PackedEntry),
-    // Boxed so that the variant is one pointer and fits beside the niche; a bare Vec
-    // would make every slot 32 bytes.
-    #[allow(clippy::box_collection)]
-    Many(Box<Vec<PackedEntry>>),
-}
-
-// The niche in PageShift must absorb the discriminant, or memory per entry grows by 8.
-const _: () = assert!(std::mem::size_of::<Slot>() == 32);
-
-impl Slot {
-    pub(crate) fn entries(&self) -> &[PackedEntry] {
-        match self {
-            Slot::One(e) => std::slice::from_ref(e),
-            Slot::Many(v) => v,
-        }
-    }
-
-    /// Inserts or replaces the entry of the same (owner, frame).
-    pub(crate) fn upsert(&mut self, new: PackedEntry) {
-        match self {
-            Slot::One(e) if e.holder() == new.holder() => *e = new,
-            Slot::One(e) => *self = Slot::Many(Box::new(vec![*e, new])),
-            Slot::Many(v) => match v.iter_mut().find(|e| e.holder() == new.holder()) {
-                Some(e) => *e = new,
-                None => v.push(new),
-            },
-        }
-    }
-
-    /// Removes the entry of (owner, frame); returns true when the slot is now empty.
-    pub(crate) fn remove(&mut self, owner: u32, frame: u64) -> bool {
-        match self {
-            Slot::One(e) => e.holder() == (owner, frame),
-            Slot::Many(v) => {
-                v.retain(|e| e.holder() != (owner, frame));
-                if v.len() == 1 {
-                    *self = Slot::One(v[0]);
-                }
-                v_is_empty(self)
-            }
-        }
-    }
-
-    /// The entry that may serve a replica whose snapshot LSN is `max_lsn`; see
-    /// [`serving`].
-    pub(crate) fn best(&self, max_lsn: u64) -> Option<&PackedEntry> {
-        serving(self.entries(), max_lsn)
+        (self.owner, self.frame())
     }
 }
 
@@ -170,41 +172,35 @@ impl Slot {
 /// rule still never returns an entry that fails either bound, it only misses (a
 /// disk read). `tests/model.rs` (`share_rule_matches_naive_rule_on_real_histories`)
 /// checks this against the naive rule over every entry.
-pub(crate) fn serving(entries: &[PackedEntry], max_lsn: u64) -> Option<&PackedEntry> {
-    let mut best: Option<&PackedEntry> = None;
-    for e in entries {
-        if e.lsn > max_lsn {
+pub(crate) fn serving(records: impl Iterator<Item = Record>, max_lsn: u64) -> Option<Record> {
+    let mut best: Option<Record> = None;
+    for r in records {
+        if r.lsn > max_lsn {
             continue;
         }
         best = match best {
-            Some(b) if rank(b) >= rank(e) => Some(b),
-            _ => Some(e),
+            Some(b) if rank(&b) >= rank(&r) => Some(b),
+            _ => Some(r),
         };
     }
     best.filter(|b| b.valid_from >= max_lsn)
 }
 
 /// Order of preference among entries that pass `lsn <= S`.
-fn rank(e: &PackedEntry) -> (u64, u64, std::cmp::Reverse<(u32, u64)>) {
+fn rank(e: &Record) -> (u64, u64, std::cmp::Reverse<(u32, u64)>) {
     (e.lsn, e.valid_from, std::cmp::Reverse(e.holder()))
-}
-
-fn v_is_empty(slot: &Slot) -> bool {
-    matches!(slot, Slot::Many(v) if v.is_empty())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn pe(owner: u32, frame: u64, lsn: u64) -> PackedEntry {
-        PackedEntry {
-            lsn,
-            valid_from: u64::MAX,
-            frame,
-            owner,
-            shift: PageShift::K16,
-        }
+    fn rec(owner: u32, frame: u64, lsn: u64, valid_from: u64) -> Record {
+        Record::new(7, frame, lsn, valid_from, owner, PageShift::K16)
+    }
+
+    fn best(records: &[Record], s: u64) -> Option<(u32, u64)> {
+        serving(records.iter().copied(), s).map(|r| r.holder())
     }
 
     #[test]
@@ -222,10 +218,12 @@ mod tests {
         ] {
             assert_eq!(unpack_frame(pack_frame(f).unwrap()), f);
         }
-        assert!(matches!(
-            pack_frame(Frame::XenGfn { gfn: 1 << 62 }),
-            Err(Error::FrameOutOfRange(_))
-        ));
+        for f in [
+            Frame::XenGfn { gfn: 1 << 59 },
+            Frame::LocalPool { offset: u64::MAX },
+        ] {
+            assert!(matches!(pack_frame(f), Err(Error::FrameOutOfRange(_))));
+        }
     }
 
     #[test]
@@ -239,59 +237,77 @@ mod tests {
     }
 
     #[test]
-    fn slot_grows_shrinks_and_picks_newest_visible() {
-        let mut s = Slot::One(pe(1, 10, 100));
-        s.upsert(pe(2, 20, 200));
-        s.upsert(pe(3, 30, 150));
-        assert_eq!(s.entries().len(), 3);
-        assert_eq!(s.best(u64::MAX).unwrap().owner, 2);
-        assert_eq!(s.best(199).unwrap().owner, 3);
-        assert_eq!(s.best(120).unwrap().owner, 1);
-        assert!(s.best(99).is_none());
-        s.upsert(pe(2, 20, 50));
-        assert_eq!(s.best(99).unwrap().owner, 2);
-        assert!(!s.remove(2, 20));
-        assert!(!s.remove(3, 30));
-        assert!(matches!(s, Slot::One(_)));
-        assert!(!s.remove(9, 9), "removing an absent holder keeps the slot");
-        assert!(s.remove(1, 10));
+    fn records_keep_every_field() {
+        for size in [512u32, 2048, 16384, 65536] {
+            for f in [
+                Frame::LocalPool {
+                    offset: PAYLOAD_MASK,
+                },
+                Frame::XenGrant {
+                    domid: u16::MAX,
+                    gref: 9,
+                },
+            ] {
+                let bits = pack_frame(f).unwrap();
+                let r = Record::new(
+                    u64::MAX,
+                    bits,
+                    1,
+                    u64::MAX,
+                    u32::MAX,
+                    PageShift::from_size(size).unwrap(),
+                );
+                assert_eq!(r.frame(), bits, "the size bits do not leak into the frame");
+                let e = r.unpack();
+                assert_eq!(
+                    (e.frame, e.page_size, e.lsn, e.valid_from, e.owner),
+                    (f, size, 1, u64::MAX, DomainId(u32::MAX))
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn picks_newest_visible() {
+        let s = [
+            rec(1, 10, 100, u64::MAX),
+            rec(2, 20, 200, u64::MAX),
+            rec(3, 30, 150, u64::MAX),
+        ];
+        assert_eq!(best(&s, u64::MAX), Some((2, 20)));
+        assert_eq!(best(&s, 199), Some((3, 30)));
+        assert_eq!(best(&s, 120), Some((1, 10)));
+        assert_eq!(best(&s, 99), None);
     }
 
     #[test]
     fn ties_go_to_smallest_holder() {
-        let mut s = Slot::One(pe(5, 1, 100));
-        s.upsert(pe(2, 9, 100));
-        s.upsert(pe(2, 3, 100));
-        let b = s.best(100).unwrap();
-        assert_eq!((b.owner, b.frame), (2, 3));
+        let s = [
+            rec(5, 1, 100, u64::MAX),
+            rec(2, 9, 100, u64::MAX),
+            rec(2, 3, 100, u64::MAX),
+        ];
+        assert_eq!(best(&s, 100), Some((2, 3)));
     }
 
     #[test]
     fn valid_from_bounds_the_answer() {
-        let with_vf = |owner, lsn, valid_from| PackedEntry {
-            valid_from,
-            ..pe(owner, u64::from(owner), lsn)
-        };
         // Read at LSN 100 before snapshot 150 was complete: it may be stale for 150.
-        let mut s = Slot::One(with_vf(1, 100, 120));
-        assert_eq!(s.best(120).unwrap().owner, 1);
-        assert!(s.best(121).is_none(), "valid_from < S is a miss");
-        assert!(s.best(99).is_none(), "lsn > S is a miss");
+        let mut s = vec![rec(1, 1, 100, 120)];
+        assert_eq!(best(&s, 120), Some((1, 1)));
+        assert_eq!(best(&s, 121), None, "valid_from < S is a miss");
+        assert_eq!(best(&s, 99), None, "lsn > S is a miss");
         // The same version read again after snapshot 200: serves 150 and 200.
-        s.upsert(with_vf(2, 100, 200));
-        assert_eq!(s.best(150).unwrap().owner, 2);
-        assert_eq!(
-            s.best(110).unwrap().owner,
-            2,
-            "equal LSN: largest valid_from"
-        );
-        assert!(s.best(201).is_none());
+        s.push(rec(2, 2, 100, 200));
+        assert_eq!(best(&s, 150), Some((2, 2)));
+        assert_eq!(best(&s, 110), Some((2, 2)), "equal LSN: largest valid_from");
+        assert_eq!(best(&s, 201), None);
         // A newer version that is itself stale for S shadows older ones: a miss. (This
         // history is impossible for honest agents: owner 2 read after snapshot 200 yet
         // saw LSN 100 < 180. The rule errs towards a miss.)
-        s.upsert(with_vf(3, 180, 180));
-        assert!(s.best(190).is_none());
-        assert_eq!(s.best(180).unwrap().owner, 3);
-        assert_eq!(s.best(170).unwrap().owner, 2);
+        s.push(rec(3, 3, 180, 180));
+        assert_eq!(best(&s, 190), None);
+        assert_eq!(best(&s, 180), Some((3, 3)));
+        assert_eq!(best(&s, 170), Some((2, 2)));
     }
 }

@@ -1,14 +1,17 @@
-//! The page table itself: per-family sharded maps plus a per-domain reverse index.
+//! The page table itself: per-family stores plus a per-domain reverse index.
 //!
 //! Layout and locking, and why:
-//! - Each family owns its own `DashMap<page, Slot>`. The family wall (DESIGN.md
-//!   invariant 3) is structural: a lookup can only reach the map of the caller's family.
-//! - Each domain owns its reverse index frame -> page behind its own mutex. Only the
+//! - Each family owns its own `Store` (sharded records + page index, see `store`).
+//!   The family wall (DESIGN.md invariant 3) is structural: a lookup can only reach
+//!   the store of the caller's family.
+//! - Each domain owns its reverse index frame -> record behind its own mutex: a swiss
+//!   table of u32 record refs, hashed by the frame read from the record. Only the
 //!   domain's own registrations and invalidations, and its removal, take that mutex, so
-//!   every change to a domain's entries is serialised, and the forward map and reverse
-//!   index agree whenever the mutex is free. Different domains never contend.
-//! - A lookup takes no mutex: two shard read locks (domain map, family page map) and
-//!   striped counters.
+//!   every change to a domain's entries is serialised, and the store and reverse index
+//!   agree whenever the mutex is free. Different domains never contend. Lock order:
+//!   domain mutex, then one store shard lock at a time (inside `Store` calls).
+//! - A lookup takes no mutex: two shard read locks (domain map, family store shard)
+//!   and striped counters.
 //! - Hashing is aHash with a per-table random seed: several times cheaper than SipHash
 //!   on these u64 keys, and clients still cannot precompute colliding keys.
 //! - Membership changes (family create/add/remove/destroy, remove_domain) are rare and
@@ -16,19 +19,17 @@
 
 use ahash::RandomState;
 use dashmap::DashMap;
+use hashbrown::HashTable;
 use parking_lot::Mutex;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::ids::{DomainId, Entry, FamilyId, Frame, PageKey, Registration};
-use crate::packed::{pack_frame, unpack_frame, PackedEntry, PageShift, Slot};
+use crate::packed::{pack_frame, unpack_frame, PageShift, Record};
 use crate::stats::{FamilyCounters, FamilyStats};
-
-/// Shards of a family's page map. Every lookup takes a shard read lock, an atomic
-/// write to the lock word; more shards make two cores rarely touch the same word.
-const PAGE_SHARDS: usize = 64;
+use crate::store::{Ref, Store};
 
 /// Settings of a table.
 #[derive(Debug, Clone, Copy)]
@@ -49,7 +50,7 @@ impl Default for TableConfig {
 
 struct FamilyState {
     id: FamilyId,
-    pages: DashMap<u64, Slot, RandomState>,
+    store: Store,
     /// Guarded in practice by `PageTable::control`; the mutex only satisfies Sync.
     members: Mutex<BTreeSet<DomainId>>,
     counters: FamilyCounters,
@@ -65,11 +66,52 @@ struct DomainState {
 
 #[derive(Default)]
 struct DomainFrames {
-    /// Packed frame -> page bits in the domain's family.
-    by_frame: HashMap<u64, u64, RandomState>,
+    /// The domain's records in its family's store, found by frame
+    /// (`Store::frame_hash` of the record's frame).
+    by_frame: HashTable<Ref>,
     /// Set once the domain left its family; later registrations must fail instead of
     /// leaving entries nobody will remove.
     removed: bool,
+}
+
+impl DomainFrames {
+    /// The record of `frame` (packed), if this domain registered it.
+    fn find(&self, store: &Store, frame: u64) -> Option<(Ref, Record)> {
+        let mut found = None;
+        self.by_frame.find(store.frame_hash(frame), |&r| {
+            let rec = store.record(r);
+            let hit = rec.frame() == frame;
+            if hit {
+                found = Some((r, rec));
+            }
+            hit
+        })?;
+        found
+    }
+
+    fn insert(&mut self, store: &Store, frame: u64, r: Ref) {
+        // Growth rehashes by reading each record's frame; `Store` takes its locks per
+        // call, and no store lock is held here.
+        self.by_frame
+            .insert_unique(store.frame_hash(frame), r, |&x| {
+                store.frame_hash(store.record(x).frame())
+            });
+    }
+
+    fn remove(&mut self, store: &Store, frame: u64, r: Ref) {
+        if let Ok(e) = self
+            .by_frame
+            .find_entry(store.frame_hash(frame), |&x| x == r)
+        {
+            e.remove();
+        }
+    }
+
+    fn contains(&self, store: &Store, frame: u64, r: Ref) -> bool {
+        self.by_frame
+            .find(store.frame_hash(frame), |&x| x == r)
+            .is_some()
+    }
 }
 
 /// The page table. Cheap to share: put it in an `Arc`.
@@ -113,7 +155,7 @@ impl PageTable {
             family,
             Arc::new(FamilyState {
                 id: family,
-                pages: DashMap::with_hasher_and_shard_amount(RandomState::new(), PAGE_SHARDS),
+                store: Store::new(),
                 members: Mutex::new(BTreeSet::new()),
                 counters: FamilyCounters::default(),
             }),
@@ -134,7 +176,7 @@ impl PageTable {
                 self.drop_entries(&dom, true);
             }
         }
-        fam.pages.clear();
+        fam.store.clear();
         Ok(())
     }
 
@@ -206,10 +248,9 @@ impl PageTable {
             frames.removed = true;
             dom.gone.store(true, Ordering::Relaxed);
         }
-        let n = frames.by_frame.len();
-        for (frame, page) in frames.by_frame.drain() {
-            remove_from_slot(&dom.family.pages, page, dom.id.0, frame);
-        }
+        let refs: Vec<Ref> = std::mem::take(&mut frames.by_frame).into_iter().collect();
+        let n = refs.len();
+        dom.family.store.remove_many(refs);
         dom.family
             .counters
             .entries
@@ -237,7 +278,7 @@ impl PageTable {
     pub fn register_many(&self, domain: DomainId, regs: &[Registration]) -> Result<usize> {
         let dom = self.domain(domain)?;
         let family = dom.family.id;
-        let mut packed = Vec::with_capacity(regs.len());
+        let mut records = Vec::with_capacity(regs.len());
         for r in regs {
             if r.key.family != family {
                 return Err(Error::NotInFamily {
@@ -245,28 +286,31 @@ impl PageTable {
                     family: r.key.family,
                 });
             }
-            packed.push((
+            records.push(Record::new(
                 r.key.page_bits(),
-                PackedEntry {
-                    lsn: r.lsn,
-                    valid_from: r.valid_from,
-                    frame: pack_frame(r.frame)?,
-                    owner: domain.0,
-                    shift: PageShift::from_size(r.page_size)?,
-                },
+                pack_frame(r.frame)?,
+                r.lsn,
+                r.valid_from,
+                domain.0,
+                PageShift::from_size(r.page_size)?,
             ));
         }
-        let pages = &dom.family.pages;
+        let store = &dom.family.store;
         let mut frames = dom.frames.lock();
         if frames.removed {
             return Err(Error::UnknownDomain(domain));
         }
-        for (done, (page, entry)) in packed.into_iter().enumerate() {
-            match frames.by_frame.get(&entry.frame).copied() {
-                Some(old) if old == page => {}
-                Some(old) => {
-                    remove_from_slot(pages, old, domain.0, entry.frame);
-                    frames.by_frame.insert(entry.frame, page);
+        let full = || Error::TableFull { family };
+        for (done, rec) in records.into_iter().enumerate() {
+            let frame = rec.frame();
+            match frames.find(store, frame) {
+                Some((_, old)) if old == rec => {}
+                Some((r, _)) => {
+                    let moved = store.replace(r, rec).ok_or_else(full)?;
+                    if moved != r {
+                        frames.remove(store, frame, r);
+                        frames.insert(store, frame, moved);
+                    }
                 }
                 None => {
                     if frames.by_frame.len() >= self.config.quota_per_domain {
@@ -276,14 +320,9 @@ impl PageTable {
                             quota: self.config.quota_per_domain,
                         });
                     }
-                    frames.by_frame.insert(entry.frame, page);
+                    let r = store.insert(rec).ok_or_else(full)?;
+                    frames.insert(store, frame, r);
                     dom.family.counters.entries.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            match pages.entry(page) {
-                dashmap::Entry::Occupied(mut o) => o.get_mut().upsert(entry),
-                dashmap::Entry::Vacant(v) => {
-                    v.insert(Slot::One(entry));
                 }
             }
         }
@@ -331,11 +370,13 @@ impl PageTable {
     pub fn invalidate(&self, domain: DomainId, frame: Frame) -> Result<bool> {
         let dom = self.domain(domain)?;
         let bits = pack_frame(frame)?;
+        let store = &dom.family.store;
         let mut frames = dom.frames.lock();
-        let Some(page) = frames.by_frame.remove(&bits) else {
+        let Some((r, _)) = frames.find(store, bits) else {
             return Ok(false);
         };
-        remove_from_slot(&dom.family.pages, page, domain.0, bits);
+        frames.remove(store, bits, r);
+        store.remove(r);
         let c = &dom.family.counters;
         c.entries.fetch_sub(1, Ordering::Relaxed);
         c.invalidations.add(1);
@@ -389,11 +430,9 @@ impl PageTable {
     pub fn dump(&self) -> Vec<(PageKey, Entry)> {
         let mut out = Vec::new();
         for fam in self.families.iter() {
-            for slot in fam.pages.iter() {
-                for e in slot.value().entries() {
-                    out.push((PageKey::from_page_bits(fam.id, *slot.key()), e.unpack()));
-                }
-            }
+            fam.store.for_each(|_, rec| {
+                out.push((PageKey::from_page_bits(fam.id, rec.page), rec.unpack()))
+            });
         }
         out.sort_by_key(|(k, e)| (*k, e.owner, e.frame));
         out
@@ -404,31 +443,28 @@ impl PageTable {
     pub fn check_consistency(&self) -> std::result::Result<(), String> {
         let _c = self.control.lock();
         for fam in self.families.iter() {
-            let mut forward = 0usize;
-            for slot in fam.pages.iter() {
-                let entries = slot.value().entries();
-                if entries.is_empty() {
-                    return Err(format!("{} page {:#x}: empty slot", fam.id, slot.key()));
+            fam.store.check().map_err(|e| format!("{}: {e}", fam.id))?;
+            // Collected first: checking takes domain mutexes, which must not be taken
+            // under a store lock (lock order).
+            let mut records = Vec::new();
+            fam.store.for_each(|r, rec| records.push((r, rec)));
+            let forward = records.len();
+            for (r, rec) in records {
+                let owner = DomainId(rec.owner);
+                let dom = self.domains.get(&owner).ok_or_else(|| {
+                    format!("{}: entry of {owner}, which is not a member", fam.id)
+                })?;
+                if dom.family.id != fam.id {
+                    return Err(format!(
+                        "{}: entry of {owner} from {}",
+                        fam.id, dom.family.id
+                    ));
                 }
-                for e in entries {
-                    forward += 1;
-                    let owner = DomainId(e.owner);
-                    let dom = self.domains.get(&owner).ok_or_else(|| {
-                        format!("{}: entry of {owner}, which is not a member", fam.id)
-                    })?;
-                    if dom.family.id != fam.id {
-                        return Err(format!(
-                            "{}: entry of {owner} from {}",
-                            fam.id, dom.family.id
-                        ));
-                    }
-                    let frames = dom.frames.lock();
-                    if frames.by_frame.get(&e.frame) != Some(slot.key()) {
-                        return Err(format!(
-                            "{owner} frame {:?}: reverse index disagrees",
-                            unpack_frame(e.frame)
-                        ));
-                    }
+                if !dom.frames.lock().contains(&fam.store, rec.frame(), r) {
+                    return Err(format!(
+                        "{owner} frame {:?}: reverse index disagrees",
+                        unpack_frame(rec.frame())
+                    ));
                 }
             }
             let mut reverse = 0usize;
@@ -456,10 +492,6 @@ impl PageTable {
     }
 }
 
-fn remove_from_slot(pages: &DashMap<u64, Slot, RandomState>, page: u64, owner: u32, frame: u64) {
-    pages.remove_if_mut(&page, |_, slot| slot.remove(owner, frame));
-}
-
 fn lookup_in(dom: &DomainState, key: PageKey, max_lsn: u64) -> Result<Option<Entry>> {
     let fam = &dom.family;
     if fam.id != key.family {
@@ -468,10 +500,7 @@ fn lookup_in(dom: &DomainState, key: PageKey, max_lsn: u64) -> Result<Option<Ent
             family: key.family,
         });
     }
-    let found = fam
-        .pages
-        .get(&key.page_bits())
-        .and_then(|s| s.best(max_lsn).map(PackedEntry::unpack));
+    let found = fam.store.serving(key.page_bits(), max_lsn);
     let c = &fam.counters;
     c.lookups.add(1);
     if found.is_some() { &c.hits } else { &c.misses }.add(1);
@@ -488,11 +517,7 @@ fn lookup_many_in(dom: &DomainState, keys: &[PageKey], max_lsn: u64) -> Result<V
     }
     let out: Vec<Option<Entry>> = keys
         .iter()
-        .map(|k| {
-            fam.pages
-                .get(&k.page_bits())
-                .and_then(|s| s.best(max_lsn).map(PackedEntry::unpack))
-        })
+        .map(|k| fam.store.serving(k.page_bits(), max_lsn))
         .collect();
     let hits = out.iter().filter(|e| e.is_some()).count() as u64;
     let c = &fam.counters;

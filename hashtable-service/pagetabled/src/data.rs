@@ -210,7 +210,7 @@ fn code_of(e: &Error) -> ErrorCode {
         Error::UnknownFamily(_) => ErrorCode::UnknownFamily,
         Error::UnknownDomain(_) => ErrorCode::UnknownDomain,
         Error::NotInFamily { .. } => ErrorCode::NotInFamily,
-        Error::QuotaExceeded { .. } => ErrorCode::QuotaExceeded,
+        Error::QuotaExceeded { .. } | Error::TableFull { .. } => ErrorCode::QuotaExceeded,
         Error::InvalidPageSize(_) | Error::FrameOutOfRange(_) => ErrorCode::InvalidArgument,
         _ => ErrorCode::Internal,
     }

@@ -1,0 +1,325 @@
+//! `dbfork clone` against real MariaDB servers on real volumes: consistency under a
+//! write load, clones in a row and of a clone, destroy and kill during hydration,
+//! engine crashes mid-clone, and bad input. Each test has its own store; the guard
+//! destroys every instance it made, even when the test fails.
+
+mod common;
+use common::*;
+use dbfork::registry::Registry;
+use dbinstance::{Instance, InstanceConfig};
+use std::time::Duration;
+
+/// A store whose instances are destroyed on drop (before the volumes are detached).
+struct Cluster {
+    store: TestStore,
+}
+
+impl Cluster {
+    fn new() -> Option<Self> {
+        if !can_attach() || !have("mariadbd") || !have("mkfs.ext4") {
+            return None;
+        }
+        Some(Cluster {
+            store: TestStore::new(),
+        })
+    }
+    fn cfg(&self, name: &str) -> InstanceConfig {
+        Registry::new(self.store.path()).load(name).unwrap().config
+    }
+    fn inst(&self, name: &str) -> Instance {
+        Instance::open(self.cfg(name)).unwrap()
+    }
+    fn source(&self, name: &str) {
+        self.store.ok(&[
+            "source",
+            "create",
+            name,
+            "--size",
+            "512M",
+            "--buffer-pool",
+            "64M",
+        ]);
+    }
+    fn clone(&self, src: &str, new: &str, extra: &[&str]) -> serde_json::Value {
+        let mut args = vec!["clone", src, new];
+        args.extend_from_slice(extra);
+        self.store.json(&args)
+    }
+    /// Nothing named `name` is left: no record, volume, mount, server, snapshot.
+    fn assert_gone(&self, name: &str) {
+        let reg = Registry::new(self.store.path());
+        assert!(!reg.exists(name), "record of {name} left");
+        let vols = self.store.json(&["volume", "list"]);
+        for v in vols.as_array().unwrap() {
+            let n = v["name"].as_str().unwrap();
+            assert!(
+                n != name && !n.ends_with(&format!(".at.{name}")),
+                "volume {n} left behind: {vols}"
+            );
+        }
+        let mp = self.store.path().join("mnt").join(name);
+        assert!(
+            !dbfork::tools::is_mount_point(&mp),
+            "{} still mounted",
+            mp.display()
+        );
+        assert!(
+            !self
+                .store
+                .path()
+                .join("run")
+                .join(format!("{name}.attach.json"))
+                .exists(),
+            "attach record of {name} left"
+        );
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let reg = Registry::new(self.store.path());
+        if let Ok(all) = reg.list() {
+            for r in all.iter().filter(|r| r.parent().is_none()) {
+                let _ = self.store.run(&["destroy", &r.name, "--with-replicas"]);
+            }
+        }
+    }
+}
+
+fn load(c: &Cluster, src: &str, tables: u32, rows: u64) {
+    let opts = dbinstance::sysbench::SysbenchOptions {
+        tables,
+        table_size: rows,
+        ..Default::default()
+    };
+    dbinstance::sysbench::prepare(&c.inst(src), &opts).unwrap();
+}
+
+fn checksums(c: &Cluster, name: &str) -> std::collections::BTreeMap<String, Option<u64>> {
+    dbinstance::checksum_all_tables(&c.inst(name), &["sbtest"]).unwrap()
+}
+
+#[test]
+fn clones_under_write_load_converge_and_so_does_a_clone_of_a_clone() {
+    let Some(c) = Cluster::new() else { return };
+    c.source("src");
+    load(&c, "src", 2, 5000);
+    let writer = dbinstance::sysbench::start(
+        &c.inst("src"),
+        &dbinstance::sysbench::SysbenchOptions {
+            test: "oltp_write_only".into(),
+            tables: 2,
+            table_size: 5000,
+            threads: 2,
+            secs: 12,
+            report_interval: 0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    // Clone only once writes are really flowing.
+    let src = c.inst("src");
+    let gtid0 = src.gtid_binlog_pos().unwrap();
+    assert!(wait_until(Duration::from_secs(30), || src
+        .gtid_binlog_pos()
+        .unwrap()
+        .to_string()
+        != gtid0.to_string()));
+    for r in ["r1", "r2", "r3"] {
+        let rec = c.clone("src", r, &[]);
+        assert!(rec["clone"]["first_query_ms"].as_u64().unwrap() > 0);
+    }
+    // A clone of a clone replicates from its parent.
+    let rec = c.clone("r1", "r1a", &[]);
+    assert_eq!(rec["clone"]["parent"], "r1");
+    let res = writer.wait().unwrap();
+    assert!(res.transactions > 0);
+
+    let want = checksums(&c, "src");
+    let src_gtid = src.gtid_binlog_pos().unwrap();
+    for r in ["r1", "r2", "r3"] {
+        dbinstance::wait_caught_up(&c.inst(r), &src, Duration::from_secs(120)).unwrap();
+    }
+    dbinstance::wait_caught_up(&c.inst("r1a"), &c.inst("r1"), Duration::from_secs(120)).unwrap();
+    for r in ["r1", "r2", "r3", "r1a"] {
+        assert_eq!(checksums(&c, r), want, "{r} differs from the source");
+        let applied = c.inst(r).gtid_slave_pos().unwrap();
+        assert!(
+            applied.covers(&src_gtid) && src_gtid.covers(&applied),
+            "{r}: applied {applied}, source {src_gtid}"
+        );
+    }
+    let st = c.store.json(&["status", "r2"]);
+    assert_eq!(st["role"], "replica");
+    assert_eq!(st["lag_secs"], 0, "{st}");
+}
+
+#[test]
+fn destroy_during_hydration_and_source_killed_during_hydration() {
+    let Some(c) = Cluster::new() else { return };
+    c.source("src");
+    load(&c, "src", 1, 5000);
+    // Slow hydration: both events land while the clone still depends on the snapshot.
+    c.clone("src", "r1", &["--rate", "1"]);
+    let st = c.store.json(&["status", "r1"]);
+    assert_eq!(st["volume"]["independent"], false, "{st}");
+    c.store.ok(&["destroy", "r1"]);
+    c.assert_gone("r1");
+
+    c.clone("src", "r2", &["--rate", "16"]);
+    let before = checksums(&c, "src");
+    let mut src = c.inst("src");
+    src.kill().unwrap();
+    // The replica keeps answering from its own volume and says what is wrong.
+    assert_eq!(checksums(&c, "r2"), before);
+    let broken = wait_until(Duration::from_secs(60), || {
+        let st = c.store.json(&["status", "r2"]);
+        st["replication"]["io_running"] != "Yes"
+    });
+    assert!(broken, "replica never noticed its source is gone");
+    let text = c.store.ok(&["status", "r2"]);
+    assert!(
+        text.contains("io Connecting") || text.contains("PROBLEM"),
+        "{text}"
+    );
+    // Its hydration does not need the source server: it finishes.
+    assert!(wait_until(Duration::from_secs(240), || {
+        c.store.json(&["status", "r2"])["volume"]["independent"] == true
+    }));
+    // The source comes back with its data as it was and replication resumes.
+    src.start().unwrap();
+    assert_eq!(checksums(&c, "src"), before);
+    src.exec("INSERT INTO sbtest.sbtest1 (k, c, pad) VALUES (1, 'after', 'restart')")
+        .unwrap();
+    dbinstance::wait_caught_up(&c.inst("r2"), &src, Duration::from_secs(120)).unwrap();
+    assert_eq!(checksums(&c, "r2"), checksums(&c, "src"));
+}
+
+#[test]
+fn failures_mid_clone_leave_nothing_half_made() {
+    let Some(c) = Cluster::new() else { return };
+    c.source("src");
+    load(&c, "src", 1, 2000);
+    for fp in ["after-attach", "after-prefetch", "after-start"] {
+        let out = std::process::Command::new(DBFORK)
+            .arg("--store")
+            .arg(c.store.path())
+            .args(["clone", "src", "bad"])
+            .env("DBFORK_FAILPOINT", fp)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{fp}: clone should fail");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("failpoint"), "{fp}: {err}");
+        c.assert_gone("bad");
+    }
+    // The engine serving the new volume dies right after attach: the clone either
+    // completes (all it needed was cached) or fails clearly; never half-made.
+    let out = std::process::Command::new(DBFORK)
+        .arg("--store")
+        .arg(c.store.path())
+        .args(["clone", "src", "crashy"])
+        .env("DBFORK_FAILPOINT", "kill-export:after-attach")
+        .output()
+        .unwrap();
+    if out.status.success() {
+        let st = c.store.json(&["status", "crashy"]);
+        assert_eq!(st["state"], "running", "{st}");
+        c.store.ok(&["destroy", "crashy"]);
+    } else {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("crashy"), "unclear error: {err}");
+    }
+    c.assert_gone("crashy");
+    // And the source is untouched by all of that: a clean clone still works.
+    c.clone("src", "good", &[]);
+    dbinstance::wait_caught_up(&c.inst("good"), &c.inst("src"), Duration::from_secs(60)).unwrap();
+    assert_eq!(checksums(&c, "good"), checksums(&c, "src"));
+}
+
+#[test]
+fn bad_input_is_named_and_changes_nothing() {
+    let Some(c) = Cluster::new() else { return };
+    c.source("src");
+    let err = c.store.fails(&["clone", "ghost", "x"]);
+    assert!(
+        err.contains("no database instance named \"ghost\""),
+        "{err}"
+    );
+    let err = c.store.fails(&["clone", "src", "src"]);
+    assert!(err.contains("already exists"), "{err}");
+    c.store.ok(&["volume", "create", "taken", "--size", "16M"]);
+    let err = c.store.fails(&["clone", "src", "taken"]);
+    assert!(err.contains("volume named taken already exists"), "{err}");
+    let err = c.store.fails(&["clone", "src", "bad/name"]);
+    assert!(err.contains("invalid name"), "{err}");
+    let err = c.store.fails(&["source", "create", "src"]);
+    assert!(err.contains("already exists"), "{err}");
+
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port().to_string();
+    let err = c.store.fails(&["clone", "src", "p", "--port", &port]);
+    assert!(err.contains(&format!("port {port} is in use")), "{err}");
+    c.assert_gone("p");
+
+    // A source that lost its binlog cannot feed a replica.
+    let mut cfg = c.cfg("src");
+    let mut inst = Instance::open(cfg.clone()).unwrap();
+    inst.stop().unwrap();
+    cfg.binlog = false;
+    inst.reconfigure(cfg).unwrap();
+    inst.start().unwrap();
+    let err = c.store.fails(&["clone", "src", "nb"]);
+    assert!(
+        err.to_lowercase().contains("binlog") || err.to_lowercase().contains("binary log"),
+        "{err}"
+    );
+    c.assert_gone("nb");
+
+    // Not enough disk: the store lives on a small tmpfs.
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let small = tempfile::tempdir().unwrap();
+        let mnt = small.path().join("fs");
+        std::fs::create_dir(&mnt).unwrap();
+        assert!(std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=700m", "tmpfs"])
+            .arg(&mnt)
+            .status()
+            .unwrap()
+            .success());
+        struct Unmount(std::path::PathBuf);
+        impl Drop for Unmount {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount")
+                    .arg("-l")
+                    .arg(&self.0)
+                    .status();
+            }
+        }
+        let _u = Unmount(mnt.clone());
+        let store = mnt.join("store");
+        let run = |args: &[&str]| {
+            std::process::Command::new(DBFORK)
+                .arg("--store")
+                .arg(&store)
+                .args(args)
+                .output()
+                .unwrap()
+        };
+        let out = run(&["source", "create", "big", "--size", "1G"]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("not enough disk"), "{err}");
+        let list = String::from_utf8_lossy(&run(&["--json", "volume", "list"]).stdout).to_string();
+        assert_eq!(list.trim(), "[]", "{list}");
+    }
+    let all = c.store.json(&["list"]);
+    let names: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["src"]);
+}

@@ -1,0 +1,65 @@
+//! The DBMS-native replica path (dbinstance::native_clone: mariadb-backup --backup,
+//! --prepare, --copy-back, start, replicate) into a plain temp dir, as the baseline.
+
+use anyhow::{Context, Result};
+use dbinstance::{native_clone, Instance, InstanceConfig, NativeCloneTimings, StartOptions};
+use std::path::Path;
+use std::time::Duration;
+use tempfile::TempDir;
+
+/// A native replica that is stopped and whose directory is removed on Drop.
+pub struct NativeReplica {
+    pub instance: Instance,
+    pub timings: NativeCloneTimings,
+    _dir: TempDir,
+}
+
+impl Drop for NativeReplica {
+    fn drop(&mut self) {
+        if self.instance.is_running() {
+            if let Err(e) = self.instance.stop_with_timeout(Duration::from_secs(60)) {
+                tracing::warn!("stopping native replica {}: {e}; killing it", self.instance.name());
+                let _ = self.instance.kill();
+            }
+        }
+    }
+}
+
+/// The config of a native replica of `source` in a new dir under `base`: same buffer
+/// pool as the source, its own port and server_id.
+pub fn replica_config(
+    source: &InstanceConfig,
+    base: &Path,
+    name: &str,
+    server_id: u32,
+) -> Result<(InstanceConfig, TempDir)> {
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("{name}-"))
+        .tempdir_in(base)
+        .with_context(|| format!("temp dir in {}", base.display()))?;
+    let mut cfg = InstanceConfig::in_dir(name, dir.path(), dbinstance::free_port()?, server_id);
+    cfg.buffer_pool_size = source.buffer_pool_size;
+    Ok((cfg, dir))
+}
+
+/// Clones `source` the native way. The server dies with the calling thread if
+/// the bench is killed (the guard stops it on a normal exit).
+pub fn clone_native(source: &Instance, cfg: InstanceConfig, dir: TempDir) -> Result<NativeReplica> {
+    let start = StartOptions {
+        die_with_parent: true,
+        ..StartOptions::default()
+    };
+    let name = cfg.name.clone();
+    let c = native_clone(source, cfg, &start).with_context(|| format!("native clone {name}"))?;
+    Ok(NativeReplica {
+        instance: c.instance,
+        timings: c.timings,
+        _dir: dir,
+    })
+}
+
+/// What the native path costs until its server can answer: everything before and
+/// including the server start (replication setup comes after the first query).
+pub fn until_first_query_ms(t: &NativeCloneTimings) -> u64 {
+    t.backup_ms + t.prepare_ms + t.copy_back_ms + t.start_ms
+}
