@@ -970,4 +970,26 @@ mod tests {
         let s = src.snapshot();
         assert_eq!((s.pages_pooled, s.reads_outside_pool), (0, 1));
     }
+
+    #[test]
+    fn a_re_read_page_version_maps_its_existing_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let arena = Arena::new();
+        std::fs::write(dir.path().join("epoch"), "1000").unwrap();
+        let file = dir.path().join("t.ibd");
+        let pages = tablespace(&file, 2, 900);
+        let src = agent(dir.path(), "source", 0);
+        arena.show(&src);
+        let f = open_tracked(&src, &file);
+        let (a, b) = (arena.frame(), arena.frame());
+        read(&src, &f, &a, 1);
+        read(&src, &f, &b, 1); // evicted and read again into another frame
+        assert_eq!(b.bytes(), &pages[1][..]);
+        let s = src.snapshot();
+        assert_eq!((s.pages_pooled, s.pages_remapped), (1, 1));
+        // A new snapshot: the same version needs a slot with the newer valid_from.
+        std::fs::write(dir.path().join("epoch"), "2000").unwrap();
+        read(&src, &f, &a, 1);
+        assert_eq!(src.snapshot().pages_pooled, 2);
+    }
 }

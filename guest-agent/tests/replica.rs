@@ -378,6 +378,10 @@ fn small_buffer_pools_reuse_mapped_frames_correctly() {
     let (src_snap, rep_snap) = (stats(&src_st), stats(&rep_st));
     let pool_pages = 6 * 1024 * 1024 / 16384;
     assert!(
+        src_snap.pages_remapped > 0,
+        "re-reads map existing slots: {src_snap:?}"
+    );
+    assert!(
         src_snap.pages_pooled > pool_pages,
         "frames were reused: {src_snap:?}"
     );

@@ -94,9 +94,15 @@ pub struct DemoArgs {
     /// Keep what the demo made instead of cleaning up.
     #[arg(long)]
     pub keep: bool,
-    /// Size of the demo volume.
+    /// Size of the source's volume.
     #[arg(long, default_value = "1G", value_parser = size)]
     pub size: u64,
+    /// Rows per sysbench table (4 tables).
+    #[arg(long, default_value_t = 50_000)]
+    pub rows: u64,
+    /// Background hydration limit of the replicas in MiB/s (default: unlimited).
+    #[arg(long, value_parser = rate)]
+    pub rate: Option<u64>,
 }
 
 fn size(s: &str) -> Result<u64, String> {
