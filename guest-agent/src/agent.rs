@@ -4,7 +4,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -21,6 +20,8 @@ use crate::share::{may_share, Decline};
 use crate::stats::{Stats, StatsSnapshot};
 
 const OS_PAGE: usize = 4096;
+/// Longest a read waits for the directory while another thread uses it.
+const DIR_WAIT: std::time::Duration = std::time::Duration::from_millis(2);
 
 pub struct Agent {
     pub config: Config,
@@ -30,7 +31,6 @@ pub struct Agent {
     dir: Mutex<Option<Box<dyn PageDirectory>>>,
     /// Pages this replica wrote, as space_id << 32 | page_no: never shared again.
     written: Mutex<WrittenSet>,
-    epoch: Option<File>,
     /// Buffer-pool candidates (source role), for the scan at clone time.
     pub regions: Regions,
     /// Open 16 KiB tablespaces: which checksum layout a scanned frame must verify in.
@@ -59,7 +59,6 @@ impl Agent {
             pool: None,
             dir: Mutex::new(None),
             written: Mutex::new(WrittenSet::default()),
-            epoch: None,
             regions: Regions::default(),
             spaces: Mutex::new(HashMap::new()),
             pooled: Mutex::new(HashMap::new()),
@@ -78,14 +77,28 @@ impl Agent {
 
     fn setup_sharing(&mut self) -> Result<()> {
         let path = self.config.pool_path.clone().expect("checked by Config");
-        let pool = Arc::new(Pool::open(&path, self.config.role == Role::Source)?);
+        let pool = Arc::new(
+            Pool::open(&path, self.config.role == Role::Source)?
+                .with_limit(self.config.pool_max_bytes),
+        );
         if let Some(w) = &self.config.writes_file {
+            if poison_path(w).exists() {
+                return Err(AgentError::Config {
+                    var: "DBFORK_REPLICA_WRITES",
+                    msg: format!(
+                        "{} exists: an earlier run could not record a write, so this \
+                         datadir is never shared again",
+                        poison_path(w).display()
+                    ),
+                });
+            }
             *self.written.lock() = WrittenSet::open(w)?;
         }
         if let Some(ep) = &self.config.epoch_file {
-            let f = File::open(ep)
+            // Checked once here so a missing file is a clear config error; read by path
+            // afterwards (see read_epoch).
+            std::fs::metadata(ep)
                 .map_err(|e| AgentError::io(format!("opening epoch file {}", ep.display()), e))?;
-            self.epoch = Some(f);
         }
         let dir: Box<dyn PageDirectory> = match &self.config.pagetable_socket {
             Some(sock) => Box::new(PageTableDirectory::new(sock, pool.clone())),
@@ -285,12 +298,15 @@ impl Agent {
         }
     }
 
-    /// The family clone-LSN counter, read fresh each time (it is a few bytes).
+    /// The family clone-LSN counter, read fresh each time by path. dbfork replaces the
+    /// file with rename(2), so every read sees one whole value, old or new: reading
+    /// an fd kept open while the file is rewritten in place could return a torn mix
+    /// of two values, possibly larger than either, and a too-large valid_from would
+    /// let a stale frame serve a later snapshot.
     fn read_epoch(&self) -> Option<u64> {
-        let f = self.epoch.as_ref()?;
-        let mut b = [0u8; 32];
-        let n = f.read_at(&mut b, 0).ok()?;
-        std::str::from_utf8(&b[..n]).ok()?.trim().parse().ok()
+        let path = self.config.epoch_file.as_ref()?;
+        let text = std::fs::read_to_string(path).ok()?;
+        text.trim().parse().ok()
     }
 
     /// Source: copy a verified page into the pool, map the pool page over the frame,
@@ -330,6 +346,17 @@ impl Agent {
                 };
                 match pool.append(bytes, rec) {
                     Ok(off) => off,
+                    Err(e @ AgentError::PoolFull { .. }) => {
+                        // Sharing what is pooled goes on; new reads stay private.
+                        let before = self
+                            .stats
+                            .pool_full_drops
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if before == 0 {
+                            tracing::warn!("dbfork agent: {e}");
+                        }
+                        return;
+                    }
                     Err(e) => {
                         Stats::inc(&self.stats.fallback_errors);
                         self.disable_sharing(&format!("pool append failed: {}", error_chain(&e)));
@@ -358,13 +385,23 @@ impl Agent {
             self.disable_sharing(&map_failure_reason(&e));
             return;
         }
+        if reuse.is_some() {
+            Stats::inc(&self.stats.pages_remapped);
+            return; // registered when it was appended
+        }
         Stats::inc(&self.stats.pages_pooled);
+        self.pooled.lock().insert(k, (h.lsn, valid_from, off));
         let entry = DirEntry {
             pool_offset: off,
             lsn: h.lsn,
             valid_from,
         };
-        let mut dir = self.dir.lock();
+        // Never queue behind another thread's slow daemon call: the background sync
+        // registers from the pool record file anyway.
+        let Some(mut dir) = self.dir.try_lock_for(DIR_WAIT) else {
+            Stats::inc(&self.stats.register_deferred);
+            return;
+        };
         match dir
             .as_mut()
             .map(|d| d.register(id.space_id, page_no, entry))
@@ -389,7 +426,14 @@ impl Agent {
             return None;
         }
         Stats::inc(&self.stats.lookups);
-        let found = self.dir.lock().as_mut()?.lookup(id.space_id, page_no, s);
+        // A thread stuck in a slow daemon call must not stall every other read: after
+        // a short wait, read from disk instead.
+        let Some(mut dir) = self.dir.try_lock_for(DIR_WAIT) else {
+            Stats::inc(&self.stats.lookup_busy);
+            return None;
+        };
+        let found = dir.as_mut()?.lookup(id.space_id, page_no, s);
+        drop(dir);
         let entry = match found {
             Ok(Some(e)) => e,
             Ok(None) => {
@@ -478,7 +522,15 @@ impl Agent {
         Stats::add(&self.stats.pages_written, keys.len() as u64);
         if let Err(e) = self.written.lock().insert(&keys) {
             // Without a durable record a restarted replica could be served a stale
-            // copy of this page: stop sharing rather than risk it.
+            // copy of this page: stop sharing now, and for every later run too.
+            if let Some(w) = &self.config.writes_file {
+                if let Err(pe) = File::create(poison_path(w)) {
+                    tracing::error!(
+                        "dbfork agent: cannot mark {} as incomplete: {pe}; do not share this datadir again",
+                        w.display()
+                    );
+                }
+            }
             self.disable_sharing(&format!(
                 "recording written pages failed: {}",
                 error_chain(&e)
@@ -548,6 +600,10 @@ impl Agent {
             };
             let off = match pool.append(bytes, rec) {
                 Ok(off) => off,
+                Err(AgentError::PoolFull { .. }) => {
+                    Stats::inc(&self.stats.pool_full_drops);
+                    return;
+                }
                 Err(e) => {
                     Stats::inc(&self.stats.fallback_errors);
                     tracing::warn!("dbfork agent: scan: {}", error_chain(&e));
@@ -593,6 +649,13 @@ impl Agent {
             ));
         }
     }
+}
+
+/// Marks a written-page file that missed a write (sharing is off for good).
+pub fn poison_path(writes: &std::path::Path) -> std::path::PathBuf {
+    let mut s = writes.as_os_str().to_owned();
+    s.push(".poisoned");
+    s.into()
 }
 
 /// The set of pages this replica wrote, mirrored in an append-only file of u64 keys
@@ -705,6 +768,7 @@ impl AlignedPage {
 mod tests {
     use super::*;
     use crate::page::testpage::{full_crc32_page, raw, seal_full_crc32};
+    use std::os::unix::fs::FileExt;
     use std::os::unix::io::AsRawFd;
     use std::path::Path;
 
@@ -991,5 +1055,32 @@ mod tests {
         std::fs::write(dir.path().join("epoch"), "2000").unwrap();
         read(&src, &f, &a, 1);
         assert_eq!(src.snapshot().pages_pooled, 2);
+    }
+
+    #[test]
+    fn a_failed_write_record_poisons_the_datadir_for_later_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let arena = Arena::new();
+        std::fs::write(dir.path().join("epoch"), "1000").unwrap();
+        let file = dir.path().join("t.ibd");
+        tablespace(&file, 2, 900);
+        let src = agent(dir.path(), "source", 0);
+        arena.show(&src);
+        let rep = agent(dir.path(), "replica", 1000);
+        arena.show(&rep);
+        let rf = open_tracked(&rep, &file);
+        // The writes file becomes unwritable (a read-only fd stands in for a full disk).
+        let writes = dir.path().join("replica.writes");
+        rep.written.lock().file = Some(File::open(&writes).unwrap());
+        rep.on_pwrite(rf.as_raw_fd(), POOL_PAGE, POOL_PAGE as i64, &[]);
+        assert!(!rep.sharing_on());
+        assert!(poison_path(&writes).exists());
+        let again = agent(dir.path(), "replica", 1000);
+        assert!(!again.sharing_on());
+        assert!(again
+            .snapshot()
+            .sharing_off_reason
+            .unwrap()
+            .contains("poisoned"));
     }
 }

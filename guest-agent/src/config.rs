@@ -24,6 +24,8 @@ pub struct Config {
     pub snapshot_lsn: Option<u64>,
     /// `DBFORK_POOL_PATH`: the family pool file; its records live at `<path>.meta`.
     pub pool_path: Option<PathBuf>,
+    /// `DBFORK_POOL_MAX_BYTES`: the source stops pooling new pages at this size.
+    pub pool_max_bytes: Option<u64>,
     /// `DBFORK_AGENT_STATS`: a JSON file rewritten periodically and at exit.
     pub stats_path: Option<PathBuf>,
     /// `DBFORK_FAMILY_EPOCH_FILE`: the family's clone-LSN counter (decimal u64).
@@ -49,6 +51,13 @@ impl Config {
                 })
             }
         };
+        let pool_max_bytes = match get("DBFORK_POOL_MAX_BYTES").filter(|v| !v.is_empty()) {
+            None => None,
+            Some(v) => Some(v.trim().parse::<u64>().map_err(|_| AgentError::Config {
+                var: "DBFORK_POOL_MAX_BYTES",
+                msg: format!("{v:?} is not a byte count"),
+            })?),
+        };
         let snapshot_lsn = match get("DBFORK_SNAPSHOT_LSN").filter(|v| !v.is_empty()) {
             None => None,
             Some(v) => Some(v.trim().parse::<u64>().map_err(|e| AgentError::Config {
@@ -61,6 +70,7 @@ impl Config {
             pagetable_socket: path("DBFORK_PAGETABLE_SOCKET"),
             snapshot_lsn,
             pool_path: path("DBFORK_POOL_PATH"),
+            pool_max_bytes,
             stats_path: path("DBFORK_AGENT_STATS"),
             epoch_file: path("DBFORK_FAMILY_EPOCH_FILE"),
             writes_file: path("DBFORK_REPLICA_WRITES"),
@@ -110,6 +120,14 @@ mod tests {
     fn roles_and_their_requirements() {
         assert_eq!(cfg(&[]).unwrap().role, Role::Off);
         assert!(cfg(&[("DBFORK_AGENT_ROLE", "boss")]).is_err());
+        let err = cfg(&[("DBFORK_POOL_MAX_BYTES", "lots")]).unwrap_err();
+        assert!(err.to_string().contains("DBFORK_POOL_MAX_BYTES"), "{err}");
+        assert_eq!(
+            cfg(&[("DBFORK_POOL_MAX_BYTES", "1048576")])
+                .unwrap()
+                .pool_max_bytes,
+            Some(1 << 20)
+        );
         assert!(cfg(&[("DBFORK_AGENT_ROLE", "replica"), ("DBFORK_POOL_PATH", "/p")]).is_err());
         assert!(cfg(&[("DBFORK_AGENT_ROLE", "source"), ("DBFORK_POOL_PATH", "/p")]).is_err());
         let r = cfg(&[

@@ -22,6 +22,8 @@ pub enum AgentError {
     },
     #[error("environment variable {var}: {msg}")]
     Config { var: &'static str, msg: String },
+    #[error("the pool is full ({slots} pages, DBFORK_POOL_MAX_BYTES); new pages are not pooled")]
+    PoolFull { slots: u64 },
     #[error("pool record {slot} is missing or does not match the directory entry")]
     PoolRecord { slot: u64 },
     #[error("page table returned a frame that is not in the local pool: {0:?}")]

@@ -102,19 +102,18 @@ fn init() -> Agent {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .try_init();
-    let config = match Config::from_lookup(|k| std::env::var(k).ok()) {
-        Ok(c) => c,
+    let (config, bad) = match Config::from_lookup(|k| std::env::var(k).ok()) {
+        Ok(c) => (c, None),
         Err(e) => {
-            tracing::error!(
-                "dbfork agent: bad configuration, sharing off: {}",
-                error_chain(&e)
-            );
             let mut c = Config::from_lookup(|_| None).expect("empty config is valid");
             c.stats_path = std::env::var("DBFORK_AGENT_STATS").ok().map(Into::into);
-            c
+            (c, Some(format!("bad configuration: {}", error_chain(&e))))
         }
     };
     let agent = Agent::new(config);
+    if let Some(why) = bad {
+        agent.disable_sharing(&why);
+    }
     if agent.config.stats_path.is_some() || agent.config.role != crate::config::Role::Off {
         // The server routes signals to one sigwait thread and blocks them everywhere
         // else; our thread must not be a place a process signal can land, so it is

@@ -81,6 +81,7 @@ pub struct Pool {
     data: File,
     meta: File,
     next_slot: AtomicU64,
+    max_slots: Option<u64>,
 }
 
 impl Pool {
@@ -107,7 +108,16 @@ impl Pool {
             data,
             meta,
             next_slot: AtomicU64::new(next),
+            max_slots: None,
         })
+    }
+
+    /// Caps the pool at `bytes` (rounded down to whole pages). Slots are never freed
+    /// while the family lives, so without a cap a long-running source would grow the
+    /// pool (RAM, in /dev/shm) with every page it ever reads.
+    pub fn with_limit(mut self, bytes: Option<u64>) -> Self {
+        self.max_slots = bytes.map(|b| b / POOL_PAGE as u64);
+        self
     }
 
     pub fn fd(&self) -> i32 {
@@ -127,7 +137,16 @@ impl Pool {
                 msg: format!("pool holds {POOL_PAGE}-byte pages, got {}", page.len()),
             });
         }
-        let slot = self.next_slot.fetch_add(1, Ordering::Relaxed);
+        // Reserve a slot only below the cap, so a full pool stays exactly full.
+        let slot = self
+            .next_slot
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                match self.max_slots {
+                    Some(max) if n >= max => None,
+                    _ => Some(n + 1),
+                }
+            })
+            .map_err(|n| AgentError::PoolFull { slots: n })?;
         let off = slot * POOL_PAGE as u64;
         self.data
             .write_all_at(page, off)
@@ -258,6 +277,41 @@ mod tests {
             // SAFETY: unmapping our own mapping.
             unsafe { libc::munmap(self.0.cast(), self.1) };
         }
+    }
+
+    #[test]
+    fn a_capped_pool_refuses_appends_past_its_limit_and_keeps_its_slots() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pool");
+        let pool = Pool::open(&path, true)
+            .unwrap()
+            .with_limit(Some(2 * POOL_PAGE as u64 + 100));
+        let rec = |page_no| PoolRecord {
+            space_id: 3,
+            page_no,
+            lsn: 100,
+            valid_from: 1,
+        };
+        for n in 0..2 {
+            let off = pool.append(&full_crc32_page(3, n, 100), rec(n)).unwrap();
+            assert_eq!(off, u64::from(n) * POOL_PAGE as u64);
+        }
+        let err = pool
+            .append(&full_crc32_page(3, 2, 100), rec(2))
+            .unwrap_err();
+        assert!(matches!(err, AgentError::PoolFull { slots: 2 }), "{err}");
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            2 * POOL_PAGE as u64
+        );
+        // Full stays full, and what is pooled is still readable.
+        assert!(pool.append(&full_crc32_page(3, 3, 100), rec(3)).is_err());
+        assert_eq!(pool.record_at(POOL_PAGE as u64).unwrap(), Some(rec(1)));
+        // A reopened pool with the same cap is full too.
+        let again = Pool::open(&path, true)
+            .unwrap()
+            .with_limit(Some(2 * POOL_PAGE as u64));
+        assert!(again.append(&full_crc32_page(3, 4, 100), rec(4)).is_err());
     }
 
     #[test]

@@ -97,3 +97,62 @@ fn native_aio_turns_sharing_off_with_a_reason() {
     let last = stats(&st);
     assert_eq!(last.pages_pooled, 0, "{last:?}");
 }
+
+/// Bad configurations never take the server down: it runs normally, sharing stays
+/// off, and the error log and stats say why.
+#[test]
+fn bad_configuration_leaves_the_server_running_with_a_reason() {
+    require_mariadb!();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    install_datadir(&data);
+    let s = Server::start(&data, &tmp.path().join("run0"), ServerOpts::plain());
+    load_table(&s, "a", 2000);
+    let want = s.sql(&checksum_query("a"));
+    s.shutdown();
+
+    let missing = tmp.path().join("no/such/dir/pool").display().to_string();
+    let cases: Vec<(Vec<(&str, String)>, &str)> = vec![
+        // A replica without its snapshot LSN.
+        (
+            vec![
+                ("DBFORK_AGENT_ROLE", "replica".into()),
+                ("DBFORK_POOL_PATH", missing.clone()),
+            ],
+            "DBFORK_SNAPSHOT_LSN",
+        ),
+        // A source whose pool cannot be created.
+        (
+            vec![
+                ("DBFORK_AGENT_ROLE", "source".into()),
+                ("DBFORK_POOL_PATH", missing.clone()),
+                ("DBFORK_FAMILY_EPOCH_FILE", "/dev/null".into()),
+            ],
+            "opening pool file",
+        ),
+        (
+            vec![("DBFORK_AGENT_ROLE", "leader".into())],
+            "DBFORK_AGENT_ROLE",
+        ),
+    ];
+    for (i, (env, expect)) in cases.into_iter().enumerate() {
+        let st = tmp.path().join(format!("stats{i}.json"));
+        let mut env = env;
+        env.push(("DBFORK_AGENT_STATS", st.display().to_string()));
+        let s = Server::start(
+            &data,
+            &tmp.path().join(format!("run{}", i + 1)),
+            ServerOpts::agent(&env),
+        );
+        assert_eq!(s.sql(&checksum_query("a")), want, "case {i}");
+        let snap = wait_stats(&st, "a reason in stats", |x| x.sharing_off_reason.is_some());
+        let why = snap.sharing_off_reason.unwrap();
+        assert!(why.contains(expect), "case {i}: {why}");
+        assert!(
+            s.log_text().contains("sharing is off"),
+            "case {i}: log says why"
+        );
+        assert_eq!(snap.pages_pooled + snap.shared, 0);
+        s.shutdown();
+    }
+}

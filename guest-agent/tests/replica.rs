@@ -330,11 +330,14 @@ fn pages_written_by_the_replica_are_not_shared_again() {
         mine,
         "replica's own writes survive"
     );
-    let snap = stats(&rep_st);
-    assert!(snap.declined_written > 0, "{snap:?}");
-    assert!(
-        snap.shared > 0,
-        "pages it did not write are still shared: {snap:?}"
+    // Own pages declined, the others still shared (stats are dumped every 200 ms).
+    wait_for(
+        Duration::from_secs(10),
+        "declines and shares counted",
+        || {
+            let snap = stats(&rep_st);
+            snap.declined_written > 0 && snap.shared > 0
+        },
     );
     replica.shutdown();
     source.shutdown();
@@ -375,8 +378,13 @@ fn small_buffer_pools_reuse_mapped_frames_correctly() {
         let q = "SELECT SUM(id) FROM t.a FORCE INDEX(k) WHERE k BETWEEN 100 AND 300";
         assert_eq!(replica.sql(q), source.sql(q), "index scan round {round}");
     }
-    let (src_snap, rep_snap) = (stats(&src_st), stats(&rep_st));
     let pool_pages = 6 * 1024 * 1024 / 16384;
+    // Stats are dumped every 200 ms: wait for the final counts of this workload.
+    wait_for(Duration::from_secs(10), "workload counted", || {
+        let (a, b) = (stats(&src_st), stats(&rep_st));
+        a.pages_remapped > 0 && a.pages_pooled > pool_pages && b.shared > pool_pages
+    });
+    let (src_snap, rep_snap) = (stats(&src_st), stats(&rep_st));
     assert!(
         src_snap.pages_remapped > 0,
         "re-reads map existing slots: {src_snap:?}"

@@ -156,9 +156,10 @@ pub fn spawn_export(
     Ok((pid, socket))
 }
 
-/// Stops an export process: SIGTERM makes it flush and commit its region map before it
+/// Stops a dbfork helper process (export, pagetabled): SIGTERM makes an export flush and
+/// commit its region map before it
 /// exits. Waits for it to go away.
-pub fn stop_export(pid: u32) -> bool {
+pub fn stop_process(pid: u32) -> bool {
     if !process_alive(pid) {
         return true;
     }
@@ -335,7 +336,7 @@ fn detach_record(run_dir: &RunDir, rec: &AttachRecord) -> Result<(), AttachError
         });
     }
     let _ = std::fs::remove_dir(&rec.fuse_dir);
-    if !stop_export(rec.export_pid) {
+    if !stop_process(rec.export_pid) {
         tracing::warn!(
             pid = rec.export_pid,
             "export process did not stop; killing it"

@@ -34,12 +34,17 @@ fn preflight() -> Result<()> {
         let found = std::env::var_os("PATH")
             .map(|p| {
                 std::env::split_paths(&p)
-                    .chain([Path::new("/usr/sbin").to_path_buf(), Path::new("/sbin").to_path_buf()])
+                    .chain([
+                        Path::new("/usr/sbin").to_path_buf(),
+                        Path::new("/sbin").to_path_buf(),
+                    ])
                     .any(|d| d.join(tool).exists())
             })
             .unwrap_or(false);
         if !found {
-            bail!("{tool} is missing: install the Debian package {pkg} (scripts/install-deps does)");
+            bail!(
+                "{tool} is missing: install the Debian package {pkg} (scripts/install-deps does)"
+            );
         }
     }
     if !Path::new("/dev/fuse").exists() {
@@ -89,7 +94,10 @@ fn step(say: &dyn Fn(&str), what: &str) -> Instant {
 }
 
 fn demo(ctx: &Ctx, args: &DemoArgs, say: &dyn Fn(&str), out: &Output) -> Result<serde_json::Value> {
-    let t = step(say, "1. a source: volume, filesystem, MariaDB with binlog + GTID");
+    let t = step(
+        say,
+        "1. a source: volume, filesystem, MariaDB with binlog + GTID",
+    );
     let src_rec = lifecycle::create_source(
         ctx,
         SRC,
@@ -107,7 +115,10 @@ fn demo(ctx: &Ctx, args: &DemoArgs, say: &dyn Fn(&str), out: &Output) -> Result<
         src_rec.config.port
     ));
 
-    let t = step(say, &format!("2. sysbench dataset: 4 tables x {} rows", args.rows));
+    let t = step(
+        say,
+        &format!("2. sysbench dataset: 4 tables x {} rows", args.rows),
+    );
     let data = SysbenchOptions {
         tables: 4,
         table_size: args.rows,
@@ -117,7 +128,10 @@ fn demo(ctx: &Ctx, args: &DemoArgs, say: &dyn Fn(&str), out: &Output) -> Result<
     sysbench::prepare(&src, &data).context("sysbench prepare")?;
     say(&format!("   loaded in {:.1} s", t.elapsed().as_secs_f64()));
 
-    step(say, "3. a read load on the source, and two replicas forked while it runs");
+    step(
+        say,
+        "3. a read load on the source, and two replicas forked while it runs",
+    );
     let reader = sysbench::start(
         &src,
         &SysbenchOptions {
@@ -149,9 +163,15 @@ fn demo(ctx: &Ctx, args: &DemoArgs, say: &dyn Fn(&str), out: &Output) -> Result<
         forks.push(serde_json::json!({"name": r, "first_query_ms": c.first_query_ms, "hold_ms": c.hold_ms}));
     }
     let read = reader.wait()?;
-    say(&format!("   source read load: {:.0} tps while forking", read.tps));
+    say(&format!(
+        "   source read load: {:.0} tps while forking",
+        read.tps
+    ));
 
-    step(say, "4. the replicas hydrate in the background while they serve");
+    step(
+        say,
+        "4. the replicas hydrate in the background while they serve",
+    );
     hydration_bars(ctx, out, Duration::from_secs(60))?;
 
     step(say, "5. writes on the source; the replicas catch up");
@@ -164,7 +184,10 @@ fn demo(ctx: &Ctx, args: &DemoArgs, say: &dyn Fn(&str), out: &Output) -> Result<
             ..data.clone()
         },
     )?;
-    say(&format!("   {} write transactions on {SRC}", w.transactions));
+    say(&format!(
+        "   {} write transactions on {SRC}",
+        w.transactions
+    ));
     let want = dbinstance::checksum_all_tables(&src, &["sbtest"])?;
     let mut replicas = Vec::new();
     for r in REPLICAS {
@@ -180,7 +203,11 @@ fn demo(ctx: &Ctx, args: &DemoArgs, say: &dyn Fn(&str), out: &Output) -> Result<
             t.elapsed().as_millis(),
             st.lag_secs.unwrap_or(0),
             got.len(),
-            if same { "identical to the source (CHECKSUM TABLE)" } else { "DIFFER" },
+            if same {
+                "identical to the source (CHECKSUM TABLE)"
+            } else {
+                "DIFFER"
+            },
             st.hydrated_percent
         ));
         if !same {
@@ -188,7 +215,22 @@ fn demo(ctx: &Ctx, args: &DemoArgs, say: &dyn Fn(&str), out: &Output) -> Result<
         }
         replicas.push(serde_json::json!({"name": r, "hydrated_percent": st.hydrated_percent, "checksums_match": same}));
     }
-    say("\n   page sharing between instances: not active yet (guest agent, issue 5)");
+    for r in REPLICAS {
+        let st = status_of(ctx, &ctx.registry().load(r)?);
+        match (&st.sharing, &st.sharing_off) {
+            (_, Some(why)) => say(&format!("   {r}: page sharing off ({why})")),
+            (Some(a), None) => {
+                let n = |k: &str| a[k].as_u64().unwrap_or(0);
+                say(&format!(
+                    "   {r}: {} of {} page reads served from {SRC}'s memory ({}), copy-on-write",
+                    n("shared"),
+                    n("lookups"),
+                    human(n("shared") * 16384)
+                ));
+            }
+            (None, None) => say(&format!("   {r}: page sharing on, no counters yet")),
+        }
+    }
     Ok(serde_json::json!({
         "source": SRC,
         "forks": forks,

@@ -150,6 +150,10 @@ pub struct InstanceStatus {
     /// Why replication will not progress on its own (source gone, SQL error).
     pub replication_problem: Option<String>,
     pub clone: Option<crate::registry::CloneReport>,
+    /// The guest agent's counters (pages pooled, lookups, shared, ...), when sharing is on.
+    pub sharing: Option<serde_json::Value>,
+    /// Why sharing is off, when it is.
+    pub sharing_off: Option<String>,
 }
 
 pub fn status_of(ctx: &Ctx, rec: &InstanceRecord) -> InstanceStatus {
@@ -193,6 +197,13 @@ pub fn status_of(ctx: &Ctx, rec: &InstanceRecord) -> InstanceStatus {
         replication,
         volume,
         clone: rec.clone.clone(),
+        sharing: rec.sharing.as_ref().and_then(crate::sharing::agent_stats),
+        sharing_off: rec.sharing_off.clone().or_else(|| {
+            rec.sharing
+                .as_ref()
+                .and_then(crate::sharing::agent_stats)
+                .and_then(|v| v["sharing_off_reason"].as_str().map(str::to_string))
+        }),
     }
 }
 
@@ -240,6 +251,20 @@ pub fn format_status(s: &InstanceStatus) -> String {
     }
     if let Some(p) = &s.replication_problem {
         out += &format!("\n  PROBLEM: {p}");
+    }
+    match (&s.sharing, &s.sharing_off) {
+        (_, Some(why)) => out += &format!("\n  page sharing: off ({why})"),
+        (Some(a), None) => {
+            let n = |k: &str| a[k].as_u64().unwrap_or(0);
+            out += &format!(
+                "\n  page sharing: {} pages pooled, {} lookups, {} reads served from shared memory ({})",
+                n("pages_pooled"),
+                n("lookups"),
+                n("shared"),
+                human(n("shared") * 16384)
+            );
+        }
+        (None, None) => out += "\n  page sharing: on (no agent counters yet)",
     }
     if let Some(c) = &s.clone {
         out += &format!(

@@ -15,6 +15,7 @@ pub mod output;
 pub mod paths;
 pub mod prefetch;
 pub mod registry;
+pub mod sharing;
 pub mod tools;
 pub mod undo;
 pub mod units;

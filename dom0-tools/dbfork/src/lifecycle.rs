@@ -6,6 +6,7 @@ use crate::attach::{self, AttachRequest, FsType};
 use crate::control::{self, Request};
 use crate::paths::RunDir;
 use crate::registry::{CloneReport, InstanceRecord, PhaseTimes, Registry, Role};
+use crate::sharing::{self, Sharing, SharingRecord};
 use crate::undo::Undo;
 use crate::volume_cmd::snapshot_volume;
 use anyhow::{bail, Context, Result};
@@ -117,6 +118,20 @@ pub struct SourceOptions {
     pub port: Option<u16>,
 }
 
+/// Start options that join the page table family before the server runs, so its agent
+/// is bound from its first read (the warm-up reads at startup are the valuable ones).
+fn start_options(ctx: &Ctx, sharing: Option<&SharingRecord>) -> StartOptions {
+    let mut opts = StartOptions::default();
+    if let Some(sh) = sharing {
+        let (dir, family, domain) = (ctx.store_dir.clone(), sh.family_id, sh.domain_id);
+        opts.before_run = Some(dbinstance::PidHook(std::sync::Arc::new(move |pid| {
+            let ctx = Ctx::new(&dir).map_err(|e| format!("{e:#}"))?;
+            sharing::join(&ctx, family, domain, pid).map_err(|e| format!("{e:#}"))
+        })));
+    }
+    opts
+}
+
 /// `dbfork source create`: volume + filesystem + fresh MariaDB datadir with binlog and
 /// GTID, server started, recorded as the root of a new family.
 pub fn create_source(ctx: &Ctx, name: &str, opts: &SourceOptions) -> Result<InstanceRecord> {
@@ -172,8 +187,26 @@ pub fn create_source(ctx: &Ctx, name: &str, opts: &SourceOptions) -> Result<Inst
             Ok(())
         });
     }
+    // Family id = the source's server_id (unique in the store); it is also its domain.
+    let family = cfg.server_id;
+    let (mut sharing, mut sharing_off) = (None, None);
+    match Sharing::detect(ctx).and_then(|s| {
+        s.ensure_daemon(ctx).map_err(|e| format!("{e:#}"))?;
+        s.source_env(ctx, family, &cfg.run_dir, cfg.buffer_pool_size)
+            .map_err(|e| format!("{e:#}"))
+    }) {
+        Ok((preload, env, rec)) => {
+            cfg.preload = preload;
+            cfg.env = env;
+            sharing = Some(SharingRecord {
+                domain_id: cfg.server_id,
+                ..rec
+            });
+        }
+        Err(why) => sharing_off = Some(why),
+    }
     let mut inst = Instance::init(cfg.clone()).context("initialising the datadir")?;
-    inst.start_with(&StartOptions::default())
+    inst.start_with(&start_options(ctx, sharing.as_ref()))
         .context("starting the source server")?;
     {
         let cfg = cfg.clone();
@@ -191,6 +224,8 @@ pub fn create_source(ctx: &Ctx, name: &str, opts: &SourceOptions) -> Result<Inst
         mountpoint: mp,
         config: cfg,
         clone: None,
+        sharing,
+        sharing_off,
     };
     ctx.registry().save(&rec)?;
     undo.commit();
@@ -224,6 +259,9 @@ fn failpoint(ctx: &Ctx, point: &str, volume: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// How long a clone lets the parent flush dirty pages before going ahead.
+const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Progress lines while a clone runs (the CLI prints them; --json stays quiet).
 pub type Say<'a> = &'a dyn Fn(&str);
@@ -259,6 +297,19 @@ pub fn clone(
     let mut undo = Undo::new();
     let mut phases = PhaseTimes::default();
 
+    // Dirty pages flushed first: the replica's crash recovery has less to redo, and
+    // clean frames are the ones it can share. Bounded; a busy source is cloned anyway.
+    let t = Instant::now();
+    match dbinstance::flush_dirty_pages(&src_inst, 64, FLUSH_TIMEOUT) {
+        Ok(f) if f.dirty_before > 64 => say(&format!(
+            "flushed {src}'s dirty pages: {} -> {} in {} ms",
+            f.dirty_before, f.dirty_after, f.ms
+        )),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("flushing {src} before the clone: {e}"),
+    }
+    phases.flush = ms(t);
+
     // Hot set first, outside the hold: it also refreshes ib_buffer_pool in the
     // datadir, which the replica loads at startup from its snapshot.
     let hot = dbinstance::dump_buffer_pool(&src_inst)
@@ -284,10 +335,29 @@ pub fn clone(
             Ok(Store::open(&dir)?.delete(&s)?)
         });
     }
+    // The source agent pools what it reads from now on (and its warm set, by a scan)
+    // as valid for this snapshot: only after the snapshot is complete.
     phases.consistent_point = ms(t);
     say(&format!(
         "consistent point: gtid {gtid}, lsn {snapshot_lsn}, commits held {hold_ms} ms"
     ));
+    // The source agent pools what it reads from now on, and its warm set by a scan,
+    // as valid for this snapshot: published only after the snapshot is complete.
+    if let Some(sh) = parent
+        .sharing
+        .as_ref()
+        .filter(|_| parent.role == Role::Source)
+    {
+        let t = Instant::now();
+        match sharing::offer_warm_set(ctx, sh, snapshot_lsn) {
+            Ok(frames) => say(&format!(
+                "source's warm set offered for sharing: {frames} frames in {} ms",
+                ms(t)
+            )),
+            Err(e) => say(&format!("page sharing will start cold: {e:#}")),
+        }
+        phases.share_scan = ms(t);
+    }
 
     // 2. Lazy clone of the snapshot, attached for the new server.
     let t = Instant::now();
@@ -366,6 +436,41 @@ pub fn clone(
     cfg.buffer_pool_size = opts.buffer_pool.unwrap_or(parent.config.buffer_pool_size);
     cfg.read_only = true;
     std::fs::create_dir_all(&cfg.run_dir)?;
+    let (mut sharing, mut sharing_off) = (None, None);
+    match (&parent.sharing, parent.role) {
+        (Some(psh), Role::Source) => match Sharing::detect(ctx).and_then(|s| {
+            s.ensure_daemon(ctx)
+                .map(|()| s)
+                .map_err(|e| format!("{e:#}"))
+        }) {
+            Ok(s) => {
+                let (preload, env, rec) =
+                    s.replica_env(ctx, psh.family_id, &cfg.run_dir, snapshot_lsn);
+                cfg.preload = preload;
+                cfg.env = env;
+                sharing = Some(SharingRecord {
+                    domain_id: cfg.server_id,
+                    ..rec
+                });
+            }
+            Err(why) => sharing_off = Some(why),
+        },
+        (Some(_), Role::Replica) => {
+            // A replica's LSNs after its clone are its own sequence: its snapshot LSN
+            // cannot be compared with the source's page LSNs in the pool.
+            sharing_off = Some(format!(
+                "{src} is a replica; page sharing is only from a family's source"
+            ))
+        }
+        (None, _) => {
+            sharing_off = Some(
+                parent
+                    .sharing_off
+                    .clone()
+                    .unwrap_or_else(|| format!("{src} runs without page sharing")),
+            )
+        }
+    }
     {
         let (reg_dir, n) = (ctx.store_dir.clone(), new.to_string());
         undo.push(format!("run dir of {new}"), move || {
@@ -373,13 +478,24 @@ pub fn clone(
             Ok(())
         });
     }
-    let (_inst, timings) =
-        dbinstance::start_replica(&src_inst, cfg.clone(), &gtid, &StartOptions::default())
-            .with_context(|| format!("starting replica {new}"))?;
+    let (_inst, timings) = dbinstance::start_replica(
+        &src_inst,
+        cfg.clone(),
+        &gtid,
+        &start_options(ctx, sharing.as_ref()),
+    )
+    .with_context(|| format!("starting replica {new}"))?;
     {
         let cfg = cfg.clone();
         undo.push(format!("server {new}"), move || {
             Instance::open(cfg)?.kill()?;
+            Ok(())
+        });
+    }
+    if let Some(sh) = &sharing {
+        let (dir, domain) = (ctx.store_dir.clone(), sh.domain_id);
+        undo.push(format!("family membership of {new}"), move || {
+            sharing::leave(&Ctx::new(&dir)?, domain);
             Ok(())
         });
     }
@@ -411,6 +527,8 @@ pub fn clone(
             phase_ms: phases,
             first_query_ms,
         }),
+        sharing,
+        sharing_off,
     };
     reg.save(&rec)?;
     undo.commit();
@@ -458,7 +576,16 @@ pub fn destroy(ctx: &Ctx, name: &str, with_replicas: bool, say: Say) -> Result<(
         }
     }
     let _ = std::fs::remove_dir(&rec.mountpoint);
+    if let Some(sh) = &rec.sharing {
+        sharing::leave(ctx, sh.domain_id);
+        if rec.role == Role::Source {
+            sharing::destroy_family(ctx, sh);
+        }
+    }
     reg.purge(name);
+    if reg.list()?.is_empty() {
+        sharing::stop_daemon(ctx);
+    }
     say(&format!("destroyed {name}"));
     Ok(())
 }

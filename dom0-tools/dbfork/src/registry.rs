@@ -34,7 +34,13 @@ pub struct CloneReport {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PhaseTimes {
+    /// Flushing the parent's dirty pages before the consistent point.
+    #[serde(default)]
+    pub flush: u64,
     pub consistent_point: u64,
+    /// Waiting for the source's agent to offer its warm set under the new snapshot.
+    #[serde(default)]
+    pub share_scan: u64,
     pub clone_and_attach: u64,
     pub prefetch: u64,
     pub start: u64,
@@ -51,6 +57,12 @@ pub struct InstanceRecord {
     pub mountpoint: PathBuf,
     pub config: InstanceConfig,
     pub clone: Option<CloneReport>,
+    /// Page sharing, when on.
+    #[serde(default)]
+    pub sharing: Option<crate::sharing::SharingRecord>,
+    /// Why sharing is off, when it is.
+    #[serde(default)]
+    pub sharing_off: Option<String>,
 }
 
 impl InstanceRecord {

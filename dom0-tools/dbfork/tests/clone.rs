@@ -323,3 +323,87 @@ fn bad_input_is_named_and_changes_nothing() {
         .collect();
     assert_eq!(names, ["src"]);
 }
+
+/// The agent and daemon must sit next to the dbfork binary under test (scripts/test
+/// builds the workspace first). Missing them is a failure, not a skip: CI must run this.
+fn require_sharing_artifacts() {
+    let dir = std::path::Path::new(DBFORK).parent().unwrap();
+    for f in ["libdbfork_agent.so", "pagetabled"] {
+        assert!(
+            dir.join(f).exists(),
+            "{} missing: build the workspace first (cargo build --workspace)",
+            dir.join(f).display()
+        );
+    }
+}
+
+fn agent_counter(c: &Cluster, name: &str, key: &str) -> u64 {
+    let st = c.store.json(&["status", name]);
+    st["sharing"][key].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn a_replica_reads_the_sources_warm_pages_from_shared_memory() {
+    let Some(c) = Cluster::new() else { return };
+    require_sharing_artifacts();
+    c.source("src");
+    load(&c, "src", 2, 20_000);
+    // Warm the source: its buffer pool holds the tables.
+    let src = c.inst("src");
+    let want = checksums(&c, "src");
+
+    let rec = c.clone("src", "shared", &[]);
+    assert!(
+        rec["sharing"].is_object(),
+        "sharing off: {}",
+        rec["sharing_off"]
+    );
+    // Reading every row makes the replica read pages it has not loaded yet.
+    assert_eq!(checksums(&c, "shared"), want);
+    let served = agent_counter(&c, "shared", "shared");
+    assert!(
+        served > 0,
+        "no read was served from shared memory: {}",
+        c.store.json(&["status", "shared"])["sharing"]
+    );
+    assert_eq!(agent_counter(&c, "shared", "declined_verify"), 0);
+
+    // The same clone without sharing returns the same data and shares nothing.
+    let out = std::process::Command::new(DBFORK)
+        .arg("--store")
+        .arg(c.store.path())
+        .args(["--json", "clone", "src", "private"])
+        .env("DBFORK_SHARING", "off")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st = c.store.json(&["status", "private"]);
+    assert!(
+        st["sharing_off"]
+            .as_str()
+            .unwrap()
+            .contains("DBFORK_SHARING"),
+        "{st}"
+    );
+    assert_eq!(checksums(&c, "private"), want);
+
+    // Writes on the source after the clones flow to both; both still agree.
+    src.exec("UPDATE sbtest.sbtest1 SET k = k + 1 WHERE id <= 500")
+        .unwrap();
+    for r in ["shared", "private"] {
+        dbinstance::wait_caught_up(&c.inst(r), &src, Duration::from_secs(60)).unwrap();
+        assert_eq!(checksums(&c, r), checksums(&c, "src"), "{r}");
+    }
+    // Destroying the family's source removes its pool.
+    let pool = rec["sharing"]["pool"].as_str().unwrap().to_string();
+    assert!(std::path::Path::new(&pool).exists());
+    c.store.ok(&["destroy", "src", "--with-replicas"]);
+    assert!(
+        !std::path::Path::new(&pool).exists(),
+        "pool {pool} left behind"
+    );
+}

@@ -33,6 +33,22 @@ pub struct StartOptions {
     /// For tests, so a killed test run leaves no servers behind; never for the CLI,
     /// whose servers must outlive it.
     pub die_with_parent: bool,
+    /// Called with the server's pid before the server runs a single instruction of its
+    /// own (it waits at a gate until this returns). dbfork binds the pid to a domain of
+    /// the page table here, so the agent inside is known from its first read.
+    pub before_run: Option<PidHook>,
+}
+
+/// See [`StartOptions::before_run`].
+#[derive(Clone)]
+pub struct PidHook(
+    pub std::sync::Arc<dyn Fn(u32) -> std::result::Result<(), String> + Send + Sync>,
+);
+
+impl std::fmt::Debug for PidHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PidHook")
+    }
 }
 
 impl Default for StartOptions {
@@ -40,6 +56,7 @@ impl Default for StartOptions {
         StartOptions {
             timeout: DEFAULT_START_TIMEOUT,
             die_with_parent: false,
+            before_run: None,
         }
     }
 }
@@ -206,15 +223,36 @@ impl Instance {
             .open(&out_path)
             .map_err(|e| Error::io(&out_path, e))?;
         let err = out.try_clone().map_err(|e| Error::io(&out_path, e))?;
-        let mut cmd = Command::new(&cfg.mariadbd);
+        // With a pid hook, a shell holds the process at a gate until the hook has run,
+        // then becomes mariadbd (exec keeps the pid). LD_PRELOAD is only exported at
+        // the exec, so the preload never loads into the shell.
+        let gated = opts.before_run.is_some();
+        let mut cmd = if gated {
+            let mut c = Command::new("/bin/sh");
+            c.arg("-c")
+                .arg(r#"read -r _ || exit 111; if [ -n "$DBFORK_GATE_PRELOAD" ]; then export LD_PRELOAD="$DBFORK_GATE_PRELOAD"; fi; unset DBFORK_GATE_PRELOAD; exec "$0" "$@""#)
+                .arg(&cfg.mariadbd)
+                .stdin(Stdio::piped());
+            c
+        } else {
+            let mut c = Command::new(&cfg.mariadbd);
+            c.stdin(Stdio::null());
+            c
+        };
         cmd.arg(self.defaults_arg())
-            .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
             .process_group(0)
             .envs(&cfg.env);
         if let Some(preload) = cfg.ld_preload() {
-            cmd.env("LD_PRELOAD", preload);
+            cmd.env(
+                if gated {
+                    "DBFORK_GATE_PRELOAD"
+                } else {
+                    "LD_PRELOAD"
+                },
+                preload,
+            );
         }
         if opts.die_with_parent {
             // SAFETY: runs in the forked child before exec; prctl is async-signal-safe
@@ -236,6 +274,22 @@ impl Instance {
             },
             _ => Error::io(&cfg.mariadbd, e),
         })?;
+        let mut child = child;
+        if let Some(hook) = &opts.before_run {
+            let opened = (hook.0)(child.id()).and_then(|()| {
+                use std::io::Write;
+                let mut gate = child.stdin.take().ok_or("no gate")?;
+                gate.write_all(b"go\n").map_err(|e| e.to_string())
+            });
+            if let Err(why) = opened {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(Error::InvalidConfig(format!(
+                    "{}: not started, the pid hook failed: {why}",
+                    cfg.name
+                )));
+            }
+        }
         tracing::info!(name = %cfg.name, pid = child.id(), port = cfg.port, "started mariadbd");
         self.child = Some(child);
         self.wait_ready(opts.timeout, log_offset)

@@ -6,6 +6,7 @@ pub mod config;
 pub mod consistent;
 pub mod error;
 pub mod fiemap;
+pub mod flush;
 pub mod gtid;
 pub mod hotpages;
 pub mod instance;
@@ -20,11 +21,12 @@ mod tools;
 pub use config::InstanceConfig;
 pub use consistent::ConsistentPoint;
 pub use error::{Error, Result};
+pub use flush::{flush_dirty_pages, FlushReport};
 pub use gtid::{Gtid, GtidPos};
 pub use hotpages::{
     dump_buffer_pool, parse_buffer_pool_dump, tablespace_files, PageId, TablespaceFile,
 };
-pub use instance::{Instance, ReplCredentials, StartOptions, REPL_USER};
+pub use instance::{Instance, PidHook, ReplCredentials, StartOptions, REPL_USER};
 pub use native_clone::{native_clone, NativeClone, NativeCloneTimings};
 pub use preflight::free_port;
 pub use replication::{

@@ -24,6 +24,8 @@ pub struct Plan {
     /// (tables, rows per table), smallest first.
     pub sizes: Vec<(u32, u64)>,
     pub reps: usize,
+    /// Extra clones per method and size with the page cache dropped first.
+    pub cold_runs: usize,
     pub volume_size: String,
     pub buffer_pool: String,
     pub threads: u32,
@@ -42,6 +44,8 @@ pub struct Plan {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct NativeRun {
+    /// Page cache dropped right before the clone.
+    pub cold_cache: bool,
     pub timings: NativeCloneTimings,
     /// backup + prepare + copy-back + start.
     pub until_first_query_ms: u64,
@@ -51,6 +55,7 @@ pub struct NativeRun {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct DbforkRun {
+    pub cold_cache: bool,
     pub clone: CloneRun,
     pub probe_ms: Option<u64>,
 }
@@ -79,7 +84,11 @@ pub struct ThroughputResult {
     pub during: Option<WindowStats>,
     /// Over the clone command itself (start to return), when it lasted >= 1 s.
     pub during_command: Option<WindowStats>,
+    /// From the window's end to the end of the load: does the effect last?
+    pub after: Option<WindowStats>,
     pub hold_ms: Option<u64>,
+    /// dbfork's own phase times for this clone.
+    pub dbfork_phases: Option<CloneRun>,
     /// The replica's hydration at the end of the window (dbfork only).
     pub hydrated_percent_at_window_end: Option<f64>,
     pub tps_series: Vec<f64>,
@@ -193,6 +202,10 @@ impl<'a> Bench<'a> {
         prep.threads = tables;
         sysbench::prepare(&self.source, &prep)?;
         let prepare_secs = t.elapsed().as_secs_f64();
+        // The prepare's binlog is as big as the data; drop it so two datasets fit
+        // the volume (mariadb-backup does not copy binlogs either).
+        self.source.exec("FLUSH BINARY LOGS")?;
+        self.source.exec("PURGE BINARY LOGS BEFORE NOW()")?;
         let data_bytes: u64 = self
             .source
             .query_scalar(&format!(
@@ -211,16 +224,29 @@ impl<'a> Bench<'a> {
             dbfork: Vec::new(),
             native: Vec::new(),
         };
-        for rep in 0..self.plan.reps {
-            say(&format!("first query, {tables} x {rows}, run {}", rep + 1));
-            let (run, replica) = self.dbfork_clone()?;
+        for rep in 0..self.plan.reps + self.plan.cold_runs {
+            let cold = rep >= self.plan.reps;
+            say(&format!(
+                "first query, {tables} x {rows}, run {}{}",
+                rep + 1,
+                if cold { " (page cache dropped)" } else { "" }
+            ));
+            if cold {
+                drop_caches()?;
+            }
+            let (mut run, replica) = self.dbfork_clone()?;
+            run.cold_cache = cold;
             say(&format!(
                 "  dbfork: probe {:?} ms, dbfork's first_query_ms {}, command {} ms",
                 run.probe_ms, run.clone.first_query_ms, run.clone.command_ms
             ));
             size.dbfork.push(run);
             drop(replica);
-            let (run, _native) = self.native_clone()?;
+            if cold {
+                drop_caches()?;
+            }
+            let (mut run, _native) = self.native_clone()?;
+            run.cold_cache = cold;
             say(&format!(
                 "  native: probe {:?} ms, backup+prepare+copy+start {} ms, total {} ms",
                 run.probe_ms, run.until_first_query_ms, run.timings.total_ms
@@ -250,7 +276,14 @@ impl<'a> Bench<'a> {
         let probe_ms = probe
             .finish(Duration::from_secs(10))
             .map(|t| t.duration_since(t0).as_millis() as u64);
-        Ok((DbforkRun { clone, probe_ms }, guard))
+        Ok((
+            DbforkRun {
+                cold_cache: false,
+                clone,
+                probe_ms,
+            },
+            guard,
+        ))
     }
 
     fn native_clone(&mut self) -> Result<(NativeRun, NativeReplica)> {
@@ -268,6 +301,7 @@ impl<'a> Bench<'a> {
             .finish(Duration::from_secs(10))
             .map(|t| t.duration_since(t0).as_millis() as u64);
         let run = NativeRun {
+            cold_cache: false,
             until_first_query_ms: native::until_first_query_ms(&replica.timings),
             timings: replica.timings.clone(),
             probe_ms,
@@ -276,7 +310,13 @@ impl<'a> Bench<'a> {
     }
 
     /// Part 2: load on the source, a clone `clone_at_secs` in.
-    fn throughput(&mut self, test: &str, method: &str, tables: u32, rows: u64) -> Result<ThroughputResult> {
+    fn throughput(
+        &mut self,
+        test: &str,
+        method: &str,
+        tables: u32,
+        rows: u64,
+    ) -> Result<ThroughputResult> {
         say(&format!(
             "throughput: {test} on the source for {} s, {method} clone at {} s",
             self.plan.load_secs, self.plan.clone_at_secs
@@ -288,6 +328,7 @@ impl<'a> Bench<'a> {
         let clone_start = t0.elapsed().as_secs_f64();
         let window_end = t0 + Duration::from_secs((p.clone_at_secs + p.window_secs) as u64);
         let mut hold_ms = None;
+        let mut dbfork_phases = None;
         let mut hydrated = None;
         let keep: Keep;
         let clone_end;
@@ -295,13 +336,14 @@ impl<'a> Bench<'a> {
             let (run, guard) = self.dbfork_clone()?;
             clone_end = t0.elapsed().as_secs_f64();
             hold_ms = Some(run.clone.hold_ms);
+            dbfork_phases = Some(run.clone.clone());
             sleep_until(window_end);
             hydrated = self.dbfork.hydrated_percent(&run.clone.name).ok();
             keep = Keep::Dbfork(guard);
         } else {
             let (_, replica) = self.native_clone()?;
             clone_end = t0.elapsed().as_secs_f64();
-            keep = Keep::Native(replica);
+            keep = Keep::Native(Box::new(replica));
         }
         let out: SysbenchResult = load.wait()?;
         let w = p.window_secs as f64;
@@ -317,7 +359,9 @@ impl<'a> Bench<'a> {
             during_command: (clone_end - clone_start >= 1.0)
                 .then(|| window(&out.intervals, clone_start, clone_end))
                 .flatten(),
+            after: window(&out.intervals, clone_start + w, p.load_secs as f64 + 1.0),
             hold_ms,
+            dbfork_phases,
             hydrated_percent_at_window_end: hydrated,
             tps_series: out.intervals.iter().map(|s| s.tps).collect(),
         };
@@ -341,8 +385,17 @@ impl<'a> Bench<'a> {
 
     /// Part 3: clone, then read-only load on the replica alone until it reaches 90%
     /// of what the source did alone.
-    fn warmup(&mut self, method: &str, tables: u32, rows: u64, source_tps: f64) -> Result<WarmupResult> {
-        say(&format!("warm-up: {method} replica, oltp_read_only for {} s", self.plan.warmup_secs));
+    fn warmup(
+        &mut self,
+        method: &str,
+        tables: u32,
+        rows: u64,
+        source_tps: f64,
+    ) -> Result<WarmupResult> {
+        say(&format!(
+            "warm-up: {method} replica, oltp_read_only for {} s",
+            self.plan.warmup_secs
+        ));
         let opts = self.opts("oltp_read_only", tables, rows, self.plan.warmup_secs);
         let (first_query_ms, out) = if method == "dbfork" {
             let (run, _guard) = self.dbfork_clone()?;
@@ -355,7 +408,9 @@ impl<'a> Bench<'a> {
             (run.probe_ms.unwrap_or(run.until_first_query_ms), out)
         };
         let secs_to_90 = seconds_to_reach(&out.intervals, 0.9 * source_tps);
-        say(&format!("  90% of {source_tps:.0} tps after {secs_to_90:?} s of load"));
+        say(&format!(
+            "  90% of {source_tps:.0} tps after {secs_to_90:?} s of load"
+        ));
         self.settle()?;
         Ok(WarmupResult {
             method: method.to_string(),
@@ -384,7 +439,9 @@ impl<'a> Bench<'a> {
                 break Ok(());
             }
             if Instant::now() > deadline {
-                break Err(anyhow::anyhow!("source still has {dirty} dirty pages after 120 s"));
+                break Err(anyhow::anyhow!(
+                    "source still has {dirty} dirty pages after 120 s"
+                ));
             }
             std::thread::sleep(Duration::from_millis(200));
         };
@@ -398,12 +455,22 @@ impl<'a> Bench<'a> {
 #[allow(dead_code)] // the values are held for their Drop only
 enum Keep<'a> {
     Dbfork(ReplicaGuard<'a>),
-    Native(NativeReplica),
+    Native(Box<NativeReplica>),
 }
 
 /// A read of user data, not just `SELECT 1`: the page must come off the clone.
 fn first_query_sql() -> String {
     format!("SELECT k FROM {DB}.sbtest1 WHERE id = 1")
+}
+
+/// Writes back and evicts the host's page cache, so a clone reads from the disk as
+/// it would for a database larger than memory. Affects the whole host (no
+/// correctness effect on anyone, only speed).
+fn drop_caches() -> Result<()> {
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+    std::fs::write("/proc/sys/vm/drop_caches", "3\n")
+        .context("dropping the page cache (needs root; or pass --cold-runs 0)")
 }
 
 fn sleep_until(t: Instant) {
@@ -437,8 +504,14 @@ pub fn parse_size(s: &str) -> Result<(u32, u64)> {
     let Some((t, r)) = s.split_once(['x', 'X']) else {
         bail!("dataset {s:?}: expected TABLESxROWS, e.g. 4x250000");
     };
-    let tables: u32 = t.trim().parse().with_context(|| format!("dataset {s:?}: tables"))?;
-    let rows: u64 = r.trim().parse().with_context(|| format!("dataset {s:?}: rows"))?;
+    let tables: u32 = t
+        .trim()
+        .parse()
+        .with_context(|| format!("dataset {s:?}: tables"))?;
+    let rows: u64 = r
+        .trim()
+        .parse()
+        .with_context(|| format!("dataset {s:?}: rows"))?;
     if tables == 0 || rows == 0 {
         bail!("dataset {s:?}: tables and rows must be positive");
     }

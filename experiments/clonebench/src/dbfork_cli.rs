@@ -111,7 +111,10 @@ impl Dbfork {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                bail!("{what}: still running after {} s, killed", timeout.as_secs());
+                bail!(
+                    "{what}: still running after {} s, killed",
+                    timeout.as_secs()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         };
@@ -249,7 +252,10 @@ mod tests {
             store: "/nonexistent".into(),
         };
         let err = d.run_json(&["list"]).unwrap_err().to_string();
-        assert!(err.contains("dbfork list") && err.contains("exit status"), "{err}");
+        assert!(
+            err.contains("dbfork list") && err.contains("exit status"),
+            "{err}"
+        );
     }
 
     #[test]

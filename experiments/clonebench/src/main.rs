@@ -31,14 +31,18 @@ struct Args {
     /// Clones per method and size for the first-query figures (default 2; --quick: 1).
     #[arg(long)]
     reps: Option<usize>,
+    /// Extra clones per method and size with the host page cache dropped right
+    /// before each (default 1; --quick: 0).
+    #[arg(long)]
+    cold_runs: Option<usize>,
     /// sysbench tests for the throughput part, comma-separated; "none" skips it
     /// (default oltp_read_only,oltp_write_only; --quick: oltp_read_only).
     #[arg(long, value_delimiter = ',')]
     tests: Vec<String>,
-    /// Length of each source load run in seconds (default 40; --quick: 16).
+    /// Length of each source load run in seconds (default 45; --quick: 16).
     #[arg(long)]
     load_secs: Option<u32>,
-    /// When the clone starts, seconds into the load (default 12; --quick: 6).
+    /// When the clone starts, seconds into the load (default 20; --quick: 6).
     #[arg(long)]
     clone_at: Option<u32>,
     /// Seconds compared before and after the clone starts (default 10; --quick: 5).
@@ -84,7 +88,10 @@ fn plan_of(a: &Args) -> Result<Plan> {
             vec![(4, 250_000), (4, 1_000_000)]
         }
     } else {
-        a.sizes.iter().map(|s| parse_size(s)).collect::<Result<_>>()?
+        a.sizes
+            .iter()
+            .map(|s| parse_size(s))
+            .collect::<Result<_>>()?
     };
     let tests: Vec<String> = if a.tests.is_empty() {
         if q {
@@ -97,8 +104,8 @@ fn plan_of(a: &Args) -> Result<Plan> {
     } else {
         a.tests.clone()
     };
-    let load_secs = a.load_secs.unwrap_or(if q { 16 } else { 40 });
-    let clone_at = a.clone_at.unwrap_or(if q { 6 } else { 12 });
+    let load_secs = a.load_secs.unwrap_or(if q { 16 } else { 45 });
+    let clone_at = a.clone_at.unwrap_or(if q { 6 } else { 20 });
     let window = a.window.unwrap_or(if q { 5 } else { 10 });
     if window == 0 || clone_at < window || clone_at + window > load_secs {
         bail!(
@@ -108,7 +115,10 @@ fn plan_of(a: &Args) -> Result<Plan> {
     }
     let load_size = a.load_size.unwrap_or(sizes.len() - 1);
     if load_size >= sizes.len() {
-        bail!("--load-size {load_size}: there are only {} datasets", sizes.len());
+        bail!(
+            "--load-size {load_size}: there are only {} datasets",
+            sizes.len()
+        );
     }
     let reps = a.reps.unwrap_or(if q { 1 } else { 2 });
     if reps == 0 {
@@ -117,6 +127,7 @@ fn plan_of(a: &Args) -> Result<Plan> {
     Ok(Plan {
         sizes,
         reps,
+        cold_runs: a.cold_runs.unwrap_or(if q { 0 } else { 1 }),
         volume_size: a.volume_size.clone(),
         buffer_pool: a.buffer_pool.clone(),
         threads: a.threads.max(1),
@@ -183,9 +194,8 @@ fn main() -> Result<()> {
         );
     }
     let out = args.out.clone().or_else(|| {
-        (!args.quick).then(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/results-clone.md")
-        })
+        (!args.quick)
+            .then(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/results-clone.md"))
     });
     if let Some(path) = out {
         std::fs::write(&path, &md).with_context(|| format!("writing {}", path.display()))?;
@@ -199,7 +209,10 @@ mod tests {
     use super::*;
 
     fn args(extra: &[&str]) -> Args {
-        let mut v = vec!["clonebench", "--dbfork", "/bin/true"];
+        let mut v = vec!["clonebench"];
+        if !extra.contains(&"--dbfork") {
+            v.extend_from_slice(&["--dbfork", "/bin/true"]);
+        }
         v.extend_from_slice(extra);
         Args::parse_from(v)
     }
@@ -224,6 +237,9 @@ mod tests {
         assert!(plan_of(&args(&["--reps", "0"])).is_err());
         assert!(plan_of(&args(&["--sizes", "4x"])).is_err());
         assert!(plan_of(&args(&["--dbfork", "/nonexistent/dbfork"])).is_err());
-        assert!(plan_of(&args(&["--tests", "none"])).unwrap().tests.is_empty());
+        assert!(plan_of(&args(&["--tests", "none"]))
+            .unwrap()
+            .tests
+            .is_empty());
     }
 }

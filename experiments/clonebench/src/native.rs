@@ -18,7 +18,10 @@ impl Drop for NativeReplica {
     fn drop(&mut self) {
         if self.instance.is_running() {
             if let Err(e) = self.instance.stop_with_timeout(Duration::from_secs(60)) {
-                tracing::warn!("stopping native replica {}: {e}; killing it", self.instance.name());
+                tracing::warn!(
+                    "stopping native replica {}: {e}; killing it",
+                    self.instance.name()
+                );
                 let _ = self.instance.kill();
             }
         }
@@ -62,4 +65,70 @@ pub fn clone_native(source: &Instance, cfg: InstanceConfig, dir: TempDir) -> Res
 /// including the server start (replication setup comes after the first query).
 pub fn until_first_query_ms(t: &NativeCloneTimings) -> u64 {
     t.backup_ms + t.prepare_ms + t.copy_back_ms + t.start_ms
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dbinstance::testing::InstanceGuard;
+
+    #[test]
+    fn native_replica_answers_replicates_and_is_gone_after_drop() {
+        let src = InstanceGuard::source("nsrc", 41).unwrap();
+        src.exec("CREATE DATABASE d").unwrap();
+        src.exec("CREATE TABLE d.t (id INT PRIMARY KEY) ENGINE=InnoDB")
+            .unwrap();
+        src.exec("INSERT INTO d.t VALUES (1), (2)").unwrap();
+        let base = tempfile::tempdir().unwrap();
+        let (cfg, dir) = replica_config(src.config(), base.path(), "nrep", 4001).unwrap();
+        assert_eq!(cfg.buffer_pool_size, src.config().buffer_pool_size);
+        let run_dir = cfg.run_dir.clone();
+        let rep = clone_native(&src, cfg, dir).unwrap();
+        let n: Option<u64> = rep
+            .instance
+            .query_scalar("SELECT COUNT(*) FROM d.t")
+            .unwrap();
+        assert_eq!(n, Some(2));
+        let t = &rep.timings;
+        assert_eq!(
+            until_first_query_ms(t),
+            t.backup_ms + t.prepare_ms + t.copy_back_ms + t.start_ms
+        );
+        assert!(until_first_query_ms(t) <= t.total_ms);
+        let pid = rep.instance.pid().expect("running");
+        drop(rep);
+        assert!(!run_dir.exists(), "replica dir left behind");
+        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists() || is_zombie(pid));
+    }
+
+    fn is_zombie(pid: i32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| {
+                s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+            .unwrap_or(true)
+    }
+
+    #[test]
+    fn a_source_without_binlog_is_refused_and_leaves_nothing() {
+        let (mut cfg, dir) = dbinstance::testing::test_config("nobin", 42).unwrap();
+        cfg.binlog = false;
+        let src = InstanceGuard::init_and_start(cfg, dir).unwrap();
+        let base = tempfile::tempdir().unwrap();
+        let (cfg, dir) = replica_config(src.config(), base.path(), "nrep2", 4002).unwrap();
+        let datadir = cfg.datadir.clone();
+        let err = clone_native(&src, cfg, dir)
+            .err()
+            .expect("no binlog, no replica");
+        assert!(
+            format!("{err:#}").to_lowercase().contains("binlog"),
+            "{err:#}"
+        );
+        let left = std::fs::read_dir(&datadir).map(|d| d.count()).unwrap_or(0);
+        assert_eq!(left, 0, "half-made datadir left behind");
+    }
 }

@@ -78,6 +78,33 @@ fn try_query(socket: &std::path::Path, query: &str) -> bool {
 mod tests {
     use super::*;
 
+    use dbinstance::testing::InstanceGuard;
+
+    #[test]
+    fn a_real_server_answers_and_an_error_is_not_an_answer() {
+        let src = InstanceGuard::source("probe", 31).unwrap();
+        src.exec("CREATE DATABASE p").unwrap();
+        src.exec("CREATE TABLE p.t (id INT PRIMARY KEY, k INT) ENGINE=InnoDB")
+            .unwrap();
+        let socket = src.config().socket_path();
+
+        // The table is empty: the query runs but returns no row, so no answer yet.
+        let t0 = Instant::now();
+        let probe = FirstQueryProbe::start(socket.clone(), "SELECT k FROM p.t WHERE id = 1".into());
+        assert_eq!(probe.finish(Duration::from_millis(300)), None);
+
+        let probe =
+            FirstQueryProbe::start(socket.clone(), "SELECT k FROM p.nope WHERE id = 1".into());
+        assert_eq!(probe.finish(Duration::from_millis(300)), None);
+
+        src.exec("INSERT INTO p.t VALUES (1, 7)").unwrap();
+        let probe = FirstQueryProbe::start(socket, "SELECT k FROM p.t WHERE id = 1".into());
+        let at = probe
+            .finish(Duration::from_secs(30))
+            .expect("a live server answers");
+        assert!(at > t0);
+    }
+
     #[test]
     fn a_socket_that_never_appears_gives_none() {
         let dir = tempfile::tempdir().unwrap();

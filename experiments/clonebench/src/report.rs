@@ -30,16 +30,18 @@ pub fn median(v: &[u64]) -> Option<f64> {
 }
 
 /// Time to first query, outside probe where it answered, else the tool's own.
-fn dbfork_ttfq(s: &SizeResult) -> Vec<u64> {
+fn dbfork_ttfq(s: &SizeResult, cold: bool) -> Vec<u64> {
     s.dbfork
         .iter()
+        .filter(|r| r.cold_cache == cold)
         .map(|r| r.probe_ms.unwrap_or(r.clone.first_query_ms))
         .collect()
 }
 
-fn native_ttfq(s: &SizeResult) -> Vec<u64> {
+fn native_ttfq(s: &SizeResult, cold: bool) -> Vec<u64> {
     s.native
         .iter()
+        .filter(|r| r.cold_cache == cold)
         .map(|r| r.probe_ms.unwrap_or(r.until_first_query_ms))
         .collect()
 }
@@ -83,6 +85,10 @@ pub fn markdown(plan: &Plan, info: &RunInfo, res: &Results) -> String {
     let m = &info.machine;
     let _ = writeln!(o, "## dbfork clone vs the DBMS-native path (clonebench)\n");
     let _ = writeln!(o, "- command: `{}`", info.command);
+    let _ = writeln!(
+        o,
+        "- built with: `CARGO_TARGET_DIR=target-clonebench cargo build --release -p dbfork -p clonebench` (from /work/main)"
+    );
     let _ = writeln!(o, "- dbfork binary: `{}`", info.dbfork_exe);
     let _ = writeln!(
         o,
@@ -98,12 +104,15 @@ pub fn markdown(plan: &Plan, info: &RunInfo, res: &Results) -> String {
     let _ = writeln!(
         o,
         "- setup: one `dbfork source create` ({} volume, {} buffer pool); datasets {} \
-         (sysbench prepare, smallest first, the previous one dropped); {} run(s) per method \
-         and size; source dirty pages flushed before each clone; sysbench {} thread(s)",
+         (sysbench prepare, smallest first, the previous one dropped, binlogs purged after \
+         the prepare); {} run(s) per method and size with a warm page cache and {} with the \
+         host page cache dropped (sync; drop_caches=3) right before the clone; source dirty \
+         pages flushed before each clone; sysbench {} thread(s)",
         plan.volume_size,
         plan.buffer_pool,
         sizes.join(", "),
         plan.reps,
+        plan.cold_runs,
         plan.threads
     );
     let _ = writeln!(
@@ -116,33 +125,46 @@ pub fn markdown(plan: &Plan, info: &RunInfo, res: &Results) -> String {
     // Ratios first.
     let _ = writeln!(o, "### Ratios\n");
     let _ = writeln!(o, "| ratio | value | meaning |\n|---|---|---|");
-    for s in &res.sizes {
-        let _ = writeln!(
-            o,
-            "| time to first query, native / dbfork, {} ({}) | {} | > 1: dbfork faster |",
-            label(s.tables, s.rows),
-            mb(s.data_bytes),
-            ratio(median(&native_ttfq(s)), median(&dbfork_ttfq(s)))
-        );
-    }
-    if let (Some(first), Some(last)) = (res.sizes.first(), res.sizes.last()) {
-        if res.sizes.len() > 1 {
-            let growth = format!(
-                "{} / {}",
-                label(last.tables, last.rows),
-                label(first.tables, first.rows)
-            );
+    for cold in [false, true] {
+        let cache = cache_label(cold);
+        for s in &res.sizes {
+            let (n, d) = (native_ttfq(s, cold), dbfork_ttfq(s, cold));
+            if n.is_empty() && d.is_empty() {
+                continue;
+            }
             let _ = writeln!(
                 o,
-                "| dbfork time to first query, {growth} | {} | flat in size: ~1 |",
-                ratio(median(&dbfork_ttfq(last)), median(&dbfork_ttfq(first)))
+                "| time to first query, native / dbfork, {} ({}), {cache} | {} | > 1: dbfork faster |",
+                label(s.tables, s.rows),
+                mb(s.data_bytes),
+                ratio(median(&n), median(&d))
             );
-            let _ = writeln!(
-                o,
-                "| native time to first query, {growth} | {} | grows with the data (data {}) |",
-                ratio(median(&native_ttfq(last)), median(&native_ttfq(first))),
-                ratio(Some(last.data_bytes as f64), Some(first.data_bytes as f64))
-            );
+        }
+        if let (Some(first), Some(last)) = (res.sizes.first(), res.sizes.last()) {
+            if res.sizes.len() > 1 && !dbfork_ttfq(last, cold).is_empty() {
+                let growth = format!(
+                    "{} / {}",
+                    label(last.tables, last.rows),
+                    label(first.tables, first.rows)
+                );
+                let _ = writeln!(
+                    o,
+                    "| dbfork time to first query, {growth}, {cache} | {} | flat in size: ~1 |",
+                    ratio(
+                        median(&dbfork_ttfq(last, cold)),
+                        median(&dbfork_ttfq(first, cold))
+                    )
+                );
+                let _ = writeln!(
+                    o,
+                    "| native time to first query, {growth}, {cache} | {} | grows with the data (data {}) |",
+                    ratio(
+                        median(&native_ttfq(last, cold)),
+                        median(&native_ttfq(first, cold))
+                    ),
+                    ratio(Some(last.data_bytes as f64), Some(first.data_bytes as f64))
+                );
+            }
         }
     }
     for t in &res.throughput {
@@ -152,6 +174,24 @@ pub fn markdown(plan: &Plan, info: &RunInfo, res: &Results) -> String {
             t.method,
             t.test,
             ratio(tps(&t.during), tps(&t.before))
+        );
+    }
+    for t in &res.throughput {
+        let _ = writeln!(
+            o,
+            "| source tps, while the {} clone command ran / before, {} | {} | the dip while the clone is made |",
+            t.method,
+            t.test,
+            ratio(tps(&t.during_command), tps(&t.before))
+        );
+    }
+    for t in &res.throughput {
+        let _ = writeln!(
+            o,
+            "| source tps, after the window / before, {} clone, {} | {} | does the effect last (replica running, hydration done or not) |",
+            t.method,
+            t.test,
+            ratio(tps(&t.after), tps(&t.before))
         );
     }
     let d = res.warmup.iter().find(|w| w.method == "dbfork");
@@ -172,59 +212,12 @@ pub fn markdown(plan: &Plan, info: &RunInfo, res: &Results) -> String {
     let _ = writeln!(o, "\n### 1. Time to first query (ms)\n");
     let _ = writeln!(
         o,
-        "| dataset | data | datadir | method | first query (median) | runs | the tool's own figure | phases |\n|---|---|---|---|---|---|---|---|"
+        "| dataset | data | datadir | cache | method | first query (median) | runs | the tool's own figure | phases |\n|---|---|---|---|---|---|---|---|---|"
     );
     for s in &res.sizes {
-        let own: Vec<u64> = s.dbfork.iter().map(|r| r.clone.first_query_ms).collect();
-        let phases = s
-            .dbfork
-            .first()
-            .map(|r| {
-                let c = &r.clone;
-                format!(
-                    "consistent point {} (hold {}), clone+attach {}, prefetch {} ({} hot pages), start {}, replication {}; command {}",
-                    c.consistent_point_ms,
-                    c.hold_ms,
-                    c.clone_and_attach_ms,
-                    c.prefetch_ms,
-                    c.hot_pages,
-                    c.start_ms,
-                    c.replication_ms,
-                    c.command_ms
-                )
-            })
-            .unwrap_or_default();
-        let _ = writeln!(
-            o,
-            "| {} | {} | {} | dbfork clone | {} | {} | {} | {} |",
-            label(s.tables, s.rows),
-            mb(s.data_bytes),
-            mb(s.datadir_bytes),
-            f0(median(&dbfork_ttfq(s))),
-            list(&dbfork_ttfq(s)),
-            list(&own),
-            phases
-        );
-        let own: Vec<u64> = s.native.iter().map(|r| r.until_first_query_ms).collect();
-        let phases = s
-            .native
-            .first()
-            .map(|r| {
-                let t = &r.timings;
-                format!(
-                    "backup {}, prepare {}, copy-back {}, start {}, replication {}; total {}",
-                    t.backup_ms, t.prepare_ms, t.copy_back_ms, t.start_ms, t.configure_ms, t.total_ms
-                )
-            })
-            .unwrap_or_default();
-        let _ = writeln!(
-            o,
-            "| | | | native (mariadb-backup) | {} | {} | {} | {} |",
-            f0(median(&native_ttfq(s))),
-            list(&native_ttfq(s)),
-            list(&own),
-            phases
-        );
+        for cold in [false, true] {
+            size_rows(&mut o, s, cold);
+        }
     }
     let _ = writeln!(
         o,
@@ -246,7 +239,7 @@ pub fn markdown(plan: &Plan, info: &RunInfo, res: &Results) -> String {
         );
         let _ = writeln!(
             o,
-            "| test | dataset | clone | tps before | tps in window (min 1 s) | tps while the clone command ran | clone ran (s since load start) | commits held | replica hydrated at window end |\n|---|---|---|---|---|---|---|---|---|"
+            "| test | dataset | clone | tps before | tps in window (min 1 s) | tps while the clone command ran | tps after the window | clone ran (s since load start) | commits held | replica hydrated at window end |\n|---|---|---|---|---|---|---|---|---|---|"
         );
         for t in &res.throughput {
             throughput_row(&mut o, t);
@@ -270,7 +263,12 @@ pub fn markdown(plan: &Plan, info: &RunInfo, res: &Results) -> String {
             "| replica | source alone (tps) | first query after (ms) | seconds of load to 90% | clone start to 90% (s) | replica tps, first 5 s |\n|---|---|---|---|---|---|"
         );
         for w in &res.warmup {
-            let first: Vec<String> = w.tps_series.iter().take(5).map(|t| format!("{t:.0}")).collect();
+            let first: Vec<String> = w
+                .tps_series
+                .iter()
+                .take(5)
+                .map(|t| format!("{t:.0}"))
+                .collect();
             let _ = writeln!(
                 o,
                 "| {} | {:.0} | {} | {} | {} | {} |",
@@ -289,19 +287,85 @@ pub fn markdown(plan: &Plan, info: &RunInfo, res: &Results) -> String {
     o
 }
 
+fn cache_label(cold: bool) -> &'static str {
+    if cold {
+        "page cache dropped"
+    } else {
+        "warm page cache"
+    }
+}
+
+fn size_rows(o: &mut String, s: &SizeResult, cold: bool) {
+    let runs: Vec<_> = s.dbfork.iter().filter(|r| r.cold_cache == cold).collect();
+    let nruns: Vec<_> = s.native.iter().filter(|r| r.cold_cache == cold).collect();
+    if runs.is_empty() && nruns.is_empty() {
+        return;
+    }
+    let own: Vec<u64> = runs.iter().map(|r| r.clone.first_query_ms).collect();
+    let phases = runs
+        .first()
+        .map(|r| {
+            let c = &r.clone;
+            format!(
+                "consistent point {} (hold {}), clone+attach {}, prefetch {} ({} hot pages), start {}, replication {}; command {}",
+                c.consistent_point_ms,
+                c.hold_ms,
+                c.clone_and_attach_ms,
+                c.prefetch_ms,
+                c.hot_pages,
+                c.start_ms,
+                c.replication_ms,
+                c.command_ms
+            )
+        })
+        .unwrap_or_default();
+    let _ = writeln!(
+        o,
+        "| {} | {} | {} | {} | dbfork clone | {} | {} | {} | {} |",
+        label(s.tables, s.rows),
+        mb(s.data_bytes),
+        mb(s.datadir_bytes),
+        cache_label(cold),
+        f0(median(&dbfork_ttfq(s, cold))),
+        list(&dbfork_ttfq(s, cold)),
+        list(&own),
+        phases
+    );
+    let own: Vec<u64> = nruns.iter().map(|r| r.until_first_query_ms).collect();
+    let phases = nruns
+        .first()
+        .map(|r| {
+            let t = &r.timings;
+            format!(
+                "backup {}, prepare {}, copy-back {}, start {}, replication {}; total {}",
+                t.backup_ms, t.prepare_ms, t.copy_back_ms, t.start_ms, t.configure_ms, t.total_ms
+            )
+        })
+        .unwrap_or_default();
+    let _ = writeln!(
+        o,
+        "| | | | | native (mariadb-backup) | {} | {} | {} | {} |",
+        f0(median(&native_ttfq(s, cold))),
+        list(&native_ttfq(s, cold)),
+        list(&own),
+        phases
+    );
+}
+
 fn throughput_row(o: &mut String, t: &ThroughputResult) {
     let during = t.during.as_ref().map_or("n/a".into(), |w| {
         format!("{:.0} (min {:.0})", w.mean_tps, w.min_tps)
     });
     let _ = writeln!(
         o,
-        "| {} | {} | {} | {} | {} | {} | {:.1} - {:.1} | {} | {} |",
+        "| {} | {} | {} | {} | {} | {} | {} | {:.1} - {:.1} | {} | {} |",
         t.test,
         label(t.tables, t.rows),
         t.method,
         f0(tps(&t.before)),
         during,
         f0(tps(&t.during_command)),
+        f0(tps(&t.after)),
         t.clone_start_s,
         t.clone_end_s,
         t.hold_ms.map_or("n/a".into(), |h| format!("{h} ms")),

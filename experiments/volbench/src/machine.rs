@@ -43,3 +43,25 @@ fn first_line(cmd: &mut Command) -> String {
         .and_then(|s| s.lines().next().map(str::to_string))
         .unwrap_or_else(|| "?".into())
 }
+
+/// The workspace commit the binaries were presumably built from, and whether the
+/// tree had uncommitted changes (then the figures are for that work in progress).
+pub fn source_rev(workspace: &std::path::Path) -> String {
+    let rev = first_line(Command::new("git").arg("-C").arg(workspace).args([
+        "rev-parse",
+        "--short",
+        "HEAD",
+    ]));
+    let dirty = Command::new("git")
+        .arg("-C")
+        .arg(workspace)
+        .args(["status", "--porcelain", "--untracked-files=no"])
+        .output()
+        .map(|o| !o.stdout.is_empty())
+        .unwrap_or(false);
+    if dirty {
+        format!("{rev} + uncommitted changes")
+    } else {
+        rev
+    }
+}

@@ -166,7 +166,7 @@ fn main() -> Result<()> {
     rep.text(&format!(
         "## Volume engine benchmarks (volbench{})\n\n\
          - command: `{}` (dbfork: `{}`), built with \
-         `cargo build --release -p dbfork -p volbench`\n\
+         `cargo build --release -p dbfork -p volbench` (source: {})\n\
          - machine: {}\n\
          - date: {when}; load average before: {load_before}, after: {}; run took {:.0} s\n\
          - page cache dropped before each hydration run: {}\n",
@@ -177,6 +177,7 @@ fn main() -> Result<()> {
         },
         cmd.join(" "),
         bin.display(),
+        machine::source_rev(&workspace_root()),
         machine::describe(),
         machine::loadavg(),
         started.elapsed().as_secs_f64(),

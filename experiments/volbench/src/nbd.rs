@@ -32,13 +32,19 @@ pub fn connect(sock: &Path, export: &str, server: &mut ChildGuard) -> Result<Con
 /// region size up to 1 MiB every read is a first touch of its region on an
 /// unhydrated clone), 16 KiB aligned at a random place inside the region.
 pub fn random_offsets(size: u64, n: usize, seed: u64) -> Result<Vec<u64>> {
+    random_offsets_in(0, size, n, seed)
+}
+
+/// `random_offsets` within [from, to): 1 MiB aligned bounds.
+pub fn random_offsets_in(from: u64, to: u64, n: usize, seed: u64) -> Result<Vec<u64>> {
     const SPREAD: u64 = 1 << 20;
-    let regions = size / SPREAD;
+    let (first, end) = (from / SPREAD, to / SPREAD);
+    let regions = end.saturating_sub(first);
     if (n as u64) > regions {
-        bail!("{n} distinct 1 MiB regions asked of a {size}-byte image");
+        bail!("{n} distinct 1 MiB regions asked of [{from}, {to})");
     }
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut idx: Vec<u64> = (0..regions).collect();
+    let mut idx: Vec<u64> = (first..end).collect();
     idx.shuffle(&mut rng);
     let slots = SPREAD / READ_LEN as u64;
     Ok(idx[..n]

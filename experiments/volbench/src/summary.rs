@@ -368,8 +368,11 @@ fn latency_table(rep: &mut Report, ctx: &Ctx, d: &Data) {
          cluster size. dbfork clones here are made with --no-hydrate; each round uses fresh \
          clones and overlays and new offsets, samples pooled over rounds. 'While hydrating' / \
          'during block-stream' rows: one run each, reads start as the background copy does \
-         (dbfork: right after the export's handshake; QEMU: right after `block-stream`); 'copy \
-         ended first' marks a run where the copy finished before the last read. Hydrated rows: \
+         (dbfork: right after the export's handshake; QEMU: right after `block-stream`) and go \
+         to the last quarter of the image (at most one read per MiB there), ahead of both \
+         front-to-back copies: a copy under 75% when the reads end means every read was a first \
+         touch racing the copy; 'copy ended first' marks a run where the copy finished before \
+         the last read. Hydrated rows: \
          the clones of table 3 once independent. The base image is in the \
          page cache (read once before): this compares engines, not the disk.",
     );

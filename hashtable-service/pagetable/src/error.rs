@@ -18,9 +18,14 @@ pub enum Error {
     QuotaExceeded { domain: DomainId, quota: usize },
     #[error("the page table of {family} is full (2^28 entries in one of its 16 shards)")]
     TableFull { family: FamilyId },
+    #[error("{key:?} already has {max} frames registered in its family; invalidate some first")]
+    PageCrowded {
+        key: crate::ids::PageKey,
+        max: usize,
+    },
     #[error("page size {0} is not a power of two between 512 and 65536")]
     InvalidPageSize(u32),
-    #[error("frame {0:?} is out of the representable range (offsets and gfns below 2^59)")]
+    #[error("frame {0:?} is out of the representable range (offsets and gfns below 2^58)")]
     FrameOutOfRange(Frame),
     #[error("protocol: {0}")]
     Protocol(#[from] crate::wire::DecodeError),

@@ -20,4 +20,5 @@ pub mod wire;
 pub use error::{Error, Result};
 pub use ids::{DomainId, Entry, FamilyId, Frame, PageKey, Registration};
 pub use stats::FamilyStats;
+pub use store::MAX_FRAMES_PER_PAGE;
 pub use table::{DomainHandle, PageTable, TableConfig};

@@ -9,16 +9,18 @@ use crate::ids::{DomainId, Entry, Frame};
 
 const TAG_SHIFT: u32 = 62;
 const SIZE_SHIFT: u32 = 59;
-/// Frame payloads (offsets, gfns, domid+gref) fit below the page-size bits.
-const PAYLOAD_MASK: u64 = (1 << SIZE_SHIFT) - 1;
-/// A packed frame without the page size: the identity of a frame.
-const FRAME_MASK: u64 = !(0b111 << SIZE_SHIFT);
+/// Set on every record of a page that has more than one record (see `store`).
+const SHARED_BIT: u64 = 1 << 58;
+/// Frame payloads (offsets, gfns, domid+gref) fit below the record's flag bits.
+const PAYLOAD_MASK: u64 = SHARED_BIT - 1;
+/// A packed frame without the page size and flag: the identity of a frame.
+const FRAME_MASK: u64 = !((0b111 << SIZE_SHIFT) | SHARED_BIT);
 const TAG_LOCAL: u64 = 0;
 const TAG_GFN: u64 = 1;
 const TAG_GRANT: u64 = 2;
 
-/// A `Frame` in one u64: two tag bits on top, three bits left free for the page size
-/// of a record, the payload below.
+/// A `Frame` in one u64: two tag bits on top, four bits left free for a record's
+/// page size and flag, the payload below.
 pub(crate) fn pack_frame(frame: Frame) -> Result<u64> {
     let (tag, payload) = match frame {
         Frame::LocalPool { offset } => (TAG_LOCAL, offset),
@@ -94,7 +96,7 @@ pub(crate) struct Record {
     pub(crate) page: u64,
     pub(crate) lsn: u64,
     pub(crate) valid_from: u64,
-    /// `pack_frame` with the page size code in bits 59..62.
+    /// `pack_frame` with the page size code in bits 59..62 and `SHARED_BIT`.
     frame_and_size: u64,
     pub(crate) owner: u32,
 }
@@ -132,6 +134,25 @@ impl Record {
     /// The frame as `pack_frame` packs it (without the page size).
     pub(crate) fn frame(&self) -> u64 {
         self.frame_and_size & FRAME_MASK
+    }
+
+    /// Whether other records of the same page exist (kept by `store`).
+    pub(crate) fn shared(&self) -> bool {
+        self.frame_and_size & SHARED_BIT != 0
+    }
+
+    pub(crate) fn set_shared(&mut self, shared: bool) {
+        if shared {
+            self.frame_and_size |= SHARED_BIT;
+        } else {
+            self.frame_and_size &= !SHARED_BIT;
+        }
+    }
+
+    /// The record without its flag, as `Record::new` builds it.
+    pub(crate) fn unflagged(mut self) -> Self {
+        self.set_shared(false);
+        self
     }
 
     pub(crate) fn page_size(&self) -> u32 {
@@ -219,7 +240,7 @@ mod tests {
             assert_eq!(unpack_frame(pack_frame(f).unwrap()), f);
         }
         for f in [
-            Frame::XenGfn { gfn: 1 << 59 },
+            Frame::XenGfn { gfn: 1 << 58 },
             Frame::LocalPool { offset: u64::MAX },
         ] {
             assert!(matches!(pack_frame(f), Err(Error::FrameOutOfRange(_))));
@@ -249,7 +270,7 @@ mod tests {
                 },
             ] {
                 let bits = pack_frame(f).unwrap();
-                let r = Record::new(
+                let mut r = Record::new(
                     u64::MAX,
                     bits,
                     1,
@@ -258,6 +279,12 @@ mod tests {
                     PageShift::from_size(size).unwrap(),
                 );
                 assert_eq!(r.frame(), bits, "the size bits do not leak into the frame");
+                assert!(!r.shared());
+                r.set_shared(true);
+                assert!(r.shared());
+                assert_eq!(r.frame(), bits, "nor does the flag");
+                let (flagged, unflagged) = (r.frame_and_size, r.unflagged().frame_and_size);
+                assert_eq!(unflagged, flagged & !SHARED_BIT);
                 let e = r.unpack();
                 assert_eq!(
                     (e.frame, e.page_size, e.lsn, e.valid_from, e.owner),

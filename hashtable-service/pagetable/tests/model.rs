@@ -733,3 +733,106 @@ fn frame_read_before_a_snapshot_does_not_serve_it() {
     // A later snapshot (250) needs a frame read after it was published.
     assert_eq!(t.lookup(DomainId(2), key, 250).unwrap(), None);
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Many frames of few pages: every page has several records, which the store
+    /// keeps under one hash with a `shared` flag. After each change, every snapshot
+    /// LSN must get the model's answer and the table must stay consistent.
+    #[test]
+    fn crowded_pages_match_model(
+        steps in prop::collection::vec(
+            (1u32..4, 0u32..2, 0u64..8, 0u64..10, 0u64..12, prop::bool::weighted(0.8)),
+            1..60,
+        ),
+    ) {
+        let f = FamilyId(1);
+        let t = PageTable::default();
+        t.create_family(f).unwrap();
+        let mut m = Model::default();
+        m.families.entry(f).or_default();
+        for d in 1..4 {
+            t.add_to_family(f, DomainId(d)).unwrap();
+            m.member_of.insert(DomainId(d), f);
+        }
+        for (d, page, frame, lsn, valid_from, register) in steps {
+            let d = DomainId(d);
+            let frame = Frame::LocalPool { offset: frame * 16384 };
+            if register {
+                let reg = Registration {
+                    key: PageKey::new(f, 0, page),
+                    frame,
+                    lsn,
+                    valid_from,
+                    page_size: 16384,
+                };
+                t.register(d, reg).unwrap();
+                m.register(d, &[reg], usize::MAX).unwrap();
+            } else {
+                let was = m.held.remove(&(d, frame)).is_some();
+                prop_assert_eq!(t.invalidate(d, frame).unwrap(), was);
+            }
+            prop_assert_eq!(t.check_consistency(), Ok(()));
+            for page in 0..2 {
+                let key = PageKey::new(f, 0, page);
+                for s in 0..13 {
+                    prop_assert_eq!(t.lookup(DomainId(1), key, s).unwrap(), m.best(key, s));
+                }
+            }
+        }
+    }
+}
+
+/// One page cannot collect more than MAX_FRAMES_PER_PAGE frames: the next
+/// registration is refused by name, moving a frame onto the page too, and the page
+/// and the rest of the table keep working.
+#[test]
+fn crowded_page_is_refused_with_a_clear_error() {
+    let f = FamilyId(1);
+    let t = PageTable::default();
+    t.create_family(f).unwrap();
+    t.add_to_family(f, DomainId(1)).unwrap();
+    t.add_to_family(f, DomainId(2)).unwrap();
+    let key = PageKey::new(f, 3, 3);
+    let reg = |key, offset: u64, lsn| Registration {
+        key,
+        frame: Frame::LocalPool { offset },
+        lsn,
+        valid_from: u64::MAX,
+        page_size: 16384,
+    };
+    let regs: Vec<_> = (0..pagetable::MAX_FRAMES_PER_PAGE as u64)
+        .map(|i| reg(key, i * 16384, i))
+        .collect();
+    t.register_many(DomainId(1), &regs).unwrap();
+    let err = t.register(DomainId(2), reg(key, 0, 1_000)).unwrap_err();
+    assert!(
+        matches!(err, Error::PageCrowded { max, .. } if max == pagetable::MAX_FRAMES_PER_PAGE),
+        "{err}"
+    );
+    assert!(err.to_string().contains("invalidate"), "{err}");
+    // Moving another frame onto the crowded page is refused the same way and leaves
+    // that frame where it was.
+    let other = PageKey::new(f, 3, 4);
+    t.register(DomainId(2), reg(other, 0, 5)).unwrap();
+    assert!(matches!(
+        t.register(DomainId(2), reg(key, 0, 5)),
+        Err(Error::PageCrowded { .. })
+    ));
+    assert_eq!(
+        t.lookup(DomainId(2), other, 5).unwrap().unwrap().owner,
+        DomainId(2)
+    );
+    let newest = pagetable::MAX_FRAMES_PER_PAGE as u64 - 1;
+    assert_eq!(
+        t.lookup(DomainId(2), key, u64::MAX).unwrap().unwrap().lsn,
+        newest
+    );
+    // Room again after an invalidation.
+    assert!(t
+        .invalidate(DomainId(1), Frame::LocalPool { offset: 0 })
+        .unwrap());
+    t.register(DomainId(2), reg(key, 0, 1_000)).unwrap();
+    assert_eq!(t.check_consistency(), Ok(()));
+}

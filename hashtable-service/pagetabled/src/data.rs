@@ -210,7 +210,9 @@ fn code_of(e: &Error) -> ErrorCode {
         Error::UnknownFamily(_) => ErrorCode::UnknownFamily,
         Error::UnknownDomain(_) => ErrorCode::UnknownDomain,
         Error::NotInFamily { .. } => ErrorCode::NotInFamily,
-        Error::QuotaExceeded { .. } | Error::TableFull { .. } => ErrorCode::QuotaExceeded,
+        Error::QuotaExceeded { .. } | Error::TableFull { .. } | Error::PageCrowded { .. } => {
+            ErrorCode::QuotaExceeded
+        }
         Error::InvalidPageSize(_) | Error::FrameOutOfRange(_) => ErrorCode::InvalidArgument,
         _ => ErrorCode::Internal,
     }

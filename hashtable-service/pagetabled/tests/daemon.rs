@@ -435,6 +435,21 @@ fn admin_refuses_bad_requests_and_non_root_peers() {
     );
 }
 
+/// True when every thread of `pid` is in state T (stopped), per /proc.
+fn all_threads_stopped(pid: i32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|t| {
+        std::fs::read_to_string(t.path().join("stat"))
+            // The state follows the command name, which is in parentheses.
+            .is_ok_and(|s| {
+                s.rsplit_once(") ")
+                    .is_some_and(|(_, rest)| rest.starts_with('T'))
+            })
+    })
+}
+
 /// SIGSTOP the daemon: a client call returns an error after its socket timeout
 /// instead of hanging the database server; after SIGCONT a reconnect works and the
 /// generation is unchanged (same daemon, state intact).
@@ -449,6 +464,9 @@ fn stopped_daemon_costs_a_bounded_wait_not_a_hang() {
     let pid = d.pid() as i32;
     // SAFETY: kill(2) on our own child's pid; no memory is involved.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    // kill returns before every thread has stopped; a request sent now could still
+    // be answered. Wait until the kernel reports each thread stopped.
+    d.wait_for("every daemon thread to stop", |_| all_threads_stopped(pid));
     let e = replica.cmd("lookup 2 2 9");
     // SAFETY: as above.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
