@@ -36,7 +36,7 @@ const NO_SLOT: u32 = u32::MAX;
 /// version of it. Far above what a family uses (members x versions kept), and it
 /// bounds the walk over a page's records that lookups of shared pages and every
 /// insert do, which one domain could otherwise make as long as its quota.
-pub const MAX_FRAMES_PER_PAGE: usize = 256;
+pub const MAX_FRAMES_PER_PAGE: usize = 1024;
 
 /// Why a record could not be stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

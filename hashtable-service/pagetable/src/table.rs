@@ -21,9 +21,8 @@ use ahash::RandomState;
 use dashmap::DashMap;
 use hashbrown::HashTable;
 use parking_lot::Mutex;
-use std::cell::RefCell;
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
@@ -115,16 +114,8 @@ impl DomainFrames {
     }
 }
 
-thread_local! {
-    /// (table id, state) of the domain this thread last looked up as; see
-    /// `PageTable::as_domain`.
-    static LAST_DOMAIN: RefCell<Option<(u64, Arc<DomainState>)>> = const { RefCell::new(None) };
-}
-
 /// The page table. Cheap to share: put it in an `Arc`.
 pub struct PageTable {
-    /// Tells tables apart in `LAST_DOMAIN` (an address could be reused).
-    id: u64,
     families: DashMap<FamilyId, Arc<FamilyState>, RandomState>,
     domains: DashMap<DomainId, Arc<DomainState>, RandomState>,
     control: Mutex<()>,
@@ -139,12 +130,10 @@ impl Default for PageTable {
 
 impl PageTable {
     pub fn new(config: TableConfig) -> Self {
-        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Self {
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             families: DashMap::with_hasher(RandomState::new()),
-            // A `PageTable::lookup` that misses `LAST_DOMAIN` read-locks its domain's
-            // shard; more shards make it rarer that two busy domains share a lock word.
+            // Every `PageTable::lookup` read-locks its domain's shard; more shards make
+            // it rarer that two busy domains share a lock word.
             domains: DashMap::with_hasher_and_shard_amount(RandomState::new(), 64),
             control: Mutex::new(()),
             config,
@@ -351,7 +340,11 @@ impl PageTable {
     /// `valid_from >= max_lsn` (the share rule, docs/architecture.md), else `None`.
     /// `domain` is the caller; it must be a member of `key.family`.
     pub fn lookup(&self, domain: DomainId, key: PageKey, max_lsn: u64) -> Result<Option<Entry>> {
-        self.as_domain(domain, |dom| lookup_in(dom, key, max_lsn))
+        let dom = self
+            .domains
+            .get(&domain)
+            .ok_or(Error::UnknownDomain(domain))?;
+        lookup_in(&dom, key, max_lsn)
     }
 
     /// `lookup` for a batch of keys of one family; results in the order of `keys`.
@@ -361,40 +354,11 @@ impl PageTable {
         keys: &[PageKey],
         max_lsn: u64,
     ) -> Result<Vec<Option<Entry>>> {
-        self.as_domain(domain, |dom| lookup_many_in(dom, keys, max_lsn))
-    }
-
-    /// Runs `f` with the state of `domain`. The data-plane path: the thread's last
-    /// domain is cached (`LAST_DOMAIN`), so repeated calls as one domain touch no
-    /// shared atomic here (a domain-map shard lock costs two read-modify-writes and
-    /// measured ~2x per random lookup on one thread). A cached state that left its
-    /// family is `gone`, exactly as for a `DomainHandle`, and is looked up again.
-    fn as_domain<R>(
-        &self,
-        domain: DomainId,
-        f: impl FnOnce(&DomainState) -> Result<R>,
-    ) -> Result<R> {
-        let mut f = Some(f);
-        let cached = LAST_DOMAIN.with(|c| match &*c.borrow() {
-            Some((table, dom))
-                if *table == self.id && dom.id == domain && !dom.gone.load(Ordering::Relaxed) =>
-            {
-                f.take().map(|f| f(dom))
-            }
-            _ => None,
-        });
-        if let Some(r) = cached {
-            return r;
-        }
-        let dom = self.domain(domain)?;
-        // `f` is still there: the cache missed.
-        let r = f
-            .take()
-            .map_or(Err(Error::UnknownDomain(domain)), |f| f(&dom));
-        // The cache holds the state (and its family) alive until this thread looks up
-        // as another domain or exits; a removed domain's state is empty by then.
-        LAST_DOMAIN.with(|c| *c.borrow_mut() = Some((self.id, dom)));
-        r
+        let dom = self
+            .domains
+            .get(&domain)
+            .ok_or(Error::UnknownDomain(domain))?;
+        lookup_many_in(&dom, keys, max_lsn)
     }
 
     /// A handle for repeated lookups by one domain: it skips the domain map (a shard
