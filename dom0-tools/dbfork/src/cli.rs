@@ -48,6 +48,10 @@ pub enum Command {
         /// Do not queue the boot files and hot pages for hydration first.
         #[arg(long)]
         no_prefetch: bool,
+        /// Copy the whole volume before starting the server (a full copy, as the
+        /// DBMS-native path does; for comparisons).
+        #[arg(long)]
+        hydrate_first: bool,
     },
     /// List managed instances.
     List,

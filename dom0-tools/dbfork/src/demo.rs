@@ -152,6 +152,7 @@ fn demo(ctx: &Ctx, args: &DemoArgs, say: &dyn Fn(&str), out: &Output) -> Result<
                 port: None,
                 buffer_pool: None,
                 prefetch: true,
+                hydrate_first: false,
             },
             &|s| say(&format!("   {s}")),
         )?;

@@ -54,6 +54,7 @@ pub fn run(store: &Path, out: &Output, cmd: Command) -> Result<()> {
             port,
             buffer_pool,
             no_prefetch,
+            hydrate_first,
         } => {
             let rec = lifecycle::clone(
                 &ctx,
@@ -64,6 +65,7 @@ pub fn run(store: &Path, out: &Output, cmd: Command) -> Result<()> {
                     port,
                     buffer_pool,
                     prefetch: !no_prefetch,
+                    hydrate_first,
                 },
                 &say,
             )?;

@@ -237,6 +237,8 @@ pub struct CloneOpts {
     pub port: Option<u16>,
     pub buffer_pool: Option<u64>,
     pub prefetch: bool,
+    /// Hydrate the whole volume before the server starts.
+    pub hydrate_first: bool,
 }
 
 /// Test hook: `DBFORK_FAILPOINT=NAME` makes the operation fail at that point, and
@@ -417,6 +419,15 @@ pub fn clone(
     }
     phases.prefetch = ms(t);
     failpoint(ctx, "after-prefetch", new)?;
+    if opts.hydrate_first {
+        let t = Instant::now();
+        crate::volume_cmd::hydrate_through_export(&run, new)?;
+        say(&format!(
+            "{new} fully hydrated before start in {} ms",
+            ms(t)
+        ));
+        phases.prefetch += ms(t);
+    }
     say(&format!(
         "prefetch: {} ranges queued ({} hot pages)",
         ranges.len(),

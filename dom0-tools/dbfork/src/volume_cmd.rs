@@ -395,3 +395,29 @@ fn hydrate_dependent(store: &Store, run_dir: &RunDir, clone: &str, out: &Output)
     }
     Ok(())
 }
+
+/// Hydrates an exported clone completely through its export process and waits until
+/// it is independent of its snapshot.
+pub fn hydrate_through_export(run_dir: &RunDir, clone: &str) -> Result<()> {
+    control::call(&run_dir.control_socket(clone), &Request::HydrateAll)?;
+    let mut last = (0, std::time::Instant::now());
+    loop {
+        let st: VolumeStatus =
+            match control::call(&run_dir.control_socket(clone), &Request::Status)? {
+                Some(v) => serde_json::from_value(v)?,
+                None => bail!("export of {clone} returned no status"),
+            };
+        if st.independent {
+            return Ok(());
+        }
+        if st.hydrated_bytes > last.0 {
+            last = (st.hydrated_bytes, std::time::Instant::now());
+        } else if last.1.elapsed() > STALL_TIMEOUT {
+            bail!(
+                "hydration of {clone} made no progress for {} s",
+                STALL_TIMEOUT.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

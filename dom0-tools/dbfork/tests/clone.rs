@@ -372,7 +372,7 @@ fn a_replica_reads_the_sources_warm_pages_from_shared_memory() {
     let out = std::process::Command::new(DBFORK)
         .arg("--store")
         .arg(c.store.path())
-        .args(["--json", "clone", "src", "private"])
+        .args(["--json", "clone", "src", "private", "--hydrate-first"])
         .env("DBFORK_SHARING", "off")
         .output()
         .unwrap();
@@ -382,6 +382,8 @@ fn a_replica_reads_the_sources_warm_pages_from_shared_memory() {
         String::from_utf8_lossy(&out.stderr)
     );
     let st = c.store.json(&["status", "private"]);
+    // A full copy before start: independent of the snapshot from its first query.
+    assert_eq!(st["volume"]["independent"], true, "{st}");
     assert!(
         st["sharing_off"]
             .as_str()

@@ -231,8 +231,8 @@ mod tests {
 
     #[test]
     fn bad_plans_are_refused() {
-        assert!(plan_of(&args(&["--window", "20"])).is_err());
-        assert!(plan_of(&args(&["--clone-at", "35", "--window", "10"])).is_err());
+        assert!(plan_of(&args(&["--window", "21"])).is_err());
+        assert!(plan_of(&args(&["--clone-at", "40", "--window", "10"])).is_err());
         assert!(plan_of(&args(&["--load-size", "5"])).is_err());
         assert!(plan_of(&args(&["--reps", "0"])).is_err());
         assert!(plan_of(&args(&["--sizes", "4x"])).is_err());
