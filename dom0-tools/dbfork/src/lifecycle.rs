@@ -126,6 +126,11 @@ fn start_options(ctx: &Ctx, sharing: Option<&SharingRecord>) -> StartOptions {
         let (dir, family, domain) = (ctx.store_dir.clone(), sh.family_id, sh.domain_id);
         opts.before_run = Some(dbinstance::PidHook(std::sync::Arc::new(move |pid| {
             let ctx = Ctx::new(&dir).map_err(|e| format!("{e:#}"))?;
+            // A daemon that died since is started again; its state file brings back
+            // the families, so joining works as before.
+            Sharing::detect(&ctx)?
+                .ensure_daemon(&ctx)
+                .map_err(|e| format!("{e:#}"))?;
             sharing::join(&ctx, family, domain, pid).map_err(|e| format!("{e:#}"))
         })));
     }
@@ -250,6 +255,18 @@ fn failpoint(ctx: &Ctx, point: &str, volume: &str) -> Result<()> {
     };
     if fp == point {
         bail!("failpoint {point} hit (DBFORK_FAILPOINT is set)");
+    }
+    if fp == format!("kill-pagetabled:{point}") {
+        let pidfile = ctx.run_dir().path().join("pagetabled.pid");
+        if let Some(pid) = std::fs::read_to_string(pidfile)
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+        {
+            crate::tools::signal(pid, libc::SIGKILL);
+            crate::tools::wait_until(std::time::Duration::from_secs(10), || {
+                !crate::tools::process_alive(pid)
+            });
+        }
     }
     if fp == format!("kill-export:{point}") {
         if let Some(rec) = attach::load_record(&ctx.run_dir(), volume)? {

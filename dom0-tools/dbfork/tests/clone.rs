@@ -409,3 +409,33 @@ fn a_replica_reads_the_sources_warm_pages_from_shared_memory() {
         "pool {pool} left behind"
     );
 }
+
+#[test]
+fn pagetabled_killed_during_a_clone_is_restarted_and_the_clone_completes() {
+    let Some(c) = Cluster::new() else { return };
+    require_sharing_artifacts();
+    c.source("src");
+    load(&c, "src", 1, 5000);
+    let out = std::process::Command::new(DBFORK)
+        .arg("--store")
+        .arg(c.store.path())
+        .args(["--json", "clone", "src", "r"])
+        .env("DBFORK_FAILPOINT", "kill-pagetabled:after-attach")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The replica is whole, registered, and shares through the restarted daemon.
+    let st = c.store.json(&["status", "r"]);
+    assert_eq!(st["state"], "running", "{st}");
+    assert!(st["sharing_off"].is_null(), "{st}");
+    assert_eq!(checksums(&c, "r"), checksums(&c, "src"));
+    assert!(
+        agent_counter(&c, "r", "lookups") > 0,
+        "the replica never asked the restarted daemon: {}",
+        st["sharing"]
+    );
+}

@@ -29,7 +29,11 @@ pub struct CloneRun {
     /// dbfork's own figure: clone began (after the hot-page dump) to first query.
     pub first_query_ms: u64,
     pub hold_ms: u64,
+    /// Dirty-page flush before the consistent point (0 from dbforks without it).
+    pub flush_ms: u64,
     pub consistent_point_ms: u64,
+    /// Waiting for the source's warm-set offer (page sharing; 0 when off or absent).
+    pub share_scan_ms: u64,
     pub clone_and_attach_ms: u64,
     pub prefetch_ms: u64,
     pub start_ms: u64,
@@ -195,7 +199,9 @@ pub fn parse_clone(name: &str, command_ms: u64, v: &Value) -> Result<CloneRun> {
         command_ms,
         first_query_ms: num(&["first_query_ms"])?,
         hold_ms: num(&["hold_ms"])?,
+        flush_ms: c["phase_ms"]["flush"].as_u64().unwrap_or(0),
         consistent_point_ms: num(&["phase_ms", "consistent_point"])?,
+        share_scan_ms: c["phase_ms"]["share_scan"].as_u64().unwrap_or(0),
         clone_and_attach_ms: num(&["phase_ms", "clone_and_attach"])?,
         prefetch_ms: num(&["phase_ms", "prefetch"])?,
         start_ms: num(&["phase_ms", "start"])?,
@@ -230,6 +236,12 @@ mod tests {
         assert_eq!(r.start_ms, 650);
         assert_eq!(r.command_ms, 1500);
         assert_eq!(r.config.port, 3307);
+        assert_eq!(r.flush_ms, 0, "older dbforks have no flush phase");
+        let mut v = record();
+        v["clone"]["phase_ms"]["flush"] = 25.into();
+        v["clone"]["phase_ms"]["share_scan"] = 7.into();
+        let r = parse_clone("r1", 1500, &v).unwrap();
+        assert_eq!((r.flush_ms, r.share_scan_ms), (25, 7));
     }
 
     #[test]

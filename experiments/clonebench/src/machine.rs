@@ -63,6 +63,29 @@ fn first_line(cmd: &str, args: &[&str]) -> String {
         .unwrap_or_else(|| format!("{cmd}: not found"))
 }
 
+/// `HEAD`'s short hash of the workspace this binary was built from, with
+/// " + uncommitted changes" when the tree differs (binaries may include them).
+pub fn workspace_commit() -> String {
+    let dir = env!("CARGO_MANIFEST_DIR");
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let Some(head) = git(&["rev-parse", "--short", "HEAD"]) else {
+        return "unknown (no git)".into();
+    };
+    match git(&["status", "--porcelain", "--untracked-files=no"]) {
+        Some(s) if !s.is_empty() => format!("{head} + uncommitted changes"),
+        _ => head,
+    }
+}
+
 /// The 1, 5 and 15 minute load averages as `/proc/loadavg` prints them.
 pub fn load_average() -> String {
     let s = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();

@@ -161,6 +161,7 @@ fn main() -> Result<()> {
         .collect::<Vec<_>>()
         .join(" ");
     let started = machine::utc_now();
+    let commit = machine::workspace_commit();
     let load_before = machine::load_average();
     let t0 = Instant::now();
 
@@ -180,6 +181,7 @@ fn main() -> Result<()> {
         load_after: machine::load_average(),
         duration_secs: t0.elapsed().as_secs_f64(),
         dbfork_exe: plan.dbfork_exe.display().to_string(),
+        commit,
     };
     let md = report::markdown(&plan, &info, &results);
     println!("{md}");

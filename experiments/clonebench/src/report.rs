@@ -13,6 +13,7 @@ pub struct RunInfo {
     pub load_after: String,
     pub duration_secs: f64,
     pub dbfork_exe: String,
+    pub commit: String,
 }
 
 pub fn median(v: &[u64]) -> Option<f64> {
@@ -89,7 +90,11 @@ pub fn markdown(plan: &Plan, info: &RunInfo, res: &Results) -> String {
         o,
         "- built with: `CARGO_TARGET_DIR=target-clonebench cargo build --release -p dbfork -p clonebench` (from /work/main)"
     );
-    let _ = writeln!(o, "- dbfork binary: `{}`", info.dbfork_exe);
+    let _ = writeln!(
+        o,
+        "- dbfork binary: `{}`; workspace at the run: {}",
+        info.dbfork_exe, info.commit
+    );
     let _ = writeln!(
         o,
         "- machine: {}-core VM, {} GiB RAM, {}, kernel {}; {}; {}",
@@ -307,9 +312,11 @@ fn size_rows(o: &mut String, s: &SizeResult, cold: bool) {
         .map(|r| {
             let c = &r.clone;
             format!(
-                "consistent point {} (hold {}), clone+attach {}, prefetch {} ({} hot pages), start {}, replication {}; command {}",
+                "flush {}, consistent point {} (hold {}), share scan {}, clone+attach {}, prefetch {} ({} hot pages), start {}, replication {}; command {}",
+                c.flush_ms,
                 c.consistent_point_ms,
                 c.hold_ms,
+                c.share_scan_ms,
                 c.clone_and_attach_ms,
                 c.prefetch_ms,
                 c.hot_pages,
