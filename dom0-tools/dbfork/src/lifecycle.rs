@@ -137,16 +137,14 @@ fn start_options(ctx: &Ctx, sharing: Option<&SharingRecord>) -> StartOptions {
     opts
 }
 
-/// `dbfork source create`: volume + filesystem + fresh MariaDB datadir with binlog and
-/// GTID, server started, recorded as the root of a new family.
-pub fn create_source(ctx: &Ctx, name: &str, opts: &SourceOptions) -> Result<InstanceRecord> {
-    check_free(ctx, name)?;
-    let port = pick_port(opts.port)?;
-    check_space(ctx, opts.size)?;
-    let store = ctx.store()?;
-    let mut undo = Undo::new();
-
-    store.create(name, opts.size)?;
+/// Attaches a volume just made and mounts it at its place in the store; registers the
+/// undo of both (delete the volume, detach it).
+fn mount_new_volume(
+    ctx: &Ctx,
+    undo: &mut Undo,
+    name: &str,
+    mkfs: Option<FsType>,
+) -> Result<PathBuf> {
     {
         let (dir, n) = (ctx.store_dir.clone(), name.to_string());
         undo.push(format!("volume {name}"), move || {
@@ -159,16 +157,28 @@ pub fn create_source(ctx: &Ctx, name: &str, opts: &SourceOptions) -> Result<Inst
         store: &ctx.store_dir,
         volume: name,
         mountpoint: &mp,
-        mkfs: Some(opts.fs),
+        mkfs,
         read_only: false,
         dbfork_exe: &ctx.dbfork_exe,
     })?;
-    {
-        let (dir, n) = (ctx.store_dir.clone(), name.to_string());
-        undo.push(format!("attach of {name}"), move || {
-            Ok(attach::detach(&dir, &n)?)
-        });
-    }
+    let (dir, n) = (ctx.store_dir.clone(), name.to_string());
+    undo.push(format!("attach of {name}"), move || {
+        Ok(attach::detach(&dir, &n)?)
+    });
+    Ok(mp)
+}
+
+/// `dbfork source create`: volume + filesystem + fresh MariaDB datadir with binlog and
+/// GTID, server started, recorded as the root of a new family.
+pub fn create_source(ctx: &Ctx, name: &str, opts: &SourceOptions) -> Result<InstanceRecord> {
+    check_free(ctx, name)?;
+    let port = pick_port(opts.port)?;
+    check_space(ctx, opts.size)?;
+    let store = ctx.store()?;
+    let mut undo = Undo::new();
+
+    store.create(name, opts.size)?;
+    let mp = mount_new_volume(ctx, &mut undo, name, Some(opts.fs))?;
 
     let used: Vec<u32> = ctx
         .registry()
@@ -389,28 +399,7 @@ pub fn clone(
             region_size: store.recommended_region_size(),
         },
     )?;
-    {
-        let (dir, n) = (ctx.store_dir.clone(), new.to_string());
-        undo.push(format!("volume {new}"), move || {
-            Ok(Store::open(&dir)?.delete(&n)?)
-        });
-    }
-    let mp = ctx.mountpoint(new);
-    std::fs::create_dir_all(&mp)?;
-    attach::attach(&AttachRequest {
-        store: &ctx.store_dir,
-        volume: new,
-        mountpoint: &mp,
-        mkfs: None,
-        read_only: false,
-        dbfork_exe: &ctx.dbfork_exe,
-    })?;
-    {
-        let (dir, n) = (ctx.store_dir.clone(), new.to_string());
-        undo.push(format!("attach of {new}"), move || {
-            Ok(attach::detach(&dir, &n)?)
-        });
-    }
+    let mp = mount_new_volume(ctx, &mut undo, new, None)?;
     phases.clone_and_attach = ms(t);
     failpoint(ctx, "after-attach", new)?;
     say(&format!("lazy clone {new} attached at {}", mp.display()));

@@ -4,7 +4,6 @@
 use crate::csv::row;
 use crate::dbfork::{pid_of, Dbfork};
 use crate::parse::pss_bytes;
-use parking_lot_free::Shared;
 use serde_json::Value;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,10 +11,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Small shared-state helper without pulling in another lock crate.
-mod parking_lot_free {
-    pub type Shared<T> = std::sync::Arc<std::sync::Mutex<T>>;
-}
+type Shared<T> = Arc<std::sync::Mutex<T>>;
 
 #[derive(Clone, Debug)]
 pub struct Target {

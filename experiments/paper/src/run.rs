@@ -1,0 +1,393 @@
+//! One run of scenario R for one (storage, configuration): a fresh source under
+//! load, a replica forked every interval with its own load, series recorded.
+
+use crate::csv::row;
+use crate::dbfork::{config_of, pid_of, Dbfork};
+use crate::metrics::{mean_in, time_to_reach};
+use crate::parse::interval_samples;
+use crate::sampler::{Sampler, Target, VolumeFigures};
+use crate::throttle::{dev_of_node, disk_of_path, Throttle};
+use crate::{stopped, Plan, Storage};
+use anyhow::{bail, Context, Result};
+use dbinstance::{native_clone, Instance, InstanceConfig, StartOptions};
+use indicatif::ProgressBar;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum Config {
+    /// DBMS-native: mariadb-backup backup, prepare, copy-back, start, replicate.
+    Default,
+    /// Lazy volume, sharing off (the buffer pool loads the snapshot's dump).
+    Lazy,
+    /// Full copy before start, sharing on.
+    Share,
+    /// Lazy volume, sharing on.
+    LazyShare,
+    /// Warm-up anchor: lazy, sharing off, buffer pool load aborted (cold cache).
+    Cold,
+}
+
+impl Config {
+    pub fn name(self) -> &'static str {
+        match self {
+            Config::Default => "default",
+            Config::Lazy => "lazy",
+            Config::Share => "share",
+            Config::LazyShare => "lazy_share",
+            Config::Cold => "cold",
+        }
+    }
+}
+
+/// What one replica did, for replicas.csv and the summary.
+#[derive(Clone, Debug)]
+pub struct ReplicaResult {
+    pub storage: Storage,
+    pub config: Config,
+    pub name: String,
+    pub fork_at_s: f64,
+    /// Fork start to a server that answers queries (clone command returned).
+    pub first_query_s: f64,
+    /// Fork start to the replica's trailing 3 s mean reaching 90% of the source's
+    /// concurrent tps.
+    pub t90_source_s: Option<f64>,
+    /// Fork start to 90% of the replica's own steady tps (its last 20 s).
+    pub t90_own_s: Option<f64>,
+    pub steady_tps: Option<f64>,
+    pub volume: VolumeFigures,
+}
+
+pub struct RunResult {
+    pub storage: Storage,
+    pub config: Config,
+    pub source_alone_tps: Option<f64>,
+    pub replicas: Vec<ReplicaResult>,
+    /// (t, total tps) and (t, total PSS bytes), one per second.
+    pub total_tps: Vec<(f64, f64)>,
+    pub total_pss: Vec<(f64, f64)>,
+    pub fork_marks: Vec<f64>,
+}
+
+/// A sysbench client whose stdout goes to a file; killed on Drop.
+struct Load {
+    name: String,
+    child: Child,
+    out: PathBuf,
+    started_at_s: f64,
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_load(plan: &Plan, name: &str, socket: &Path, secs: u64, out: PathBuf, t0: Instant) -> Result<Load> {
+    let file = std::fs::File::create(&out).with_context(|| format!("creating {}", out.display()))?;
+    let child = Command::new("sysbench")
+        .arg("oltp_read_only")
+        .arg("--db-driver=mysql")
+        .arg(format!("--mysql-socket={}", socket.display()))
+        .arg("--mysql-user=root")
+        .arg("--mysql-db=sbtest")
+        .arg(format!("--tables={}", plan.tables))
+        .arg(format!("--table-size={}", plan.rows))
+        .arg(format!("--threads={}", plan.threads))
+        .arg(format!("--time={}", secs.max(1)))
+        .arg("--report-interval=1")
+        .arg("run")
+        .stdin(Stdio::null())
+        .stdout(file)
+        .stderr(Stdio::null())
+        .spawn()
+        .context("spawning sysbench (apt-get install sysbench)")?;
+    Ok(Load {
+        name: name.to_string(),
+        child,
+        out,
+        started_at_s: t0.elapsed().as_secs_f64(),
+    })
+}
+
+/// Destroys the source and its replicas, then removes the store, on every exit path.
+struct StoreGuard {
+    dbfork: Dbfork,
+    source: Option<String>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Drop for StoreGuard {
+    fn drop(&mut self) {
+        if let Some(s) = self.source.take() {
+            if let Err(e) = self.dbfork.destroy(&s) {
+                eprintln!("cleanup: dbfork destroy {s} --with-replicas: {e:#}");
+            }
+        }
+        if let Some(d) = self._dir.take() {
+            let mounted = std::fs::read_to_string("/proc/self/mounts")
+                .map(|m| m.contains(&*d.path().to_string_lossy()))
+                .unwrap_or(true);
+            if mounted {
+                eprintln!("cleanup: something is still mounted under {}; left for a person", d.path().display());
+                std::mem::forget(d);
+            }
+        }
+    }
+}
+
+/// A native replica, stopped on Drop (its dir goes with the TempDir).
+struct NativeReplica {
+    instance: Instance,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for NativeReplica {
+    fn drop(&mut self) {
+        if self.instance.is_running() && self.instance.stop_with_timeout(Duration::from_secs(60)).is_err() {
+            let _ = self.instance.kill();
+        }
+    }
+}
+
+pub fn run_one(plan: &Plan, storage: Storage, config: Config, dir: &Path, bar: &ProgressBar) -> Result<RunResult> {
+    let tag = format!("{}/{}", storage.name(), config.name());
+    let base = tempfile::Builder::new()
+        .prefix(&format!("paper-{}-", config.name()))
+        .tempdir_in(&plan.base_dir)
+        .context("temp dir for the store")?;
+    let dbfork = Dbfork {
+        exe: plan.dbfork.clone(),
+        store: base.path().join("store"),
+    };
+    let mut guard = StoreGuard {
+        dbfork: dbfork.clone(),
+        source: None,
+        _dir: None,
+    };
+    bar.set_message(format!("{tag}: creating source"));
+    guard.source = Some("src".into());
+    let src_cfg = dbfork.source_create("src", &plan.volume_size, &plan.buffer_pool)?;
+    let source = Instance::open(src_cfg.clone()).context("opening the source")?;
+    bar.set_message(format!("{tag}: sysbench prepare {} x {}", plan.tables, plan.rows));
+    let prep = dbinstance::sysbench::SysbenchOptions {
+        tables: plan.tables,
+        table_size: plan.rows,
+        threads: plan.tables.min(2),
+        ..Default::default()
+    };
+    dbinstance::sysbench::prepare(&source, &prep).context("sysbench prepare on the source")?;
+    // The prepare's binlog is as large as the data; the replicas start after it.
+    source.exec("FLUSH BINARY LOGS")?;
+    source.exec("PURGE BINARY LOGS BEFORE NOW()")?;
+
+    let total_secs = plan.interval * (plan.replicas as u64 + 1);
+    let t0 = Instant::now();
+    let prefix = vec![storage.name().to_string(), config.name().to_string()];
+    let mut sampler = Sampler::start(t0, prefix.clone(), Some(dbfork.clone()));
+    sampler.add(Target {
+        name: "src".into(),
+        pid_file: src_cfg.pid_file(),
+        dbfork_replica: false,
+    });
+    let mut loads = vec![start_load(plan, "src", &src_cfg.socket_path(), total_secs, dir.join(format!("sysbench-{}-{}-src.txt", storage.name(), config.name())), t0)?];
+    let mut natives: Vec<NativeReplica> = Vec::new();
+    let mut throttles: Vec<Throttle> = Vec::new();
+    let mut forks: Vec<(String, f64, f64, Option<VolumeFigures>)> = Vec::new();
+    let mut fork_marks = Vec::new();
+
+    for k in 1..=plan.replicas {
+        let due = Duration::from_secs(plan.interval * k as u64);
+        wait_until(t0, due, bar, &format!("{tag}: replica {k} due at {} s", due.as_secs()), total_secs)?;
+        let name = format!("r{k}");
+        let fork_at = t0.elapsed().as_secs_f64();
+        fork_marks.push(fork_at);
+        bar.set_message(format!("{tag}: forking {name}"));
+        let (cfg, dbfork_replica) = match config {
+            Config::Default => {
+                let rdir = tempfile::Builder::new().prefix("native-").tempdir_in(base.path())?;
+                let mut cfg = InstanceConfig::in_dir(&name, rdir.path(), dbinstance::free_port()?, 100 + k);
+                cfg.buffer_pool_size = src_cfg.buffer_pool_size;
+                let start = StartOptions {
+                    die_with_parent: true,
+                    ..StartOptions::default()
+                };
+                let c = native_clone(&source, cfg, &start).with_context(|| format!("native clone {name}"))?;
+                let cfg = c.instance.config().clone();
+                natives.push(NativeReplica {
+                    instance: c.instance,
+                    _dir: rdir,
+                });
+                (cfg, false)
+            }
+            _ => {
+                let mut args = vec!["clone", "src", name.as_str()];
+                let mut env = vec![];
+                match config {
+                    Config::Lazy | Config::Cold => env.push(("DBFORK_SHARING", "off")),
+                    Config::Share => args.push("--hydrate-first"),
+                    _ => {}
+                }
+                let v = dbfork.json(&args, &env)?;
+                (config_of(&v)?, true)
+            }
+        };
+        let ready = t0.elapsed().as_secs_f64();
+        if config == Config::Cold {
+            let inst = Instance::open(cfg.clone())?;
+            inst.exec("SET GLOBAL innodb_buffer_pool_load_abort = ON")?;
+        }
+        if storage == Storage::Throttled {
+            let dev = if dbfork_replica {
+                dev_of_node(&dbfork.loop_device(&name)?)?
+            } else {
+                disk_of_path(&cfg.datadir)?
+            };
+            let th = Throttle::new(&name, &dev, plan.read_iops)?;
+            let pid = pid_of(&cfg.pid_file()).with_context(|| format!("no pid for {name}"))?;
+            th.add(pid)?;
+            throttles.push(th);
+        }
+        sampler.add(Target {
+            name: name.clone(),
+            pid_file: cfg.pid_file(),
+            dbfork_replica,
+        });
+        let left = total_secs.saturating_sub(t0.elapsed().as_secs());
+        loads.push(start_load(plan, &name, &cfg.socket_path(), left, dir.join(format!("sysbench-{}-{}-{name}.txt", storage.name(), config.name())), t0)?);
+        forks.push((name, fork_at, ready, None));
+    }
+    wait_until(t0, Duration::from_secs(total_secs + 2), bar, &format!("{tag}: last replica under load"), total_secs)?;
+    sampler.stop();
+
+    // Series, each sample placed on the run's clock.
+    let mut tps_rows = Vec::new();
+    let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    for l in &mut loads {
+        let _ = l.child.wait();
+        let text = std::fs::read_to_string(&l.out).unwrap_or_default();
+        let s: Vec<(f64, f64)> = interval_samples(&text)
+            .into_iter()
+            .map(|(t, tps)| (l.started_at_s + t as f64, tps))
+            .collect();
+        for (t, tps) in &s {
+            let mut f = prefix.clone();
+            f.extend([format!("{t:.1}"), l.name.clone(), format!("{tps:.2}")]);
+            tps_rows.push(row(&f));
+        }
+        series.push((l.name.clone(), s));
+    }
+    append(&dir.join("tps.csv"), "storage,config,t_s,instance,tps\n", &tps_rows)?;
+    append(&dir.join("memory.csv"), "storage,config,t_s,instance,pss_bytes\n", &sampler.memory_rows.lock().unwrap())?;
+    append(
+        &dir.join("hydration.csv"),
+        "storage,config,t_s,instance,hydrated_bytes,size,on_demand_bytes,background_bytes,shared_pages\n",
+        &sampler.hydration_rows.lock().unwrap(),
+    )?;
+
+    let src_series = series[0].1.clone();
+    let source_alone_tps = mean_in(&src_series, plan.interval as f64 * 0.5, plan.interval as f64);
+    let volumes = sampler.volumes.lock().unwrap().clone();
+    let mut replicas = Vec::new();
+    for (i, (name, fork_at, ready, _)) in forks.iter().enumerate() {
+        let s = &series[i + 1].1;
+        let end = s.last().map(|x| x.0).unwrap_or(0.0);
+        let steady = mean_in(s, end - 20.0, end + 1.0);
+        let src_at = |t: f64| mean_in(&src_series, t - 3.0, t + 0.5);
+        let t90_source = time_to_reach(s, *ready, 3, 0.9, src_at).map(|t| t - fork_at);
+        let t90_own = steady.and_then(|st| time_to_reach(s, *ready, 3, 0.9, |_| Some(st)).map(|t| t - fork_at));
+        replicas.push(ReplicaResult {
+            storage,
+            config,
+            name: name.clone(),
+            fork_at_s: *fork_at,
+            first_query_s: ready - fork_at,
+            t90_source_s: t90_source,
+            t90_own_s: t90_own,
+            steady_tps: steady,
+            volume: volumes.get(name).cloned().unwrap_or_default(),
+        });
+    }
+    let total_tps = sum_by_second(series.iter().flat_map(|(_, s)| s.iter().copied()));
+    let mem: Vec<(f64, f64)> = sampler
+        .memory_rows
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|r| {
+            let f: Vec<&str> = r.trim().split(',').collect();
+            Some((f.get(2)?.parse().ok()?, f.get(4)?.parse().ok()?))
+        })
+        .collect();
+    let total_pss = sum_by_second(mem.into_iter());
+
+    bar.set_message(format!("{tag}: cleaning up"));
+    drop(loads);
+    drop(natives);
+    drop(guard);
+    drop(throttles);
+    Ok(RunResult {
+        storage,
+        config,
+        source_alone_tps,
+        replicas,
+        total_tps,
+        total_pss,
+        fork_marks,
+    })
+}
+
+/// Sums samples into whole-second buckets (floor of t).
+pub fn sum_by_second(samples: impl Iterator<Item = (f64, f64)>) -> Vec<(f64, f64)> {
+    let mut m: std::collections::BTreeMap<i64, f64> = Default::default();
+    for (t, y) in samples {
+        *m.entry(t.floor() as i64).or_default() += y;
+    }
+    m.into_iter().map(|(t, y)| (t as f64, y)).collect()
+}
+
+fn wait_until(t0: Instant, at: Duration, bar: &ProgressBar, what: &str, total: u64) -> Result<()> {
+    loop {
+        if stopped() {
+            bail!("interrupted");
+        }
+        let now = t0.elapsed();
+        bar.set_message(format!("{what} ({} / {total} s)", now.as_secs()));
+        bar.tick();
+        if now >= at {
+            return Ok(());
+        }
+        std::thread::sleep((at - now).min(Duration::from_millis(500)));
+    }
+}
+
+fn append(path: &Path, header: &str, rows: &[String]) -> Result<()> {
+    use std::io::Write;
+    let new = !path.exists();
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    if new {
+        f.write_all(header.as_bytes())?;
+    }
+    for r in rows {
+        f.write_all(r.as_bytes())?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_into_seconds() {
+        let s = sum_by_second([(1.2, 1.0), (1.9, 2.0), (2.0, 5.0)].into_iter());
+        assert_eq!(s, vec![(1.0, 3.0), (2.0, 5.0)]);
+    }
+}
