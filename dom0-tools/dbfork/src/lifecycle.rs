@@ -289,6 +289,9 @@ fn failpoint(ctx: &Ctx, point: &str, volume: &str) -> Result<()> {
     Ok(())
 }
 
+/// How long destroy waits for a server to exit and its mount to be free.
+const STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// How long a clone lets the parent flush dirty pages before going ahead.
 const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -325,6 +328,7 @@ pub fn clone(
     let run = ctx.run_dir();
     let mut undo = Undo::new();
     let mut phases = PhaseTimes::default();
+    let mut warm_set_frames = None;
 
     // Dirty pages flushed first: the replica's crash recovery has less to redo, and
     // clean frames are the ones it can share. Bounded; a busy source is cloned anyway.
@@ -378,7 +382,9 @@ pub fn clone(
         .filter(|_| parent.role == Role::Source)
     {
         let t = Instant::now();
-        match sharing::offer_warm_set(ctx, sh, snapshot_lsn) {
+        let offer = sharing::offer_warm_set(ctx, sh, snapshot_lsn);
+        warm_set_frames = offer.as_ref().ok().copied();
+        match offer {
             Ok(frames) => say(&format!(
                 "source's warm set offered for sharing: {frames} frames in {} ms",
                 ms(t)
@@ -519,8 +525,8 @@ pub fn clone(
     phases.start = timings.start_ms;
     phases.replication = timings.configure_ms;
     failpoint(ctx, "after-start", new)?;
-    let first_query_ms =
-        phases.consistent_point + phases.clone_and_attach + phases.prefetch + timings.start_ms;
+    // Wall time from the command's start: everything the caller waited for.
+    let first_query_ms = ms(t_start);
     say(&format!(
         "{new} answered its first query {first_query_ms} ms after the clone began (server start {} ms); replicating from {src}",
         timings.start_ms
@@ -540,6 +546,7 @@ pub fn clone(
             snapshot_lsn,
             hold_ms,
             hot_pages: hot.len(),
+            warm_set_frames,
             prefetch_ranges: ranges.len(),
             phase_ms: phases,
             first_query_ms,
@@ -572,21 +579,39 @@ pub fn destroy(ctx: &Ctx, name: &str, with_replicas: bool, say: Say) -> Result<(
             destroy(ctx, &c.name, true, say)?;
         }
     }
-    // Forget first: a crash halfway leaves orphans `dbfork` can clean, never a record
-    // pointing at nothing.
-    reg.remove(name)?;
+    // Every step below tolerates finding its work done already, and the record goes
+    // last: a destroy that fails halfway (a mount still busy) is simply run again.
     let mut inst = Instance::open(rec.config.clone())?;
+    let pid = inst.pid();
     if inst.is_running() {
         if let Err(e) = inst.stop() {
             tracing::warn!("clean stop of {name} failed ({e}); killing it");
             inst.kill()?;
         }
     }
+    // The server says it is down before its process has let go of the mount.
+    if let Some(pid) = pid {
+        if !crate::tools::wait_until(STOP_TIMEOUT, || !crate::tools::process_alive(pid as u32)) {
+            bail!("{name}'s server (pid {pid}) has not exited; run destroy again once it has");
+        }
+    }
     if attach::load_record(&ctx.run_dir(), &rec.volume)?.is_some() {
-        attach::detach(&ctx.store_dir, &rec.volume)?;
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            match attach::detach(&ctx.store_dir, &rec.volume) {
+                Ok(()) => break,
+                Err(attach::AttachError::Busy { .. }) if Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
     let store = ctx.store()?;
-    store.delete(&rec.volume)?;
+    match store.delete(&rec.volume) {
+        Ok(()) | Err(lazyvol::Error::UnknownVolume(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
     if let Some(c) = &rec.clone {
         if store.status(&c.snapshot).is_ok() && store.dependents(&c.snapshot)?.is_empty() {
             store.delete(&c.snapshot)?;
@@ -599,6 +624,7 @@ pub fn destroy(ctx: &Ctx, name: &str, with_replicas: bool, say: Say) -> Result<(
             sharing::destroy_family(ctx, sh);
         }
     }
+    reg.remove(name)?;
     reg.purge(name);
     if reg.list()?.is_empty() {
         sharing::stop_daemon(ctx);

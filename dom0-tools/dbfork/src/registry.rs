@@ -26,6 +26,11 @@ pub struct CloneReport {
     /// How long commits on the parent were held.
     pub hold_ms: u64,
     pub hot_pages: usize,
+    /// Frames the source's agent offered for sharing under this snapshot (0: the warm
+    /// set offered at the same LSN before still serves); None when no offer was made
+    /// or it failed (sharing then starts cold).
+    #[serde(default)]
+    pub warm_set_frames: Option<u64>,
     pub prefetch_ranges: usize,
     pub phase_ms: PhaseTimes,
     /// From `dbfork clone` starting to the replica answering its first query.

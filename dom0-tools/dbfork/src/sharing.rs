@@ -230,13 +230,22 @@ pub fn publish_epoch(ctx: &Ctx, family: u32, lsn: u64) -> Result<()> {
 }
 
 /// How long a clone waits for the source's agent to register its warm set.
-const SCAN_TIMEOUT: Duration = Duration::from_secs(30);
+const SCAN_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Publishes the snapshot LSN and waits until the source's agent has scanned its
 /// buffer pool under it (its `scans` counter moves), so the replica finds the warm
 /// set from its first read. Returns the frames the scan pooled.
 pub fn offer_warm_set(ctx: &Ctx, source: &SharingRecord, lsn: u64) -> Result<u64> {
     let counter = |k: &str| agent_stats(source).and_then(|v| v[k].as_u64()).unwrap_or(0);
+    // The agent scans when the counter grows. A snapshot at the LSN already published
+    // (nothing was written since the last clone) finds the warm set registered under
+    // it still valid (valid_from >= S): nothing to publish, nothing to wait for.
+    let published = std::fs::read_to_string(epoch_file(ctx, source.family_id))
+        .ok()
+        .and_then(|t| t.trim().parse::<u64>().ok());
+    if published.is_some_and(|p| lsn <= p) {
+        return Ok(0);
+    }
     let (scans0, frames0) = (counter("scans"), counter("scan_frames_pooled"));
     publish_epoch(ctx, source.family_id, lsn)?;
     if !wait_until(SCAN_TIMEOUT, || counter("scans") > scans0) {

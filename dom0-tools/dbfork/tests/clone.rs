@@ -358,6 +358,14 @@ fn a_replica_reads_the_sources_warm_pages_from_shared_memory() {
         "sharing off: {}",
         rec["sharing_off"]
     );
+    assert!(
+        rec["clone"]["warm_set_frames"].as_u64().unwrap() > 0,
+        "{rec}"
+    );
+    // A second clone right away, likely at the same LSN: the warm set offered for the
+    // first still serves it, and the offer must not wait for a scan that never comes.
+    let again = c.clone("src", "again", &[]);
+    assert!(again["clone"]["warm_set_frames"].is_u64(), "{again}");
     // Reading every row makes the replica read pages it has not loaded yet.
     assert_eq!(checksums(&c, "shared"), want);
     let served = agent_counter(&c, "shared", "shared");

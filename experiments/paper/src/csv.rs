@@ -32,6 +32,9 @@ mod tests {
         assert_eq!(field("lazy_share"), "lazy_share");
         assert_eq!(field("a,b"), "\"a,b\"");
         assert_eq!(field("say \"hi\""), "\"say \"\"hi\"\"\"");
-        assert_eq!(row(&["a".into(), "1.5".into(), "x,y".into()]), "a,1.5,\"x,y\"\n");
+        assert_eq!(
+            row(&["a".into(), "1.5".into(), "x,y".into()]),
+            "a,1.5,\"x,y\"\n"
+        );
     }
 }

@@ -72,14 +72,21 @@ impl Dbfork {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                bail!("{what}: still running after {} s, killed", VERB_TIMEOUT.as_secs());
+                bail!(
+                    "{what}: still running after {} s, killed",
+                    VERB_TIMEOUT.as_secs()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         };
         let out = t_out.join().unwrap_or_default();
         let err = t_err.join().unwrap_or_default();
         if !status.success() {
-            bail!("{what}: {status}\nstdout: {}\nstderr: {}", out.trim(), err.trim());
+            bail!(
+                "{what}: {status}\nstdout: {}\nstderr: {}",
+                out.trim(),
+                err.trim()
+            );
         }
         if out.trim().is_empty() {
             return Ok(Value::Null);
@@ -90,7 +97,15 @@ impl Dbfork {
 
     pub fn source_create(&self, name: &str, size: &str, pool: &str) -> Result<InstanceConfig> {
         let v = self.json(
-            &["source", "create", name, "--size", size, "--buffer-pool", pool],
+            &[
+                "source",
+                "create",
+                name,
+                "--size",
+                size,
+                "--buffer-pool",
+                pool,
+            ],
             &[],
         )?;
         config_of(&v)
@@ -108,8 +123,10 @@ impl Dbfork {
     /// The loop device a replica's volume is attached through (S/run/NAME.attach.json).
     pub fn loop_device(&self, name: &str) -> Result<String> {
         let p = self.store.join("run").join(format!("{name}.attach.json"));
-        let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-        let v: Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))?;
+        let text =
+            std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+        let v: Value =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))?;
         v["loop_device"]
             .as_str()
             .map(str::to_string)

@@ -32,8 +32,38 @@ pub enum Scale {
 pub enum Scenario {
     /// Read-intensive: source under oltp_read_only.
     R,
-    /// Write-intensive: source under a TPC-C-like load (planned).
+    /// Write-intensive: source under a TPC-C-like load (tpcc/tpcc.lua), replicas
+    /// under reads of the TPC-C tables (tpcc/tpcc_read.lua).
     W,
+}
+
+impl Scenario {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::R => "R",
+            Scenario::W => "W",
+        }
+    }
+}
+
+/// Cardinalities of the TPC-C-like dataset (tpcc.lua's options).
+#[derive(Clone, Debug)]
+pub struct Tpcc {
+    pub warehouses: u32,
+    pub items: u32,
+    pub customers: u32,
+    pub orders: u32,
+}
+
+impl Tpcc {
+    pub fn args(&self) -> Vec<String> {
+        vec![
+            format!("--warehouses={}", self.warehouses),
+            format!("--items={}", self.items),
+            format!("--customers={}", self.customers),
+            format!("--orders={}", self.orders),
+        ]
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -66,7 +96,12 @@ struct Args {
     #[arg(long, value_enum, default_value = "r")]
     scenario: Scenario,
     /// Configurations, run one after another, each with a fresh source.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "default,lazy,share,lazy_share")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "default,lazy,share,lazy_share"
+    )]
     configs: Vec<Config>,
     /// plain: the volume as is; throttled: replicas' reads limited to --read-iops.
     #[arg(long, value_enum, default_value = "plain")]
@@ -82,6 +117,9 @@ struct Args {
     tables: Option<u32>,
     #[arg(long)]
     rows: Option<u64>,
+    /// Warehouses of the TPC-C-like dataset (scenario W).
+    #[arg(long)]
+    warehouses: Option<u32>,
     /// Random read IOPS of the throttled storage (a 7200 rpm disk does ~100-200).
     #[arg(long, default_value_t = 150)]
     read_iops: u32,
@@ -99,6 +137,8 @@ struct Args {
 /// Everything a run needs, resolved from the scale and the overrides.
 #[derive(Clone, Debug)]
 pub struct Plan {
+    pub scenario: Scenario,
+    pub tpcc: Tpcc,
     pub dbfork: PathBuf,
     pub base_dir: PathBuf,
     pub tables: u32,
@@ -130,17 +170,32 @@ fn main() -> Result<()> {
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe; the
     // main loop sees the flag and unwinds so every guard cleans up.
     unsafe {
-        libc::signal(libc::SIGINT, on_signal as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as libc::sighandler_t);
-    }
-    if a.scenario == Scenario::W {
-        bail!("scenario W (TPC-C-like write load) is planned, not built yet; see experiments/paper/README.md");
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
     }
     let (tables, rows, pool, vol, interval, replicas) = match a.scale {
         Scale::Small => (4, 100_000, "256M", "4G", 60, 3),
         Scale::Paper => (68, 1_000_000, "15G", "40G", 3500, 8),
     };
+    // Small: a reduced TPC-C (items, customers and orders per district a tenth of
+    // the spec's); paper: the spec's cardinalities, ~100 MB per warehouse.
+    let tpcc = match a.scale {
+        Scale::Small => Tpcc {
+            warehouses: a.warehouses.unwrap_or(2),
+            items: 10_000,
+            customers: 300,
+            orders: 300,
+        },
+        Scale::Paper => Tpcc {
+            warehouses: a.warehouses.unwrap_or(170),
+            items: 100_000,
+            customers: 3000,
+            orders: 3000,
+        },
+    };
     let plan = Plan {
+        scenario: a.scenario,
+        tpcc,
         dbfork: dbfork::Dbfork::locate()?,
         base_dir: a.base_dir.clone(),
         tables: a.tables.unwrap_or(tables),
@@ -158,12 +213,13 @@ fn main() -> Result<()> {
         StorageArg::Both => vec![Storage::Plain, Storage::Throttled],
     };
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let repo = repo.canonicalize().unwrap_or(repo);
     let stamp = utc_stamp();
     let scale = format!("{:?}", a.scale).to_lowercase();
-    let out = a
-        .out
-        .clone()
-        .unwrap_or_else(|| repo.join("experiments/out").join(format!("R-{scale}-{stamp}")));
+    let out = a.out.clone().unwrap_or_else(|| {
+        repo.join("experiments/out")
+            .join(format!("{}-{scale}-{stamp}", a.scenario.name()))
+    });
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     eprintln!("paperrun: {plan:?}\n  output in {}", out.display());
 
@@ -185,7 +241,11 @@ fn main() -> Result<()> {
             match run::run_one(&plan, storage, config, &out, &bar) {
                 Ok(r) => results.push(r),
                 Err(e) => {
-                    bar.println(format!("{}/{}: FAILED: {e:#}", storage.name(), config.name()));
+                    bar.println(format!(
+                        "{}/{}: FAILED: {e:#}",
+                        storage.name(),
+                        config.name()
+                    ));
                     failures.push(format!("{}/{}: {e:#}", storage.name(), config.name()));
                 }
             }
@@ -199,16 +259,16 @@ fn main() -> Result<()> {
     let mut md = String::new();
     let cmd: Vec<String> = std::env::args().collect();
     md.push_str(&format!(
-        "\n### paperrun, scenario R, scale {scale}, {stamp}\n\n\
+        "\n### paperrun, scenario {}, scale {scale}, {stamp}\n\n\
          Command: `experiments/run {}` (wall {:.1} min). Machine: 2-core VM, Debian 12, {}.\n\
-         Dataset {} x {} rows, buffer pool {} per instance, sysbench oltp_read_only {} threads per instance, \
+         Dataset {}, buffer pool {} per instance, sysbench {} threads per instance, \
          a replica every {} s, {} replicas. Throttled = replica reads limited to {} IOPS (cgroup v1 blkio on its loop device). \
          Output: `{}`.\n\n",
+        a.scenario.name(),
         cmd[1..].join(" "),
         wall.as_secs_f64() / 60.0,
         mem_total(),
-        plan.tables,
-        plan.rows,
+        dataset(&plan),
         plan.buffer_pool,
         plan.threads,
         plan.interval,
@@ -221,18 +281,21 @@ fn main() -> Result<()> {
         if runs.is_empty() {
             continue;
         }
-        md.push_str(&report::section(storage, &runs, "R"));
+        md.push_str(&report::section(storage, &runs, a.scenario.name()));
         md.push('\n');
-        match plot::figures(&out, storage, &runs, "R") {
+        match plot::figures(&out, storage, &runs, a.scenario) {
             Ok(files) => {
                 for f in files {
-                    md.push_str(&format!("Figure: `{}`\n", f.strip_prefix(&repo).unwrap_or(&f).display()));
+                    md.push_str(&format!(
+                        "Figure: `{}`\n",
+                        f.strip_prefix(&repo).unwrap_or(&f).display()
+                    ));
                 }
             }
             Err(e) => md.push_str(&format!("(figures failed: {e:#})\n")),
         }
         for r in &runs {
-            if let Err(e) = plot::per_instance(&out, r, &out.join("tps.csv"), "R") {
+            if let Err(e) = plot::per_instance(&out, r, &out.join("tps.csv"), a.scenario.name()) {
                 md.push_str(&format!("(per-instance figure failed: {e:#})\n"));
             }
         }
@@ -242,7 +305,10 @@ fn main() -> Result<()> {
         md.push_str(&format!("FAILED: {f}\n"));
     }
     std::fs::write(out.join("summary.md"), &md)?;
-    let results_md = a.results.clone().unwrap_or_else(|| repo.join("docs/results-paper.md"));
+    let results_md = a
+        .results
+        .clone()
+        .unwrap_or_else(|| repo.join("docs/results-paper.md"));
     append_results(&results_md, &md)?;
     println!("{md}");
     eprintln!("summary appended to {}", results_md.display());
@@ -299,10 +365,28 @@ fn append_results(path: &std::path::Path, md: &str) -> Result<()> {
     Ok(())
 }
 
+fn dataset(plan: &Plan) -> String {
+    match plan.scenario {
+        Scenario::R => format!(
+            "{} x {} rows, source and replicas under oltp_read_only",
+            plan.tables, plan.rows
+        ),
+        Scenario::W => format!(
+            "TPC-C-like, {} warehouses ({} items, {} customers and {} orders per district), \
+             source under tpcc.lua (New-Order + Payment), replicas under tpcc_read.lua",
+            plan.tpcc.warehouses, plan.tpcc.items, plan.tpcc.customers, plan.tpcc.orders
+        ),
+    }
+}
+
 fn mem_total() -> String {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|m| m.lines().next().map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_string()))
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_string())
+        })
         .and_then(|kb| kb.parse::<u64>().ok())
         .map(|kb| format!("{:.0} GiB RAM", kb as f64 / 1048576.0))
         .unwrap_or_else(|| "RAM unknown".into())
@@ -314,5 +398,6 @@ fn utc_stamp() -> String {
         .output()
         .ok()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
-    out.filter(|s| !s.is_empty()).unwrap_or_else(|| "now".into())
+    out.filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "now".into())
 }

@@ -11,15 +11,6 @@ pub fn mean_in(series: &[(f64, f64)], from: f64, to: f64) -> Option<f64> {
     (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
 }
 
-/// The value of `series` at time `t` (the last sample at or before it).
-pub fn value_at(series: &[(f64, f64)], t: f64) -> Option<f64> {
-    series
-        .iter()
-        .take_while(|(x, _)| *x <= t)
-        .last()
-        .map(|(_, y)| *y)
-}
-
 /// First time at or after `from` where the trailing `window`-sample mean of `series`
 /// reaches `fraction` of `reference(t)`; one second of luck does not count as warm.
 pub fn time_to_reach(
@@ -71,16 +62,16 @@ mod tests {
     }
 
     #[test]
-    fn value_at_takes_the_last_sample_before() {
-        assert_eq!(value_at(&ramp(), 3.5), Some(30.0));
-        assert_eq!(value_at(&ramp(), -1.0), None);
-    }
-
-    #[test]
     fn time_to_reach_uses_a_trailing_mean() {
         // Mean of 3 samples ending at t reaches 90% of 100 when (t-1)*10 >= 90.
-        assert_eq!(time_to_reach(&ramp(), 0.0, 3, 0.9, |_| Some(100.0)), Some(10.0));
-        assert_eq!(time_to_reach(&ramp(), 0.0, 1, 0.9, |_| Some(100.0)), Some(9.0));
+        assert_eq!(
+            time_to_reach(&ramp(), 0.0, 3, 0.9, |_| Some(100.0)),
+            Some(10.0)
+        );
+        assert_eq!(
+            time_to_reach(&ramp(), 0.0, 1, 0.9, |_| Some(100.0)),
+            Some(9.0)
+        );
         assert_eq!(time_to_reach(&ramp(), 0.0, 3, 0.9, |_| Some(1e9)), None);
         assert_eq!(time_to_reach(&ramp(), 0.0, 3, 0.9, |_| None), None);
         assert_eq!(time_to_reach(&ramp(), 0.0, 0, 0.9, |_| Some(1.0)), None);

@@ -32,7 +32,10 @@ mod tests {
     fn parses_sysbench_interval_lines() {
         let l = "[ 12s ] thds: 2 tps: 345.67 qps: 5530.72 (r/w/o: 4839.38/0.00/691.34) lat (ms,95%): 7.70 err/s: 0.00 reconn/s: 0.00";
         assert_eq!(interval_line(l), Some((12, 345.67)));
-        assert_eq!(interval_line("[ 1s ] thds: 2 tps: 0.00 qps: 0.00"), Some((1, 0.0)));
+        assert_eq!(
+            interval_line("[ 1s ] thds: 2 tps: 0.00 qps: 0.00"),
+            Some((1, 0.0))
+        );
         assert_eq!(interval_line("transactions: 12 (1.2 per sec.)"), None);
         assert_eq!(interval_line("[ xs ] tps: 1"), None);
         assert_eq!(interval_line("[ 3s ] thds: 2 qps: 1"), None);

@@ -13,7 +13,11 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
     }
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
-    Some(if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 })
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
 }
 
 pub struct Figures {
@@ -40,27 +44,52 @@ pub fn figures(r: &RunResult) -> Figures {
     let last_t = r.total_pss.last().map(|x| x.0).unwrap_or(0.0);
     let end = crate::metrics::mean_in(&r.total_pss, last_t - 10.0, last_t + 1.0).map(|b| b / mib);
     let first_fork = r.fork_marks.first().copied().unwrap_or(0.0);
-    let before = crate::metrics::mean_in(&r.total_pss, first_fork - 10.0, first_fork).map(|b| b / mib);
+    let before =
+        crate::metrics::mean_in(&r.total_pss, first_fork - 10.0, first_fork).map(|b| b / mib);
     let n = r.replicas.len().max(1) as f64;
     Figures {
         first_query_s: fq,
         t90_source_s: t90s,
         t90_own_s: t90o,
-        never_warm: r.replicas.iter().filter(|x| x.t90_source_s.is_none()).count(),
+        never_warm: r
+            .replicas
+            .iter()
+            .filter(|x| x.t90_source_s.is_none())
+            .count(),
         end_pss_mib: end,
         per_replica_mib: end.zip(before).map(|(e, b)| (e - b) / n),
-        on_demand_mib: r.replicas.iter().map(|x| x.volume.on_demand_bytes as f64).sum::<f64>() / mib / n,
-        background_mib: r.replicas.iter().map(|x| x.volume.background_bytes as f64).sum::<f64>() / mib / n,
-        shared_mib: r.replicas.iter().map(|x| x.volume.shared_pages as f64 * 16384.0).sum::<f64>() / mib / n,
+        on_demand_mib: r
+            .replicas
+            .iter()
+            .map(|x| x.volume.on_demand_bytes as f64)
+            .sum::<f64>()
+            / mib
+            / n,
+        background_mib: r
+            .replicas
+            .iter()
+            .map(|x| x.volume.background_bytes as f64)
+            .sum::<f64>()
+            / mib
+            / n,
+        shared_mib: r
+            .replicas
+            .iter()
+            .map(|x| x.volume.shared_pages as f64 * 16384.0)
+            .sum::<f64>()
+            / mib
+            / n,
     }
 }
 
 fn f(x: Option<f64>, prec: usize) -> String {
-    x.map(|v| format!("{v:.prec$}")).unwrap_or_else(|| "n/a".into())
+    x.map(|v| format!("{v:.prec$}"))
+        .unwrap_or_else(|| "n/a".into())
 }
 
 fn ratio(x: Option<f64>) -> String {
-    x.map(|v| format!("{v:.2}x")).unwrap_or_else(|| "n/a".into())
+    x.map(|v| format!("{v:.2}x"))
+        .unwrap_or_else(|| "n/a".into())
 }
 
 /// The markdown section for one storage model.
@@ -91,22 +120,111 @@ pub fn section(storage: Storage, runs: &[&RunResult], scenario: &str) -> String 
         );
     }
     let get = |c: Config| runs.iter().find(|r| r.config == c).map(|r| figures(r));
-    let (d, l, ls) = (get(Config::Default), get(Config::Lazy), get(Config::LazyShare));
-    let creation = d.as_ref().zip(ls.as_ref()).and_then(|(d, ls)| speedup(d.first_query_s?, ls.first_query_s?));
-    let warm = l.as_ref().zip(ls.as_ref()).and_then(|(l, ls)| speedup(l.t90_source_s?, ls.t90_source_s?));
-    let mem = d.as_ref().zip(ls.as_ref()).and_then(|(d, ls)| fraction(ls.end_pss_mib?, d.end_pss_mib?));
-    let mem_inc = d.as_ref().zip(ls.as_ref()).and_then(|(d, ls)| fraction(ls.per_replica_mib?, d.per_replica_mib?));
+    let (d, l, ls) = (
+        get(Config::Default),
+        get(Config::Lazy),
+        get(Config::LazyShare),
+    );
+    let creation = d
+        .as_ref()
+        .zip(ls.as_ref())
+        .and_then(|(d, ls)| speedup(d.first_query_s?, ls.first_query_s?));
+    let warm = l
+        .as_ref()
+        .zip(ls.as_ref())
+        .and_then(|(l, ls)| speedup(l.t90_source_s?, ls.t90_source_s?));
+    let mem = d
+        .as_ref()
+        .zip(ls.as_ref())
+        .and_then(|(d, ls)| fraction(ls.end_pss_mib?, d.end_pss_mib?));
+    let mem_inc = d
+        .as_ref()
+        .zip(ls.as_ref())
+        .and_then(|(d, ls)| fraction(ls.per_replica_mib?, d.per_replica_mib?));
     let _ = writeln!(s, "\n| ratio | paper | here |\n|---|---|---|");
-    let _ = writeln!(s, "| creation: default / lazy_share, first query | 18x (18 min vs 60 s) | {} |", ratio(creation));
-    let _ = writeln!(s, "| warm-up: lazy / lazy_share, to 90% of source | 7.5x (30+ min vs 4 min) | {} |", ratio(warm));
-    let _ = writeln!(s, "| memory: lazy_share / default, total at end | 0.16x | {} |", ratio(mem));
-    let _ = writeln!(s, "| memory: lazy_share / default, growth per replica | (not stated) | {} |", ratio(mem_inc));
+    let _ = writeln!(
+        s,
+        "| creation: default / lazy_share, first query | 18x (18 min vs 60 s) | {} |",
+        ratio(creation)
+    );
+    let _ = writeln!(
+        s,
+        "| warm-up: lazy / lazy_share, to 90% of source | 7.5x (30+ min vs 4 min) | {} |",
+        ratio(warm)
+    );
+    let _ = writeln!(
+        s,
+        "| memory: lazy_share / default, total at end | 0.16x | {} |",
+        ratio(mem)
+    );
+    let _ = writeln!(
+        s,
+        "| memory: lazy_share / default, growth per replica | (not stated) | {} |",
+        ratio(mem_inc)
+    );
     s
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::run::ReplicaResult;
+    use crate::sampler::VolumeFigures;
+
+    fn run(config: Config, first_query: f64, t90: Option<f64>, pss_end_mib: f64) -> RunResult {
+        let mib = 1024.0 * 1024.0;
+        RunResult {
+            storage: Storage::Plain,
+            config,
+            source_alone_tps: Some(1000.0),
+            replicas: vec![ReplicaResult {
+                storage: Storage::Plain,
+                config,
+                name: "r1".into(),
+                fork_at_s: 60.0,
+                first_query_s: first_query,
+                t90_source_s: t90,
+                t90_own_s: t90,
+                steady_tps: Some(500.0),
+                volume: VolumeFigures::default(),
+            }],
+            total_tps: vec![],
+            // 100 MiB before the fork at 60 s, pss_end_mib from 61 s on.
+            total_pss: (0..120)
+                .map(|t| (t as f64, if t < 61 { 100.0 } else { pss_end_mib } * mib))
+                .collect(),
+            fork_marks: vec![60.0],
+        }
+    }
+
+    #[test]
+    fn ratios_are_computed_against_the_right_configs() {
+        let d = run(Config::Default, 36.0, Some(40.0), 300.0);
+        let l = run(Config::Lazy, 3.0, Some(30.0), 290.0);
+        let ls = run(Config::LazyShare, 2.0, Some(5.0), 150.0);
+        let s = section(Storage::Plain, &[&d, &l, &ls], "R");
+        assert!(
+            s.contains(
+                "| creation: default / lazy_share, first query | 18x (18 min vs 60 s) | 18.00x |"
+            ),
+            "{s}"
+        );
+        assert!(s.contains("7.5x (30+ min vs 4 min) | 6.00x |"), "{s}");
+        assert!(s.contains("| 0.16x | 0.50x |"), "{s}");
+        // Growth per replica: 200 MiB native vs 50 MiB shared.
+        assert!(s.contains("| (not stated) | 0.25x |"), "{s}");
+        let g = figures(&ls);
+        assert_eq!(g.per_replica_mib, Some(50.0));
+    }
+
+    #[test]
+    fn missing_configs_give_na_not_a_panic() {
+        let ls = run(Config::LazyShare, 2.0, None, 150.0);
+        let s = section(Storage::Plain, &[&ls], "W");
+        assert!(s.contains("| 18x (18 min vs 60 s) | n/a |"), "{s}");
+        assert!(s.contains("| n/a (1) |"), "{s}");
+    }
 
     #[test]
     fn median_of_odd_even_and_empty() {

@@ -7,7 +7,7 @@ use crate::metrics::{mean_in, time_to_reach};
 use crate::parse::interval_samples;
 use crate::sampler::{Sampler, Target, VolumeFigures};
 use crate::throttle::{dev_of_node, disk_of_path, Throttle};
-use crate::{stopped, Plan, Storage};
+use crate::{stopped, Plan, Scenario, Storage};
 use anyhow::{bail, Context, Result};
 use dbinstance::{native_clone, Instance, InstanceConfig, StartOptions};
 use indicatif::ProgressBar;
@@ -86,23 +86,70 @@ impl Drop for Load {
     }
 }
 
-fn start_load(plan: &Plan, name: &str, socket: &Path, secs: u64, out: PathBuf, t0: Instant) -> Result<Load> {
-    let file = std::fs::File::create(&out).with_context(|| format!("creating {}", out.display()))?;
+/// What a sysbench client runs: a bundled test or one of our Lua scripts, with its
+/// dataset arguments.
+pub struct Workload {
+    pub script: String,
+    pub args: Vec<String>,
+}
+
+impl Workload {
+    /// The source's load and the replicas' load of a scenario.
+    pub fn of(plan: &Plan, replica: bool) -> Workload {
+        match plan.scenario {
+            Scenario::R => Workload {
+                script: "oltp_read_only".into(),
+                args: vec![
+                    "--mysql-db=sbtest".into(),
+                    format!("--tables={}", plan.tables),
+                    format!("--table-size={}", plan.rows),
+                ],
+            },
+            Scenario::W => {
+                let script = if replica { "tpcc_read.lua" } else { "tpcc.lua" };
+                let mut args = vec!["--mysql-db=tpcc".to_string()];
+                args.extend(plan.tpcc.args());
+                if !replica {
+                    // Deadlocks and lock waits between New-Orders restart the transaction.
+                    args.push("--mysql-ignore-errors=1213,1205".into());
+                }
+                Workload {
+                    script: tpcc_dir().join(script).display().to_string(),
+                    args,
+                }
+            }
+        }
+    }
+}
+
+pub fn tpcc_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tpcc")
+}
+
+fn start_load(
+    plan: &Plan,
+    name: &str,
+    socket: &Path,
+    secs: u64,
+    out: PathBuf,
+    t0: Instant,
+) -> Result<Load> {
+    let w = Workload::of(plan, name != "src");
+    let file =
+        std::fs::File::create(&out).with_context(|| format!("creating {}", out.display()))?;
     let child = Command::new("sysbench")
-        .arg("oltp_read_only")
+        .arg(&w.script)
         .arg("--db-driver=mysql")
         .arg(format!("--mysql-socket={}", socket.display()))
         .arg("--mysql-user=root")
-        .arg("--mysql-db=sbtest")
-        .arg(format!("--tables={}", plan.tables))
-        .arg(format!("--table-size={}", plan.rows))
+        .args(&w.args)
         .arg(format!("--threads={}", plan.threads))
         .arg(format!("--time={}", secs.max(1)))
         .arg("--report-interval=1")
         .arg("run")
         .stdin(Stdio::null())
-        .stdout(file)
-        .stderr(Stdio::null())
+        .stdout(file.try_clone().context("duplicating the sysbench output file")?)
+        .stderr(file)
         .spawn()
         .context("spawning sysbench (apt-get install sysbench)")?;
     Ok(Load {
@@ -111,6 +158,48 @@ fn start_load(plan: &Plan, name: &str, socket: &Path, secs: u64, out: PathBuf, t
         out,
         started_at_s: t0.elapsed().as_secs_f64(),
     })
+}
+
+/// Loads the scenario's dataset into the source and drops the load's binlog (the
+/// replicas start after it; mariadb-backup does not copy binlogs either).
+fn prepare(plan: &Plan, source: &Instance) -> Result<()> {
+    match plan.scenario {
+        Scenario::R => {
+            let prep = dbinstance::sysbench::SysbenchOptions {
+                tables: plan.tables,
+                table_size: plan.rows,
+                threads: plan.tables.min(2),
+                ..Default::default()
+            };
+            dbinstance::sysbench::prepare(source, &prep)
+                .context("sysbench prepare on the source")?;
+        }
+        Scenario::W => {
+            source.exec("CREATE DATABASE IF NOT EXISTS tpcc")?;
+            let st = Command::new("sysbench")
+                .arg(tpcc_dir().join("tpcc.lua"))
+                .arg("--db-driver=mysql")
+                .arg(format!(
+                    "--mysql-socket={}",
+                    source.config().socket_path().display()
+                ))
+                .arg("--mysql-user=root")
+                .arg("--mysql-db=tpcc")
+                .args(plan.tpcc.args())
+                .arg("--threads=2")
+                .arg("prepare")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .status()
+                .context("spawning sysbench tpcc.lua prepare")?;
+            if !st.success() {
+                bail!("sysbench tpcc.lua prepare: {st}");
+            }
+        }
+    }
+    source.exec("FLUSH BINARY LOGS")?;
+    source.exec("PURGE BINARY LOGS BEFORE NOW()")?;
+    Ok(())
 }
 
 /// Destroys the source and its replicas, then removes the store, on every exit path.
@@ -132,7 +221,10 @@ impl Drop for StoreGuard {
                 .map(|m| m.contains(&*d.path().to_string_lossy()))
                 .unwrap_or(true);
             if mounted {
-                eprintln!("cleanup: something is still mounted under {}; left for a person", d.path().display());
+                eprintln!(
+                    "cleanup: something is still mounted under {}; left for a person",
+                    d.path().display()
+                );
                 std::mem::forget(d);
             }
         }
@@ -147,13 +239,24 @@ struct NativeReplica {
 
 impl Drop for NativeReplica {
     fn drop(&mut self) {
-        if self.instance.is_running() && self.instance.stop_with_timeout(Duration::from_secs(60)).is_err() {
+        if self.instance.is_running()
+            && self
+                .instance
+                .stop_with_timeout(Duration::from_secs(60))
+                .is_err()
+        {
             let _ = self.instance.kill();
         }
     }
 }
 
-pub fn run_one(plan: &Plan, storage: Storage, config: Config, dir: &Path, bar: &ProgressBar) -> Result<RunResult> {
+pub fn run_one(
+    plan: &Plan,
+    storage: Storage,
+    config: Config,
+    dir: &Path,
+    bar: &ProgressBar,
+) -> Result<RunResult> {
     let tag = format!("{}/{}", storage.name(), config.name());
     let base = tempfile::Builder::new()
         .prefix(&format!("paper-{}-", config.name()))
@@ -172,28 +275,35 @@ pub fn run_one(plan: &Plan, storage: Storage, config: Config, dir: &Path, bar: &
     guard.source = Some("src".into());
     let src_cfg = dbfork.source_create("src", &plan.volume_size, &plan.buffer_pool)?;
     let source = Instance::open(src_cfg.clone()).context("opening the source")?;
-    bar.set_message(format!("{tag}: sysbench prepare {} x {}", plan.tables, plan.rows));
-    let prep = dbinstance::sysbench::SysbenchOptions {
-        tables: plan.tables,
-        table_size: plan.rows,
-        threads: plan.tables.min(2),
-        ..Default::default()
-    };
-    dbinstance::sysbench::prepare(&source, &prep).context("sysbench prepare on the source")?;
-    // The prepare's binlog is as large as the data; the replicas start after it.
-    source.exec("FLUSH BINARY LOGS")?;
-    source.exec("PURGE BINARY LOGS BEFORE NOW()")?;
+    bar.set_message(format!("{tag}: loading the dataset"));
+    prepare(plan, &source)?;
 
     let total_secs = plan.interval * (plan.replicas as u64 + 1);
     let t0 = Instant::now();
-    let prefix = vec![storage.name().to_string(), config.name().to_string()];
+    let prefix = vec![
+        plan.scenario.name().to_string(),
+        storage.name().to_string(),
+        config.name().to_string(),
+    ];
     let mut sampler = Sampler::start(t0, prefix.clone(), Some(dbfork.clone()));
     sampler.add(Target {
         name: "src".into(),
         pid_file: src_cfg.pid_file(),
         dbfork_replica: false,
     });
-    let mut loads = vec![start_load(plan, "src", &src_cfg.socket_path(), total_secs, dir.join(format!("sysbench-{}-{}-src.txt", storage.name(), config.name())), t0)?];
+    let mut loads = vec![start_load(
+        plan,
+        "src",
+        &src_cfg.socket_path(),
+        total_secs,
+        dir.join(format!(
+            "sysbench-{}-{}-{}-src.txt",
+            plan.scenario.name(),
+            storage.name(),
+            config.name()
+        )),
+        t0,
+    )?];
     let mut natives: Vec<NativeReplica> = Vec::new();
     let mut throttles: Vec<Throttle> = Vec::new();
     let mut forks: Vec<(String, f64, f64, Option<VolumeFigures>)> = Vec::new();
@@ -201,21 +311,31 @@ pub fn run_one(plan: &Plan, storage: Storage, config: Config, dir: &Path, bar: &
 
     for k in 1..=plan.replicas {
         let due = Duration::from_secs(plan.interval * k as u64);
-        wait_until(t0, due, bar, &format!("{tag}: replica {k} due at {} s", due.as_secs()), total_secs)?;
+        wait_until(
+            t0,
+            due,
+            bar,
+            &format!("{tag}: replica {k} due at {} s", due.as_secs()),
+            total_secs,
+        )?;
         let name = format!("r{k}");
         let fork_at = t0.elapsed().as_secs_f64();
         fork_marks.push(fork_at);
         bar.set_message(format!("{tag}: forking {name}"));
         let (cfg, dbfork_replica) = match config {
             Config::Default => {
-                let rdir = tempfile::Builder::new().prefix("native-").tempdir_in(base.path())?;
-                let mut cfg = InstanceConfig::in_dir(&name, rdir.path(), dbinstance::free_port()?, 100 + k);
+                let rdir = tempfile::Builder::new()
+                    .prefix("native-")
+                    .tempdir_in(base.path())?;
+                let mut cfg =
+                    InstanceConfig::in_dir(&name, rdir.path(), dbinstance::free_port()?, 100 + k);
                 cfg.buffer_pool_size = src_cfg.buffer_pool_size;
                 let start = StartOptions {
                     die_with_parent: true,
                     ..StartOptions::default()
                 };
-                let c = native_clone(&source, cfg, &start).with_context(|| format!("native clone {name}"))?;
+                let c = native_clone(&source, cfg, &start)
+                    .with_context(|| format!("native clone {name}"))?;
                 let cfg = c.instance.config().clone();
                 natives.push(NativeReplica {
                     instance: c.instance,
@@ -257,10 +377,28 @@ pub fn run_one(plan: &Plan, storage: Storage, config: Config, dir: &Path, bar: &
             dbfork_replica,
         });
         let left = total_secs.saturating_sub(t0.elapsed().as_secs());
-        loads.push(start_load(plan, &name, &cfg.socket_path(), left, dir.join(format!("sysbench-{}-{}-{name}.txt", storage.name(), config.name())), t0)?);
+        loads.push(start_load(
+            plan,
+            &name,
+            &cfg.socket_path(),
+            left,
+            dir.join(format!(
+                "sysbench-{}-{}-{}-{name}.txt",
+                plan.scenario.name(),
+                storage.name(),
+                config.name()
+            )),
+            t0,
+        )?);
         forks.push((name, fork_at, ready, None));
     }
-    wait_until(t0, Duration::from_secs(total_secs + 2), bar, &format!("{tag}: last replica under load"), total_secs)?;
+    wait_until(
+        t0,
+        Duration::from_secs(total_secs + 2),
+        bar,
+        &format!("{tag}: last replica under load"),
+        total_secs,
+    )?;
     sampler.stop();
 
     // Series, each sample placed on the run's clock.
@@ -280,16 +418,28 @@ pub fn run_one(plan: &Plan, storage: Storage, config: Config, dir: &Path, bar: &
         }
         series.push((l.name.clone(), s));
     }
-    append(&dir.join("tps.csv"), "storage,config,t_s,instance,tps\n", &tps_rows)?;
-    append(&dir.join("memory.csv"), "storage,config,t_s,instance,pss_bytes\n", &sampler.memory_rows.lock().unwrap())?;
+    append(
+        &dir.join("tps.csv"),
+        "scenario,storage,config,t_s,instance,tps\n",
+        &tps_rows,
+    )?;
+    append(
+        &dir.join("memory.csv"),
+        "scenario,storage,config,t_s,instance,pss_bytes\n",
+        &sampler.memory_rows.lock().unwrap(),
+    )?;
     append(
         &dir.join("hydration.csv"),
-        "storage,config,t_s,instance,hydrated_bytes,size,on_demand_bytes,background_bytes,shared_pages\n",
+        "scenario,storage,config,t_s,instance,hydrated_bytes,size,on_demand_bytes,background_bytes,shared_pages\n",
         &sampler.hydration_rows.lock().unwrap(),
     )?;
 
     let src_series = series[0].1.clone();
-    let source_alone_tps = mean_in(&src_series, plan.interval as f64 * 0.5, plan.interval as f64);
+    let source_alone_tps = mean_in(
+        &src_series,
+        plan.interval as f64 * 0.5,
+        plan.interval as f64,
+    );
     let volumes = sampler.volumes.lock().unwrap().clone();
     let mut replicas = Vec::new();
     for (i, (name, fork_at, ready, _)) in forks.iter().enumerate() {
@@ -298,7 +448,8 @@ pub fn run_one(plan: &Plan, storage: Storage, config: Config, dir: &Path, bar: &
         let steady = mean_in(s, end - 20.0, end + 1.0);
         let src_at = |t: f64| mean_in(&src_series, t - 3.0, t + 0.5);
         let t90_source = time_to_reach(s, *ready, 3, 0.9, src_at).map(|t| t - fork_at);
-        let t90_own = steady.and_then(|st| time_to_reach(s, *ready, 3, 0.9, |_| Some(st)).map(|t| t - fork_at));
+        let t90_own = steady
+            .and_then(|st| time_to_reach(s, *ready, 3, 0.9, |_| Some(st)).map(|t| t - fork_at));
         replicas.push(ReplicaResult {
             storage,
             config,
@@ -311,7 +462,15 @@ pub fn run_one(plan: &Plan, storage: Storage, config: Config, dir: &Path, bar: &
             volume: volumes.get(name).cloned().unwrap_or_default(),
         });
     }
-    let total_tps = sum_by_second(series.iter().flat_map(|(_, s)| s.iter().copied()));
+    // The clients stop within a second of each other; the last partial seconds
+    // would show as a fake drop.
+    let end = total_secs as f64 - 1.0;
+    let total_tps: Vec<(f64, f64)> = sum_by_second(
+        series
+            .iter()
+            .flat_map(|(_, s)| s.iter().copied())
+            .filter(|(t, _)| *t < end),
+    );
     let mem: Vec<(f64, f64)> = sampler
         .memory_rows
         .lock()
@@ -319,7 +478,7 @@ pub fn run_one(plan: &Plan, storage: Storage, config: Config, dir: &Path, bar: &
         .iter()
         .filter_map(|r| {
             let f: Vec<&str> = r.trim().split(',').collect();
-            Some((f.get(2)?.parse().ok()?, f.get(4)?.parse().ok()?))
+            Some((f.get(3)?.parse().ok()?, f.get(5)?.parse().ok()?))
         })
         .collect();
     let total_pss = sum_by_second(mem.into_iter());

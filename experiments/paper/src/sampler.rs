@@ -65,7 +65,9 @@ impl Sampler {
                 let list = tg.lock().unwrap().clone();
                 for target in &list {
                     let pss = pid_of(&target.pid_file)
-                        .and_then(|p| std::fs::read_to_string(format!("/proc/{p}/smaps_rollup")).ok())
+                        .and_then(|p| {
+                            std::fs::read_to_string(format!("/proc/{p}/smaps_rollup")).ok()
+                        })
                         .and_then(|s| pss_bytes(&s));
                     if let Some(pss) = pss {
                         let mut f = prefix.clone();

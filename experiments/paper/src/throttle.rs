@@ -14,7 +14,10 @@ pub struct Throttle {
 impl Throttle {
     /// A new group limited to `read_iops` on device `maj_min` ("7:3").
     pub fn new(tag: &str, maj_min: &str, read_iops: u32) -> Result<Throttle> {
-        if !Path::new(BLKIO).join("blkio.throttle.read_iops_device").exists() {
+        if !Path::new(BLKIO)
+            .join("blkio.throttle.read_iops_device")
+            .exists()
+        {
             bail!("no cgroup v1 blkio throttling at {BLKIO}; cannot model HDD-like storage");
         }
         let dir = Path::new(BLKIO).join(format!("paperrun-{}-{tag}", std::process::id()));
