@@ -15,6 +15,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+/// How long an unmount is retried while the mount is busy.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// How long a helper process gets to show up or go away before we call it stuck.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -311,11 +314,20 @@ pub fn detach(store: &Path, volume: &str) -> Result<(), AttachError> {
 fn detach_record(run_dir: &RunDir, rec: &AttachRecord) -> Result<(), AttachError> {
     if rec.mounted && tools::is_mount_point(&rec.mountpoint) {
         let mp = rec.mountpoint.display().to_string();
-        if let Err(e) = run("umount", &[&mp]) {
-            if matches!(&e, ToolError::Failed { stderr, .. } if stderr.contains("busy")) {
-                return Err(AttachError::Busy { mountpoint: mp });
+        // A process that just exited (a killed server) lets go of the mount a moment
+        // later: a busy mount is retried for a while before it counts as busy.
+        let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+        loop {
+            match run("umount", &[&mp]) {
+                Ok(_) => break,
+                Err(ToolError::Failed { stderr, .. }) if stderr.contains("busy") => {
+                    if std::time::Instant::now() >= deadline {
+                        return Err(AttachError::Busy { mountpoint: mp });
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => return Err(e.into()),
             }
-            return Err(e.into());
         }
     }
     if let Some(dev) = &rec.loop_device {

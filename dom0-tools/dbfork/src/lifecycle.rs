@@ -118,6 +118,17 @@ pub struct SourceOptions {
     pub port: Option<u16>,
 }
 
+/// Kills a server and waits until its process is gone (it holds the mount until then).
+fn kill_and_wait(cfg: InstanceConfig) -> Result<()> {
+    let mut i = Instance::open(cfg)?;
+    let pid = i.pid();
+    i.kill()?;
+    if let Some(pid) = pid {
+        crate::tools::wait_until(STOP_TIMEOUT, || !crate::tools::process_alive(pid as u32));
+    }
+    Ok(())
+}
+
 /// Start options that join the page table family before the server runs, so its agent
 /// is bound from its first read (the warm-up reads at startup are the valuable ones).
 fn start_options(ctx: &Ctx, sharing: Option<&SharingRecord>) -> StartOptions {
@@ -225,11 +236,7 @@ pub fn create_source(ctx: &Ctx, name: &str, opts: &SourceOptions) -> Result<Inst
         .context("starting the source server")?;
     {
         let cfg = cfg.clone();
-        undo.push(format!("server {name}"), move || {
-            let mut i = Instance::open(cfg)?;
-            i.kill()?;
-            Ok(())
-        });
+        undo.push(format!("server {name}"), move || kill_and_wait(cfg));
     }
     let rec = InstanceRecord {
         name: name.to_string(),
@@ -510,10 +517,7 @@ pub fn clone(
     .with_context(|| format!("starting replica {new}"))?;
     {
         let cfg = cfg.clone();
-        undo.push(format!("server {new}"), move || {
-            Instance::open(cfg)?.kill()?;
-            Ok(())
-        });
+        undo.push(format!("server {new}"), move || kill_and_wait(cfg));
     }
     if let Some(sh) = &sharing {
         let (dir, domain) = (ctx.store_dir.clone(), sh.domain_id);
@@ -596,16 +600,7 @@ pub fn destroy(ctx: &Ctx, name: &str, with_replicas: bool, say: Say) -> Result<(
         }
     }
     if attach::load_record(&ctx.run_dir(), &rec.volume)?.is_some() {
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        loop {
-            match attach::detach(&ctx.store_dir, &rec.volume) {
-                Ok(()) => break,
-                Err(attach::AttachError::Busy { .. }) if Instant::now() < deadline => {
-                    std::thread::sleep(std::time::Duration::from_millis(200));
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+        attach::detach(&ctx.store_dir, &rec.volume)?;
     }
     let store = ctx.store()?;
     match store.delete(&rec.volume) {

@@ -300,13 +300,7 @@ impl Store {
     }
 
     fn try_name_lock(&self, name: &str, mode: LockMode) -> Result<FileLock> {
-        let p = self.layout.volume_lock(name);
-        FileLock::try_acquire(&p, mode)
-            .ctx(|| format!("locking {}", p.display()))?
-            .ok_or_else(|| Error::VolumeBusy {
-                name: name.to_string(),
-                pid: status::read_stats(&self.layout, name).and_then(|s| s.pid),
-            })
+        name_lock(&self.layout, name, mode)
     }
 
     /// Names of volumes that still read through `name` (a snapshot).
@@ -398,5 +392,35 @@ fn plain_volume(size: u64, region_size: u64, layer: String) -> VolumeMeta {
         depends_on: None,
         hydrate: false,
         rate: None,
+    }
+}
+
+/// How long a volume lock with no live holder is retried before it counts as busy.
+const LOCK_SETTLE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Takes a volume's name lock. A lock held by a live process that recorded itself as
+/// the holder is busy at once. A lock with no live holder on record is retried
+/// briefly: a flock lives as long as any descriptor of it, and a child process
+/// between fork and exec (any spawn, by any thread of the holder) or a holder that is
+/// exiting keeps one for a moment after the owner let go.
+pub(crate) fn name_lock(layout: &Layout, name: &str, mode: LockMode) -> Result<FileLock> {
+    let p = layout.volume_lock(name);
+    let deadline = std::time::Instant::now() + LOCK_SETTLE;
+    loop {
+        if let Some(lock) =
+            FileLock::try_acquire(&p, mode).ctx(|| format!("locking {}", p.display()))?
+        {
+            return Ok(lock);
+        }
+        let pid = status::read_stats(layout, name).and_then(|s| s.pid);
+        let holder_alive =
+            pid.is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
+        if holder_alive || std::time::Instant::now() >= deadline {
+            return Err(Error::VolumeBusy {
+                name: name.to_string(),
+                pid,
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }

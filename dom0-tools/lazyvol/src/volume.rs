@@ -103,13 +103,7 @@ impl Volume {
         } else {
             LockMode::Exclusive
         };
-        let lock_path = layout.volume_lock(name);
-        let name_lock = FileLock::try_acquire(&lock_path, mode)
-            .ctx(|| format!("locking {}", lock_path.display()))?
-            .ok_or_else(|| Error::VolumeBusy {
-                name: name.to_string(),
-                pid: status::read_stats(layout, name).and_then(|s| s.pid),
-            })?;
+        let name_lock = crate::store::name_lock(layout, name, mode)?;
         // Re-read under the name lock: the metadata may have changed meanwhile.
         let vm: VolumeMeta = {
             let _s = meta::lock_store(layout, LockMode::Shared)?;
@@ -123,7 +117,11 @@ impl Volume {
         }
         let top_rs = layers[top_index].map.region_size();
         for (i, l) in layers.iter().enumerate() {
-            let own = i >= vm.own_from;
+            // Hydration and copy-up number regions by the top's size across every
+            // layer the volume owns, so those must agree. A snapshot never hydrates
+            // (reads go through each layer's own map), and one that took over the
+            // layers of a deleted snapshot may own layers of different region sizes.
+            let own = i >= vm.own_from && vm.kind != VolumeKind::Snapshot;
             if l.map.size() != vm.size || (own && l.map.region_size() != top_rs) {
                 return Err(Error::Corrupt {
                     path: layout.layer_dir(&vm.layers[i]),

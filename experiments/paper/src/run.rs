@@ -148,7 +148,10 @@ fn start_load(
         .arg("--report-interval=1")
         .arg("run")
         .stdin(Stdio::null())
-        .stdout(file.try_clone().context("duplicating the sysbench output file")?)
+        .stdout(
+            file.try_clone()
+                .context("duplicating the sysbench output file")?,
+        )
         .stderr(file)
         .spawn()
         .context("spawning sysbench (apt-get install sysbench)")?;
@@ -352,6 +355,16 @@ pub fn run_one(
                     _ => {}
                 }
                 let v = dbfork.json(&args, &env)?;
+                // dbfork's own phase times, for explaining the first-query figure.
+                let _ = std::fs::write(
+                    dir.join(format!(
+                        "clone-{}-{}-{}-{name}.json",
+                        plan.scenario.name(),
+                        storage.name(),
+                        config.name()
+                    )),
+                    serde_json::to_string_pretty(&v["clone"]).unwrap_or_default(),
+                );
                 (config_of(&v)?, true)
             }
         };
@@ -471,17 +484,21 @@ pub fn run_one(
             .flat_map(|(_, s)| s.iter().copied())
             .filter(|(t, _)| *t < end),
     );
-    let mem: Vec<(f64, f64)> = sampler
+    let mem: Vec<(String, f64, f64)> = sampler
         .memory_rows
         .lock()
         .unwrap()
         .iter()
         .filter_map(|r| {
             let f: Vec<&str> = r.trim().split(',').collect();
-            Some((f.get(3)?.parse().ok()?, f.get(5)?.parse().ok()?))
+            Some((
+                f.get(4)?.to_string(),
+                f.get(3)?.parse().ok()?,
+                f.get(5)?.parse().ok()?,
+            ))
         })
         .collect();
-    let total_pss = sum_by_second(mem.into_iter());
+    let total_pss = sum_by_second(last_per_second(mem).into_iter().map(|(_, t, y)| (t, y)));
 
     bar.set_message(format!("{tag}: cleaning up"));
     drop(loads);
@@ -497,6 +514,16 @@ pub fn run_one(
         total_pss,
         fork_marks,
     })
+}
+
+/// Keeps one sample per (instance, whole second): the last. Summing instances per
+/// second must not count an instance twice.
+pub fn last_per_second(samples: Vec<(String, f64, f64)>) -> Vec<(String, f64, f64)> {
+    let mut m: std::collections::BTreeMap<(String, i64), (f64, f64)> = Default::default();
+    for (name, t, y) in samples {
+        m.insert((name, t.floor() as i64), (t, y));
+    }
+    m.into_iter().map(|((n, _), (t, y))| (n, t, y)).collect()
 }
 
 /// Sums samples into whole-second buckets (floor of t).
@@ -543,6 +570,19 @@ fn append(path: &Path, header: &str, rows: &[String]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_sample_per_instance_and_second() {
+        let s = vec![
+            ("a".to_string(), 1.1, 5.0),
+            ("a".to_string(), 1.2, 7.0),
+            ("b".to_string(), 1.3, 1.0),
+            ("a".to_string(), 2.0, 9.0),
+        ];
+        let kept = last_per_second(s);
+        let total = sum_by_second(kept.into_iter().map(|(_, t, y)| (t, y)));
+        assert_eq!(total, vec![(1.0, 8.0), (2.0, 9.0)]);
+    }
 
     #[test]
     fn sums_into_seconds() {

@@ -95,7 +95,9 @@ impl Sampler {
                         }
                     }
                 }
-                tick += 1;
+                // After a stall (a slow status call) skip the missed ticks instead
+                // of sampling them all at once.
+                tick = (tick + 1).max(t0.elapsed().as_secs() + 1);
             }
         });
         Sampler {
