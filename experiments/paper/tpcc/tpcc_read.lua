@@ -8,6 +8,8 @@ sysbench.cmdline.options = {
    warehouses = {"Number of warehouses", 1},
    items = {"Rows in item", 100000},
    customers = {"Customers per district", 3000},
+   -- Accepted so both scripts take the same dataset options; reads do not need it.
+   orders = {"Initial orders per district (unused here)", 3000},
    districts = {"Districts per warehouse", 10},
 }
 
