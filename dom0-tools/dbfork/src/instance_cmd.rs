@@ -1,7 +1,6 @@
 //! `dbfork source|clone|list|status|destroy`: the instance verbs.
 
 use crate::cli::{Command, SourceCommand};
-use crate::control::{self, Request};
 use crate::lifecycle::{self, CloneOpts, Ctx, SourceOptions};
 use crate::output::Output;
 use crate::registry::{InstanceRecord, Role};
@@ -210,13 +209,7 @@ pub fn status_of(ctx: &Ctx, rec: &InstanceRecord) -> InstanceStatus {
 }
 
 fn live_volume_status(ctx: &Ctx, volume: &str) -> Option<lazyvol::VolumeStatus> {
-    let sock = ctx.run_dir().control_socket(volume);
-    if let Ok(Some(v)) = control::call(&sock, &Request::Status) {
-        if let Ok(st) = serde_json::from_value(v) {
-            return Some(st);
-        }
-    }
-    ctx.store().ok()?.status(volume).ok()
+    crate::volume_cmd::status(&ctx.store().ok()?, &ctx.run_dir(), volume).ok()
 }
 
 pub fn format_status(s: &InstanceStatus) -> String {

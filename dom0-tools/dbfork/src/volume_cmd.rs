@@ -259,7 +259,8 @@ fn prefetch(
     Ok("hydrated")
 }
 
-fn status(store: &Store, run_dir: &RunDir, name: &str) -> Result<VolumeStatus> {
+/// Live status from the export process when one serves the volume, else from disk.
+pub fn status(store: &Store, run_dir: &RunDir, name: &str) -> Result<VolumeStatus> {
     if exported(run_dir, name) {
         if let Ok(Some(v)) = control::call(&run_dir.control_socket(name), &Request::Status) {
             return Ok(serde_json::from_value(v)?);
