@@ -52,6 +52,16 @@ pub enum Command {
         /// DBMS-native path does; for comparisons).
         #[arg(long)]
         hydrate_first: bool,
+        /// Do not share buffer-pool pages with the family.
+        #[arg(long)]
+        no_sharing: bool,
+        /// Start with a cold buffer pool (do not load the source's page dump).
+        #[arg(long)]
+        no_buffer_pool_load: bool,
+        /// Limit the replica server's reads on its volume to N per second (the
+        /// kernel's IO controller; e.g. 150 models a 7200 rpm disk).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        read_iops: Option<u32>,
     },
     /// List managed instances.
     List,

@@ -149,10 +149,7 @@ fn demo(ctx: &Ctx, args: &DemoArgs, say: &dyn Fn(&str), out: &Output) -> Result<
             r,
             &CloneOpts {
                 rate: args.rate,
-                port: None,
-                buffer_pool: None,
-                prefetch: true,
-                hydrate_first: false,
+                ..CloneOpts::default()
             },
             &|s| say(&format!("   {s}")),
         )?;

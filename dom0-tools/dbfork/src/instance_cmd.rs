@@ -54,6 +54,9 @@ pub fn run(store: &Path, out: &Output, cmd: Command) -> Result<()> {
             buffer_pool,
             no_prefetch,
             hydrate_first,
+            no_sharing,
+            no_buffer_pool_load,
+            read_iops,
         } => {
             let rec = lifecycle::clone(
                 &ctx,
@@ -65,6 +68,9 @@ pub fn run(store: &Path, out: &Output, cmd: Command) -> Result<()> {
                     buffer_pool,
                     prefetch: !no_prefetch,
                     hydrate_first,
+                    sharing: !no_sharing,
+                    cold_buffer_pool: no_buffer_pool_load,
+                    read_iops,
                 },
                 &say,
             )?;
@@ -155,6 +161,15 @@ pub struct InstanceStatus {
     pub sharing: Option<serde_json::Value>,
     /// Why sharing is off, when it is.
     pub sharing_off: Option<String>,
+    /// The read limit on the volume, with the reads counted against it so far.
+    pub io_limit: Option<IoLimitStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct IoLimitStatus {
+    #[serde(flatten)]
+    pub limit: crate::io_limit::IoLimitRecord,
+    pub reads: Option<u64>,
 }
 
 pub fn status_of(ctx: &Ctx, rec: &InstanceRecord) -> InstanceStatus {
@@ -204,6 +219,10 @@ pub fn status_of(ctx: &Ctx, rec: &InstanceRecord) -> InstanceStatus {
                 .as_ref()
                 .and_then(crate::sharing::agent_stats)
                 .and_then(|v| v["sharing_off_reason"].as_str().map(str::to_string))
+        }),
+        io_limit: rec.io_limit.as_ref().map(|l| IoLimitStatus {
+            limit: l.clone(),
+            reads: crate::io_limit::reads_serviced(l).ok(),
         }),
     }
 }
@@ -260,6 +279,14 @@ pub fn format_status(s: &InstanceStatus) -> String {
             );
         }
         (None, None) => out += "\n  page sharing: on (no agent counters yet)",
+    }
+    if let Some(l) = &s.io_limit {
+        out += &format!(
+            "\n  reads limited to {}/s on device {} ({} reads so far)",
+            l.limit.read_iops,
+            l.limit.device,
+            l.reads.map(|r| r.to_string()).unwrap_or_else(|| "?".into())
+        );
     }
     if let Some(c) = &s.clone {
         out += &format!(

@@ -10,6 +10,7 @@ pub mod control;
 pub mod demo;
 pub mod export;
 pub mod instance_cmd;
+pub mod io_limit;
 pub mod lifecycle;
 pub mod output;
 pub mod paths;

@@ -4,6 +4,7 @@
 
 use crate::attach::{self, AttachRequest, FsType};
 use crate::control::{self, Request};
+use crate::io_limit::IoLimitRecord;
 use crate::paths::RunDir;
 use crate::registry::{CloneReport, InstanceRecord, PhaseTimes, Registry, Role};
 use crate::sharing::{self, Sharing, SharingRecord};
@@ -131,21 +132,58 @@ fn kill_and_wait(cfg: InstanceConfig) -> Result<()> {
 
 /// Start options that join the page table family before the server runs, so its agent
 /// is bound from its first read (the warm-up reads at startup are the valuable ones).
-fn start_options(ctx: &Ctx, sharing: Option<&SharingRecord>) -> StartOptions {
+fn start_options(
+    ctx: &Ctx,
+    sharing: Option<&SharingRecord>,
+    io_limit: Option<&IoLimitRecord>,
+) -> StartOptions {
     let mut opts = StartOptions::default();
-    if let Some(sh) = sharing {
-        let (dir, family, domain) = (ctx.store_dir.clone(), sh.family_id, sh.domain_id);
-        opts.before_run = Some(dbinstance::PidHook(std::sync::Arc::new(move |pid| {
-            let ctx = Ctx::new(&dir).map_err(|e| format!("{e:#}"))?;
+    if sharing.is_none() && io_limit.is_none() {
+        return opts;
+    }
+    let sharing = sharing.map(|sh| (ctx.store_dir.clone(), sh.family_id, sh.domain_id));
+    let io_limit = io_limit.cloned();
+    opts.before_run = Some(dbinstance::PidHook(std::sync::Arc::new(move |pid| {
+        // In the IO group before its first read, like in the page-table domain.
+        if let Some(l) = &io_limit {
+            crate::io_limit::add_process(l, pid).map_err(|e| e.to_string())?;
+        }
+        if let Some((dir, family, domain)) = &sharing {
+            let (family, domain) = (*family, *domain);
+            let ctx = Ctx::new(dir).map_err(|e| format!("{e:#}"))?;
             // A daemon that died since is started again; its state file brings back
             // the families, so joining works as before.
             Sharing::detect(&ctx)?
                 .ensure_daemon(&ctx)
                 .map_err(|e| format!("{e:#}"))?;
-            sharing::join(&ctx, family, domain, pid).map_err(|e| format!("{e:#}"))
-        })));
-    }
+            sharing::join(&ctx, family, domain, pid).map_err(|e| format!("{e:#}"))?;
+        }
+        Ok(())
+    })));
     opts
+}
+
+/// Limits reads on the block device `volume` is attached through; registers the
+/// group's removal (which runs after the server's, undo being last-in first-out).
+fn limit_reads(ctx: &Ctx, undo: &mut Undo, volume: &str, iops: u32) -> Result<IoLimitRecord> {
+    let rec = attach::load_record(&ctx.run_dir(), volume)?
+        .with_context(|| format!("{volume} has no attach record"))?;
+    let node = rec
+        .loop_device
+        .with_context(|| format!("{volume} is attached without a block device"))?;
+    let dev = crate::io_limit::device_number(Path::new(&node))?;
+    let l = crate::io_limit::create(
+        Path::new(crate::io_limit::CGROUP_ROOT),
+        &crate::io_limit::group_name(&ctx.store_dir, volume),
+        &dev,
+        iops,
+    )
+    .with_context(|| format!("limiting reads of {volume} to {iops}/s"))?;
+    let l2 = l.clone();
+    undo.push(format!("read limit of {volume}"), move || {
+        Ok(crate::io_limit::remove(&l2)?)
+    });
+    Ok(l)
 }
 
 /// Attaches a volume just made and mounts it at its place in the store; registers the
@@ -232,7 +270,7 @@ pub fn create_source(ctx: &Ctx, name: &str, opts: &SourceOptions) -> Result<Inst
         Err(why) => sharing_off = Some(why),
     }
     let mut inst = Instance::init(cfg.clone()).context("initialising the datadir")?;
-    inst.start_with(&start_options(ctx, sharing.as_ref()))
+    inst.start_with(&start_options(ctx, sharing.as_ref(), None))
         .context("starting the source server")?;
     {
         let cfg = cfg.clone();
@@ -248,6 +286,7 @@ pub fn create_source(ctx: &Ctx, name: &str, opts: &SourceOptions) -> Result<Inst
         clone: None,
         sharing,
         sharing_off,
+        io_limit: None,
     };
     ctx.registry().save(&rec)?;
     undo.commit();
@@ -261,6 +300,27 @@ pub struct CloneOpts {
     pub prefetch: bool,
     /// Hydrate the whole volume before the server starts.
     pub hydrate_first: bool,
+    /// Page sharing with the family (when the parent offers it).
+    pub sharing: bool,
+    /// Start with an empty buffer pool instead of loading the source's dump.
+    pub cold_buffer_pool: bool,
+    /// Limit the server's reads on its volume to this many per second.
+    pub read_iops: Option<u32>,
+}
+
+impl Default for CloneOpts {
+    fn default() -> Self {
+        CloneOpts {
+            rate: None,
+            port: None,
+            buffer_pool: None,
+            prefetch: true,
+            hydrate_first: false,
+            sharing: true,
+            cold_buffer_pool: false,
+            read_iops: None,
+        }
+    }
 }
 
 /// Test hook: `DBFORK_FAILPOINT=NAME` makes the operation fail at that point, and
@@ -416,6 +476,17 @@ pub fn clone(
     phases.clone_and_attach = ms(t);
     failpoint(ctx, "after-attach", new)?;
     say(&format!("lazy clone {new} attached at {}", mp.display()));
+    let io_limit = match opts.read_iops {
+        Some(iops) => {
+            let l = limit_reads(ctx, &mut undo, new, iops)?;
+            say(&format!(
+                "{new}'s reads on its volume (device {}) limited to {iops}/s",
+                l.device
+            ));
+            Some(l)
+        }
+        None => None,
+    };
 
     // 3. Priority hydration: what the server reads to boot, then the source's hot
     //    pages in LRU order. A hint only: failures cost speed, not correctness.
@@ -465,9 +536,16 @@ pub fn clone(
     cfg.datadir = datadir;
     cfg.buffer_pool_size = opts.buffer_pool.unwrap_or(parent.config.buffer_pool_size);
     cfg.read_only = true;
+    if opts.cold_buffer_pool {
+        cfg.extra
+            .insert("innodb_buffer_pool_load_at_startup".into(), "OFF".into());
+    }
     std::fs::create_dir_all(&cfg.run_dir)?;
     let (mut sharing, mut sharing_off) = (None, None);
     match (&parent.sharing, parent.role) {
+        _ if !opts.sharing => {
+            sharing_off = Some("turned off for this replica (clone --no-sharing)".into())
+        }
         (Some(psh), Role::Source) => match Sharing::detect(ctx).and_then(|s| {
             s.ensure_daemon(ctx)
                 .map(|()| s)
@@ -512,7 +590,7 @@ pub fn clone(
         &src_inst,
         cfg.clone(),
         &gtid,
-        &start_options(ctx, sharing.as_ref()),
+        &start_options(ctx, sharing.as_ref(), io_limit.as_ref()),
     )
     .with_context(|| format!("starting replica {new}"))?;
     {
@@ -557,6 +635,7 @@ pub fn clone(
         }),
         sharing,
         sharing_off,
+        io_limit,
     };
     reg.save(&rec)?;
     undo.commit();
@@ -598,6 +677,9 @@ pub fn destroy(ctx: &Ctx, name: &str, with_replicas: bool, say: Say) -> Result<(
         if !crate::tools::wait_until(STOP_TIMEOUT, || !crate::tools::process_alive(pid as u32)) {
             bail!("{name}'s server (pid {pid}) has not exited; run destroy again once it has");
         }
+    }
+    if let Some(l) = &rec.io_limit {
+        crate::io_limit::remove(l)?;
     }
     if attach::load_record(&ctx.run_dir(), &rec.volume)?.is_some() {
         attach::detach(&ctx.store_dir, &rec.volume)?;

@@ -68,6 +68,9 @@ pub struct InstanceRecord {
     /// Why sharing is off, when it is.
     #[serde(default)]
     pub sharing_off: Option<String>,
+    /// The read-IOPS limit on the instance's volume (`clone --read-iops`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io_limit: Option<crate::io_limit::IoLimitRecord>,
 }
 
 impl InstanceRecord {

@@ -447,3 +447,97 @@ fn pagetabled_killed_during_a_clone_is_restarted_and_the_clone_completes() {
         st["sharing"]
     );
 }
+
+/// `--read-iops`, `--no-buffer-pool-load`, `--no-sharing` (the experiment harness's
+/// HDD model and cold anchor): the server sits in an IO group limited on its own
+/// volume's device from its first read, starts with an empty buffer pool and shares
+/// nothing; destroy, and a clone that fails after the group was made, remove it.
+#[test]
+fn a_replica_can_start_cold_unshared_and_with_its_reads_limited() {
+    use dbfork::io_limit;
+    let Some(c) = Cluster::new() else { return };
+    if let Err(e) = io_limit::detect(std::path::Path::new(io_limit::CGROUP_ROOT)) {
+        eprintln!("SKIP a_replica_can_start_cold_unshared_and_with_its_reads_limited: {e}");
+        return;
+    }
+    c.source("src");
+    load(&c, "src", 1, 20000);
+    let flags = [
+        "--read-iops",
+        "400",
+        "--no-buffer-pool-load",
+        "--no-sharing",
+    ];
+    c.clone("src", "slow", &flags);
+    let rec = Registry::new(c.store.path()).load("slow").unwrap();
+    let l = rec.io_limit.clone().expect("the read limit is recorded");
+    assert_eq!(l.read_iops, 400);
+    let attach: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(c.store.path().join("run/slow.attach.json")).unwrap(),
+    )
+    .unwrap();
+    let node = attach["loop_device"].as_str().unwrap();
+    assert_eq!(
+        io_limit::device_number(std::path::Path::new(node)).unwrap(),
+        l.device,
+        "the limit is on the replica's own block device"
+    );
+    let limits = std::fs::read_to_string(l.cgroup.join(match l.controller {
+        io_limit::Controller::V1 => "blkio.throttle.read_iops_device",
+        io_limit::Controller::V2 => "io.max",
+    }))
+    .unwrap();
+    assert!(
+        limits.contains(&l.device) && limits.contains("400"),
+        "{limits}"
+    );
+    let inst = c.inst("slow");
+    let pid = inst.pid().unwrap();
+    let procs = std::fs::read_to_string(l.cgroup.join("cgroup.procs")).unwrap();
+    assert!(
+        procs.lines().any(|p| p == pid.to_string()),
+        "server {pid} not in the group: {procs}"
+    );
+    // Cold: the server did not load the dump, so counting the table reads its pages
+    // from the volume, and those reads are the group's.
+    let load_at_start: Option<i64> = inst
+        .query_scalar("SELECT @@innodb_buffer_pool_load_at_startup")
+        .unwrap();
+    assert_eq!(load_at_start, Some(0));
+    let before = io_limit::reads_serviced(&l).unwrap();
+    let n: Option<i64> = inst
+        .query_scalar("SELECT COUNT(*) FROM sbtest.sbtest1 FORCE INDEX (PRIMARY)")
+        .unwrap();
+    assert_eq!(n, Some(20000));
+    let after = io_limit::reads_serviced(&l).unwrap();
+    assert!(
+        after > before,
+        "the scan's reads were not counted against the limit ({before} -> {after})"
+    );
+    let st = c.store.json(&["status", "slow"]);
+    assert!(st["sharing"].is_null(), "{st}");
+    assert!(
+        st["sharing_off"]
+            .as_str()
+            .unwrap_or("")
+            .contains("--no-sharing"),
+        "{st}"
+    );
+    c.store.ok(&["destroy", "slow"]);
+    assert!(!l.cgroup.exists(), "{} left", l.cgroup.display());
+    c.assert_gone("slow");
+
+    let out = std::process::Command::new(DBFORK)
+        .arg("--store")
+        .arg(c.store.path())
+        .args(["clone", "src", "bad"])
+        .args(flags)
+        .env("DBFORK_FAILPOINT", "after-start")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the failpoint should fail the clone");
+    let group = io_limit::group_name(c.store.path(), "bad");
+    let root = std::path::Path::new(io_limit::CGROUP_ROOT);
+    assert!(!root.join("blkio").join(&group).exists() && !root.join(&group).exists());
+    c.assert_gone("bad");
+}

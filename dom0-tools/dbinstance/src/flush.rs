@@ -23,6 +23,36 @@ fn dirty(c: &mut mysql::Conn, name: &str) -> Result<u64> {
     Ok(row.and_then(|r| r.1.parse().ok()).unwrap_or(0))
 }
 
+/// When to stop waiting for a flush that no longer gets anywhere: under a constant
+/// write load the dirty count falls to the level the load keeps dirty, and stays there.
+/// Waiting out the whole timeout there delays every clone of a busy source for nothing.
+struct FlushProgress {
+    best: u64,
+    best_at: Instant,
+}
+
+/// A drop smaller than this fraction of the best count so far is not progress.
+const MIN_GAIN: f64 = 0.05;
+/// No progress for this long: the flush has reached what the load allows.
+const PLATEAU: Duration = Duration::from_millis(1500);
+
+impl FlushProgress {
+    fn new(before: u64, now: Instant) -> Self {
+        FlushProgress {
+            best: before,
+            best_at: now,
+        }
+    }
+
+    fn stalled(&mut self, dirty: u64, now: Instant) -> bool {
+        if (dirty as f64) < self.best as f64 * (1.0 - MIN_GAIN) {
+            self.best = dirty;
+            self.best_at = now;
+        }
+        now.duration_since(self.best_at) >= PLATEAU
+    }
+}
+
 /// Asks InnoDB to flush until at most `target` pages are dirty or `timeout` passes,
 /// then restores `innodb_max_dirty_pages_pct`.
 pub fn flush_dirty_pages(inst: &Instance, target: u64, timeout: Duration) -> Result<FlushReport> {
@@ -48,9 +78,10 @@ pub fn flush_dirty_pages(inst: &Instance, target: u64, timeout: Duration) -> Res
     exec(&mut c, name, "SET GLOBAL innodb_max_dirty_pages_pct = 0")?;
     let deadline = t + timeout;
     let mut after = before;
+    let mut progress = FlushProgress::new(before, t);
     while Instant::now() < deadline {
         after = dirty(&mut c, name)?;
-        if after <= target {
+        if after <= target || progress.stalled(after, Instant::now()) {
             break;
         }
         // The page cleaner works in the background; this only spaces the polls.
@@ -78,4 +109,32 @@ pub fn flush_dirty_pages(inst: &Instance, target: u64, timeout: Duration) -> Res
         dirty_after: after,
         ms: t.elapsed().as_millis() as u64,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_falling_count_keeps_the_flush_going_and_a_plateau_ends_it() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut p = FlushProgress::new(10_000, t0);
+        // Steady progress, even slow, is never a stall.
+        for (i, d) in [9000, 8000, 7000, 6000, 5000].iter().enumerate() {
+            assert!(!p.stalled(*d, at(1000 * (i as u64 + 1))));
+        }
+        // A write load holds it near 5000: small wobbles are not progress.
+        assert!(!p.stalled(4900, at(5500)));
+        assert!(!p.stalled(5100, at(6000)));
+        assert!(p.stalled(4950, at(6500)));
+    }
+
+    #[test]
+    fn a_count_that_never_moves_stalls_after_the_plateau_time() {
+        let t0 = Instant::now();
+        let mut p = FlushProgress::new(300, t0);
+        assert!(!p.stalled(300, t0 + PLATEAU / 2));
+        assert!(p.stalled(300, t0 + PLATEAU));
+    }
 }
