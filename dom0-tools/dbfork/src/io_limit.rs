@@ -145,7 +145,8 @@ pub fn add_process(rec: &IoLimitRecord, pid: u32) -> Result<()> {
 /// Reads the controller's count of read requests the group made on its device (v1:
 /// blkio.throttle.io_serviced "MAJ:MIN Read N"; v2: io.stat "MAJ:MIN rbytes=.. rios=N").
 pub fn reads_serviced(rec: &IoLimitRecord) -> Result<u64> {
-    let (file, parse): (&str, fn(&str, &str) -> Option<u64>) = match rec.controller {
+    type Parse = fn(&str, &str) -> Option<u64>;
+    let (file, parse): (&str, Parse) = match rec.controller {
         Controller::V1 => ("blkio.throttle.io_serviced", parse_v1_reads),
         Controller::V2 => ("io.stat", parse_v2_reads),
     };
