@@ -119,19 +119,6 @@ impl Dbfork {
     pub fn status(&self, name: &str) -> Result<Value> {
         self.json(&["status", name], &[])
     }
-
-    /// The loop device a replica's volume is attached through (S/run/NAME.attach.json).
-    pub fn loop_device(&self, name: &str) -> Result<String> {
-        let p = self.store.join("run").join(format!("{name}.attach.json"));
-        let text =
-            std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-        let v: Value =
-            serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))?;
-        v["loop_device"]
-            .as_str()
-            .map(str::to_string)
-            .ok_or_else(|| anyhow!("{}: no loop_device", p.display()))
-    }
 }
 
 pub fn config_of(record: &Value) -> Result<InstanceConfig> {

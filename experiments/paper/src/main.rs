@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Scale {
-    /// This machine: 4 x 100k-row tables, 256M buffer pools, 60 s interval, 3 replicas.
+    /// This machine: 4 x 100k-row tables, 256M buffer pools, a replica every 25 s
+    /// after a 10 s lead, 2 replicas (1 per warm-up anchor), R and W, plain and
+    /// throttled: the whole matrix in ~22 minutes.
     Small,
     /// The paper's: ~17 GB data, 15G buffer pools, 3500 s interval, 8 replicas
     /// (needs a 256 GB host; see README).
@@ -93,25 +95,30 @@ impl Storage {
 struct Args {
     #[arg(long, value_enum, default_value = "small")]
     scale: Scale,
-    #[arg(long, value_enum, default_value = "r")]
-    scenario: Scenario,
-    /// Configurations, run one after another, each with a fresh source.
-    #[arg(
-        long,
-        value_enum,
-        value_delimiter = ',',
-        default_value = "default,lazy,share,lazy_share"
-    )]
-    configs: Vec<Config>,
+    /// Scenarios, each with its own source (loaded once, forked by every configuration).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "r,w")]
+    scenario: Vec<Scenario>,
+    /// Configurations, run one after another against the scenario's source. Default:
+    /// default,lazy,share,lazy_share on each storage, plus the warm-up anchors
+    /// cold,dump on throttled storage (on plain storage every replica is warm in
+    /// seconds, so the anchors add nothing there but minutes).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    configs: Option<Vec<Config>>,
     /// plain: the volume as is; throttled: replicas' reads limited to --read-iops.
-    #[arg(long, value_enum, default_value = "plain")]
+    #[arg(long, value_enum, default_value = "both")]
     storage: StorageArg,
     /// Seconds between replica forks (the paper: 3500).
     #[arg(long)]
     interval: Option<u64>,
+    /// Seconds of the source alone before the first fork (the paper: one interval).
+    #[arg(long)]
+    lead: Option<u64>,
     /// Replicas forked per configuration (the paper: 8).
     #[arg(long)]
     replicas: Option<u32>,
+    /// Replicas forked per warm-up anchor (cold, dump).
+    #[arg(long)]
+    anchor_replicas: Option<u32>,
     /// sysbench tables and rows per table of the dataset.
     #[arg(long)]
     tables: Option<u32>,
@@ -147,7 +154,9 @@ pub struct Plan {
     pub buffer_pool: String,
     pub volume_size: String,
     pub interval: u64,
+    pub lead: u64,
     pub replicas: u32,
+    pub anchor_replicas: u32,
     pub read_iops: u32,
 }
 
@@ -173,9 +182,9 @@ fn main() -> Result<()> {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
     }
-    let (tables, rows, pool, vol, interval, replicas) = match a.scale {
-        Scale::Small => (4, 100_000, "256M", "4G", 60, 3),
-        Scale::Paper => (68, 1_000_000, "15G", "40G", 3500, 8),
+    let (tables, rows, pool, vol, interval, lead, replicas, anchors) = match a.scale {
+        Scale::Small => (4, 100_000, "256M", "4G", 25, 10, 2, 1),
+        Scale::Paper => (68, 1_000_000, "15G", "40G", 3500, 3500, 8, 2),
     };
     // Small: a reduced TPC-C (items, customers and orders per district a tenth of
     // the spec's); paper: the spec's cardinalities, ~100 MB per warehouse.
@@ -194,7 +203,7 @@ fn main() -> Result<()> {
         },
     };
     let plan = Plan {
-        scenario: a.scenario,
+        scenario: a.scenario[0],
         tpcc,
         dbfork: dbfork::Dbfork::locate()?,
         base_dir: a.base_dir.clone(),
@@ -204,7 +213,9 @@ fn main() -> Result<()> {
         buffer_pool: pool.into(),
         volume_size: vol.into(),
         interval: a.interval.unwrap_or(interval),
+        lead: a.lead.unwrap_or(lead),
         replicas: a.replicas.unwrap_or(replicas),
+        anchor_replicas: a.anchor_replicas.unwrap_or(anchors),
         read_iops: a.read_iops,
     };
     let storages = match a.storage {
@@ -218,12 +229,34 @@ fn main() -> Result<()> {
     let scale = format!("{:?}", a.scale).to_lowercase();
     let out = a.out.clone().unwrap_or_else(|| {
         repo.join("experiments/out")
-            .join(format!("{}-{scale}-{stamp}", a.scenario.name()))
+            .join(format!("{}-{scale}-{stamp}", scenario_tag(&a.scenario)))
     });
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     eprintln!("paperrun: {plan:?}\n  output in {}", out.display());
 
-    let total = storages.len() * a.configs.len();
+    // The work list: per scenario, per storage, the configurations.
+    let configs_for = |storage: Storage| -> Vec<Config> {
+        match &a.configs {
+            Some(c) => c.clone(),
+            None => {
+                let mut c = vec![
+                    Config::Default,
+                    Config::Lazy,
+                    Config::Share,
+                    Config::LazyShare,
+                ];
+                if storage == Storage::Throttled {
+                    c.extend([Config::Cold, Config::Dump]);
+                }
+                c
+            }
+        }
+    };
+    let total: usize = a.scenario.len()
+        * storages
+            .iter()
+            .map(|&s| configs_for(s).len())
+            .sum::<usize>();
     let bar = ProgressBar::new(total as u64);
     bar.set_style(
         ProgressStyle::with_template("[{elapsed_precise}] run {pos}/{len} {wide_msg}")
@@ -233,24 +266,42 @@ fn main() -> Result<()> {
     let started = Instant::now();
     let mut results: Vec<RunResult> = Vec::new();
     let mut failures = Vec::new();
-    for &storage in &storages {
-        for &config in &a.configs {
-            if stopped() {
-                break;
-            }
-            match run::run_one(&plan, storage, config, &out, &bar) {
-                Ok(r) => results.push(r),
-                Err(e) => {
-                    bar.println(format!(
-                        "{}/{}: FAILED: {e:#}",
-                        storage.name(),
-                        config.name()
-                    ));
-                    failures.push(format!("{}/{}: {e:#}", storage.name(), config.name()));
-                }
-            }
-            bar.inc(1);
+    for &scenario in &a.scenario {
+        if stopped() {
+            break;
         }
+        let plan = Plan {
+            scenario,
+            ..plan.clone()
+        };
+        let source = match run::Source::create(&plan, &bar) {
+            Ok(s) => s,
+            Err(e) => {
+                let n: usize = storages.iter().map(|&s| configs_for(s).len()).sum();
+                bar.println(format!("{}: source FAILED: {e:#}", scenario.name()));
+                failures.push(format!("{}: source: {e:#}", scenario.name()));
+                bar.inc(n as u64);
+                continue;
+            }
+        };
+        for &storage in &storages {
+            for config in configs_for(storage) {
+                if stopped() {
+                    break;
+                }
+                let what = format!("{}/{}/{}", scenario.name(), storage.name(), config.name());
+                match run::run_one(&plan, &source, storage, config, &out, &bar) {
+                    Ok(r) => results.push(r),
+                    Err(e) => {
+                        bar.println(format!("{what}: FAILED: {e:#}"));
+                        failures.push(format!("{what}: {e:#}"));
+                    }
+                }
+                bar.inc(1);
+            }
+        }
+        bar.set_message(format!("{}: destroying the source", scenario.name()));
+        drop(source);
     }
     bar.finish_with_message("done");
     let wall = started.elapsed();
@@ -258,48 +309,67 @@ fn main() -> Result<()> {
     write_replicas_csv(&out, &results)?;
     let mut md = String::new();
     let cmd: Vec<String> = std::env::args().collect();
+    let scenarios: Vec<&str> = a.scenario.iter().map(|s| s.name()).collect();
     md.push_str(&format!(
         "\n### paperrun, scenario {}, scale {scale}, {stamp}\n\n\
          Command: `experiments/run {}` (wall {:.1} min). Machine: 2-core VM, Debian 12, {}.\n\
-         Dataset {}, buffer pool {} per instance, sysbench {} threads per instance, \
-         a replica every {} s, {} replicas. Throttled = replica reads limited to {} IOPS (cgroup v1 blkio on its loop device). \
-         Output: `{}`.\n\n",
-        a.scenario.name(),
+         Buffer pool {} per instance, sysbench {} threads per instance; the source alone for {} s, \
+         then a replica every {} s, {} replicas per configuration ({} per warm-up anchor), each \
+         configuration against the scenario's one source. Throttled = every read a replica's server \
+         makes on its own volume limited to {} per second from its first instruction \
+         (`dbfork clone --read-iops`; native: the same kernel IO limit on the disk of its datadir); \
+         copying (mariadb-backup, background hydration) is not throttled. Output: `{}`.\n\n",
+        scenarios.join(" and "),
         cmd[1..].join(" "),
         wall.as_secs_f64() / 60.0,
         mem_total(),
-        dataset(&plan),
         plan.buffer_pool,
         plan.threads,
+        plan.lead,
         plan.interval,
         plan.replicas,
+        plan.anchor_replicas,
         plan.read_iops,
         out.strip_prefix(&repo).unwrap_or(&out).display(),
     ));
-    for &storage in &storages {
-        let runs: Vec<&RunResult> = results.iter().filter(|r| r.storage == storage).collect();
-        if runs.is_empty() {
-            continue;
-        }
-        md.push_str(&report::section(storage, &runs, a.scenario.name()));
-        md.push('\n');
-        match plot::figures(&out, storage, &runs, a.scenario) {
-            Ok(files) => {
-                for f in files {
-                    md.push_str(&format!(
-                        "Figure: `{}`\n",
-                        f.strip_prefix(&repo).unwrap_or(&f).display()
-                    ));
+    for &scenario in &a.scenario {
+        let plan = Plan {
+            scenario,
+            ..plan.clone()
+        };
+        md.push_str(&format!(
+            "Scenario {}: {}.\n\n",
+            scenario.name(),
+            dataset(&plan)
+        ));
+        for &storage in &storages {
+            let runs: Vec<&RunResult> = results
+                .iter()
+                .filter(|r| r.storage == storage && r.scenario == scenario)
+                .collect();
+            if runs.is_empty() {
+                continue;
+            }
+            md.push_str(&report::section(storage, &runs, scenario.name()));
+            md.push('\n');
+            match plot::figures(&out, storage, &runs, scenario) {
+                Ok(files) => {
+                    for f in files {
+                        md.push_str(&format!(
+                            "Figure: `{}`\n",
+                            f.strip_prefix(&repo).unwrap_or(&f).display()
+                        ));
+                    }
+                }
+                Err(e) => md.push_str(&format!("(figures failed: {e:#})\n")),
+            }
+            for r in &runs {
+                if let Err(e) = plot::per_instance(&out, r, &out.join("tps.csv"), scenario.name()) {
+                    md.push_str(&format!("(per-instance figure failed: {e:#})\n"));
                 }
             }
-            Err(e) => md.push_str(&format!("(figures failed: {e:#})\n")),
+            md.push('\n');
         }
-        for r in &runs {
-            if let Err(e) = plot::per_instance(&out, r, &out.join("tps.csv"), a.scenario.name()) {
-                md.push_str(&format!("(per-instance figure failed: {e:#})\n"));
-            }
-        }
-        md.push('\n');
     }
     for f in &failures {
         md.push_str(&format!("FAILED: {f}\n"));
@@ -308,7 +378,7 @@ fn main() -> Result<()> {
     let results_md = a
         .results
         .clone()
-        .unwrap_or_else(|| repo.join("docs/results-paper.md"));
+        .unwrap_or_else(|| repo.join("docs/results.md"));
     append_results(&results_md, &md)?;
     println!("{md}");
     eprintln!("summary appended to {}", results_md.display());
@@ -363,6 +433,10 @@ fn append_results(path: &std::path::Path, md: &str) -> Result<()> {
     }
     f.write_all(md.as_bytes())?;
     Ok(())
+}
+
+fn scenario_tag(s: &[Scenario]) -> String {
+    s.iter().map(|s| s.name()).collect::<Vec<_>>().join("")
 }
 
 fn dataset(plan: &Plan) -> String {

@@ -1,6 +1,7 @@
 //! PNG figures like the paper's 3 and 4, drawn by gnuplot (Debian's gnuplot-nox)
 //! from data files the harness writes: total throughput over time per configuration
-//! with replica start marks, and total memory (PSS) over time.
+//! with replica start marks, total memory (PSS) over time, and the first replica's
+//! warm-up per configuration (the warm-up anchors beside the four configurations).
 
 use crate::run::RunResult;
 use crate::{Scenario, Storage};
@@ -21,6 +22,7 @@ pub fn figures(
     }
     let mut tps_plots = Vec::new();
     let mut mem_plots = Vec::new();
+    let mut warm_plots = Vec::new();
     let mut marks = String::new();
     for (i, r) in runs.iter().enumerate() {
         let cfg = r.config.name();
@@ -36,7 +38,17 @@ pub fn figures(
         ));
         std::fs::write(&tps, dat(&r.total_tps, 1.0))?;
         std::fs::write(&mem, dat(&r.total_pss, 1.0 / (1024.0 * 1024.0)))?;
+        let warm = dir.join(format!(
+            "warm-{}-{}-{cfg}-r1.dat",
+            scn.name(),
+            storage.name()
+        ));
+        std::fs::write(&warm, dat(&r.first_replica_tps, 1.0))?;
         let lt = i + 1;
+        warm_plots.push(format!(
+            "'{}' using 1:2 with lines lt {lt} lw 2 title '{cfg}'",
+            warm.display()
+        ));
         tps_plots.push(format!(
             "'{}' using 1:2 with lines lt {lt} lw 2 title '{cfg}'",
             tps.display()
@@ -75,6 +87,16 @@ pub fn figures(
         f4.display(),
         mem_plots.join(", "),
     );
+    // Warm-up: the first replica of each configuration (anchors included) on a clock
+    // starting at its fork, so their curves overlay.
+    let fw = dir.join(format!("warmup-{scenario}-{label}.png"));
+    let script = format!(
+        "{script}unset arrow\nset xlabel 'seconds since the fork'\n\
+         set output '{}'\nset title 'Scenario {scenario}: warm-up of the first replica ({label} storage)'\n\
+         set ylabel 'replica transactions / s'\nplot {}\n",
+        fw.display(),
+        warm_plots.join(", "),
+    );
     let sp = dir.join(format!("figures-{scenario}-{label}.gp"));
     std::fs::write(&sp, &script)?;
     let st = Command::new("gnuplot")
@@ -84,7 +106,7 @@ pub fn figures(
     if !st.success() {
         bail!("gnuplot {}: {st}", sp.display());
     }
-    Ok(vec![f3, f4])
+    Ok(vec![f3, f4, fw])
 }
 
 /// Per-configuration figure: each instance's tps over time.

@@ -133,6 +133,11 @@ pub fn section(storage: Storage, runs: &[&RunResult], scenario: &str) -> String 
         .as_ref()
         .zip(ls.as_ref())
         .and_then(|(l, ls)| speedup(l.t90_source_s?, ls.t90_source_s?));
+    let vs_share = |c: Config| {
+        get(c)
+            .zip(ls.as_ref())
+            .and_then(|(x, ls)| speedup(x.t90_own_s?, ls.t90_own_s?))
+    };
     let mem = d
         .as_ref()
         .zip(ls.as_ref())
@@ -151,6 +156,16 @@ pub fn section(storage: Storage, runs: &[&RunResult], scenario: &str) -> String 
         s,
         "| warm-up: lazy / lazy_share, to 90% of source | 7.5x (30+ min vs 4 min) | {} |",
         ratio(warm)
+    );
+    let _ = writeln!(
+        s,
+        "| warm-up: cold anchor / lazy_share, to 90% of own steady | (anchor) | {} |",
+        ratio(vs_share(Config::Cold))
+    );
+    let _ = writeln!(
+        s,
+        "| warm-up: dump anchor / lazy_share, to 90% of own steady | (anchor) | {} |",
+        ratio(vs_share(Config::Dump))
     );
     let _ = writeln!(
         s,
@@ -175,8 +190,10 @@ mod tests {
     fn run(config: Config, first_query: f64, t90: Option<f64>, pss_end_mib: f64) -> RunResult {
         let mib = 1024.0 * 1024.0;
         RunResult {
+            scenario: crate::Scenario::R,
             storage: Storage::Plain,
             config,
+            first_replica_tps: vec![],
             source_alone_tps: Some(1000.0),
             replicas: vec![ReplicaResult {
                 storage: Storage::Plain,
@@ -214,6 +231,21 @@ mod tests {
         assert!(s.contains("| 0.16x | 0.50x |"), "{s}");
         // Growth per replica: 200 MiB native vs 50 MiB shared.
         assert!(s.contains("| (not stated) | 0.25x |"), "{s}");
+        // Anchors against lazy_share, on each one's own steady tps.
+        let cold = run(Config::Cold, 9.0, Some(20.0), 300.0);
+        let s = section(Storage::Throttled, &[&d, &ls, &cold], "R");
+        assert!(
+            s.contains(
+                "| warm-up: cold anchor / lazy_share, to 90% of own steady | (anchor) | 4.00x |"
+            ),
+            "{s}"
+        );
+        assert!(
+            s.contains(
+                "| warm-up: dump anchor / lazy_share, to 90% of own steady | (anchor) | n/a |"
+            ),
+            "{s}"
+        );
         let g = figures(&ls);
         assert_eq!(g.per_replica_mib, Some(50.0));
     }

@@ -2,14 +2,15 @@
 //! load, a replica forked every interval with its own load, series recorded.
 
 use crate::csv::row;
-use crate::dbfork::{config_of, pid_of, Dbfork};
+use crate::dbfork::{config_of, Dbfork};
 use crate::metrics::{mean_in, time_to_reach};
 use crate::parse::interval_samples;
 use crate::sampler::{Sampler, Target, VolumeFigures};
-use crate::throttle::{dev_of_node, disk_of_path, Throttle};
+use crate::throttle::disk_of_path;
 use crate::{stopped, Plan, Scenario, Storage};
 use anyhow::{bail, Context, Result};
-use dbinstance::{native_clone, Instance, InstanceConfig, StartOptions};
+use dbfork::io_limit::{self, IoLimitRecord};
+use dbinstance::{native_clone, Instance, InstanceConfig, PidHook, StartOptions};
 use indicatif::ProgressBar;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -26,8 +27,11 @@ pub enum Config {
     Share,
     /// Lazy volume, sharing on.
     LazyShare,
-    /// Warm-up anchor: lazy, sharing off, buffer pool load aborted (cold cache).
+    /// Warm-up anchor: full copy, sharing off, buffer pool left empty at start.
     Cold,
+    /// Warm-up anchor: full copy, sharing off, buffer pool loaded at startup from
+    /// the source's dump (innodb_buffer_pool_load_at_startup).
+    Dump,
 }
 
 impl Config {
@@ -38,6 +42,24 @@ impl Config {
             Config::Share => "share",
             Config::LazyShare => "lazy_share",
             Config::Cold => "cold",
+            Config::Dump => "dump",
+        }
+    }
+
+    /// The warm-up anchors: one replica each, for the warm-up figure.
+    pub fn is_anchor(self) -> bool {
+        matches!(self, Config::Cold | Config::Dump)
+    }
+
+    /// `dbfork clone` options of a dbfork configuration (None: the native path).
+    pub fn clone_flags(self) -> Option<&'static [&'static str]> {
+        match self {
+            Config::Default => None,
+            Config::Lazy => Some(&["--no-sharing"]),
+            Config::Share => Some(&["--hydrate-first"]),
+            Config::LazyShare => Some(&[]),
+            Config::Cold => Some(&["--hydrate-first", "--no-sharing", "--no-buffer-pool-load"]),
+            Config::Dump => Some(&["--hydrate-first", "--no-sharing"]),
         }
     }
 }
@@ -61,8 +83,11 @@ pub struct ReplicaResult {
 }
 
 pub struct RunResult {
+    pub scenario: Scenario,
     pub storage: Storage,
     pub config: Config,
+    /// The first replica's tps, time since its fork (the warm-up figure).
+    pub first_replica_tps: Vec<(f64, f64)>,
     pub source_alone_tps: Option<f64>,
     pub replicas: Vec<ReplicaResult>,
     /// (t, total tps) and (t, total PSS bytes), one per second.
@@ -209,7 +234,7 @@ fn prepare(plan: &Plan, source: &Instance) -> Result<()> {
 struct StoreGuard {
     dbfork: Dbfork,
     source: Option<String>,
-    _dir: Option<tempfile::TempDir>,
+    dir: Option<tempfile::TempDir>,
 }
 
 impl Drop for StoreGuard {
@@ -219,7 +244,7 @@ impl Drop for StoreGuard {
                 eprintln!("cleanup: dbfork destroy {s} --with-replicas: {e:#}");
             }
         }
-        if let Some(d) = self._dir.take() {
+        if let Some(d) = self.dir.take() {
             let mounted = std::fs::read_to_string("/proc/self/mounts")
                 .map(|m| m.contains(&*d.path().to_string_lossy()))
                 .unwrap_or(true);
@@ -234,9 +259,11 @@ impl Drop for StoreGuard {
     }
 }
 
-/// A native replica, stopped on Drop (its dir goes with the TempDir).
+/// A native replica, stopped on Drop (its dir goes with the TempDir), then its IO
+/// group removed.
 struct NativeReplica {
     instance: Instance,
+    limit: Option<IoLimitRecord>,
     _dir: tempfile::TempDir,
 }
 
@@ -250,70 +277,133 @@ impl Drop for NativeReplica {
         {
             let _ = self.instance.kill();
         }
+        if let Some(l) = &self.limit {
+            if let Err(e) = io_limit::remove(l) {
+                eprintln!("cleanup: {e}");
+            }
+        }
     }
+}
+
+/// dbfork replicas of one configuration, destroyed on every exit path so the next
+/// configuration starts from the source alone.
+struct ReplicaGuard<'a> {
+    dbfork: &'a Dbfork,
+    names: Vec<String>,
+}
+
+impl Drop for ReplicaGuard<'_> {
+    fn drop(&mut self) {
+        for n in self.names.drain(..).rev() {
+            if let Err(e) = self.dbfork.json(&["destroy", &n], &[]) {
+                eprintln!("cleanup: dbfork destroy {n}: {e:#}");
+            }
+        }
+    }
+}
+
+/// One scenario's source, loaded once and forked by every configuration in turn
+/// (loading the dataset is the largest fixed cost of a run).
+pub struct Source {
+    pub dbfork: Dbfork,
+    pub cfg: InstanceConfig,
+    instance: Instance,
+    base: PathBuf,
+    _guard: StoreGuard,
+}
+
+impl Source {
+    pub fn create(plan: &Plan, bar: &ProgressBar) -> Result<Source> {
+        let base = tempfile::Builder::new()
+            .prefix(&format!("paper-{}-", plan.scenario.name()))
+            .tempdir_in(&plan.base_dir)
+            .context("temp dir for the store")?;
+        let dbfork = Dbfork {
+            exe: plan.dbfork.clone(),
+            store: base.path().join("store"),
+        };
+        let base_path = base.path().to_path_buf();
+        let mut guard = StoreGuard {
+            dbfork: dbfork.clone(),
+            source: Some("src".into()),
+            dir: Some(base),
+        };
+        bar.set_message(format!("{}: creating the source", plan.scenario.name()));
+        let cfg = dbfork.source_create("src", &plan.volume_size, &plan.buffer_pool)?;
+        let instance = Instance::open(cfg.clone()).context("opening the source")?;
+        bar.set_message(format!("{}: loading the dataset", plan.scenario.name()));
+        prepare(plan, &instance)?;
+        guard.source = Some("src".into());
+        Ok(Source {
+            dbfork,
+            cfg,
+            instance,
+            base: base_path,
+            _guard: guard,
+        })
+    }
+}
+
+/// When replica `k` (1-based) is forked: after a lead with the source alone, one
+/// every interval.
+pub fn fork_at(plan: &Plan, k: u32) -> u64 {
+    plan.lead + plan.interval * (k as u64 - 1)
 }
 
 pub fn run_one(
     plan: &Plan,
+    src: &Source,
     storage: Storage,
     config: Config,
     dir: &Path,
     bar: &ProgressBar,
 ) -> Result<RunResult> {
-    let tag = format!("{}/{}", storage.name(), config.name());
-    let base = tempfile::Builder::new()
-        .prefix(&format!("paper-{}-", config.name()))
-        .tempdir_in(&plan.base_dir)
-        .context("temp dir for the store")?;
-    let dbfork = Dbfork {
-        exe: plan.dbfork.clone(),
-        store: base.path().join("store"),
+    let scn = plan.scenario.name();
+    let tag = format!("{scn}/{}/{}", storage.name(), config.name());
+    let dbfork = &src.dbfork;
+    let n_replicas = if config.is_anchor() {
+        plan.anchor_replicas
+    } else {
+        plan.replicas
     };
-    let mut guard = StoreGuard {
-        dbfork: dbfork.clone(),
-        source: None,
-        _dir: None,
-    };
-    bar.set_message(format!("{tag}: creating source"));
-    guard.source = Some("src".into());
-    let src_cfg = dbfork.source_create("src", &plan.volume_size, &plan.buffer_pool)?;
-    let source = Instance::open(src_cfg.clone()).context("opening the source")?;
-    bar.set_message(format!("{tag}: loading the dataset"));
-    prepare(plan, &source)?;
-
-    let total_secs = plan.interval * (plan.replicas as u64 + 1);
+    let total_secs = fork_at(plan, n_replicas) + plan.interval;
     let t0 = Instant::now();
     let prefix = vec![
-        plan.scenario.name().to_string(),
+        scn.to_string(),
         storage.name().to_string(),
         config.name().to_string(),
     ];
+    let file = |who: &str, ext: &str| {
+        dir.join(format!(
+            "{who}-{scn}-{}-{}.{ext}",
+            storage.name(),
+            config.name()
+        ))
+    };
     let mut sampler = Sampler::start(t0, prefix.clone(), Some(dbfork.clone()));
     sampler.add(Target {
         name: "src".into(),
-        pid_file: src_cfg.pid_file(),
+        pid_file: src.cfg.pid_file(),
         dbfork_replica: false,
     });
     let mut loads = vec![start_load(
         plan,
         "src",
-        &src_cfg.socket_path(),
+        &src.cfg.socket_path(),
         total_secs,
-        dir.join(format!(
-            "sysbench-{}-{}-{}-src.txt",
-            plan.scenario.name(),
-            storage.name(),
-            config.name()
-        )),
+        file("sysbench", "src.txt"),
         t0,
     )?];
     let mut natives: Vec<NativeReplica> = Vec::new();
-    let mut throttles: Vec<Throttle> = Vec::new();
-    let mut forks: Vec<(String, f64, f64, Option<VolumeFigures>)> = Vec::new();
+    let mut replicas_made = ReplicaGuard {
+        dbfork,
+        names: Vec::new(),
+    };
+    let mut forks: Vec<(String, f64, f64)> = Vec::new();
     let mut fork_marks = Vec::new();
 
-    for k in 1..=plan.replicas {
-        let due = Duration::from_secs(plan.interval * k as u64);
+    for k in 1..=n_replicas {
+        let due = Duration::from_secs(fork_at(plan, k));
         wait_until(
             t0,
             due,
@@ -325,85 +415,90 @@ pub fn run_one(
         let fork_at = t0.elapsed().as_secs_f64();
         fork_marks.push(fork_at);
         bar.set_message(format!("{tag}: forking {name}"));
-        let (cfg, dbfork_replica) = match config {
-            Config::Default => {
+        let (cfg, dbfork_replica) = match config.clone_flags() {
+            None => {
                 let rdir = tempfile::Builder::new()
                     .prefix("native-")
-                    .tempdir_in(base.path())?;
+                    .tempdir_in(&src.base)?;
                 let mut cfg =
                     InstanceConfig::in_dir(&name, rdir.path(), dbinstance::free_port()?, 100 + k);
-                cfg.buffer_pool_size = src_cfg.buffer_pool_size;
-                let start = StartOptions {
+                cfg.buffer_pool_size = src.cfg.buffer_pool_size;
+                // Throttled: the server's reads on the disk its datadir is on, from its
+                // first instruction (the start gate), as dbfork does for its replicas.
+                let limit = match storage {
+                    Storage::Plain => None,
+                    Storage::Throttled => Some(io_limit::create(
+                        Path::new(io_limit::CGROUP_ROOT),
+                        &format!("paperrun-{}-{name}", std::process::id()),
+                        &disk_of_path(rdir.path())?,
+                        plan.read_iops,
+                    )?),
+                };
+                let mut start = StartOptions {
                     die_with_parent: true,
                     ..StartOptions::default()
                 };
-                let c = native_clone(&source, cfg, &start)
-                    .with_context(|| format!("native clone {name}"))?;
+                if let Some(l) = limit.clone() {
+                    start.before_run = Some(PidHook(std::sync::Arc::new(move |pid| {
+                        io_limit::add_process(&l, pid).map_err(|e| e.to_string())
+                    })));
+                }
+                let c = match native_clone(&src.instance, cfg, &start) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        if let Some(l) = &limit {
+                            let _ = io_limit::remove(l);
+                        }
+                        return Err(e).with_context(|| format!("native clone {name}"));
+                    }
+                };
                 let cfg = c.instance.config().clone();
                 natives.push(NativeReplica {
                     instance: c.instance,
+                    limit,
                     _dir: rdir,
                 });
                 (cfg, false)
             }
-            _ => {
+            Some(flags) => {
+                let iops = plan.read_iops.to_string();
                 let mut args = vec!["clone", "src", name.as_str()];
-                let mut env = vec![];
-                match config {
-                    Config::Lazy | Config::Cold => env.push(("DBFORK_SHARING", "off")),
-                    Config::Share => args.push("--hydrate-first"),
-                    _ => {}
+                args.extend_from_slice(flags);
+                if storage == Storage::Throttled {
+                    args.extend(["--read-iops", iops.as_str()]);
                 }
-                let v = dbfork.json(&args, &env)?;
+                replicas_made.names.push(name.clone());
+                let v = dbfork.json(&args, &[])?;
                 // dbfork's own phase times, for explaining the first-query figure.
                 let _ = std::fs::write(
-                    dir.join(format!(
-                        "clone-{}-{}-{}-{name}.json",
-                        plan.scenario.name(),
-                        storage.name(),
-                        config.name()
-                    )),
+                    file("clone", &format!("{name}.json")),
                     serde_json::to_string_pretty(&v["clone"]).unwrap_or_default(),
                 );
                 (config_of(&v)?, true)
             }
         };
         let ready = t0.elapsed().as_secs_f64();
-        if config == Config::Cold {
-            let inst = Instance::open(cfg.clone())?;
-            inst.exec("SET GLOBAL innodb_buffer_pool_load_abort = ON")?;
-        }
-        if storage == Storage::Throttled {
-            let dev = if dbfork_replica {
-                dev_of_node(&dbfork.loop_device(&name)?)?
-            } else {
-                disk_of_path(&cfg.datadir)?
-            };
-            let th = Throttle::new(&name, &dev, plan.read_iops)?;
-            let pid = pid_of(&cfg.pid_file()).with_context(|| format!("no pid for {name}"))?;
-            th.add(pid)?;
-            throttles.push(th);
-        }
         sampler.add(Target {
             name: name.clone(),
             pid_file: cfg.pid_file(),
             dbfork_replica,
         });
         let left = total_secs.saturating_sub(t0.elapsed().as_secs());
+        if left < 5 {
+            bar.println(format!(
+                "{tag}: {name} was ready only {left} s before the end (creation took {:.0} s, longer than the interval)",
+                ready - fork_at
+            ));
+        }
         loads.push(start_load(
             plan,
             &name,
             &cfg.socket_path(),
             left,
-            dir.join(format!(
-                "sysbench-{}-{}-{}-{name}.txt",
-                plan.scenario.name(),
-                storage.name(),
-                config.name()
-            )),
+            file("sysbench", &format!("{name}.txt")),
             t0,
         )?);
-        forks.push((name, fork_at, ready, None));
+        forks.push((name, fork_at, ready));
     }
     wait_until(
         t0,
@@ -448,14 +543,11 @@ pub fn run_one(
     )?;
 
     let src_series = series[0].1.clone();
-    let source_alone_tps = mean_in(
-        &src_series,
-        plan.interval as f64 * 0.5,
-        plan.interval as f64,
-    );
+    let first_fork = fork_marks.first().copied().unwrap_or(plan.lead as f64);
+    let source_alone_tps = mean_in(&src_series, first_fork * 0.3, first_fork);
     let volumes = sampler.volumes.lock().unwrap().clone();
     let mut replicas = Vec::new();
-    for (i, (name, fork_at, ready, _)) in forks.iter().enumerate() {
+    for (i, (name, fork_at, ready)) in forks.iter().enumerate() {
         let s = &series[i + 1].1;
         let end = s.last().map(|x| x.0).unwrap_or(0.0);
         let steady = mean_in(s, end - 20.0, end + 1.0);
@@ -475,6 +567,10 @@ pub fn run_one(
             volume: volumes.get(name).cloned().unwrap_or_default(),
         });
     }
+    let first_replica_tps = match (forks.first(), series.get(1)) {
+        (Some((_, at, _)), Some((_, s))) => s.iter().map(|(t, y)| (t - at, *y)).collect(),
+        _ => Vec::new(),
+    };
     // The clients stop within a second of each other; the last partial seconds
     // would show as a fake drop.
     let end = total_secs as f64 - 1.0;
@@ -503,11 +599,12 @@ pub fn run_one(
     bar.set_message(format!("{tag}: cleaning up"));
     drop(loads);
     drop(natives);
-    drop(guard);
-    drop(throttles);
+    drop(replicas_made);
     Ok(RunResult {
+        scenario: plan.scenario,
         storage,
         config,
+        first_replica_tps,
         source_alone_tps,
         replicas,
         total_tps,
