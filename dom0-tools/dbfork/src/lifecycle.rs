@@ -446,7 +446,7 @@ pub fn clone(
     if let Some(sh) = parent
         .sharing
         .as_ref()
-        .filter(|_| parent.role == Role::Source)
+        .filter(|_| parent.role == Role::Source && opts.sharing)
     {
         let t = Instant::now();
         let offer = sharing::offer_warm_set(ctx, sh, snapshot_lsn);

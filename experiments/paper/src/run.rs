@@ -373,9 +373,9 @@ pub fn run_one(
         storage.name().to_string(),
         config.name().to_string(),
     ];
-    let file = |who: &str, ext: &str| {
+    let file = |who: &str, instance: &str, ext: &str| {
         dir.join(format!(
-            "{who}-{scn}-{}-{}.{ext}",
+            "{who}-{scn}-{}-{}-{instance}.{ext}",
             storage.name(),
             config.name()
         ))
@@ -391,7 +391,7 @@ pub fn run_one(
         "src",
         &src.cfg.socket_path(),
         total_secs,
-        file("sysbench", "src.txt"),
+        file("sysbench", "src", "txt"),
         t0,
     )?];
     let mut natives: Vec<NativeReplica> = Vec::new();
@@ -471,7 +471,7 @@ pub fn run_one(
                 let v = dbfork.json(&args, &[])?;
                 // dbfork's own phase times, for explaining the first-query figure.
                 let _ = std::fs::write(
-                    file("clone", &format!("{name}.json")),
+                    file("clone", &name, "json"),
                     serde_json::to_string_pretty(&v["clone"]).unwrap_or_default(),
                 );
                 (config_of(&v)?, true)
@@ -495,7 +495,7 @@ pub fn run_one(
             &name,
             &cfg.socket_path(),
             left,
-            file("sysbench", &format!("{name}.txt")),
+            file("sysbench", &name, "txt"),
             t0,
         )?);
         forks.push((name, fork_at, ready));
