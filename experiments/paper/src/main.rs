@@ -15,6 +15,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use run::{Config, RunResult};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -290,6 +291,14 @@ fn main() -> Result<()> {
                     break;
                 }
                 let what = format!("{}/{}/{}", scenario.name(), storage.name(), config.name());
+                // The bar draws only on a terminal; a log gets a line per run.
+                if !std::io::stderr().is_terminal() {
+                    eprintln!(
+                        "[{:>4} s] run {}/{total}: {what}",
+                        started.elapsed().as_secs(),
+                        bar.position() + 1
+                    );
+                }
                 match run::run_one(&plan, &source, storage, config, &out, &bar) {
                     Ok(r) => results.push(r),
                     Err(e) => {
