@@ -145,6 +145,8 @@ pub struct PageTableDirectory {
     /// Daemon generation our registrations belong to.
     generation: u64,
     last_ping: Option<Instant>,
+    /// Capacity refusals are logged once, not on every batch that meets them.
+    told_refused: bool,
 }
 
 const RECONNECT_EVERY: Duration = Duration::from_secs(1);
@@ -161,6 +163,7 @@ impl PageTableDirectory {
             latest: HashMap::new(),
             generation: 0,
             last_ping: None,
+            told_refused: false,
         }
     }
 
@@ -248,7 +251,8 @@ impl PageTableDirectory {
                 let k = (u64::from(r.space_id) << 32) | u64::from(r.page_no);
                 match self.latest.get(&k) {
                     Some(&(lsn, vf, _)) if lsn == r.lsn && vf > r.valid_from => continue,
-                    Some(&(lsn, _, old)) if lsn == r.lsn => {
+                    // The same frame again (a batch sent before) is not its own successor.
+                    Some(&(lsn, _, old)) if lsn == r.lsn && old != off => {
                         superseded.push(Frame::LocalPool { offset: old })
                     }
                     _ => {}
@@ -265,7 +269,27 @@ impl PageTableDirectory {
             }
             let client = self.client.as_mut().expect("connected above");
             if let Err(e) = client.register_many(&regs) {
-                return self.fail("registering", e);
+                if !refused_for_capacity(&e) {
+                    return self.fail("registering", e);
+                }
+                // The table took the batch up to a frame it has no room for (quota,
+                // crowded page, full shard) and will refuse that frame every time: one
+                // at a time, skipping what it refuses, so the rest still gets shared.
+                let mut refused = 0u64;
+                for reg in &regs {
+                    match client.register_many(std::slice::from_ref(reg)) {
+                        Ok(_) => {}
+                        Err(e) if refused_for_capacity(&e) => refused += 1,
+                        Err(e) => return self.fail("registering", e),
+                    }
+                }
+                if !self.told_refused {
+                    self.told_refused = true;
+                    tracing::warn!(
+                        refused,
+                        "dbfork agent: the page table had no room for some pages; they stay private"
+                    );
+                }
             }
             if client.generation() != self.generation {
                 // The daemon restarted under us: start over on the new one.
@@ -286,6 +310,12 @@ impl PageTableDirectory {
             }
         }
     }
+}
+
+/// The daemon's answer for a registration it has no room for (it sends quota, full
+/// table and crowded page alike as QuotaExceeded): retrying the same frame cannot help.
+fn refused_for_capacity(e: &pagetable::Error) -> bool {
+    matches!(e, pagetable::Error::Remote(r) if r.code == pagetable::wire::ErrorCode::QuotaExceeded)
 }
 
 impl PageDirectory for PageTableDirectory {

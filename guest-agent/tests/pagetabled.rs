@@ -131,3 +131,66 @@ fn replica_shares_through_pagetabled_and_keeps_serving_when_it_dies() {
     replica.shutdown();
     source.shutdown();
 }
+
+/// One page the table refuses more frames for (PageCrowded: 1,024 per page and
+/// family) must not hold back the pages registered after it. Before the fix the agent
+/// resent the same refused batch on every sync, so nothing behind it was ever shared.
+#[test]
+fn a_refused_registration_does_not_block_the_pages_behind_it() {
+    use dbfork_agent::directory::{PageDirectory, PageTableDirectory};
+    use dbfork_agent::pool::{Pool, PoolRecord, POOL_PAGE};
+    use std::sync::Arc;
+    let tmp = tempfile::tempdir().unwrap();
+    let shm = pool_dir();
+    let daemon = Daemon::start(tmp.path());
+    daemon.admin(AdminRequest::FamilyCreate {
+        family: FamilyId(1),
+    });
+    daemon.admin(AdminRequest::FamilyAdd {
+        family: FamilyId(1),
+        domain: DomainId(1),
+    });
+    daemon.admin(AdminRequest::BindPid {
+        pid: std::process::id(),
+        domain: DomainId(1),
+    });
+    let pool = Arc::new(Pool::open(&shm.path().join("pool"), true).unwrap());
+    let page = vec![0u8; POOL_PAGE];
+    let crowded = pagetable::MAX_FRAMES_PER_PAGE as u64 + 8;
+    for lsn in 1..=crowded {
+        let rec = PoolRecord {
+            space_id: 5,
+            page_no: 7,
+            lsn,
+            valid_from: 10_000,
+        };
+        pool.append(&page, rec).unwrap();
+    }
+    for p in 100..110 {
+        let rec = PoolRecord {
+            space_id: 5,
+            page_no: p,
+            lsn: 500,
+            valid_from: 10_000,
+        };
+        pool.append(&page, rec).unwrap();
+    }
+    let mut dir = PageTableDirectory::new(&daemon.socket, pool);
+    // Each sync returns (an error for the refused frames is fine); a few rounds give a
+    // resending agent every chance to get through.
+    for _ in 0..3 {
+        let _ = dir.sync();
+    }
+    for p in 100..110 {
+        let e = dir.lookup(5, p, 600).unwrap();
+        assert!(
+            e.is_some(),
+            "page {p} behind the crowded one was never registered"
+        );
+    }
+    let e = dir
+        .lookup(5, 7, 600)
+        .unwrap()
+        .expect("the crowded page's first frames");
+    assert!(e.lsn <= pagetable::MAX_FRAMES_PER_PAGE as u64, "{e:?}");
+}
