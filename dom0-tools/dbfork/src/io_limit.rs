@@ -200,9 +200,7 @@ pub fn remove(rec: &IoLimitRecord) -> Result<()> {
 /// The group name of replica `name` in the store `store_dir`: the store's inode
 /// number keeps two stores on one host apart (as the sharing pools do).
 pub fn group_name(store_dir: &Path, name: &str) -> String {
-    use std::os::unix::fs::MetadataExt;
-    let tag = std::fs::metadata(store_dir).map(|m| m.ino()).unwrap_or(0);
-    format!("dbfork-{tag}-{name}")
+    format!("dbfork-{}-{name}", crate::orphans::store_tag(store_dir))
 }
 
 #[cfg(test)]

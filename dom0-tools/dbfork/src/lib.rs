@@ -12,6 +12,7 @@ pub mod export;
 pub mod instance_cmd;
 pub mod io_limit;
 pub mod lifecycle;
+pub mod orphans;
 pub mod output;
 pub mod paths;
 pub mod prefetch;

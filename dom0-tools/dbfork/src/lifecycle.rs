@@ -172,6 +172,9 @@ fn limit_reads(ctx: &Ctx, undo: &mut Undo, volume: &str, iops: u32) -> Result<Io
         .loop_device
         .with_context(|| format!("{volume} is attached without a block device"))?;
     let dev = crate::io_limit::device_number(Path::new(&node))?;
+    if let Err(e) = crate::orphans::claim(Path::new(crate::orphans::SHM), &ctx.store_dir) {
+        tracing::warn!("recording the store as owner of its IO groups: {e}");
+    }
     let l = crate::io_limit::create(
         Path::new(crate::io_limit::CGROUP_ROOT),
         &crate::io_limit::group_name(&ctx.store_dir, volume),
@@ -225,6 +228,14 @@ pub fn create_source(ctx: &Ctx, name: &str, opts: &SourceOptions) -> Result<Inst
     check_space(ctx, opts.size)?;
     let store = ctx.store()?;
     let mut undo = Undo::new();
+    // Pools (RAM) and IO groups of stores deleted by hand go before this one adds its own.
+    let swept = crate::orphans::sweep(
+        Path::new(crate::orphans::SHM),
+        &crate::orphans::group_roots(),
+    );
+    if !swept.pools.is_empty() || !swept.groups.is_empty() {
+        tracing::info!(?swept, "removed what deleted stores left on this host");
+    }
 
     store.create(name, opts.size)?;
     let mp = mount_new_volume(ctx, &mut undo, name, Some(opts.fs))?;

@@ -123,6 +123,11 @@ impl Sharing {
             publish_epoch(ctx, family, 0)?;
         }
         let pool = pool_path(ctx, family);
+        // The pool outlives nothing but the store: claimed, so a store deleted by hand
+        // has its pools swept by the next source created on this host.
+        if let Err(e) = crate::orphans::claim(Path::new(crate::orphans::SHM), &ctx.store_dir) {
+            tracing::warn!("recording the store as owner of its pools: {e}");
+        }
         let stats = run_dir.join("agent-stats.json");
         let mut env = self.common_env(ctx, &pool, &stats);
         env.insert("DBFORK_AGENT_ROLE".into(), "source".into());
@@ -211,11 +216,8 @@ fn epoch_file(ctx: &Ctx, family: u32) -> PathBuf {
 /// The family's pool, in /dev/shm so its pages are shared memory. The store's inode
 /// number keeps two stores on one host apart.
 fn pool_path(ctx: &Ctx, family: u32) -> PathBuf {
-    use std::os::unix::fs::MetadataExt;
-    let tag = std::fs::metadata(&ctx.store_dir)
-        .map(|m| m.ino())
-        .unwrap_or(0);
-    PathBuf::from(format!("/dev/shm/dbfork-{tag}-family-{family}.pool"))
+    let tag = crate::orphans::store_tag(&ctx.store_dir);
+    Path::new(crate::orphans::SHM).join(format!("dbfork-{tag}-family-{family}.pool"))
 }
 
 /// Publishes a snapshot's LSN to the family's source agent. Called after the snapshot

@@ -1,0 +1,173 @@
+//! Host resources a store owns outside its directory: family pools in /dev/shm (RAM)
+//! and replicas' IO groups, all named `dbfork-<store inode>-...`. `dbfork destroy`
+//! removes them; a store deleted by hand (rm -rf) would leave them forever. Each store
+//! claims its inode in a small owner file (`dbfork-<inode>.store`, holding the store's
+//! path) next to its pools, and a sweep removes what belongs to a store that is gone.
+
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// Where family pools live (shared memory).
+pub const SHM: &str = "/dev/shm";
+
+/// The inode number that names a store's host resources (0 if it cannot be read).
+pub fn store_tag(store_dir: &Path) -> u64 {
+    std::fs::metadata(store_dir).map(|m| m.ino()).unwrap_or(0)
+}
+
+fn owner_file(shm: &Path, tag: u64) -> PathBuf {
+    shm.join(format!("dbfork-{tag}.store"))
+}
+
+/// Records that `store_dir` owns the resources named after its inode.
+pub fn claim(shm: &Path, store_dir: &Path) -> std::io::Result<()> {
+    let tag = store_tag(store_dir);
+    let path = std::fs::canonicalize(store_dir)?;
+    let file = owner_file(shm, tag);
+    if std::fs::read(&file).ok().as_deref() == Some(path.as_os_str().as_encoded_bytes()) {
+        return Ok(());
+    }
+    std::fs::write(file, path.as_os_str().as_encoded_bytes())
+}
+
+/// Whether the store recorded for `tag` still exists with that inode.
+fn owner_alive(tag: u64, store: &Path) -> bool {
+    std::fs::metadata(store).is_ok_and(|m| m.ino() == tag)
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Swept {
+    pub pools: Vec<PathBuf>,
+    pub groups: Vec<PathBuf>,
+}
+
+/// Removes the pools (in `shm`) and IO groups (directly under each of `group_roots`)
+/// of every store whose owner file names a store that no longer exists. Resources of
+/// live stores and anything without an owner file are left alone. A group that still
+/// holds a process cannot be removed and stays (the sweep runs again next time).
+pub fn sweep(shm: &Path, group_roots: &[PathBuf]) -> Swept {
+    let mut swept = Swept::default();
+    let Ok(entries) = std::fs::read_dir(shm) else {
+        return swept;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(tag) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("dbfork-"))
+            .and_then(|n| n.strip_suffix(".store"))
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        let Ok(store) = std::fs::read(e.path()) else {
+            continue;
+        };
+        let store = PathBuf::from(std::ffi::OsStr::from_bytes(&store));
+        if owner_alive(tag, &store) {
+            continue;
+        }
+        let prefix = format!("dbfork-{tag}-");
+        let matching = |dir: &Path| -> Vec<PathBuf> {
+            std::fs::read_dir(dir)
+                .map(|rd| {
+                    rd.flatten()
+                        .filter(|x| x.file_name().to_string_lossy().starts_with(&prefix))
+                        .map(|x| x.path())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        for p in matching(shm) {
+            if p.extension().is_some_and(|x| x == "pool") && std::fs::remove_file(&p).is_ok() {
+                swept.pools.push(p);
+            }
+        }
+        let mut groups_left = false;
+        for root in group_roots {
+            for g in matching(root) {
+                if std::fs::remove_dir(&g).is_ok() {
+                    swept.groups.push(g);
+                } else {
+                    groups_left = true;
+                }
+            }
+        }
+        if !groups_left {
+            let _ = std::fs::remove_file(e.path());
+        }
+        tracing::info!(tag, store = %store.display(), "swept host resources of a store that is gone");
+    }
+    swept
+}
+
+/// The directories replicas' IO groups are made in (see io_limit).
+pub fn group_roots() -> Vec<PathBuf> {
+    let root = Path::new(crate::io_limit::CGROUP_ROOT);
+    vec![root.join("blkio"), root.to_path_buf()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gone_stores_pools_and_groups_are_swept_and_a_live_ones_kept() {
+        let shm = tempfile::tempdir().unwrap();
+        let groups = tempfile::tempdir().unwrap();
+        let gone = tempfile::tempdir().unwrap();
+        let live = tempfile::tempdir().unwrap();
+        let make = |store: &Path| {
+            claim(shm.path(), store).unwrap();
+            let tag = store_tag(store);
+            let pool = shm.path().join(format!("dbfork-{tag}-family-1.pool"));
+            std::fs::write(&pool, b"pages").unwrap();
+            let group = groups.path().join(format!("dbfork-{tag}-r1"));
+            std::fs::create_dir(&group).unwrap();
+            (pool, group)
+        };
+        let (gone_pool, gone_group) = make(gone.path());
+        let (live_pool, live_group) = make(live.path());
+        // Claiming again is idempotent.
+        claim(shm.path(), live.path()).unwrap();
+        // Unrelated files in shm are never touched, even with a similar name.
+        let other = shm.path().join("dbfork-notanumber.store");
+        std::fs::write(&other, "/nonexistent").unwrap();
+        let gone_tag = store_tag(gone.path());
+        drop(gone);
+
+        let swept = sweep(shm.path(), &[groups.path().to_path_buf()]);
+        assert_eq!(swept.pools, vec![gone_pool.clone()]);
+        assert_eq!(swept.groups, vec![gone_group.clone()]);
+        assert!(!gone_pool.exists() && !gone_group.exists());
+        assert!(!owner_file(shm.path(), gone_tag).exists());
+        assert!(live_pool.exists() && live_group.exists() && other.exists());
+        assert!(owner_file(shm.path(), store_tag(live.path())).exists());
+        // Nothing more to do the second time.
+        assert_eq!(
+            sweep(shm.path(), &[groups.path().to_path_buf()]),
+            Swept::default()
+        );
+    }
+
+    #[test]
+    fn a_group_that_cannot_be_removed_keeps_the_owner_file_for_the_next_sweep() {
+        let shm = tempfile::tempdir().unwrap();
+        let groups = tempfile::tempdir().unwrap();
+        let gone = tempfile::tempdir().unwrap();
+        claim(shm.path(), gone.path()).unwrap();
+        let tag = store_tag(gone.path());
+        // A non-empty directory stands for a group that still holds a process.
+        let busy = groups.path().join(format!("dbfork-{tag}-r1"));
+        std::fs::create_dir_all(busy.join("member")).unwrap();
+        drop(gone);
+        let swept = sweep(shm.path(), &[groups.path().to_path_buf()]);
+        assert!(swept.groups.is_empty());
+        assert!(owner_file(shm.path(), tag).exists());
+        std::fs::remove_dir(busy.join("member")).unwrap();
+        let swept = sweep(shm.path(), &[groups.path().to_path_buf()]);
+        assert_eq!(swept.groups, vec![busy]);
+        assert!(!owner_file(shm.path(), tag).exists());
+    }
+}
