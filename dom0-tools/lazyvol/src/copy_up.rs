@@ -37,28 +37,61 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// What a copy-up moved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct CopiedUp {
+    /// The region's length.
+    pub len: u64,
+    /// Bytes read from the layers below: 0 when none of them holds any of the region
+    /// (it reads as zeroes and nothing is read), else the region's length.
+    pub from_below: u64,
+}
+
+/// Whether any layer of `layers` holds any byte of `[off, off+len)`.
+fn held_by_any(layers: &[Arc<Layer>], off: u64, len: u64) -> bool {
+    layers.iter().any(|layer| {
+        let shift = layer.map.region_shift();
+        segments(off, len, shift, layer.map.size()).any(|seg| layer.map.is_present(seg.region))
+    })
+}
+
 /// Writes region `r` whole into the top: its bytes from the layers below, passed
 /// through `merge(region, region_start)` first. All-zero regions become a hole (which
-/// also clears bytes a crash may have left there). Returns the region length. The
-/// caller holds the region lock and sets the bit afterwards (commit rule 1).
-pub(crate) fn copy_up(st: &Stack, r: u64, merge: impl FnOnce(&mut [u8], u64)) -> io::Result<u64> {
+/// also clears bytes a crash may have left there). The caller holds the region lock
+/// and sets the bit afterwards (commit rule 1).
+pub(crate) fn copy_up(
+    st: &Stack,
+    r: u64,
+    merge: impl FnOnce(&mut [u8], u64),
+) -> io::Result<CopiedUp> {
     let top = st.top();
     let (rstart, rlen) = top.region_bounds(r);
+    let below = &st.layers[..st.layers.len() - 1];
+    // A region no layer below holds is zeroes: nothing to read (most of a fresh
+    // volume: the hydrator walks every region, written or not).
+    let held = held_by_any(below, rstart, rlen);
     SCRATCH.with(|cell| {
         let mut buf = cell.borrow_mut();
         if buf.len() < rlen as usize {
             buf.resize(rlen as usize, 0);
         }
         let region = &mut buf[..rlen as usize];
-        // read_through fills every byte, so leftovers from the last use never leak.
-        read_through(&st.layers[..st.layers.len() - 1], region, rstart)?;
+        // Every byte is filled either way, so leftovers from the last use never leak.
+        if held {
+            read_through(below, region, rstart)?;
+        } else {
+            region.fill(0);
+        }
         merge(region, rstart);
         if is_zero(region) {
             top.zero(rstart, rlen)?;
         } else {
             top.write_at(region, rstart)?;
         }
-        Ok(rlen)
+        Ok(CopiedUp {
+            len: rlen,
+            from_below: if held { rlen } else { 0 },
+        })
     })
 }
 

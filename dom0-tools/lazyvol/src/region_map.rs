@@ -45,7 +45,8 @@ pub struct Counters {
     pub on_demand_fetches: u64,
     /// Regions copied from the origin by the background hydrator.
     pub background_fetches: u64,
-    /// Bytes copied from the origin by both.
+    /// Bytes copied from the origin by both: regions the origin holds. A region no
+    /// origin layer holds reads as zeroes, is counted as a fetch and adds nothing here.
     pub fetched_bytes: u64,
 }
 

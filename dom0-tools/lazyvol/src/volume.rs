@@ -400,12 +400,15 @@ impl Shared {
             return Ok(None);
         }
         let top = st.top();
-        let rlen = match self.try_reflink(st, r)? {
-            Some(rlen) => rlen,
-            None => copy_up(st, r, |_, _| {})?,
+        let (rlen, from_below) = match self.try_reflink(st, r)? {
+            Some(rlen) => (rlen, rlen),
+            None => {
+                let c = copy_up(st, r, |_, _| {})?;
+                (c.len, c.from_below)
+            }
         };
         if top.map.mark_present(r) {
-            top.map.record_fetch(kind, rlen);
+            top.map.record_fetch(kind, from_below);
             self.hydrated.fetch_add(1, Ordering::AcqRel);
         }
         Ok(Some(rlen))
@@ -518,7 +521,7 @@ impl Shared {
                 }
                 return Ok(());
             }
-            let rlen = copy_up(st, seg.region, |region, rstart| {
+            let copied = copy_up(st, seg.region, |region, rstart| {
                 let at = (seg.off - rstart) as usize;
                 match payload {
                     Payload::Bytes(b) => region[at..at + b.len()].copy_from_slice(b),
@@ -526,7 +529,7 @@ impl Shared {
                 }
             })?;
             if top.map.mark_present(seg.region) && from_origin {
-                top.map.record_fetch(FetchKind::OnDemand, rlen);
+                top.map.record_fetch(FetchKind::OnDemand, copied.from_below);
                 self.hydrated.fetch_add(1, Ordering::AcqRel);
             }
             return Ok(());

@@ -510,3 +510,58 @@ fn a_snapshot_that_took_over_layers_of_another_region_size_opens_and_reads() {
     d.read_at(&mut got, 0).unwrap();
     assert!(got == want);
 }
+
+/// A mostly empty volume (as a fresh 4 GiB source is): regions no origin layer holds
+/// are hydrated without reading anything and count no copied bytes, while every
+/// byte of the clone, written or not, still reads exactly as the origin. Partial
+/// writes into unheld regions keep the zeroes around them.
+#[test]
+fn regions_the_origin_never_wrote_hydrate_without_copying_and_read_as_zeroes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let size = 4u64 << 20;
+    store.create("v", size).unwrap();
+    // Data in regions 3 and 40 (64 KiB regions), across the 35/36 boundary, and a
+    // region written with zeroes (held by the layer, reads as zeroes).
+    let pieces = [
+        (3 * 65536 + 100, 5000u64),
+        (40 * 65536, 65536),
+        (36 * 65536 - 10, 20),
+    ];
+    let mut want = vec![0u8; size as usize];
+    {
+        let v = store.open_volume("v").unwrap();
+        for (i, &(off, len)) in pieces.iter().enumerate() {
+            let p = pattern(i as u8 + 1, off, len);
+            v.write_at(&p, off, false).unwrap();
+            want[off as usize..(off + len) as usize].copy_from_slice(&p);
+        }
+        v.write_at(&vec![0u8; 65536], 50 * 65536, false).unwrap();
+        v.flush().unwrap();
+    }
+    store.snapshot("v", "s").unwrap();
+    store.clone("s", "c", opts(false, None, 65536)).unwrap();
+    let c = store.open_volume("c").unwrap();
+    // A partial write into a region nobody holds: the rest of it must read as zeroes.
+    let w = pattern(9, 20 * 65536 + 7, 300);
+    c.write_at(&w, 20 * 65536 + 7, false).unwrap();
+    want[20 * 65536 + 7..20 * 65536 + 307].copy_from_slice(&w);
+    c.hydrate_fully(|_, _| {}).unwrap();
+    let k = c.counters();
+    let held = [3u64, 35, 36, 40, 50].len() as u64;
+    assert_eq!(k.fetched_bytes, held * 65536, "{k:?}");
+    assert_eq!(
+        k.on_demand_fetches + k.background_fetches,
+        size / 65536,
+        "{k:?}"
+    );
+    let mut got = vec![0u8; size as usize];
+    c.read_at(&mut got, 0).unwrap();
+    assert!(got == want, "clone differs from the origin after hydration");
+    drop(c);
+    store.delete("s").unwrap();
+    let c = store.open_volume("c").unwrap();
+    let mut again = vec![0u8; size as usize];
+    c.read_at(&mut again, 0).unwrap();
+    assert!(again == want, "clone differs once independent");
+}

@@ -399,7 +399,7 @@ fn main() -> Result<()> {
 
 fn write_replicas_csv(out: &std::path::Path, results: &[RunResult]) -> Result<()> {
     let mut s = String::from(
-        "storage,config,replica,fork_at_s,first_query_s,t90_source_s,t90_own_s,steady_tps,on_demand_bytes,background_bytes,hydrated_bytes,size,shared_pages\n",
+        "storage,config,replica,fork_at_s,first_query_s,t90_source_s,t90_own_s,steady_tps,on_demand_bytes,background_bytes,hydrated_bytes,size,shared_pages,copied_bytes\n",
     );
     let o = |x: Option<f64>| x.map(|v| format!("{v:.1}")).unwrap_or_default();
     for r in results {
@@ -418,6 +418,7 @@ fn write_replicas_csv(out: &std::path::Path, results: &[RunResult]) -> Result<()
                 x.volume.hydrated_bytes.to_string(),
                 x.volume.size.to_string(),
                 x.volume.shared_pages.to_string(),
+                x.volume.copied_bytes.to_string(),
             ]));
         }
     }

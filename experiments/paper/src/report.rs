@@ -31,6 +31,7 @@ pub struct Figures {
     pub per_replica_mib: Option<f64>,
     pub on_demand_mib: f64,
     pub background_mib: f64,
+    pub copied_mib: f64,
     pub shared_mib: f64,
 }
 
@@ -72,6 +73,13 @@ pub fn figures(r: &RunResult) -> Figures {
             .sum::<f64>()
             / mib
             / n,
+        copied_mib: r
+            .replicas
+            .iter()
+            .map(|x| x.volume.copied_bytes as f64)
+            .sum::<f64>()
+            / mib
+            / n,
         shared_mib: r
             .replicas
             .iter()
@@ -98,14 +106,14 @@ pub fn section(storage: Storage, runs: &[&RunResult], scenario: &str) -> String 
     let _ = writeln!(s, "#### Scenario {scenario}, {} storage\n", storage.name());
     let _ = writeln!(
         s,
-        "| config | source alone tps | first query s (median) | to 90% of source tps s (median; never) | to 90% of own steady s | total PSS at end MiB | PSS per replica MiB | on-demand MiB/replica | background MiB/replica | shared MiB/replica |"
+        "| config | source alone tps | first query s (median) | to 90% of source tps s (median; never) | to 90% of own steady s | total PSS at end MiB | PSS per replica MiB | on-demand MiB/replica | background MiB/replica | copied MiB/replica | shared MiB/replica |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|");
     for r in runs {
         let g = figures(r);
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} ({}) | {} | {} | {} | {:.1} | {:.1} | {:.1} |",
+            "| {} | {} | {} | {} ({}) | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} |",
             r.config.name(),
             f(r.source_alone_tps, 0),
             f(g.first_query_s, 1),
@@ -116,6 +124,7 @@ pub fn section(storage: Storage, runs: &[&RunResult], scenario: &str) -> String 
             f(g.per_replica_mib, 0),
             g.on_demand_mib,
             g.background_mib,
+            g.copied_mib,
             g.shared_mib
         );
     }

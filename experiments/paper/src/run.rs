@@ -538,7 +538,7 @@ pub fn run_one(
     )?;
     append(
         &dir.join("hydration.csv"),
-        "scenario,storage,config,t_s,instance,hydrated_bytes,size,on_demand_bytes,background_bytes,shared_pages\n",
+        "scenario,storage,config,t_s,instance,hydrated_bytes,size,on_demand_bytes,background_bytes,shared_pages,copied_bytes\n",
         &sampler.hydration_rows.lock().unwrap(),
     )?;
 

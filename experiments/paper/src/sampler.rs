@@ -29,6 +29,9 @@ pub struct VolumeFigures {
     pub hydrated_bytes: u64,
     pub size: u64,
     pub shared_pages: u64,
+    /// Bytes actually copied from the origin (regions it holds; the rest of a fresh
+    /// volume is zeroes and hydrates without copying).
+    pub copied_bytes: u64,
 }
 
 pub struct Sampler {
@@ -88,6 +91,7 @@ impl Sampler {
                                     fig.on_demand_bytes.to_string(),
                                     fig.background_bytes.to_string(),
                                     fig.shared_pages.to_string(),
+                                    fig.copied_bytes.to_string(),
                                 ]);
                                 hr.lock().unwrap().push(row(&f));
                                 vo.lock().unwrap().insert(target.name.clone(), fig);
@@ -140,6 +144,7 @@ pub fn volume_figures(status: &Value) -> VolumeFigures {
         hydrated_bytes: n(&v["hydrated_bytes"]),
         size: n(&v["size"]),
         shared_pages: n(&status["sharing"]["shared"]),
+        copied_bytes: n(&v["fetched_bytes"]),
     }
 }
 
@@ -151,7 +156,7 @@ mod tests {
     fn volume_figures_from_status() {
         let v = serde_json::json!({
             "volume": {"region_size": 1048576, "on_demand_fetches": 3, "background_fetches": 10,
-                       "hydrated_bytes": 13631488, "size": 4294967296u64},
+                       "hydrated_bytes": 13631488, "size": 4294967296u64, "fetched_bytes": 65536},
             "sharing": {"shared": 42}
         });
         let f = volume_figures(&v);
@@ -159,6 +164,7 @@ mod tests {
         assert_eq!(f.background_bytes, 10 << 20);
         assert_eq!(f.shared_pages, 42);
         assert_eq!(f.size, 4 << 30);
+        assert_eq!(f.copied_bytes, 65536);
         let none = volume_figures(&Value::Null);
         assert_eq!(none.hydrated_bytes, 0);
     }
