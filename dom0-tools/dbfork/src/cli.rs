@@ -100,6 +100,10 @@ pub enum SourceCommand {
         /// TCP port (default: a free one).
         #[arg(long)]
         port: Option<u16>,
+        /// Region size of the source's volume: the unit a write after a snapshot
+        /// copies when it covers a region only in part (power of two, 4K-1M).
+        #[arg(long, value_parser = size, default_value = "64K")]
+        region_size: u64,
     },
 }
 

@@ -106,6 +106,7 @@ fn demo(ctx: &Ctx, args: &DemoArgs, say: &dyn Fn(&str), out: &Output) -> Result<
             buffer_pool: 128 << 20,
             fs: crate::attach::FsType::Ext4,
             port: None,
+            region_size: lazyvol::DEFAULT_REGION_SIZE,
         },
     )?;
     let src = Instance::open(src_rec.config.clone())?;

@@ -25,6 +25,7 @@ pub fn run(store: &Path, out: &Output, cmd: Command) -> Result<()> {
             buffer_pool,
             fs,
             port,
+            region_size,
         }) => {
             let rec = lifecycle::create_source(
                 &ctx,
@@ -34,6 +35,7 @@ pub fn run(store: &Path, out: &Output, cmd: Command) -> Result<()> {
                     buffer_pool,
                     fs,
                     port,
+                    region_size,
                 },
             )?;
             out.done(

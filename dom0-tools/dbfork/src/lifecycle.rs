@@ -117,6 +117,7 @@ pub struct SourceOptions {
     pub buffer_pool: u64,
     pub fs: FsType,
     pub port: Option<u16>,
+    pub region_size: u64,
 }
 
 /// Kills a server and waits until its process is gone (it holds the mount until then).
@@ -237,7 +238,7 @@ pub fn create_source(ctx: &Ctx, name: &str, opts: &SourceOptions) -> Result<Inst
         tracing::info!(?swept, "removed what deleted stores left on this host");
     }
 
-    store.create(name, opts.size)?;
+    store.create_with_region_size(name, opts.size, opts.region_size)?;
     let mp = mount_new_volume(ctx, &mut undo, name, Some(opts.fs))?;
 
     let used: Vec<u32> = ctx

@@ -27,6 +27,8 @@ pub struct Plan {
     /// Extra clones per method and size with the page cache dropped first.
     pub cold_runs: usize,
     pub volume_size: String,
+    /// Region size of the source's volume (dbfork source create --region-size).
+    pub source_region_size: String,
     pub buffer_pool: String,
     pub threads: u32,
     /// sysbench tests for the throughput part; empty skips it.
@@ -128,7 +130,12 @@ impl<'a> Bench<'a> {
             "creating source {SOURCE} (volume {}, buffer pool {})",
             plan.volume_size, plan.buffer_pool
         ));
-        let cfg = dbfork.source_create(SOURCE, &plan.volume_size, &plan.buffer_pool)?;
+        let cfg = dbfork.source_create(
+            SOURCE,
+            &plan.volume_size,
+            &plan.buffer_pool,
+            &plan.source_region_size,
+        )?;
         let source = Instance::open(cfg).context("opening the source dbfork made")?;
         Ok(Bench {
             plan,

@@ -134,7 +134,13 @@ impl Dbfork {
         Ok(stdout)
     }
 
-    pub fn source_create(&self, name: &str, size: &str, pool: &str) -> Result<InstanceConfig> {
+    pub fn source_create(
+        &self,
+        name: &str,
+        size: &str,
+        pool: &str,
+        region_size: &str,
+    ) -> Result<InstanceConfig> {
         let v = self.run_json(&[
             "source",
             "create",
@@ -143,6 +149,8 @@ impl Dbfork {
             size,
             "--buffer-pool",
             pool,
+            "--region-size",
+            region_size,
         ])?;
         config_of(&v)
     }

@@ -61,6 +61,9 @@ struct Args {
     /// Source volume size (dbfork source create --size).
     #[arg(long, default_value = "4G")]
     volume_size: String,
+    /// Region size of the source's volume (dbfork source create --region-size).
+    #[arg(long, default_value = "64K")]
+    source_region_size: String,
     /// Buffer pool of the source and of every replica.
     #[arg(long, default_value = "256M")]
     buffer_pool: String,
@@ -129,6 +132,7 @@ fn plan_of(a: &Args) -> Result<Plan> {
         reps,
         cold_runs: a.cold_runs.unwrap_or(if q { 0 } else { 1 }),
         volume_size: a.volume_size.clone(),
+        source_region_size: a.source_region_size.clone(),
         buffer_pool: a.buffer_pool.clone(),
         threads: a.threads.max(1),
         tests,

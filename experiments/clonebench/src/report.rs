@@ -108,12 +108,13 @@ pub fn markdown(plan: &Plan, info: &RunInfo, res: &Results) -> String {
     let sizes: Vec<String> = plan.sizes.iter().map(|&(t, r)| label(t, r)).collect();
     let _ = writeln!(
         o,
-        "- setup: one `dbfork source create` ({} volume, {} buffer pool); datasets {} \
+        "- setup: one `dbfork source create` ({} volume with {} regions, {} buffer pool); datasets {} \
          (sysbench prepare, smallest first, the previous one dropped, binlogs purged after \
          the prepare); {} run(s) per method and size with a warm page cache and {} with the \
          host page cache dropped (sync; drop_caches=3) right before the clone; source dirty \
          pages flushed before each clone; sysbench {} thread(s)",
         plan.volume_size,
+        plan.source_region_size,
         plan.buffer_pool,
         sizes.join(", "),
         plan.reps,
