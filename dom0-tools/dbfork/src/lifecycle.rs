@@ -711,6 +711,11 @@ pub fn destroy(ctx: &Ctx, name: &str, with_replicas: bool, say: Say) -> Result<(
         sharing::leave(ctx, sh.domain_id);
         if rec.role == Role::Source {
             sharing::destroy_family(ctx, sh);
+            crate::orphans::release(
+                Path::new(crate::orphans::SHM),
+                &ctx.store_dir,
+                &crate::orphans::group_roots(),
+            );
         }
     }
     reg.remove(name)?;

@@ -31,6 +31,22 @@ pub fn claim(shm: &Path, store_dir: &Path) -> std::io::Result<()> {
     std::fs::write(file, path.as_os_str().as_encoded_bytes())
 }
 
+/// Drops the store's claim once nothing named after it is left (its last source was
+/// destroyed), so a destroyed store leaves no owner file behind.
+pub fn release(shm: &Path, store_dir: &Path, group_roots: &[PathBuf]) {
+    let tag = store_tag(store_dir);
+    let prefix = format!("dbfork-{tag}-");
+    let any = |dir: &Path| {
+        std::fs::read_dir(dir).is_ok_and(|rd| {
+            rd.flatten()
+                .any(|x| x.file_name().to_string_lossy().starts_with(&prefix))
+        })
+    };
+    if !any(shm) && !group_roots.iter().any(|r| any(r)) {
+        let _ = std::fs::remove_file(owner_file(shm, tag));
+    }
+}
+
 /// Whether the store recorded for `tag` still exists with that inode.
 fn owner_alive(tag: u64, store: &Path) -> bool {
     std::fs::metadata(store).is_ok_and(|m| m.ino() == tag)
@@ -149,6 +165,14 @@ mod tests {
             sweep(shm.path(), &[groups.path().to_path_buf()]),
             Swept::default()
         );
+        // A live store releases its claim only once its pools and groups are gone.
+        let roots = [groups.path().to_path_buf()];
+        release(shm.path(), live.path(), &roots);
+        assert!(owner_file(shm.path(), store_tag(live.path())).exists());
+        std::fs::remove_file(&live_pool).unwrap();
+        std::fs::remove_dir(&live_group).unwrap();
+        release(shm.path(), live.path(), &roots);
+        assert!(!owner_file(shm.path(), store_tag(live.path())).exists());
     }
 
     #[test]

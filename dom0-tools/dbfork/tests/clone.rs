@@ -580,4 +580,14 @@ fn a_source_with_page_sized_regions_clones_and_converges() {
         .unwrap();
     dbinstance::wait_caught_up(&c.inst("r1"), &c.inst("src"), Duration::from_secs(60)).unwrap();
     assert_eq!(checksums(&c, "r1"), checksums(&c, "src"));
+    // Destroyed, the store leaves nothing in shared memory: no pool, no owner file.
+    let tag = dbfork::orphans::store_tag(c.store.path());
+    c.store.ok(&["destroy", "src", "--with-replicas"]);
+    let left: Vec<String> = std::fs::read_dir(dbfork::orphans::SHM)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&format!("dbfork-{tag}-")) || *n == format!("dbfork-{tag}.store"))
+        .collect();
+    assert!(left.is_empty(), "left in shared memory: {left:?}");
 }
