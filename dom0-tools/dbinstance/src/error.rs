@@ -54,6 +54,11 @@ pub enum Error {
     #[error("server {name} (pid {pid}) did not exit within {secs}s")]
     StopTimeout { name: String, pid: i32, secs: u64 },
 
+    #[error(
+        "server {name} did not answer {what} in time: is it stopped (SIGSTOP), \
+         swapping or wedged? Check its process state and error log"
+    )]
+    Unresponsive { name: String, what: String },
     #[error("server {0} is not running")]
     NotRunning(String),
 

@@ -154,10 +154,10 @@ impl ReplicationStatus {
 /// `None` when the instance is not configured as a replica.
 pub fn replication_status(replica: &Instance) -> Result<Option<ReplicationStatus>> {
     let name = replica.name();
-    let mut c = replica.conn()?;
+    let mut c = replica.conn_bounded(crate::sql::STATUS_IO_TIMEOUT)?;
     let row: Option<Row> = c
         .query_first("SHOW SLAVE STATUS")
-        .map_err(|e| Error::sql(name, "SHOW SLAVE STATUS", e))?;
+        .map_err(|e| crate::sql::read_error(name, "SHOW SLAVE STATUS", e))?;
     let Some(row) = row else {
         return Ok(None);
     };
@@ -185,9 +185,13 @@ pub fn replication_status(replica: &Instance) -> Result<Option<ReplicationStatus
 /// Waits until the replica has applied everything the source had binlogged when this
 /// was called. Fails early, with the replica's error, when replication is broken.
 pub fn wait_caught_up(replica: &Instance, source: &Instance, timeout: Duration) -> Result<GtidPos> {
-    let target = source.gtid_binlog_pos()?;
+    let target = gtid_var(
+        &mut source.conn_bounded(crate::sql::STATUS_IO_TIMEOUT)?,
+        source.name(),
+        "gtid_binlog_pos",
+    )?;
     let deadline = Instant::now() + timeout;
-    let mut c = replica.conn()?;
+    let mut c = replica.conn_bounded(crate::sql::STATUS_IO_TIMEOUT)?;
     loop {
         let pos = gtid_var(&mut c, replica.name(), "gtid_slave_pos")?;
         if pos.covers(&target) {

@@ -27,7 +27,46 @@ pub(crate) fn connect_socket_opts(
         .prefer_socket(true)
         .read_timeout(io_timeout)
         .write_timeout(io_timeout);
-    Conn::new(opts).map_err(|e| Error::sql(&cfg.name, "connect over socket", e))
+    Conn::new(opts).map_err(|e| read_error(&cfg.name, "connect over socket", e))
+}
+
+/// How long a status read (replication state, GTID positions) may wait for the server:
+/// a stopped (SIGSTOP) or wedged server then gives an error naming it instead of
+/// hanging `dbfork status` or a catch-up wait forever.
+pub const STATUS_IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A statement's error; a read or write that timed out says the server did not answer.
+pub(crate) fn read_error(name: &str, what: &str, e: mysql::Error) -> Error {
+    if timed_out(&e) {
+        Error::Unresponsive {
+            name: name.to_string(),
+            what: what.to_string(),
+        }
+    } else {
+        Error::sql(name, what, e)
+    }
+}
+
+/// Whether a client error is the socket read/write timing out.
+fn timed_out(e: &mysql::Error) -> bool {
+    use std::error::Error as _;
+    // A socket timeout is EAGAIN on this platform, TimedOut elsewhere.
+    let io_timeout = |io: &std::io::Error| {
+        matches!(
+            io.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        )
+    };
+    match e {
+        mysql::Error::IoError(io) => io_timeout(io),
+        // The packet codec's error wraps the socket's (its type is not exported).
+        mysql::Error::CodecError(c) => c
+            .source()
+            .and_then(|s| s.downcast_ref::<std::io::Error>())
+            .is_some_and(io_timeout),
+        mysql::Error::DriverError(mysql::DriverError::ConnectTimeout) => true,
+        _ => false,
+    }
 }
 
 pub(crate) fn ping(conn: &mut Conn) -> bool {
@@ -39,13 +78,13 @@ pub(crate) fn ping(conn: &mut Conn) -> bool {
 pub fn scalar<T: FromValue>(conn: &mut Conn, name: &str, sql: &str) -> Result<Option<T>> {
     let v: Option<Option<T>> = conn
         .query_first(sql)
-        .map_err(|e| Error::sql(name, sql, e))?;
+        .map_err(|e| read_error(name, sql, e))?;
     Ok(v.flatten())
 }
 
 /// Runs statements whose results are not needed.
 pub fn exec(conn: &mut Conn, name: &str, sql: &str) -> Result<()> {
-    conn.query_drop(sql).map_err(|e| Error::sql(name, sql, e))
+    conn.query_drop(sql).map_err(|e| read_error(name, sql, e))
 }
 
 /// Reads a GTID position variable such as `@@gtid_binlog_pos`.
@@ -81,6 +120,12 @@ impl Instance {
     /// A new root session over the socket.
     pub fn conn(&self) -> Result<Conn> {
         connect_socket(self.config())
+    }
+
+    /// A root session whose reads and writes give up after `timeout` (for status
+    /// reads; long statements such as CHECKSUM TABLE use [`Instance::conn`]).
+    pub fn conn_bounded(&self, timeout: Duration) -> Result<Conn> {
+        connect_socket_opts(self.config(), Some(timeout))
     }
 
     /// A session as `user` over TCP, as a replica or remote client would connect.

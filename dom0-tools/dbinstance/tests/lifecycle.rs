@@ -185,3 +185,20 @@ fn another_handle_adopts_stops_and_restarts_via_pid_file() {
     std::fs::write(src.config().pid_file(), format!("{}\n", std::process::id())).unwrap();
     assert!(!src.is_running());
 }
+
+/// A server that stops answering (SIGSTOP) makes status reads fail with an error that
+/// names it, instead of hanging the caller (`dbfork status`, a catch-up wait); once it
+/// runs again the same reads work.
+#[test]
+fn status_reads_of_a_stopped_server_fail_clearly_instead_of_hanging() {
+    let src = InstanceGuard::source("stopped", 15).unwrap();
+    let pid = src.pid().unwrap();
+    // SAFETY: plain kill(2) on the test's own child server.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let e = dbinstance::replication_status(&src).unwrap_err();
+    // SAFETY: as above; resumes it whatever the assertions below do.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    assert!(matches!(e, dbinstance::Error::Unresponsive { .. }), "{e:?}");
+    assert!(e.to_string().contains("stopped"), "{e}");
+    assert!(dbinstance::replication_status(&src).unwrap().is_none());
+}
