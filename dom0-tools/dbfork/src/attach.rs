@@ -273,9 +273,12 @@ fn attach_steps(
     save_record(run_dir, rec)?;
 
     if let Some(fs) = req.mkfs {
+        // No discard: a new volume reads as zeroes already, and a whole-device discard
+        // would mark every region of it as written (holes, but held), so every clone
+        // would then hydrate the whole size instead of what the filesystem wrote.
         let args: &[&str] = match fs {
-            FsType::Ext4 => &["-q", "-F", &dev],
-            FsType::Xfs => &["-q", "-f", &dev],
+            FsType::Ext4 => &["-q", "-F", "-E", "nodiscard", &dev],
+            FsType::Xfs => &["-q", "-f", "-K", &dev],
         };
         run(fs.mkfs(), args)?;
     }

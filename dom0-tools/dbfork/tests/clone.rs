@@ -574,7 +574,15 @@ fn a_source_with_page_sized_regions_clones_and_converges() {
     let st = c.store.json(&["volume", "status", "src"]);
     assert_eq!(st["region_size"], 16384, "{st}");
     load(&c, "src", 2, 5000);
-    c.clone("src", "r1", &[]);
+    c.clone("src", "r1", &["--hydrate-first"]);
+    // A full copy moves what the source's filesystem wrote, not the volume's size
+    // (mkfs must not discard the new volume: that would mark every region written).
+    let st = c.store.json(&["status", "r1"]);
+    let copied = st["volume"]["fetched_bytes"].as_u64().unwrap();
+    assert!(
+        copied > 0 && copied < (512 << 20) / 2,
+        "copied {copied} bytes: {st}"
+    );
     c.inst("src")
         .exec("UPDATE sbtest.sbtest1 SET k = k + 1 WHERE id <= 500")
         .unwrap();
