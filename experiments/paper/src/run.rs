@@ -104,6 +104,15 @@ struct Load {
     started_at_s: f64,
 }
 
+impl Load {
+    /// Ends the client; sysbench has written each per-second line as it went.
+    fn stop(&mut self) {
+        // SAFETY: kill(2) on our own child, which has not been reaped yet.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for Load {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -151,14 +160,9 @@ pub fn tpcc_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tpcc")
 }
 
-fn start_load(
-    plan: &Plan,
-    name: &str,
-    socket: &Path,
-    secs: u64,
-    out: PathBuf,
-    t0: Instant,
-) -> Result<Load> {
+/// Starts a client that runs until [`Load::stop`] (sysbench --time=0): the run's end
+/// is only known once the last replica is ready.
+fn start_load(plan: &Plan, name: &str, socket: &Path, out: PathBuf, t0: Instant) -> Result<Load> {
     let w = Workload::of(plan, name != "src");
     let file =
         std::fs::File::create(&out).with_context(|| format!("creating {}", out.display()))?;
@@ -169,7 +173,7 @@ fn start_load(
         .arg("--mysql-user=root")
         .args(&w.args)
         .arg(format!("--threads={}", plan.threads))
-        .arg(format!("--time={}", secs.max(1)))
+        .arg("--time=0")
         .arg("--report-interval=1")
         .arg("run")
         .stdin(Stdio::null())
@@ -366,7 +370,9 @@ pub fn run_one(
     } else {
         plan.replicas
     };
-    let total_secs = fork_at(plan, n_replicas) + plan.interval;
+    let planned_end = fork_at(plan, n_replicas) + plan.interval;
+    // A replica whose creation outlasted the interval still gets this long under load.
+    let min_life = plan.interval.min(20);
     let t0 = Instant::now();
     let prefix = vec![
         scn.to_string(),
@@ -390,7 +396,6 @@ pub fn run_one(
         plan,
         "src",
         &src.cfg.socket_path(),
-        total_secs,
         file("sysbench", "src", "txt"),
         t0,
     )?];
@@ -409,7 +414,7 @@ pub fn run_one(
             due,
             bar,
             &format!("{tag}: replica {k} due at {} s", due.as_secs()),
-            total_secs,
+            planned_end,
         )?;
         let name = format!("r{k}");
         let fork_at = t0.elapsed().as_secs_f64();
@@ -483,10 +488,9 @@ pub fn run_one(
             pid_file: cfg.pid_file(),
             dbfork_replica,
         });
-        let left = total_secs.saturating_sub(t0.elapsed().as_secs());
-        if left < 5 {
+        if ready + min_life as f64 > planned_end as f64 {
             bar.println(format!(
-                "{tag}: {name} was ready only {left} s before the end (creation took {:.0} s, longer than the interval)",
+                "{tag}: {name} took {:.0} s to create; the run is extended so it runs {min_life} s under load",
                 ready - fork_at
             ));
         }
@@ -494,26 +498,29 @@ pub fn run_one(
             plan,
             &name,
             &cfg.socket_path(),
-            left,
             file("sysbench", &name, "txt"),
             t0,
         )?);
         forks.push((name, fork_at, ready));
     }
+    let last_ready = forks.last().map(|f| f.2).unwrap_or(0.0);
+    let total_secs = planned_end.max((last_ready + min_life as f64).ceil() as u64);
     wait_until(
         t0,
-        Duration::from_secs(total_secs + 2),
+        Duration::from_secs(total_secs),
         bar,
         &format!("{tag}: last replica under load"),
         total_secs,
     )?;
+    for l in &mut loads {
+        l.stop();
+    }
     sampler.stop();
 
     // Series, each sample placed on the run's clock.
     let mut tps_rows = Vec::new();
     let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
     for l in &mut loads {
-        let _ = l.child.wait();
         let text = std::fs::read_to_string(&l.out).unwrap_or_default();
         let s: Vec<(f64, f64)> = interval_samples(&text)
             .into_iter()
