@@ -190,10 +190,21 @@ pub fn remove(rec: &IoLimitRecord) -> Result<()> {
             let _ = std::fs::write(&parent_procs, p);
         }
     }
-    match std::fs::remove_dir(&rec.cgroup) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(io_err("removing", &rec.cgroup)(e)),
+    // A process killed a moment ago can still be counted in the group while it exits
+    // (EBUSY): retried briefly rather than leaving the group behind.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match std::fs::remove_dir(&rec.cgroup) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e)
+                if e.raw_os_error() == Some(libc::EBUSY)
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) => return Err(io_err("removing", &rec.cgroup)(e)),
+        }
     }
 }
 

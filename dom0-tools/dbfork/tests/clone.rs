@@ -574,7 +574,23 @@ fn a_source_with_page_sized_regions_clones_and_converges() {
     let st = c.store.json(&["volume", "status", "src"]);
     assert_eq!(st["region_size"], 16384, "{st}");
     load(&c, "src", 2, 5000);
+    let binlogs = |c: &Cluster| {
+        let mut v: Vec<String> = std::fs::read_dir(&c.cfg("src").datadir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("binlog.0"))
+            .collect();
+        v.sort();
+        v
+    };
+    let before = binlogs(&c);
     c.clone("src", "r1", &["--hydrate-first"]);
+    // The clone rotated the source's binary log, so the replica's crash recovery scans
+    // a last binlog file holding only the moment before the snapshot, not the load.
+    let after = binlogs(&c);
+    assert_eq!(after.len(), before.len() + 1, "{before:?} -> {after:?}");
+
     // A full copy moves what the source's filesystem wrote, not the volume's size
     // (mkfs must not discard the new volume: that would mark every region written).
     let st = c.store.json(&["status", "r1"]);

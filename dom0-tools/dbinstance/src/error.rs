@@ -43,7 +43,7 @@ pub enum Error {
     },
 
     #[error(
-        "server {name} did not accept connections within {secs}s; error log tail:\n{log_tail}"
+        "server {name} did not accept connections within {secs}s and was stopped; error log tail:\n{log_tail}"
     )]
     StartupTimeout {
         name: String,

@@ -316,6 +316,12 @@ impl Instance {
                 }
             }
             if Instant::now() >= deadline {
+                // A server that is not up in time is stopped, not left running: the
+                // caller unwinds (unmounts, deletes) and must not find it holding on.
+                if let Some(mut child) = self.child.take() {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
                 return Err(Error::StartupTimeout {
                     name: self.cfg.name.clone(),
                     secs: timeout.as_secs(),

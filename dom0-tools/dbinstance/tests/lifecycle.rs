@@ -2,6 +2,7 @@
 
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
 
 use dbinstance::testing::{test_config, test_start_options, InstanceGuard};
 use dbinstance::{Error, GtidPos, Instance};
@@ -201,4 +202,29 @@ fn status_reads_of_a_stopped_server_fail_clearly_instead_of_hanging() {
     assert!(matches!(e, dbinstance::Error::Unresponsive { .. }), "{e:?}");
     assert!(e.to_string().contains("stopped"), "{e}");
     assert!(dbinstance::replication_status(&src).unwrap().is_none());
+}
+
+/// A server that is not up within the start timeout is stopped before the error
+/// returns: the caller unwinds (unmount, delete) and must not find it still running.
+#[test]
+fn a_start_that_times_out_leaves_no_server_running() {
+    let (cfg, _dir) = dbinstance::testing::test_config("slowstart", 16).unwrap();
+    let mut inst = Instance::init(cfg.clone()).unwrap();
+    let opts = dbinstance::StartOptions {
+        timeout: Duration::from_millis(1),
+        ..test_start_options()
+    };
+    let e = inst.start_with(&opts).unwrap_err();
+    assert!(matches!(e, dbinstance::Error::StartupTimeout { .. }), "{e}");
+    assert!(e.to_string().contains("was stopped"), "{e}");
+    let cnf = cfg.cnf_path().display().to_string();
+    let running: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|p| std::fs::read(p.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(&cnf))
+        .collect();
+    assert!(running.is_empty(), "still running: {running:?}");
+    assert!(!inst.is_running());
 }

@@ -161,6 +161,16 @@ pub struct Plan {
     pub read_iops: u32,
 }
 
+/// A line above the progress bar; on a log (stderr not a terminal, where the bar
+/// draws nothing) a plain line instead.
+pub fn say(bar: &ProgressBar, msg: String) {
+    if std::io::stderr().is_terminal() {
+        bar.println(msg);
+    } else {
+        eprintln!("{msg}");
+    }
+}
+
 static STOP: AtomicBool = AtomicBool::new(false);
 
 pub fn stopped() -> bool {
@@ -279,7 +289,7 @@ fn main() -> Result<()> {
             Ok(s) => s,
             Err(e) => {
                 let n: usize = storages.iter().map(|&s| configs_for(s).len()).sum();
-                bar.println(format!("{}: source FAILED: {e:#}", scenario.name()));
+                crate::say(&bar, format!("{}: source FAILED: {e:#}", scenario.name()));
                 failures.push(format!("{}: source: {e:#}", scenario.name()));
                 bar.inc(n as u64);
                 continue;
@@ -302,7 +312,7 @@ fn main() -> Result<()> {
                 match run::run_one(&plan, &source, storage, config, &out, &bar) {
                     Ok(r) => results.push(r),
                     Err(e) => {
-                        bar.println(format!("{what}: FAILED: {e:#}"));
+                        crate::say(&bar, format!("{what}: FAILED: {e:#}"));
                         failures.push(format!("{what}: {e:#}"));
                     }
                 }

@@ -489,7 +489,7 @@ pub fn run_one(
             dbfork_replica,
         });
         if ready + min_life as f64 > planned_end as f64 {
-            bar.println(format!(
+            crate::say(bar, format!(
                 "{tag}: {name} took {:.0} s to create; the run is extended so it runs {min_life} s under load",
                 ready - fork_at
             ));
