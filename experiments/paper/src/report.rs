@@ -48,6 +48,10 @@ pub fn figures(r: &RunResult) -> Figures {
     let before =
         crate::metrics::mean_in(&r.total_pss, first_fork - 10.0, first_fork).map(|b| b / mib);
     let n = r.replicas.len().max(1) as f64;
+    // Mean over the replicas of one volume figure, in MiB.
+    let mean_mib = |bytes: fn(&crate::sampler::VolumeFigures) -> f64| {
+        r.replicas.iter().map(|x| bytes(&x.volume)).sum::<f64>() / mib / n
+    };
     Figures {
         first_query_s: fq,
         t90_source_s: t90s,
@@ -59,34 +63,10 @@ pub fn figures(r: &RunResult) -> Figures {
             .count(),
         end_pss_mib: end,
         per_replica_mib: end.zip(before).map(|(e, b)| (e - b) / n),
-        on_demand_mib: r
-            .replicas
-            .iter()
-            .map(|x| x.volume.on_demand_bytes as f64)
-            .sum::<f64>()
-            / mib
-            / n,
-        background_mib: r
-            .replicas
-            .iter()
-            .map(|x| x.volume.background_bytes as f64)
-            .sum::<f64>()
-            / mib
-            / n,
-        copied_mib: r
-            .replicas
-            .iter()
-            .map(|x| x.volume.copied_bytes as f64)
-            .sum::<f64>()
-            / mib
-            / n,
-        shared_mib: r
-            .replicas
-            .iter()
-            .map(|x| x.volume.shared_pages as f64 * 16384.0)
-            .sum::<f64>()
-            / mib
-            / n,
+        on_demand_mib: mean_mib(|v| v.on_demand_bytes as f64),
+        background_mib: mean_mib(|v| v.background_bytes as f64),
+        copied_mib: mean_mib(|v| v.copied_bytes as f64),
+        shared_mib: mean_mib(|v| v.shared_pages as f64 * 16384.0),
     }
 }
 
