@@ -35,16 +35,24 @@ pub fn claim(shm: &Path, store_dir: &Path) -> std::io::Result<()> {
 /// destroyed), so a destroyed store leaves no owner file behind.
 pub fn release(shm: &Path, store_dir: &Path, group_roots: &[PathBuf]) {
     let tag = store_tag(store_dir);
-    let prefix = format!("dbfork-{tag}-");
-    let any = |dir: &Path| {
-        std::fs::read_dir(dir).is_ok_and(|rd| {
-            rd.flatten()
-                .any(|x| x.file_name().to_string_lossy().starts_with(&prefix))
-        })
-    };
-    if !any(shm) && !group_roots.iter().any(|r| any(r)) {
+    let none_left = named_after(shm, tag).is_empty()
+        && group_roots.iter().all(|r| named_after(r, tag).is_empty());
+    if none_left {
         let _ = std::fs::remove_file(owner_file(shm, tag));
     }
+}
+
+/// Entries of `dir` named after the store with inode `tag` (`dbfork-<tag>-...`).
+fn named_after(dir: &Path, tag: u64) -> Vec<PathBuf> {
+    let prefix = format!("dbfork-{tag}-");
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|x| x.file_name().to_string_lossy().starts_with(&prefix))
+                .map(|x| x.path())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Whether the store recorded for `tag` still exists with that inode.
@@ -84,25 +92,14 @@ pub fn sweep(shm: &Path, group_roots: &[PathBuf]) -> Swept {
         if owner_alive(tag, &store) {
             continue;
         }
-        let prefix = format!("dbfork-{tag}-");
-        let matching = |dir: &Path| -> Vec<PathBuf> {
-            std::fs::read_dir(dir)
-                .map(|rd| {
-                    rd.flatten()
-                        .filter(|x| x.file_name().to_string_lossy().starts_with(&prefix))
-                        .map(|x| x.path())
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        for p in matching(shm) {
+        for p in named_after(shm, tag) {
             if p.extension().is_some_and(|x| x == "pool") && std::fs::remove_file(&p).is_ok() {
                 swept.pools.push(p);
             }
         }
         let mut groups_left = false;
         for root in group_roots {
-            for g in matching(root) {
+            for g in named_after(root, tag) {
                 if std::fs::remove_dir(&g).is_ok() {
                     swept.groups.push(g);
                 } else {
