@@ -201,13 +201,9 @@ fn failures_mid_clone_leave_nothing_half_made() {
     c.source("src");
     load(&c, "src", 1, 2000);
     for fp in ["after-attach", "after-prefetch", "after-start"] {
-        let out = std::process::Command::new(DBFORK)
-            .arg("--store")
-            .arg(c.store.path())
-            .args(["clone", "src", "bad"])
-            .env("DBFORK_FAILPOINT", fp)
-            .output()
-            .unwrap();
+        let out = c
+            .store
+            .run_env(&["clone", "src", "bad"], &[("DBFORK_FAILPOINT", fp)]);
         assert!(!out.status.success(), "{fp}: clone should fail");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("failpoint"), "{fp}: {err}");
@@ -215,13 +211,10 @@ fn failures_mid_clone_leave_nothing_half_made() {
     }
     // The engine serving the new volume dies right after attach: the clone either
     // completes (all it needed was cached) or fails clearly; never half-made.
-    let out = std::process::Command::new(DBFORK)
-        .arg("--store")
-        .arg(c.store.path())
-        .args(["clone", "src", "crashy"])
-        .env("DBFORK_FAILPOINT", "kill-export:after-attach")
-        .output()
-        .unwrap();
+    let out = c.store.run_env(
+        &["clone", "src", "crashy"],
+        &[("DBFORK_FAILPOINT", "kill-export:after-attach")],
+    );
     if out.status.success() {
         let st = c.store.json(&["status", "crashy"]);
         assert_eq!(st["state"], "running", "{st}");
@@ -377,13 +370,10 @@ fn a_replica_reads_the_sources_warm_pages_from_shared_memory() {
     assert_eq!(agent_counter(&c, "shared", "declined_verify"), 0);
 
     // The same clone without sharing returns the same data and shares nothing.
-    let out = std::process::Command::new(DBFORK)
-        .arg("--store")
-        .arg(c.store.path())
-        .args(["--json", "clone", "src", "private", "--hydrate-first"])
-        .env("DBFORK_SHARING", "off")
-        .output()
-        .unwrap();
+    let out = c.store.run_env(
+        &["--json", "clone", "src", "private", "--hydrate-first"],
+        &[("DBFORK_SHARING", "off")],
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -424,13 +414,10 @@ fn pagetabled_killed_during_a_clone_is_restarted_and_the_clone_completes() {
     require_sharing_artifacts();
     c.source("src");
     load(&c, "src", 1, 5000);
-    let out = std::process::Command::new(DBFORK)
-        .arg("--store")
-        .arg(c.store.path())
-        .args(["--json", "clone", "src", "r"])
-        .env("DBFORK_FAILPOINT", "kill-pagetabled:after-attach")
-        .output()
-        .unwrap();
+    let out = c.store.run_env(
+        &["--json", "clone", "src", "r"],
+        &[("DBFORK_FAILPOINT", "kill-pagetabled:after-attach")],
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -527,14 +514,11 @@ fn a_replica_can_start_cold_unshared_and_with_its_reads_limited() {
     assert!(!l.cgroup.exists(), "{} left", l.cgroup.display());
     c.assert_gone("slow");
 
-    let out = std::process::Command::new(DBFORK)
-        .arg("--store")
-        .arg(c.store.path())
-        .args(["clone", "src", "bad"])
-        .args(flags)
-        .env("DBFORK_FAILPOINT", "after-start")
-        .output()
-        .unwrap();
+    let mut args = vec!["clone", "src", "bad"];
+    args.extend(flags);
+    let out = c
+        .store
+        .run_env(&args, &[("DBFORK_FAILPOINT", "after-start")]);
     assert!(!out.status.success(), "the failpoint should fail the clone");
     let group = io_limit::group_name(c.store.path(), "bad");
     let root = std::path::Path::new(io_limit::CGROUP_ROOT);

@@ -31,10 +31,15 @@ impl TestStore {
     }
     /// Runs `dbfork --store STORE args...`.
     pub fn run(&self, args: &[&str]) -> Output {
+        self.run_env(args, &[])
+    }
+    /// As [`TestStore::run`], with extra environment (failpoints, DBFORK_SHARING).
+    pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         Command::new(DBFORK)
             .arg("--store")
             .arg(self.path())
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .output()
             .unwrap()
