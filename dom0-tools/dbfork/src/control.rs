@@ -2,6 +2,7 @@
 //! open (and so locked) in another process. One JSON request per line, one JSON reply
 //! per line. The NBD socket beside it is the data plane; the two never share a thread.
 
+use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -57,54 +58,38 @@ impl Reply {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ControlError {
-    #[error("no export process answers on {path} (is the volume exported or attached?)")]
-    NotRunning {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("control socket I/O failed")]
-    Io(#[from] std::io::Error),
-    #[error("malformed control reply: {0}")]
-    BadReply(String),
-    #[error("{0}")]
-    Refused(String),
-}
-
-/// What the export process does with a request.
 pub trait ControlHandler: Send + Sync {
     fn handle(&self, request: Request) -> Reply;
 }
 
 /// Sends one request and waits for the reply. The timeout is generous because a
 /// snapshot waits for in-flight writes.
-pub fn call(socket: &Path, request: &Request) -> Result<Option<serde_json::Value>, ControlError> {
-    let mut stream = UnixStream::connect(socket).map_err(|source| ControlError::NotRunning {
-        path: socket.display().to_string(),
+pub fn call(socket: &Path, request: &Request) -> Result<Option<serde_json::Value>> {
+    let mut stream = UnixStream::connect(socket).map_err(|source| Error::NoExport {
+        path: socket.to_path_buf(),
         source,
     })?;
-    stream.set_read_timeout(Some(Duration::from_secs(120)))?;
-    let mut line = serde_json::to_string(request).expect("requests always serialize");
-    line.push('\n');
-    stream.write_all(line.as_bytes())?;
-    let mut reply = String::new();
-    BufReader::new(stream.take(MAX_REQUEST)).read_line(&mut reply)?;
-    let reply: Reply =
-        serde_json::from_str(reply.trim()).map_err(|e| ControlError::BadReply(e.to_string()))?;
+    let io = Error::io("control socket", socket);
+    let mut exchange = || -> std::io::Result<String> {
+        stream.set_read_timeout(Some(Duration::from_secs(120)))?;
+        let mut line = serde_json::to_string(request).expect("requests always serialize");
+        line.push('\n');
+        stream.write_all(line.as_bytes())?;
+        let mut reply = String::new();
+        BufReader::new((&stream).take(MAX_REQUEST)).read_line(&mut reply)?;
+        Ok(reply)
+    };
+    let reply = exchange().map_err(io)?;
+    let reply: Reply = serde_json::from_str(reply.trim()).map_err(Error::BadReply)?;
     if reply.ok {
         Ok(reply.data)
     } else {
-        Err(ControlError::Refused(
+        Err(Error::Refused(
             reply.error.unwrap_or_else(|| "refused".into()),
         ))
     }
 }
 
-/// Serves the control socket until `stop` is set. Connections are handled one at a
-/// time: control requests are rare and serialising them keeps snapshot and prefetch
-/// from racing each other.
 pub fn serve(listener: UnixListener, handler: Arc<dyn ControlHandler>, stop: Arc<AtomicBool>) {
     listener
         .set_nonblocking(true)

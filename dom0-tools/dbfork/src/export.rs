@@ -3,7 +3,7 @@
 //! exits. `dbfork volume export` runs this in the foreground; `attach` runs it detached.
 
 use crate::control::{self, ControlHandler, Reply, Request};
-use crate::paths::RunDir;
+use crate::error::{Error, Result};
 use lazyvol::{Store, Volume};
 use nbd_export::{BlockDevice, ListenAddr, Server};
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -12,6 +12,7 @@ use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use substrate::RunDir;
 
 /// `Volume` as an NBD block device. The only translation is errors: the NBD layer
 /// picks its error code from the OS errno, which the engine's rich errors carry as
@@ -116,50 +117,28 @@ impl ControlHandler for VolumeControl {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ExportError {
-    #[error(transparent)]
-    Volume(#[from] lazyvol::Error),
-    #[error(transparent)]
-    Nbd(#[from] nbd_export::NbdError),
-    #[error("control socket {path}")]
-    Control {
-        path: String,
-        #[source]
-        source: io::Error,
-    },
-    #[error("signal handling")]
-    Signals(#[source] io::Error),
-    #[error("final flush of {volume} failed")]
-    Flush {
-        volume: String,
-        #[source]
-        source: io::Error,
-    },
-}
-
 /// Serves `name` until SIGTERM, SIGINT or a control `shutdown`; then stops the NBD
 /// server, flushes, and returns (dropping the volume commits its region map).
-pub fn run_export(store: &Path, name: &str, addr: &ListenAddr) -> Result<(), ExportError> {
-    let store_h = Store::open(store)?;
-    let volume = Arc::new(store_h.open_volume(name)?);
-    let run = RunDir::new(store);
-    run.ensure().map_err(|source| ExportError::Control {
-        path: run.path().display().to_string(),
+pub fn run_export(store: &Path, name: &str, addr: &ListenAddr) -> Result<()> {
+    let store_h = Store::open(store).map_err(|source| Error::Store {
+        dir: store.to_path_buf(),
         source,
     })?;
+    let volume = Arc::new(store_h.open_volume(name)?);
+    let run = RunDir::new(store);
+    run.ensure()
+        .map_err(Error::io("creating the run dir", run.path()))?;
 
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [SIGTERM, SIGINT] {
-        signal_hook::flag::register(sig, stop.clone()).map_err(ExportError::Signals)?;
+        signal_hook::flag::register(sig, stop.clone())
+            .map_err(Error::io("handling signals of", store))?;
     }
 
     let ctl_path = run.control_socket(name);
     let _ = std::fs::remove_file(&ctl_path);
-    let ctl = UnixListener::bind(&ctl_path).map_err(|source| ExportError::Control {
-        path: ctl_path.display().to_string(),
-        source,
-    })?;
+    let ctl = UnixListener::bind(&ctl_path)
+        .map_err(Error::io("binding the control socket", &ctl_path))?;
     let ctl_thread = {
         let handler = Arc::new(VolumeControl {
             volume: volume.clone(),
@@ -188,7 +167,7 @@ pub fn run_export(store: &Path, name: &str, addr: &ListenAddr) -> Result<(), Exp
     if let ListenAddr::Unix(p) = addr {
         let _ = std::fs::remove_file(p);
     }
-    volume.flush().map_err(|source| ExportError::Flush {
+    volume.flush().map_err(|source| Error::Flush {
         volume: name.to_string(),
         source,
     })?;

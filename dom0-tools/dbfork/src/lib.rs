@@ -1,24 +1,25 @@
-//! The `dbfork` library: everything the CLI does, so tests and other tools can call it.
+//! The `dbfork` library: what the CLI does, so tests and other tools can call it.
 //!
-//! Control plane: `volume_cmd` (the `dbfork volume` verbs), `control` (the control
-//! socket of a running export). Data plane: `export` (NBD serving of one volume).
-//! Host plumbing: `attach` (nbdfuse + loop + mount), `tools` (running host commands).
+//! Orchestration, the same for every substrate: `source` (create), `clone` (the named
+//! steps of a fork), `destroy`, `status`, `sharing` (who shares with whom, the
+//! warm-set offer), over `ctx` (the store and its substrate) and `registry` (the
+//! instance records). The substrate itself (local processes today, Xen domUs later)
+//! is the `substrate` crate's. Volume plane: `volumes` (verbs through a volume's
+//! export process), `control` (its control socket). Data plane: `export` (NBD serving
+//! of one volume).
 
-pub mod attach;
-pub mod cli;
+pub mod clone;
 pub mod control;
-pub mod demo;
+pub mod ctx;
+pub mod destroy;
+pub mod error;
 pub mod export;
-pub mod instance_cmd;
-pub mod io_limit;
-pub mod lifecycle;
-pub mod orphans;
-pub mod output;
-pub mod paths;
-pub mod prefetch;
 pub mod registry;
 pub mod sharing;
-pub mod tools;
+pub mod source;
+pub mod status;
 pub mod undo;
 pub mod units;
-pub mod volume_cmd;
+pub mod volumes;
+
+pub use error::{Error, Result};

@@ -1,7 +1,9 @@
 //! The `dbfork` command line.
+mod cmd;
+
 use clap::Parser;
-use dbfork::cli::{Cli, Command};
-use dbfork::output::Output;
+use cmd::cli::{Cli, Command};
+use cmd::output::Output;
 
 fn main() {
     let cli = Cli::parse();
@@ -19,17 +21,34 @@ fn main() {
         .init();
     let out = Output { json: cli.json };
     let result = match cli.command {
-        Command::Volume(cmd) => dbfork::volume_cmd::run(&cli.store, &out, cmd),
-        Command::Demo(args) => dbfork::demo::run(&cli.store, &out, args),
-        other => dbfork::instance_cmd::run(&cli.store, &out, other),
+        Command::Volume(cmd) => cmd::volume::run(&cli.store, &out, cmd),
+        Command::Demo(args) => cmd::demo::run(&cli.store, &out, args),
+        other => cmd::instance::run(&cli.store, &out, other),
     };
     if let Err(e) = result {
         // The whole chain: "opening the volume store: permission denied" beats either half.
+        let chain = chain(&e);
         if cli.json {
-            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
-            println!("{}", serde_json::json!({"error": chain.join(": ")}));
+            println!("{}", serde_json::json!({"error": chain}));
         }
-        eprintln!("dbfork: error: {e:#}");
+        eprintln!("dbfork: error: {chain}");
         std::process::exit(1);
     }
+}
+
+/// The error and its causes, each said once (a library error's source is often also
+/// the last part of its own message).
+fn chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for c in e.chain() {
+        let text = c.to_string();
+        if out.ends_with(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }

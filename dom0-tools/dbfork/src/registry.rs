@@ -2,10 +2,16 @@
 //! `STORE/instances/NAME/record.json`, beside the instance's run dir (my.cnf, socket,
 //! logs). The record is written last when something is made and removed first when it
 //! is destroyed, so a record always names a complete instance.
+//!
+//! What the substrate must remember about the instance's domain (where its volume is
+//! attached, its agent, its read limit) is the record's `domain`, a tagged enum
+//! (`{"substrate": "local", ...}`); everything else is the same for every substrate.
 
+use crate::error::{Error, Result};
 use dbinstance::{GtidPos, InstanceConfig};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+use substrate::DomainState;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -52,6 +58,17 @@ pub struct PhaseTimes {
     pub replication: u64,
 }
 
+/// How an instance takes part in page sharing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Membership {
+    /// The family: its source's server_id.
+    pub family_id: u32,
+    /// The instance's domain in the family's page table: its server_id.
+    pub domain_id: u32,
+    /// "source" or "replica".
+    pub role: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InstanceRecord {
     pub name: String,
@@ -59,18 +76,16 @@ pub struct InstanceRecord {
     /// The source at the root of this instance's family (itself for a source).
     pub family: String,
     pub volume: String,
-    pub mountpoint: PathBuf,
     pub config: InstanceConfig,
     pub clone: Option<CloneReport>,
     /// Page sharing, when on.
     #[serde(default)]
-    pub sharing: Option<crate::sharing::SharingRecord>,
+    pub sharing: Option<Membership>,
     /// Why sharing is off, when it is.
     #[serde(default)]
     pub sharing_off: Option<String>,
-    /// The read-IOPS limit on the instance's volume (`clone --read-iops`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub io_limit: Option<crate::io_limit::IoLimitRecord>,
+    /// What the substrate remembers about the instance's domain.
+    pub domain: DomainState,
 }
 
 impl InstanceRecord {
@@ -82,18 +97,54 @@ impl InstanceRecord {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum RegistryError {
-    #[error("no database instance named {0:?} (see `dbfork list`)")]
-    Unknown(String),
-    #[error("instance record {path}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("instance record {path} is corrupt: {reason}")]
-    Corrupt { path: String, reason: String },
+/// Records written before the substrate seam kept the local backend's state in the
+/// record itself (`mountpoint`, `io_limit`, the pool and stats paths in `sharing`, the
+/// agent's preload and environment in `config`). They are read into `domain`, so an
+/// instance made by an earlier dbfork is still managed.
+fn upgrade(mut v: serde_json::Value) -> serde_json::Value {
+    use serde_json::{json, Value};
+    if v.get("domain").is_some() || !v.is_object() {
+        return v;
+    }
+    let take = |v: &mut Value, k: &str| v.as_object_mut().and_then(|o| o.remove(k));
+    let mountpoint = take(&mut v, "mountpoint").unwrap_or(Value::Null);
+    let io_limit = take(&mut v, "io_limit").unwrap_or(Value::Null);
+    let preload = v["config"]
+        .as_object_mut()
+        .and_then(|c| c.remove("preload"))
+        .and_then(|p| p.as_array().and_then(|a| a.first().cloned()));
+    let mut env = v["config"]
+        .as_object_mut()
+        .and_then(|c| c.remove("env"))
+        .unwrap_or_else(|| json!({}));
+    // The family's clone LSN had another name in the agent's environment.
+    if let Some(e) = env.as_object_mut() {
+        if let Some(f) = e.remove("DBFORK_FAMILY_EPOCH_FILE") {
+            e.insert("DBFORK_CLONE_LSN_FILE".into(), f);
+        }
+    }
+    let agent = match (&preload, v["sharing"].as_object()) {
+        (Some(lib), Some(sh)) => json!({
+            "library": lib,
+            "env": env,
+            "pool": sh.get("pool").cloned().unwrap_or(Value::Null),
+            "stats": sh.get("stats").cloned().unwrap_or(Value::Null),
+        }),
+        _ => Value::Null,
+    };
+    if let Some(sh) = v["sharing"].as_object_mut() {
+        sh.remove("pool");
+        sh.remove("stats");
+    }
+    let mut domain = json!({"substrate": "local", "mountpoint": mountpoint});
+    if !agent.is_null() {
+        domain["agent"] = agent;
+    }
+    if !io_limit.is_null() {
+        domain["io_limit"] = io_limit;
+    }
+    v["domain"] = domain;
+    v
 }
 
 pub struct Registry {
@@ -116,29 +167,26 @@ impl Registry {
     pub fn exists(&self, name: &str) -> bool {
         self.record_path(name).exists()
     }
-    pub fn load(&self, name: &str) -> Result<InstanceRecord, RegistryError> {
+    pub fn load(&self, name: &str) -> Result<InstanceRecord> {
         let path = self.record_path(name);
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(RegistryError::Unknown(name.to_string()))
+                return Err(Error::UnknownInstance(name.to_string()))
             }
-            Err(source) => {
-                return Err(RegistryError::Io {
-                    path: path.display().to_string(),
-                    source,
-                })
-            }
+            Err(source) => return Err(Error::RecordIo { path, source }),
         };
-        serde_json::from_slice(&bytes).map_err(|e| RegistryError::Corrupt {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })
+        let corrupt = |source| Error::RecordCorrupt {
+            path: path.clone(),
+            source,
+        };
+        let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(corrupt)?;
+        serde_json::from_value(upgrade(value)).map_err(corrupt)
     }
-    pub fn save(&self, rec: &InstanceRecord) -> Result<(), RegistryError> {
+    pub fn save(&self, rec: &InstanceRecord) -> Result<()> {
         let path = self.record_path(&rec.name);
-        let io = |source| RegistryError::Io {
-            path: path.display().to_string(),
+        let io = |source| Error::RecordIo {
+            path: path.clone(),
             source,
         };
         std::fs::create_dir_all(path.parent().expect("record has a parent")).map_err(io)?;
@@ -147,12 +195,12 @@ impl Registry {
         std::fs::rename(&tmp, &path).map_err(io)
     }
     /// Forgets the record (the run dir with logs stays until `purge`).
-    pub fn remove(&self, name: &str) -> Result<(), RegistryError> {
+    pub fn remove(&self, name: &str) -> Result<()> {
         match std::fs::remove_file(self.record_path(name)) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(RegistryError::Io {
-                path: self.record_path(name).display().to_string(),
+            Err(source) => Err(Error::RecordIo {
+                path: self.record_path(name),
                 source,
             }),
         }
@@ -161,7 +209,7 @@ impl Registry {
     pub fn purge(&self, name: &str) {
         let _ = std::fs::remove_dir_all(self.run_dir(name));
     }
-    pub fn list(&self) -> Result<Vec<InstanceRecord>, RegistryError> {
+    pub fn list(&self) -> Result<Vec<InstanceRecord>> {
         let mut out = Vec::new();
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return Ok(out);
@@ -176,11 +224,112 @@ impl Registry {
         Ok(out)
     }
     /// Replicas whose parent is `name`.
-    pub fn children(&self, name: &str) -> Result<Vec<InstanceRecord>, RegistryError> {
+    pub fn children(&self, name: &str) -> Result<Vec<InstanceRecord>> {
         Ok(self
             .list()?
             .into_iter()
             .filter(|r| r.parent() == Some(name))
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use substrate::local::LocalDomain;
+
+    fn record() -> InstanceRecord {
+        let mut config = InstanceConfig::in_dir("r1", Path::new("/s/instances/r1"), 3307, 2);
+        config.datadir = "/s/mnt/r1/data".into();
+        InstanceRecord {
+            name: "r1".into(),
+            role: Role::Replica,
+            family: "src".into(),
+            volume: "r1".into(),
+            config,
+            clone: Some(CloneReport {
+                parent: "src".into(),
+                snapshot: "src.at.r1".into(),
+                gtid: "0-1-5".into(),
+                snapshot_lsn: 777,
+                ..Default::default()
+            }),
+            sharing: Some(Membership {
+                family_id: 1,
+                domain_id: 2,
+                role: "replica".into(),
+            }),
+            sharing_off: None,
+            domain: DomainState::Local(LocalDomain {
+                mountpoint: "/s/mnt/r1".into(),
+                agent: None,
+                io_limit: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn a_record_round_trips_with_its_domain_tagged_by_substrate() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registry::new(dir.path());
+        let rec = record();
+        reg.save(&rec).unwrap();
+        assert_eq!(reg.load("r1").unwrap(), rec);
+        let text = std::fs::read_to_string(dir.path().join("instances/r1/record.json")).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["domain"]["substrate"], "local", "{text}");
+        assert_eq!(v["domain"]["mountpoint"], "/s/mnt/r1");
+        assert_eq!(reg.list().unwrap(), vec![rec]);
+        assert_eq!(reg.children("src").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_record_of_an_earlier_dbfork_is_read_into_its_local_domain() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registry::new(dir.path());
+        let mut old = serde_json::to_value(record()).unwrap();
+        let o = old.as_object_mut().unwrap();
+        o.remove("domain");
+        o.insert("mountpoint".into(), "/s/mnt/r1".into());
+        o.insert(
+            "io_limit".into(),
+            serde_json::json!({"controller": "v1", "cgroup": "/sys/fs/cgroup/blkio/g",
+                               "device": "7:3", "read_iops": 150}),
+        );
+        o["sharing"]["pool"] = "/dev/shm/p.pool".into();
+        o["sharing"]["stats"] = "/s/instances/r1/agent-stats.json".into();
+        o["config"]["preload"] = serde_json::json!(["/usr/lib/libdbfork_agent.so"]);
+        o["config"]["env"] = serde_json::json!({"DBFORK_AGENT_ROLE": "source",
+                                                "DBFORK_FAMILY_EPOCH_FILE": "/s/f/1/clone_lsn"});
+        std::fs::create_dir_all(reg.run_dir("r1")).unwrap();
+        std::fs::write(reg.record_path("r1"), serde_json::to_vec(&old).unwrap()).unwrap();
+
+        let rec = reg.load("r1").unwrap();
+        let DomainState::Local(d) = &rec.domain;
+        assert_eq!(d.mountpoint, Path::new("/s/mnt/r1"));
+        assert_eq!(d.io_limit.as_ref().unwrap().read_iops, 150);
+        let agent = d.agent.as_ref().unwrap();
+        assert_eq!(agent.library, Path::new("/usr/lib/libdbfork_agent.so"));
+        assert_eq!(agent.pool, Path::new("/dev/shm/p.pool"));
+        assert_eq!(agent.env["DBFORK_CLONE_LSN_FILE"], "/s/f/1/clone_lsn");
+        assert!(!agent.env.contains_key("DBFORK_FAMILY_EPOCH_FILE"));
+        assert_eq!(rec.sharing, record().sharing);
+        assert_eq!(rec.clone, record().clone);
+    }
+
+    #[test]
+    fn unknown_and_corrupt_records_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registry::new(dir.path());
+        let e = reg.load("ghost").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "no database instance named \"ghost\" (see `dbfork list`)"
+        );
+        std::fs::create_dir_all(reg.run_dir("bad")).unwrap();
+        std::fs::write(reg.record_path("bad"), b"{\"name\":").unwrap();
+        let e = reg.load("bad").unwrap_err();
+        assert!(matches!(e, Error::RecordCorrupt { .. }), "{e}");
+        assert!(crate::error::chain(&e).contains("corrupt"), "{e}");
     }
 }

@@ -1,22 +1,20 @@
 //! Undo steps for multi-step operations: a failure anywhere unwinds what was made, in
 //! reverse order, so no half-made replica or source stays behind.
 
-type UndoStep = Box<dyn FnOnce() -> anyhow::Result<()>>;
+use crate::error::Result;
 
-pub struct Undo {
-    steps: Vec<(String, UndoStep)>,
+type UndoStep<'a> = Box<dyn FnOnce() -> Result<()> + 'a>;
+
+pub struct Undo<'a> {
+    steps: Vec<(String, UndoStep<'a>)>,
 }
 
-impl Undo {
+impl<'a> Undo<'a> {
     pub fn new() -> Self {
         Undo { steps: Vec::new() }
     }
     /// Registers how to undo the step just done.
-    pub fn push(
-        &mut self,
-        what: impl Into<String>,
-        f: impl FnOnce() -> anyhow::Result<()> + 'static,
-    ) {
+    pub fn push(&mut self, what: impl Into<String>, f: impl FnOnce() -> Result<()> + 'a) {
         self.steps.push((what.into(), Box::new(f)));
     }
     /// Success: keep everything.
@@ -25,18 +23,19 @@ impl Undo {
     }
 }
 
-impl Default for Undo {
+impl Default for Undo<'_> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl Drop for Undo {
+impl Drop for Undo<'_> {
     fn drop(&mut self) {
         while let Some((what, f)) = self.steps.pop() {
             if let Err(e) = f() {
-                tracing::error!(step = %what, error = %format!("{e:#}"), "undo failed; clean up by hand");
-                eprintln!("dbfork: could not undo {what}: {e:#}");
+                let e = e.chain();
+                tracing::error!(step = %what, error = %e, "undo failed; clean up by hand");
+                eprintln!("dbfork: could not undo {what}: {e}");
             }
         }
     }
@@ -46,15 +45,14 @@ impl Drop for Undo {
 mod tests {
     use super::*;
     use std::cell::RefCell;
-    use std::rc::Rc;
 
     #[test]
     fn unwinds_in_reverse_unless_committed() {
-        let log = Rc::new(RefCell::new(Vec::new()));
+        let log = RefCell::new(Vec::new());
         {
             let mut u = Undo::new();
             for i in 0..3 {
-                let l = log.clone();
+                let l = &log;
                 u.push(format!("step {i}"), move || {
                     l.borrow_mut().push(i);
                     Ok(())
@@ -62,10 +60,9 @@ mod tests {
             }
         }
         assert_eq!(*log.borrow(), vec![2, 1, 0]);
-        let l = log.clone();
         let mut u = Undo::new();
-        u.push("kept", move || {
-            l.borrow_mut().push(9);
+        u.push("kept", || {
+            log.borrow_mut().push(9);
             Ok(())
         });
         u.commit();

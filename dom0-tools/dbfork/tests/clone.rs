@@ -5,9 +5,14 @@
 
 mod common;
 use common::*;
-use dbfork::registry::Registry;
+use dbfork::clone::CloneOpts;
+use dbfork::ctx::Ctx;
+use dbfork::registry::{InstanceRecord, Registry};
 use dbinstance::{Instance, InstanceConfig};
 use std::time::Duration;
+use substrate::local::Local;
+use substrate::{DomainState, Host, PageTableService, RunDir};
+use substrate_fake::Faulty;
 
 /// A store whose instances are destroyed on drop (before the volumes are detached).
 struct Cluster {
@@ -45,6 +50,25 @@ impl Cluster {
         args.extend_from_slice(extra);
         self.store.json(&args)
     }
+    /// The local substrate of this store, as the `dbfork` binary under test runs it.
+    fn local(&self) -> Local {
+        Local::new(Host {
+            store_dir: self.store.path().to_path_buf(),
+            dbfork_exe: DBFORK.into(),
+        })
+    }
+    /// A clone run in this process, on the local substrate with faults injected.
+    fn clone_faulty(
+        &self,
+        src: &str,
+        new: &str,
+        opts: &CloneOpts,
+        faults: impl FnOnce(Faulty<Local>) -> Faulty<Local>,
+    ) -> dbfork::Result<InstanceRecord> {
+        let sub = faults(Faulty::new(self.local()));
+        let ctx = Ctx::with_substrate(self.store.path(), Box::new(sub));
+        dbfork::clone::clone(&ctx, src, new, opts, &|_| {})
+    }
     /// Nothing named `name` is left: no record, volume, mount, server, snapshot.
     fn assert_gone(&self, name: &str) {
         let reg = Registry::new(self.store.path());
@@ -59,7 +83,7 @@ impl Cluster {
         }
         let mp = self.store.path().join("mnt").join(name);
         assert!(
-            !dbfork::tools::is_mount_point(&mp),
+            !substrate::local::is_mount_point(&mp),
             "{} still mounted",
             mp.display()
         );
@@ -195,33 +219,57 @@ fn destroy_during_hydration_and_source_killed_during_hydration() {
     assert_eq!(checksums(&c, "r2"), checksums(&c, "src"));
 }
 
+/// Kills the export process serving `volume` and waits until it is gone.
+fn kill_export(store: &std::path::Path, volume: &str) {
+    let rec = substrate::local::attach::load_record(&RunDir::new(store), volume)
+        .unwrap()
+        .expect("the volume is attached");
+    kill_and_wait(rec.export_pid);
+}
+
+fn kill_and_wait(pid: u32) {
+    substrate::process::signal(pid, libc::SIGKILL);
+    assert!(wait_until(Duration::from_secs(10), || {
+        !substrate::process::process_alive(pid)
+    }));
+}
+
 #[test]
 fn failures_mid_clone_leave_nothing_half_made() {
     let Some(c) = Cluster::new() else { return };
     c.source("src");
     load(&c, "src", 1, 2000);
-    for fp in ["after-attach", "after-prefetch", "after-start"] {
-        let out = c
-            .store
-            .run_env(&["clone", "src", "bad"], &[("DBFORK_FAILPOINT", fp)]);
-        assert!(!out.status.success(), "{fp}: clone should fail");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("failpoint"), "{fp}: {err}");
+    // Before the server starts (volume cloned, attached, its hydration queued) and
+    // after it started (replication not set up yet).
+    for (method, step) in [("start", "replica start"), ("endpoint", "replication")] {
+        let err = c
+            .clone_faulty("src", "bad", &CloneOpts::default(), |f| {
+                f.fail_before(method, "bad")
+            })
+            .unwrap_err();
+        let err = dbfork::error::chain(&err);
+        assert!(
+            err.contains("injected failure") && err.contains(&format!("bad: {step}")),
+            "{method}: {err}"
+        );
         c.assert_gone("bad");
     }
     // The engine serving the new volume dies right after attach: the clone either
     // completes (all it needed was cached) or fails clearly; never half-made.
-    let out = c.store.run_env(
-        &["clone", "src", "crashy"],
-        &[("DBFORK_FAILPOINT", "kill-export:after-attach")],
-    );
-    if out.status.success() {
-        let st = c.store.json(&["status", "crashy"]);
-        assert_eq!(st["state"], "running", "{st}");
-        c.store.ok(&["destroy", "crashy"]);
-    } else {
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("crashy"), "unclear error: {err}");
+    let store = c.store.path().to_path_buf();
+    let out = c.clone_faulty("src", "crashy", &CloneOpts::default(), |f| {
+        f.after("attach", "crashy", move || kill_export(&store, "crashy"))
+    });
+    match out {
+        Ok(_) => {
+            let st = c.store.json(&["status", "crashy"]);
+            assert_eq!(st["state"], "running", "{st}");
+            c.store.ok(&["destroy", "crashy"]);
+        }
+        Err(e) => {
+            let err = dbfork::error::chain(&e);
+            assert!(err.contains("crashy"), "unclear error: {err}");
+        }
     }
     c.assert_gone("crashy");
     // And the source is untouched by all of that: a clean clone still works.
@@ -399,7 +447,7 @@ fn a_replica_reads_the_sources_warm_pages_from_shared_memory() {
         assert_eq!(checksums(&c, r), checksums(&c, "src"), "{r}");
     }
     // Destroying the family's source removes its pool.
-    let pool = rec["sharing"]["pool"].as_str().unwrap().to_string();
+    let pool = rec["domain"]["agent"]["pool"].as_str().unwrap().to_string();
     assert!(std::path::Path::new(&pool).exists());
     c.store.ok(&["destroy", "src", "--with-replicas"]);
     assert!(
@@ -414,15 +462,13 @@ fn pagetabled_killed_during_a_clone_is_restarted_and_the_clone_completes() {
     require_sharing_artifacts();
     c.source("src");
     load(&c, "src", 1, 5000);
-    let out = c.store.run_env(
-        &["--json", "clone", "src", "r"],
-        &[("DBFORK_FAILPOINT", "kill-pagetabled:after-attach")],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let service = PageTableService::new(c.store.path(), std::path::Path::new(DBFORK));
+    c.clone_faulty("src", "r", &CloneOpts::default(), |f| {
+        f.after("attach", "r", move || {
+            kill_and_wait(service.pid().expect("the source started the daemon"))
+        })
+    })
+    .unwrap();
     // The replica is whole, registered, and shares through the restarted daemon.
     let st = c.store.json(&["status", "r"]);
     assert_eq!(st["state"], "running", "{st}");
@@ -441,7 +487,7 @@ fn pagetabled_killed_during_a_clone_is_restarted_and_the_clone_completes() {
 /// nothing; destroy, and a clone that fails after the group was made, remove it.
 #[test]
 fn a_replica_can_start_cold_unshared_and_with_its_reads_limited() {
-    use dbfork::io_limit;
+    use substrate::local::io_limit;
     let Some(c) = Cluster::new() else { return };
     if let Err(e) = io_limit::detect(std::path::Path::new(io_limit::CGROUP_ROOT)) {
         eprintln!("SKIP a_replica_can_start_cold_unshared_and_with_its_reads_limited: {e}");
@@ -457,7 +503,8 @@ fn a_replica_can_start_cold_unshared_and_with_its_reads_limited() {
     ];
     c.clone("src", "slow", &flags);
     let rec = Registry::new(c.store.path()).load("slow").unwrap();
-    let l = rec.io_limit.clone().expect("the read limit is recorded");
+    let DomainState::Local(domain) = &rec.domain;
+    let l = domain.io_limit.clone().expect("the read limit is recorded");
     assert_eq!(l.read_iops, 400);
     let attach: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(c.store.path().join("run/slow.attach.json")).unwrap(),
@@ -514,12 +561,15 @@ fn a_replica_can_start_cold_unshared_and_with_its_reads_limited() {
     assert!(!l.cgroup.exists(), "{} left", l.cgroup.display());
     c.assert_gone("slow");
 
-    let mut args = vec!["clone", "src", "bad"];
-    args.extend(flags);
-    let out = c
-        .store
-        .run_env(&args, &[("DBFORK_FAILPOINT", "after-start")]);
-    assert!(!out.status.success(), "the failpoint should fail the clone");
+    // A clone that fails once the limited server runs removes the group too.
+    let opts = CloneOpts {
+        read_iops: Some(400),
+        cold_buffer_pool: true,
+        sharing: false,
+        ..CloneOpts::default()
+    };
+    let out = c.clone_faulty("src", "bad", &opts, |f| f.fail_before("endpoint", "bad"));
+    assert!(out.is_err(), "the injected fault should fail the clone");
     let group = io_limit::group_name(c.store.path(), "bad");
     let root = std::path::Path::new(io_limit::CGROUP_ROOT);
     assert!(!root.join("blkio").join(&group).exists() && !root.join(&group).exists());
@@ -589,9 +639,9 @@ fn a_source_with_page_sized_regions_clones_and_converges() {
     dbinstance::wait_caught_up(&c.inst("r1"), &c.inst("src"), Duration::from_secs(60)).unwrap();
     assert_eq!(checksums(&c, "r1"), checksums(&c, "src"));
     // Destroyed, the store leaves nothing in shared memory: no pool, no owner file.
-    let tag = dbfork::orphans::store_tag(c.store.path());
+    let tag = substrate::local::orphans::store_tag(c.store.path());
     c.store.ok(&["destroy", "src", "--with-replicas"]);
-    let left: Vec<String> = std::fs::read_dir(dbfork::orphans::SHM)
+    let left: Vec<String> = std::fs::read_dir(substrate::local::orphans::SHM)
         .unwrap()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())

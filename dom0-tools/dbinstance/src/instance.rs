@@ -51,6 +51,19 @@ impl std::fmt::Debug for PidHook {
     }
 }
 
+/// What [`Instance::prepare_start`] found ready: the command that runs the server and
+/// where its output goes.
+#[derive(Debug)]
+pub struct StartPlan {
+    pub program: std::path::PathBuf,
+    pub args: Vec<String>,
+    pub stdout: std::fs::File,
+    pub stderr: std::fs::File,
+    /// The error log's length before the start: what the server writes after it is
+    /// this start's.
+    pub log_offset: u64,
+}
+
 impl Default for StartOptions {
     fn default() -> Self {
         StartOptions {
@@ -192,6 +205,15 @@ impl Instance {
         write_private(&self.cfg.repl_secret_path(), &text)
     }
 
+    /// Stores the replication account a replica uses to reach its source (and that a
+    /// clone of its datadir carries, so it can be a source in turn).
+    pub fn store_repl_credentials(&self, creds: &ReplCredentials) -> Result<()> {
+        write_private(
+            &self.cfg.repl_secret_path(),
+            &format!("{}\n{}\n", creds.user, creds.password),
+        )
+    }
+
     pub fn start(&mut self) -> Result<()> {
         self.start_with(&StartOptions::default())
     }
@@ -200,29 +222,8 @@ impl Instance {
     /// connection over the socket answers. Refuses when the port is bound or the
     /// datadir is locked by a live server.
     pub fn start_with(&mut self, opts: &StartOptions) -> Result<()> {
+        let plan = self.prepare_start()?;
         let cfg = &self.cfg;
-        if self.is_running() {
-            return Err(Error::AlreadyRunning(cfg.name.clone()));
-        }
-        if !cfg.datadir.join("mysql").is_dir() {
-            return Err(Error::DatadirNotInitialised(cfg.datadir.clone()));
-        }
-        if let Some(pid) = datadir_lock_holder(&cfg.datadir)? {
-            return Err(Error::DatadirInUse {
-                datadir: cfg.datadir.clone(),
-                pid,
-            });
-        }
-        check_port_free(&cfg.bind_address, cfg.port)?;
-        self.write_cnf()?;
-
-        let out_path = cfg.stdout_log();
-        let out = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&out_path)
-            .map_err(|e| Error::io(&out_path, e))?;
-        let err = out.try_clone().map_err(|e| Error::io(&out_path, e))?;
         // With a pid hook, a shell holds the process at a gate until the hook has run,
         // then becomes mariadbd (exec keeps the pid). LD_PRELOAD is only exported at
         // the exec, so the preload never loads into the shell.
@@ -231,17 +232,17 @@ impl Instance {
             let mut c = Command::new("/bin/sh");
             c.arg("-c")
                 .arg(r#"read -r _ || exit 111; if [ -n "$DBFORK_GATE_PRELOAD" ]; then export LD_PRELOAD="$DBFORK_GATE_PRELOAD"; fi; unset DBFORK_GATE_PRELOAD; exec "$0" "$@""#)
-                .arg(&cfg.mariadbd)
+                .arg(&plan.program)
                 .stdin(Stdio::piped());
             c
         } else {
-            let mut c = Command::new(&cfg.mariadbd);
+            let mut c = Command::new(&plan.program);
             c.stdin(Stdio::null());
             c
         };
-        cmd.arg(self.defaults_arg())
-            .stdout(out)
-            .stderr(err)
+        cmd.args(&plan.args)
+            .stdout(plan.stdout)
+            .stderr(plan.stderr)
             .process_group(0)
             .envs(&cfg.env);
         if let Some(preload) = cfg.ld_preload() {
@@ -266,14 +267,7 @@ impl Instance {
                 });
             }
         }
-        let log_offset = fs::metadata(cfg.error_log()).map(|m| m.len()).unwrap_or(0);
-        let child = cmd.spawn().map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => Error::ToolMissing {
-                tool: cfg.mariadbd.display().to_string(),
-                package: "mariadb-server",
-            },
-            _ => Error::io(&cfg.mariadbd, e),
-        })?;
+        let child = cmd.spawn().map_err(|e| self.spawn_error(e))?;
         let mut child = child;
         if let Some(hook) = &opts.before_run {
             let opened = (hook.0)(child.id()).and_then(|()| {
@@ -291,22 +285,71 @@ impl Instance {
             }
         }
         tracing::info!(name = %cfg.name, pid = child.id(), port = cfg.port, "started mariadbd");
+        self.wait_ready(&mut child, opts.timeout, plan.log_offset)?;
         self.child = Some(child);
-        self.wait_ready(opts.timeout, log_offset)
+        Ok(())
     }
 
-    fn wait_ready(&mut self, timeout: Duration, log_offset: u64) -> Result<()> {
+    /// Everything before the server process is made: refuses a running server, an
+    /// uninitialised datadir, a datadir another live server holds and a bound port;
+    /// writes the my.cnf; opens the output log. Whoever spawns the process runs
+    /// `program args...` with the output in `stdout`/`stderr`, then [`Instance::wait_ready`].
+    pub fn prepare_start(&self) -> Result<StartPlan> {
+        let cfg = &self.cfg;
+        if self.is_running() {
+            return Err(Error::AlreadyRunning(cfg.name.clone()));
+        }
+        if !cfg.datadir.join("mysql").is_dir() {
+            return Err(Error::DatadirNotInitialised(cfg.datadir.clone()));
+        }
+        if let Some(pid) = datadir_lock_holder(&cfg.datadir)? {
+            return Err(Error::DatadirInUse {
+                datadir: cfg.datadir.clone(),
+                pid,
+            });
+        }
+        check_port_free(&cfg.bind_address, cfg.port)?;
+        self.write_cnf()?;
+        let out_path = cfg.stdout_log();
+        let out = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&out_path)
+            .map_err(|e| Error::io(&out_path, e))?;
+        let err = out.try_clone().map_err(|e| Error::io(&out_path, e))?;
+        Ok(StartPlan {
+            program: cfg.mariadbd.clone(),
+            args: vec![self.defaults_arg()],
+            stdout: out,
+            stderr: err,
+            log_offset: fs::metadata(cfg.error_log()).map(|m| m.len()).unwrap_or(0),
+        })
+    }
+
+    /// The error for a server binary that could not be run.
+    pub fn spawn_error(&self, e: std::io::Error) -> Error {
+        match e.kind() {
+            std::io::ErrorKind::NotFound => Error::ToolMissing {
+                tool: self.cfg.mariadbd.display().to_string(),
+                package: "mariadb-server",
+            },
+            _ => Error::io(&self.cfg.mariadbd, e),
+        }
+    }
+
+    /// Waits until the server that `child` runs answers on its socket. A server that
+    /// exits first is an error with its log; one that is not up within `timeout` is
+    /// killed, not left running: the caller unwinds (unmounts, deletes) and must not
+    /// find it holding on.
+    pub fn wait_ready(&self, child: &mut Child, timeout: Duration, log_offset: u64) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(child) = self.child.as_mut() {
-                match child.try_wait() {
-                    Ok(Some(status)) => {
-                        self.child = None;
-                        return Err(self.startup_failure(status.to_string(), log_offset));
-                    }
-                    Ok(None) => {}
-                    Err(e) => return Err(Error::io(&self.cfg.mariadbd, e)),
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    return Err(self.startup_failure(status.to_string(), log_offset))
                 }
+                Ok(None) => {}
+                Err(e) => return Err(Error::io(&self.cfg.mariadbd, e)),
             }
             if self.cfg.socket_path().exists() {
                 if let Ok(mut c) = crate::sql::connect_socket_opts(&self.cfg, Some(PROBE_TIMEOUT)) {
@@ -316,12 +359,8 @@ impl Instance {
                 }
             }
             if Instant::now() >= deadline {
-                // A server that is not up in time is stopped, not left running: the
-                // caller unwinds (unmounts, deletes) and must not find it holding on.
-                if let Some(mut child) = self.child.take() {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                }
+                let _ = child.kill();
+                let _ = child.wait();
                 return Err(Error::StartupTimeout {
                     name: self.cfg.name.clone(),
                     secs: timeout.as_secs(),
@@ -381,10 +420,7 @@ impl Instance {
                 return Some(pid);
             }
         }
-        let text = fs::read_to_string(self.cfg.pid_file()).ok()?;
-        let pid: i32 = text.trim().parse().ok()?;
-        // A stale pid file may name an unrelated process by now.
-        process_matches(pid, &self.defaults_arg()).then_some(pid)
+        running_pid(&self.cfg)
     }
 
     pub fn is_running(&self) -> bool {
@@ -445,6 +481,15 @@ impl Instance {
             let _ = c.try_wait();
         }
     }
+}
+
+/// The pid of the server `cfg` describes, from its pid file, if that process runs it.
+pub fn running_pid(cfg: &InstanceConfig) -> Option<i32> {
+    let text = fs::read_to_string(cfg.pid_file()).ok()?;
+    let pid: i32 = text.trim().parse().ok()?;
+    // A stale pid file may name an unrelated process by now.
+    let defaults = format!("--defaults-file={}", cfg.cnf_path().display());
+    process_matches(pid, &defaults).then_some(pid)
 }
 
 fn signal(pid: i32, sig: libc::c_int) -> Result<()> {

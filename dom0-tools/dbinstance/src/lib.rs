@@ -26,7 +26,9 @@ pub use gtid::{Gtid, GtidPos};
 pub use hotpages::{
     dump_buffer_pool, parse_buffer_pool_dump, tablespace_files, PageId, TablespaceFile,
 };
-pub use instance::{Instance, PidHook, ReplCredentials, StartOptions, REPL_USER};
+pub use instance::{
+    running_pid, Instance, PidHook, ReplCredentials, StartOptions, StartPlan, REPL_USER,
+};
 pub use native_clone::{native_clone, NativeClone, NativeCloneTimings};
 pub use preflight::free_port;
 pub use replication::{

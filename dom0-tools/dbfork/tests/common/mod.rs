@@ -33,7 +33,7 @@ impl TestStore {
     pub fn run(&self, args: &[&str]) -> Output {
         self.run_env(args, &[])
     }
-    /// As [`TestStore::run`], with extra environment (failpoints, DBFORK_SHARING).
+    /// As [`TestStore::run`], with extra environment (DBFORK_SHARING).
     pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         Command::new(DBFORK)
             .arg("--store")

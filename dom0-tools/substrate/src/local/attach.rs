@@ -5,11 +5,13 @@
 //! gets a block device from our NBD export. Every step is recorded, and a failure undoes
 //! the steps already taken in reverse order, so a failed attach leaves nothing behind.
 
-use crate::paths::RunDir;
-use crate::tools::{self, process_alive, run, wait_until, ToolError};
+use super::tools::{self, run};
+use crate::error::{Error, Result};
+use crate::process::{
+    process_alive, reap_if_child, signal, stop_process, wait_until, STARTUP_TIMEOUT,
+};
+use crate::{FsType, RunDir};
 use serde::{Deserialize, Serialize};
-use std::fs::OpenOptions;
-use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -18,23 +20,21 @@ use std::time::Duration;
 /// How long an unmount is retried while the mount is busy.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// How long a helper process gets to show up or go away before we call it stuck.
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum FsType {
-    Ext4,
-    Xfs,
+fn mkfs_tool(fs: FsType) -> &'static str {
+    match fs {
+        FsType::Ext4 => "mkfs.ext4",
+        FsType::Xfs => "mkfs.xfs",
+    }
 }
 
-impl FsType {
-    fn mkfs(self) -> &'static str {
-        match self {
-            FsType::Ext4 => "mkfs.ext4",
-            FsType::Xfs => "mkfs.xfs",
-        }
-    }
+/// Record of an attached volume (pids, loop device, mount point) in the run dir.
+pub fn record_path(run: &RunDir, volume: &str) -> PathBuf {
+    run.path().join(format!("{volume}.attach.json"))
+}
+
+/// The directory nbdfuse mounts to expose the volume as a file.
+fn fuse_dir(run: &RunDir, volume: &str) -> PathBuf {
+    run.path().join(format!("{volume}.fuse"))
 }
 
 /// What `attach` built, persisted so that `detach` (maybe from another process, maybe
@@ -51,30 +51,6 @@ pub struct AttachRecord {
     pub mounted: bool,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum AttachError {
-    #[error("volume {0} is already attached at {1} (detach it first: dbfork volume detach {0})")]
-    AlreadyAttached(String, String),
-    #[error("volume {0} is not attached")]
-    NotAttached(String),
-    #[error("mount point {0} does not exist or is not a directory (create it first)")]
-    BadMountPoint(String),
-    #[error("mount point {0} is already in use by another mount")]
-    MountPointBusy(String),
-    #[error("the export process for {volume} did not come up: {log}")]
-    ExportFailed { volume: String, log: String },
-    #[error("nbdfuse did not expose the volume within {0:?} (is /dev/fuse available?)")]
-    FuseTimeout(Duration),
-    #[error("{mountpoint} is busy: a process still uses it (see `fuser -vm {mountpoint}`); stop it, then detach again")]
-    Busy { mountpoint: String },
-    #[error(transparent)]
-    Tool(#[from] ToolError),
-    #[error("attach record I/O")]
-    Io(#[from] std::io::Error),
-    #[error("attach record {0} is corrupt: {1}")]
-    CorruptRecord(String, String),
-}
-
 /// The steps to attach one volume.
 pub struct AttachRequest<'a> {
     pub store: &'a Path,
@@ -86,109 +62,34 @@ pub struct AttachRequest<'a> {
     pub dbfork_exe: &'a Path,
 }
 
-pub fn load_record(run: &RunDir, volume: &str) -> Result<Option<AttachRecord>, AttachError> {
-    let path = run.attach_record(volume);
+pub fn load_record(run: &RunDir, volume: &str) -> Result<Option<AttachRecord>> {
+    let path = record_path(run, volume);
     match std::fs::read(&path) {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
-            .map_err(|e| AttachError::CorruptRecord(path.display().to_string(), e.to_string())),
+            .map_err(|e| Error::CorruptRecord(path.display().to_string(), e.to_string())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e.into()),
+        Err(e) => Err(Error::io("reading attach record", &path)(e)),
     }
 }
 
-fn save_record(run: &RunDir, rec: &AttachRecord) -> Result<(), AttachError> {
-    let path = run.attach_record(&rec.volume);
+fn save_record(run: &RunDir, rec: &AttachRecord) -> Result<()> {
+    let path = record_path(run, &rec.volume);
     let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(rec).expect("serializable"))?;
-    std::fs::rename(tmp, path)?;
-    Ok(())
-}
-
-/// Starts the export process for `volume` in the background, detached from our
-/// terminal and process group, and waits until its NBD socket accepts connections.
-pub fn spawn_export(
-    store: &Path,
-    volume: &str,
-    dbfork_exe: &Path,
-) -> Result<(u32, PathBuf), AttachError> {
-    let run_dir = RunDir::new(store);
-    run_dir.ensure()?;
-    let socket = run_dir.nbd_socket(volume);
-    let log_path = run_dir.export_log(volume);
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)?;
-    let mut child = Command::new(dbfork_exe)
-        .arg("--store")
-        .arg(store)
-        .args(["volume", "export", volume, "--nbd"])
-        .arg(format!("unix:{}", socket.display()))
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        // Its own process group: a Ctrl-C meant for the CLI must not take the disk away
-        // from a mounted filesystem.
-        .process_group(0)
-        .spawn()
-        .map_err(|e| {
-            tools::spawn_error(
-                &dbfork_exe.display().to_string(),
-                "dbfork volume export".into(),
-                e,
-            )
-        })?;
-    let pid = child.id();
-    let up = wait_until(STARTUP_TIMEOUT, || {
-        matches!(child.try_wait(), Ok(None)) && UnixStream::connect(&socket).is_ok()
-    });
-    if !up {
-        let _ = child.kill();
-        let _ = child.wait();
-        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-        let tail: Vec<&str> = log.lines().rev().take(5).collect();
-        return Err(AttachError::ExportFailed {
-            volume: volume.to_string(),
-            log: tail.into_iter().rev().collect::<Vec<_>>().join(" | "),
-        });
-    }
-    // The export outlives us; dropping `child` does not kill it. Reaping it is the job
-    // of whoever stops it (detach waits for the pid to disappear).
-    std::mem::forget(child);
-    Ok((pid, socket))
-}
-
-/// Stops a dbfork helper process (export, pagetabled): SIGTERM makes an export flush and
-/// commit its region map before it
-/// exits. Waits for it to go away.
-pub fn stop_process(pid: u32) -> bool {
-    if !process_alive(pid) {
-        return true;
-    }
-    tools::signal(pid, libc::SIGTERM);
-    reap_if_child(pid);
-    wait_until(STARTUP_TIMEOUT, || {
-        reap_if_child(pid);
-        !process_alive(pid)
-    })
-}
-
-fn reap_if_child(pid: u32) {
-    let mut status = 0;
-    // SAFETY: waitpid with WNOHANG on a pid; if it is not our child it fails with ECHILD.
-    unsafe {
-        libc::waitpid(pid as libc::pid_t, &mut status, libc::WNOHANG);
-    }
+    std::fs::write(&tmp, serde_json::to_vec_pretty(rec).expect("serializable"))
+        .map_err(Error::io("writing attach record", &tmp))?;
+    std::fs::rename(&tmp, &path).map_err(Error::io("writing attach record", &path))
 }
 
 /// Attaches a volume and mounts it. On failure, undoes whatever it did.
-pub fn attach(req: &AttachRequest) -> Result<AttachRecord, AttachError> {
+pub fn attach(req: &AttachRequest) -> Result<AttachRecord> {
     let run_dir = RunDir::new(req.store);
-    run_dir.ensure()?;
+    run_dir
+        .ensure()
+        .map_err(Error::io("creating the run dir", run_dir.path()))?;
     if let Some(rec) = load_record(&run_dir, req.volume)? {
         if process_alive(rec.export_pid) {
-            return Err(AttachError::AlreadyAttached(
+            return Err(Error::AlreadyAttached(
                 req.volume.to_string(),
                 rec.mountpoint.display().to_string(),
             ));
@@ -197,23 +98,23 @@ pub fn attach(req: &AttachRequest) -> Result<AttachRecord, AttachError> {
         detach_record(&run_dir, &rec)?;
     }
     if !req.mountpoint.is_dir() {
-        return Err(AttachError::BadMountPoint(
-            req.mountpoint.display().to_string(),
-        ));
+        return Err(Error::BadMountPoint(req.mountpoint.display().to_string()));
     }
     if tools::is_mount_point(req.mountpoint) {
-        return Err(AttachError::MountPointBusy(
-            req.mountpoint.display().to_string(),
-        ));
+        return Err(Error::MountPointBusy(req.mountpoint.display().to_string()));
     }
 
-    let (export_pid, nbd_socket) = spawn_export(req.store, req.volume, req.dbfork_exe)?;
+    let mountpoint = req
+        .mountpoint
+        .canonicalize()
+        .map_err(Error::io("resolving the mount point", req.mountpoint))?;
+    let (export_pid, nbd_socket) = crate::export::spawn(req.store, req.volume, req.dbfork_exe)?;
     let mut rec = AttachRecord {
         volume: req.volume.to_string(),
-        mountpoint: req.mountpoint.canonicalize()?,
+        mountpoint,
         export_pid,
         nbd_socket,
-        fuse_dir: run_dir.fuse_dir(req.volume),
+        fuse_dir: fuse_dir(&run_dir, req.volume),
         nbdfuse_pid: None,
         loop_device: None,
         mounted: false,
@@ -230,12 +131,8 @@ pub fn attach(req: &AttachRequest) -> Result<AttachRecord, AttachError> {
     }
 }
 
-fn attach_steps(
-    req: &AttachRequest,
-    run_dir: &RunDir,
-    rec: &mut AttachRecord,
-) -> Result<(), AttachError> {
-    std::fs::create_dir_all(&rec.fuse_dir)?;
+fn attach_steps(req: &AttachRequest, run_dir: &RunDir, rec: &mut AttachRecord) -> Result<()> {
+    std::fs::create_dir_all(&rec.fuse_dir).map_err(Error::io("creating", &rec.fuse_dir))?;
     let file = rec.fuse_dir.join("disk");
     let uri = format!(
         "nbd+unix:///{}?socket={}",
@@ -259,7 +156,7 @@ fn attach_steps(
     std::mem::forget(child);
     save_record(run_dir, rec)?;
     if !wait_until(STARTUP_TIMEOUT, || file.exists()) {
-        return Err(AttachError::FuseTimeout(STARTUP_TIMEOUT));
+        return Err(Error::FuseTimeout(STARTUP_TIMEOUT));
     }
 
     let file_s = file.display().to_string();
@@ -280,7 +177,7 @@ fn attach_steps(
             FsType::Ext4 => &["-q", "-F", "-E", "nodiscard", &dev],
             FsType::Xfs => &["-q", "-f", "-K", &dev],
         };
-        run(fs.mkfs(), args)?;
+        run(mkfs_tool(fs), args)?;
     }
     let mp = rec.mountpoint.display().to_string();
     let mut opts = vec![];
@@ -307,14 +204,14 @@ fn attach_steps(
 /// Detaches an attached volume: unmount, free the loop device, unmount nbdfuse, stop
 /// the export process (which flushes). Each step tolerates its piece being gone
 /// already, so detach also cleans up after a crash.
-pub fn detach(store: &Path, volume: &str) -> Result<(), AttachError> {
+pub fn detach(store: &Path, volume: &str) -> Result<()> {
     let run_dir = RunDir::new(store);
-    let rec = load_record(&run_dir, volume)?
-        .ok_or_else(|| AttachError::NotAttached(volume.to_string()))?;
+    let rec =
+        load_record(&run_dir, volume)?.ok_or_else(|| Error::NotAttached(volume.to_string()))?;
     detach_record(&run_dir, &rec)
 }
 
-fn detach_record(run_dir: &RunDir, rec: &AttachRecord) -> Result<(), AttachError> {
+fn detach_record(run_dir: &RunDir, rec: &AttachRecord) -> Result<()> {
     if rec.mounted && tools::is_mount_point(&rec.mountpoint) {
         let mp = rec.mountpoint.display().to_string();
         // A process that just exited (a killed server) lets go of the mount a moment
@@ -323,13 +220,13 @@ fn detach_record(run_dir: &RunDir, rec: &AttachRecord) -> Result<(), AttachError
         loop {
             match run("umount", &[&mp]) {
                 Ok(_) => break,
-                Err(ToolError::Failed { stderr, .. }) if stderr.contains("busy") => {
+                Err(Error::ToolFailed { stderr, .. }) if stderr.contains("busy") => {
                     if std::time::Instant::now() >= deadline {
-                        return Err(AttachError::Busy { mountpoint: mp });
+                        return Err(Error::Busy { mountpoint: mp });
                     }
                     std::thread::sleep(Duration::from_millis(100));
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(e),
             }
         }
     }
@@ -356,9 +253,9 @@ fn detach_record(run_dir: &RunDir, rec: &AttachRecord) -> Result<(), AttachError
             pid = rec.export_pid,
             "export process did not stop; killing it"
         );
-        tools::signal(rec.export_pid, libc::SIGKILL);
+        signal(rec.export_pid, libc::SIGKILL);
     }
-    let _ = std::fs::remove_file(run_dir.attach_record(&rec.volume));
+    let _ = std::fs::remove_file(record_path(run_dir, &rec.volume));
     Ok(())
 }
 
@@ -393,7 +290,7 @@ mod tests {
         };
         save_record(&run, &rec).unwrap();
         assert_eq!(load_record(&run, "v").unwrap().unwrap(), rec);
-        std::fs::write(run.attach_record("v"), b"{").unwrap();
+        std::fs::write(record_path(&run, "v"), b"{").unwrap();
         let err = load_record(&run, "v").unwrap_err();
         assert!(err.to_string().contains("corrupt"), "{err}");
     }

@@ -1,18 +1,24 @@
 //! `dbfork source|clone|list|status|destroy`: the instance verbs.
 
-use crate::cli::{Command, SourceCommand};
-use crate::lifecycle::{self, CloneOpts, Ctx, SourceOptions};
-use crate::output::Output;
-use crate::registry::{InstanceRecord, Role};
-use crate::units::human;
+use super::cli::{Command, SourceCommand};
+use super::output::Output;
 use anyhow::Result;
-use dbinstance::Instance;
-use serde::Serialize;
+use dbfork::clone::CloneOpts;
+use dbfork::ctx::Ctx;
+use dbfork::registry::{InstanceRecord, Role};
+use dbfork::source::SourceOptions;
+use dbfork::status::{status_of, InstanceStatus};
+use dbfork::units::human;
 use std::path::Path;
 use std::time::Duration;
 
 pub fn run(store: &Path, out: &Output, cmd: Command) -> Result<()> {
-    let ctx = Ctx::new(store)?;
+    let requested = match &cmd {
+        Command::Source(SourceCommand::Create { substrate, .. })
+        | Command::Clone { substrate, .. } => substrate.map(Into::into),
+        _ => None,
+    };
+    let ctx = Ctx::new(store, requested)?;
     let say = |s: &str| {
         if !out.json {
             println!("{s}");
@@ -26,14 +32,15 @@ pub fn run(store: &Path, out: &Output, cmd: Command) -> Result<()> {
             fs,
             port,
             region_size,
+            substrate: _,
         }) => {
-            let rec = lifecycle::create_source(
+            let rec = dbfork::source::create(
                 &ctx,
                 &name,
                 &SourceOptions {
                     size,
                     buffer_pool,
-                    fs,
+                    fs: fs.into(),
                     port,
                     region_size,
                 },
@@ -59,8 +66,9 @@ pub fn run(store: &Path, out: &Output, cmd: Command) -> Result<()> {
             no_sharing,
             no_buffer_pool_load,
             read_iops,
+            substrate: _,
         } => {
-            let rec = lifecycle::clone(
+            let rec = dbfork::clone::clone(
                 &ctx,
                 &source,
                 &new,
@@ -132,7 +140,7 @@ pub fn run(store: &Path, out: &Output, cmd: Command) -> Result<()> {
             name,
             with_replicas,
         } => {
-            lifecycle::destroy(&ctx, &name, with_replicas, &say)?;
+            dbfork::destroy::destroy(&ctx, &name, with_replicas, &say)?;
             if out.json {
                 out.print_json(&serde_json::json!({"destroyed": name}));
             }
@@ -140,97 +148,6 @@ pub fn run(store: &Path, out: &Output, cmd: Command) -> Result<()> {
         Command::Volume(_) | Command::Demo(_) => unreachable!("dispatched in main"),
     }
     Ok(())
-}
-
-/// What `dbfork status` reports.
-#[derive(Debug, Serialize)]
-pub struct InstanceStatus {
-    pub name: String,
-    pub role: Role,
-    pub family: String,
-    pub parent: Option<String>,
-    pub state: String,
-    pub port: u16,
-    pub socket: String,
-    pub volume: lazyvol::VolumeStatus,
-    pub hydrated_percent: f64,
-    pub replication: Option<dbinstance::ReplicationStatus>,
-    pub lag_secs: Option<u64>,
-    /// Why replication will not progress on its own (source gone, SQL error).
-    pub replication_problem: Option<String>,
-    pub clone: Option<crate::registry::CloneReport>,
-    /// The guest agent's counters (pages pooled, lookups, shared, ...), when sharing is on.
-    pub sharing: Option<serde_json::Value>,
-    /// Why sharing is off, when it is.
-    pub sharing_off: Option<String>,
-    /// The read limit on the volume, with the reads counted against it so far.
-    pub io_limit: Option<IoLimitStatus>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct IoLimitStatus {
-    #[serde(flatten)]
-    pub limit: crate::io_limit::IoLimitRecord,
-    pub reads: Option<u64>,
-}
-
-pub fn status_of(ctx: &Ctx, rec: &InstanceRecord) -> InstanceStatus {
-    let inst = Instance::open(rec.config.clone()).ok();
-    let running = inst.as_ref().is_some_and(|i| i.is_running());
-    let volume = live_volume_status(ctx, &rec.volume).unwrap_or_else(|| lazyvol::VolumeStatus {
-        name: rec.volume.clone(),
-        kind: lazyvol::VolumeKind::Volume,
-        size: 0,
-        region_size: 0,
-        hydrated_bytes: 0,
-        on_demand_fetches: 0,
-        background_fetches: 0,
-        fetched_bytes: 0,
-        background_rate: 0,
-        eta_secs: None,
-        depends_on: None,
-        independent: false,
-        open_by_pid: None,
-    });
-    let replication = match (&inst, running, rec.role) {
-        (Some(i), true, Role::Replica) => dbinstance::replication_status(i).ok().flatten(),
-        _ => None,
-    };
-    let hydrated_percent = if volume.size == 0 {
-        0.0
-    } else {
-        volume.hydrated_bytes as f64 * 100.0 / volume.size as f64
-    };
-    InstanceStatus {
-        name: rec.name.clone(),
-        role: rec.role,
-        family: rec.family.clone(),
-        parent: rec.parent().map(str::to_string),
-        state: if running { "running" } else { "stopped" }.to_string(),
-        port: rec.config.port,
-        socket: rec.config.socket_path().display().to_string(),
-        hydrated_percent,
-        lag_secs: replication.as_ref().and_then(|r| r.seconds_behind_master),
-        replication_problem: replication.as_ref().and_then(|r| r.broken()),
-        replication,
-        volume,
-        clone: rec.clone.clone(),
-        sharing: rec.sharing.as_ref().and_then(crate::sharing::agent_stats),
-        sharing_off: rec.sharing_off.clone().or_else(|| {
-            rec.sharing
-                .as_ref()
-                .and_then(crate::sharing::agent_stats)
-                .and_then(|v| v["sharing_off_reason"].as_str().map(str::to_string))
-        }),
-        io_limit: rec.io_limit.as_ref().map(|l| IoLimitStatus {
-            limit: l.clone(),
-            reads: crate::io_limit::reads_serviced(l).ok(),
-        }),
-    }
-}
-
-fn live_volume_status(ctx: &Ctx, volume: &str) -> Option<lazyvol::VolumeStatus> {
-    crate::volume_cmd::status(&ctx.store().ok()?, &ctx.run_dir(), volume).ok()
 }
 
 pub fn format_status(s: &InstanceStatus) -> String {
@@ -285,8 +202,8 @@ pub fn format_status(s: &InstanceStatus) -> String {
     if let Some(l) = &s.io_limit {
         out += &format!(
             "\n  reads limited to {}/s on device {} ({} reads so far)",
-            l.limit.read_iops,
-            l.limit.device,
+            l.read_iops,
+            l.device,
             l.reads.map(|r| r.to_string()).unwrap_or_else(|| "?".into())
         );
     }

@@ -3,12 +3,14 @@
 //! first query, hydration progress, then writes on the source and the replicas
 //! catching up with identical checksums. Cleans up unless `--keep`.
 
-use crate::cli::DemoArgs;
-use crate::instance_cmd::status_of;
-use crate::lifecycle::{self, CloneOpts, Ctx, SourceOptions};
-use crate::output::Output;
-use crate::units::human;
+use super::cli::DemoArgs;
+use super::output::Output;
 use anyhow::{bail, Context, Result};
+use dbfork::clone::CloneOpts;
+use dbfork::ctx::Ctx;
+use dbfork::source::SourceOptions;
+use dbfork::status::status_of;
+use dbfork::units::human;
 use dbinstance::sysbench::{self, SysbenchOptions};
 use dbinstance::Instance;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
@@ -18,44 +20,23 @@ use std::time::{Duration, Instant};
 const SRC: &str = "demo-src";
 const REPLICAS: [&str; 2] = ["demo-r1", "demo-r2"];
 
-fn preflight() -> Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("the demo mounts volumes (FUSE, loop, mount): run it as root");
-    }
-    for (tool, pkg) in [
-        ("mariadbd", "mariadb-server"),
-        ("mariadb-install-db", "mariadb-server"),
-        ("sysbench", "sysbench"),
-        ("nbdfuse", "libnbd-bin"),
-        ("mkfs.ext4", "e2fsprogs"),
-        ("losetup", "util-linux"),
-    ] {
-        let found = std::env::var_os("PATH")
-            .map(|p| {
-                std::env::split_paths(&p)
-                    .chain([
-                        Path::new("/usr/sbin").to_path_buf(),
-                        Path::new("/sbin").to_path_buf(),
-                    ])
-                    .any(|d| d.join(tool).exists())
-            })
-            .unwrap_or(false);
-        if !found {
-            bail!(
-                "{tool} is missing: install the Debian package {pkg} (scripts/install-deps does)"
-            );
-        }
-    }
-    if !Path::new("/dev/fuse").exists() {
-        bail!("/dev/fuse is missing: this host cannot attach volumes locally");
+/// The demo runs on the local substrate: a host that cannot run local domains, or
+/// has no sysbench, is told what it lacks before anything is made.
+fn preflight(ctx: &Ctx) -> Result<()> {
+    ctx.substrate().preflight()?;
+    let on_path = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("sysbench").exists()));
+    if !on_path {
+        bail!(
+            "sysbench is missing: install the Debian package sysbench (scripts/install-deps does)"
+        );
     }
     Ok(())
 }
 
 pub fn run(store: &Path, out: &Output, args: DemoArgs) -> Result<()> {
-    preflight()?;
-    let ctx = Ctx::new(store)?;
+    let ctx = Ctx::new(store, Some(substrate::Kind::Local))?;
+    preflight(&ctx)?;
     let reg = ctx.registry();
     for n in std::iter::once(SRC).chain(REPLICAS) {
         if reg.exists(n) {
@@ -77,8 +58,8 @@ pub fn run(store: &Path, out: &Output, args: DemoArgs) -> Result<()> {
         ));
     } else if reg.exists(SRC) {
         say("cleaning up");
-        if let Err(e) = lifecycle::destroy(&ctx, SRC, true, &|_| {}) {
-            eprintln!("dbfork demo: cleanup failed: {e:#}");
+        if let Err(e) = dbfork::destroy::destroy(&ctx, SRC, true, &|_| {}) {
+            eprintln!("dbfork demo: cleanup failed: {}", e.chain());
         }
     }
     let report = result?;
@@ -98,13 +79,13 @@ fn demo(ctx: &Ctx, args: &DemoArgs, say: &dyn Fn(&str), out: &Output) -> Result<
         say,
         "1. a source: volume, filesystem, MariaDB with binlog + GTID",
     );
-    let src_rec = lifecycle::create_source(
+    let src_rec = dbfork::source::create(
         ctx,
         SRC,
         &SourceOptions {
             size: args.size,
             buffer_pool: 128 << 20,
-            fs: crate::attach::FsType::Ext4,
+            fs: substrate::FsType::Ext4,
             port: None,
             region_size: lazyvol::DEFAULT_REGION_SIZE,
         },
@@ -144,7 +125,7 @@ fn demo(ctx: &Ctx, args: &DemoArgs, say: &dyn Fn(&str), out: &Output) -> Result<
     )?;
     let mut forks = Vec::new();
     for r in REPLICAS {
-        let rec = lifecycle::clone(
+        let rec = dbfork::clone::clone(
             ctx,
             SRC,
             r,

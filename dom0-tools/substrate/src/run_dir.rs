@@ -1,11 +1,12 @@
-//! Where dbfork keeps things under a store directory.
+//! Where dbfork keeps runtime files under a store directory.
 
 use std::path::{Path, PathBuf};
 
 /// Default store when neither `--store` nor `DBFORK_STORE` is given.
 pub const DEFAULT_STORE: &str = "/var/lib/dbfork";
 
-/// The runtime files of a store: sockets, logs and attach records of live exports.
+/// The runtime files of a store: sockets and logs of live exports, and each
+/// backend's own records of what it attached.
 /// They live beside the volumes so that two stores on one host never collide.
 #[derive(Debug, Clone)]
 pub struct RunDir {
@@ -35,13 +36,5 @@ impl RunDir {
     /// Log of a detached export process.
     pub fn export_log(&self, volume: &str) -> PathBuf {
         self.dir.join(format!("{volume}.log"))
-    }
-    /// Record of an attached volume (pids, loop device, mount point).
-    pub fn attach_record(&self, volume: &str) -> PathBuf {
-        self.dir.join(format!("{volume}.attach.json"))
-    }
-    /// The directory nbdfuse mounts to expose the volume as a file.
-    pub fn fuse_dir(&self, volume: &str) -> PathBuf {
-        self.dir.join(format!("{volume}.fuse"))
     }
 }

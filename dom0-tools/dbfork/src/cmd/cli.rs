@@ -1,16 +1,49 @@
 //! The command-line surface (clap derive). Verbs follow xl's habits: a verb, a name,
 //! `--json` for scripts.
 
-use crate::attach::FsType;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
+
+/// Filesystems a new source volume can get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FsType {
+    Ext4,
+    Xfs,
+}
+
+impl From<FsType> for substrate::FsType {
+    fn from(f: FsType) -> Self {
+        match f {
+            FsType::Ext4 => substrate::FsType::Ext4,
+            FsType::Xfs => substrate::FsType::Xfs,
+        }
+    }
+}
+
+/// Where the instance's database server runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SubstrateArg {
+    /// A server process on this host.
+    Local,
+    /// A Xen domU (dbfork in dom0).
+    Xen,
+}
+
+impl From<SubstrateArg> for substrate::Kind {
+    fn from(s: SubstrateArg) -> Self {
+        match s {
+            SubstrateArg::Local => substrate::Kind::Local,
+            SubstrateArg::Xen => substrate::Kind::Xen,
+        }
+    }
+}
 
 /// Fork warm read replicas of a running MariaDB/MySQL instance.
 #[derive(Parser, Debug)]
 #[command(name = "dbfork", version, about, propagate_version = true)]
 pub struct Cli {
     /// Store directory of volumes and runtime state.
-    #[arg(long, global = true, env = "DBFORK_STORE", default_value = crate::paths::DEFAULT_STORE)]
+    #[arg(long, global = true, env = "DBFORK_STORE", default_value = substrate::DEFAULT_STORE)]
     pub store: PathBuf,
     /// Machine-readable output (JSON on stdout).
     #[arg(long, global = true)]
@@ -62,6 +95,9 @@ pub enum Command {
         /// kernel's IO controller; e.g. 150 models a 7200 rpm disk).
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
         read_iops: Option<u32>,
+        /// Where the replica runs (default: where this host runs servers).
+        #[arg(long, value_enum)]
+        substrate: Option<SubstrateArg>,
     },
     /// List managed instances.
     List,
@@ -104,6 +140,9 @@ pub enum SourceCommand {
         /// copies when it covers a region only in part (power of two, 4K-1M).
         #[arg(long, value_parser = size, default_value = "64K")]
         region_size: u64,
+        /// Where the server runs (default: where this host runs servers).
+        #[arg(long, value_enum)]
+        substrate: Option<SubstrateArg>,
     },
 }
 
@@ -124,7 +163,7 @@ pub struct DemoArgs {
 }
 
 fn size(s: &str) -> Result<u64, String> {
-    crate::units::parse_size(s)
+    dbfork::units::parse_size(s)
 }
 
 fn rate(s: &str) -> Result<u64, String> {
@@ -194,7 +233,7 @@ pub enum VolumeCommand {
         #[arg(long)]
         nbd: String,
     },
-    /// Export a volume and mount its filesystem (nbdfuse + loop + mount).
+    /// Export a volume and mount its filesystem on this host.
     Attach {
         name: String,
         mountpoint: PathBuf,

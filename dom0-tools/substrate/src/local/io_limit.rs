@@ -1,4 +1,4 @@
-//! A replica's read-IOPS limit on its own volume (`dbfork clone --read-iops N`): the
+//! A server's read-IOPS limit on its own volume (`dbfork clone --read-iops N`): the
 //! kernel's IO controller, on the block device the replica's filesystem sits on, for
 //! the replica's server process from its first instruction (the start gate puts it
 //! into the group). Models slow storage (an HDD does ~100-200 random reads/s) and
@@ -13,31 +13,10 @@ use std::path::{Path, PathBuf};
 
 pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
-#[derive(Debug, thiserror::Error)]
-pub enum IoLimitError {
-    #[error(
-        "no kernel IO controller to limit reads: neither cgroup v1 blkio \
-         ({root}/blkio/blkio.throttle.read_iops_device) nor cgroup v2 with the io controller \
-         ({root}/cgroup.controllers listing io) is mounted; mount one, or clone without --read-iops"
-    )]
-    NoController { root: String },
-    #[error("--read-iops must be at least 1 (without a limit, leave the option out)")]
-    Zero,
-    #[error("{what} {path}: {source}")]
-    Io {
-        what: &'static str,
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("{0} is not a block device; cannot limit reads on it")]
-    NotBlockDevice(String),
-}
+use crate::error::{Error, Result};
 
-type Result<T> = std::result::Result<T, IoLimitError>;
-
-fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> IoLimitError {
-    let path = path.display().to_string();
-    move |source| IoLimitError::Io { what, path, source }
+fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
+    Error::io(what, path.to_path_buf())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,7 +49,7 @@ pub fn detect(root: &Path) -> Result<Controller> {
     if controllers.split_whitespace().any(|c| c == "io") {
         return Ok(Controller::V2);
     }
-    Err(IoLimitError::NoController {
+    Err(Error::NoIoController {
         root: root.display().to_string(),
     })
 }
@@ -95,7 +74,7 @@ pub fn device_number(node: &Path) -> Result<String> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let m = std::fs::metadata(node).map_err(io_err("stat", node))?;
     if !m.file_type().is_block_device() {
-        return Err(IoLimitError::NotBlockDevice(node.display().to_string()));
+        return Err(Error::NotBlockDevice(node.display().to_string()));
     }
     let r = m.rdev();
     Ok(format!("{}:{}", libc::major(r), libc::minor(r)))
@@ -104,7 +83,7 @@ pub fn device_number(node: &Path) -> Result<String> {
 /// Creates the group `name` limited to `read_iops` on `device` ("MAJ:MIN").
 pub fn create(root: &Path, name: &str, device: &str, read_iops: u32) -> Result<IoLimitRecord> {
     if read_iops == 0 {
-        return Err(IoLimitError::Zero);
+        return Err(Error::ZeroIops);
     }
     let controller = detect(root)?;
     let cgroup = match controller {
@@ -211,7 +190,7 @@ pub fn remove(rec: &IoLimitRecord) -> Result<()> {
 /// The group name of replica `name` in the store `store_dir`: the store's inode
 /// number keeps two stores on one host apart (as the sharing pools do).
 pub fn group_name(store_dir: &Path, name: &str) -> String {
-    format!("dbfork-{}-{name}", crate::orphans::store_tag(store_dir))
+    format!("dbfork-{}-{name}", super::orphans::store_tag(store_dir))
 }
 
 #[cfg(test)]
@@ -257,10 +236,10 @@ mod tests {
     fn zero_iops_and_non_block_devices_are_refused() {
         assert!(matches!(
             create(Path::new("/nonexistent"), "x", "7:0", 0),
-            Err(IoLimitError::Zero)
+            Err(Error::ZeroIops)
         ));
         let e = device_number(Path::new("/dev/null")).unwrap_err();
-        assert!(matches!(e, IoLimitError::NotBlockDevice(_)), "{e}");
+        assert!(matches!(e, Error::NotBlockDevice(_)), "{e}");
     }
 
     /// On this kernel's real controller: a group is made with the limit, a process

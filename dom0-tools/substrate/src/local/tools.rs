@@ -1,32 +1,12 @@
-//! Running the host tools dbfork drives (losetup, mount, mkfs, nbdfuse, fsfreeze).
+//! Running the host tools the local substrate drives (losetup, mount, mkfs, nbdfuse,
+//! fsfreeze).
 //!
 //! Every failure names the command and carries its stderr, because "mount failed" alone
 //! tells an operator nothing.
 
+use crate::error::Error;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
-#[derive(Debug, thiserror::Error)]
-pub enum ToolError {
-    #[error("`{program}` is not installed (install the Debian package {package}, or run scripts/install-deps)")]
-    Missing {
-        program: String,
-        package: &'static str,
-    },
-    #[error("`{command}` failed ({status}): {stderr}")]
-    Failed {
-        command: String,
-        status: String,
-        stderr: String,
-    },
-    #[error("could not run `{command}`")]
-    Spawn {
-        command: String,
-        #[source]
-        source: std::io::Error,
-    },
-}
 
 /// The Debian package that provides a tool, for the error message.
 fn package_of(program: &str) -> &'static str {
@@ -40,7 +20,7 @@ fn package_of(program: &str) -> &'static str {
 }
 
 /// Runs `program args...` to completion and returns its stdout, trimmed.
-pub fn run(program: &str, args: &[&str]) -> Result<String, ToolError> {
+pub fn run(program: &str, args: &[&str]) -> Result<String, Error> {
     let command = format!("{program} {}", args.join(" "));
     let out = Command::new(program)
         .args(args)
@@ -48,7 +28,7 @@ pub fn run(program: &str, args: &[&str]) -> Result<String, ToolError> {
         .output()
         .map_err(|source| spawn_error(program, command.clone(), source))?;
     if !out.status.success() {
-        return Err(ToolError::Failed {
+        return Err(Error::ToolFailed {
             command,
             status: out.status.to_string(),
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
@@ -57,49 +37,14 @@ pub fn run(program: &str, args: &[&str]) -> Result<String, ToolError> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-pub(crate) fn spawn_error(program: &str, command: String, source: std::io::Error) -> ToolError {
+pub(crate) fn spawn_error(program: &str, command: String, source: std::io::Error) -> Error {
     if source.kind() == std::io::ErrorKind::NotFound {
-        ToolError::Missing {
+        Error::ToolMissing {
             program: program.to_string(),
             package: package_of(program),
         }
     } else {
-        ToolError::Spawn { command, source }
-    }
-}
-
-/// Polls `ready` until it returns true or `timeout` passes. Used to wait for another
-/// process to reach a state we can observe (a socket that accepts, a file that exists);
-/// the short pause between polls is not synchronisation, the condition is.
-pub fn wait_until(timeout: Duration, mut ready: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if ready() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// True while a process with this pid exists (and is not a zombie we could reap).
-pub fn process_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state letter follows the parenthesised command name; Z is a zombie.
-        Ok(stat) => {
-            !matches!(stat.rsplit(')').next().map(str::trim_start), Some(s) if s.starts_with('Z'))
-        }
-        Err(_) => false,
-    }
-}
-
-/// Sends a signal to a process; a process already gone is not an error.
-pub fn signal(pid: u32, sig: i32) {
-    // SAFETY: kill(2) has no memory-safety preconditions; a stale pid only makes it fail.
-    unsafe {
-        libc::kill(pid as libc::pid_t, sig);
+        Error::Spawn { command, source }
     }
 }
 
@@ -142,7 +87,7 @@ mod tests {
     #[test]
     fn missing_tool_names_its_package() {
         let err = run("nbdfuse-does-not-exist", &[]).unwrap_err();
-        assert!(matches!(err, ToolError::Missing { .. }), "{err}");
+        assert!(matches!(err, Error::ToolMissing { .. }), "{err}");
         let err = spawn_error(
             "nbdfuse",
             "nbdfuse".into(),
@@ -164,14 +109,5 @@ mod tests {
         assert_eq!(unescape_mount_path("/plain"), "/plain");
         assert!(is_mount_point(Path::new("/")));
         assert!(!is_mount_point(Path::new("/definitely/not/here")));
-    }
-
-    #[test]
-    fn alive_sees_self_and_not_a_reaped_child() {
-        assert!(process_alive(std::process::id()));
-        let mut child = Command::new("true").spawn().unwrap();
-        let pid = child.id();
-        child.wait().unwrap();
-        assert!(!process_alive(pid));
     }
 }

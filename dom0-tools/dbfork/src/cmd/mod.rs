@@ -1,0 +1,7 @@
+//! The command line: parsing (`cli`), output (`output`) and the verbs.
+
+pub mod cli;
+pub mod demo;
+pub mod instance;
+pub mod output;
+pub mod volume;

@@ -1,0 +1,158 @@
+//! The dbfork library's one error type. Every error keeps what caused it as its
+//! source, so the CLI prints the whole chain ("clone r1: replica start: ...: port
+//! in use") and scripts get it in `--json`.
+
+use crate::clone::Step;
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    // ---- names and the store
+    #[error("invalid name {0:?}: use 1-48 of A-Z a-z 0-9 - _, not starting with '-'")]
+    InvalidName(String),
+    #[error("an instance named {0} already exists (see `dbfork list`)")]
+    InstanceExists(String),
+    #[error("a volume named {0} already exists in the store (dbfork volume list)")]
+    VolumeExists(String),
+    #[error("opening the volume store {}", dir.display())]
+    Store {
+        dir: PathBuf,
+        #[source]
+        source: lazyvol::Error,
+    },
+    #[error("not enough disk in {}: needs up to {needed}, {free} free", dir.display())]
+    NoSpace {
+        dir: PathBuf,
+        needed: String,
+        free: String,
+    },
+
+    // ---- instance records
+    #[error("no database instance named {0:?} (see `dbfork list`)")]
+    UnknownInstance(String),
+    #[error("instance record {}", path.display())]
+    RecordIo {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("instance record {} is corrupt", path.display())]
+    RecordCorrupt {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    // ---- instance verbs
+    #[error("{0} is not running; start it first (its datadir must be live to clone)")]
+    NotRunning(String),
+    #[error("{name} cannot be a replication source")]
+    NotASource {
+        name: String,
+        #[source]
+        source: Box<substrate::Error>,
+    },
+    #[error("{name} has replicas ({replicas}); destroy them first or pass --with-replicas")]
+    HasReplicas { name: String, replicas: String },
+    #[error("{instance}: {step}")]
+    Step {
+        instance: String,
+        step: Step,
+        #[source]
+        source: Box<Error>,
+    },
+    #[error("the source's agent did not scan its buffer pool within {secs} s (see its error log)")]
+    ScanTimeout { secs: u64 },
+
+    // ---- volumes and their export processes
+    #[error("{0} is attached or exported; detach it first (dbfork volume detach {0})")]
+    VolumeInUse(String),
+    #[error("range {offset}+{length} is outside {volume} (size {size})")]
+    RangeOutside {
+        volume: String,
+        offset: u64,
+        length: u64,
+        size: u64,
+    },
+    #[error("hydration of {volume} made no progress for {secs} s (check its export: dbfork volume status {volume})")]
+    HydrationStalled { volume: String, secs: u64 },
+    #[error("no export process answers on {} (is the volume exported or attached?)", path.display())]
+    NoExport {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("malformed reply from the export process")]
+    BadReply(#[source] serde_json::Error),
+    #[error("the export process refused: {0}")]
+    Refused(String),
+    #[error("exporting over NBD")]
+    Nbd(#[from] nbd_export::NbdError),
+    #[error("final flush of {volume} failed")]
+    Flush {
+        volume: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    // ---- below the orchestration
+    // Boxed: these carry database driver errors, large beside every other variant.
+    #[error(transparent)]
+    Substrate(Box<substrate::Error>),
+    #[error(transparent)]
+    Volume(#[from] lazyvol::Error),
+    #[error(transparent)]
+    Db(Box<dbinstance::Error>),
+    #[error("{what} {}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<substrate::Error> for Error {
+    fn from(e: substrate::Error) -> Self {
+        Error::Substrate(Box::new(e))
+    }
+}
+
+impl From<dbinstance::Error> for Error {
+    fn from(e: dbinstance::Error) -> Self {
+        Error::Db(Box::new(e))
+    }
+}
+
+impl Error {
+    pub(crate) fn io(
+        what: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.into();
+        move |source| Error::Io { what, path, source }
+    }
+
+    /// The chain as one line, for a record field or a log line that keeps a reason.
+    pub fn chain(&self) -> String {
+        chain(self)
+    }
+}
+
+/// An error and its sources, joined by ": ".
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        // `transparent` variants repeat their source's text; say it once.
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = s.source();
+    }
+    out
+}

@@ -1,0 +1,109 @@
+//! `dbfork source create`: a volume with a filesystem, a fresh MariaDB datadir with
+//! binlog and GTID, the server started, recorded as the root of a new family.
+
+use crate::ctx::Ctx;
+use crate::error::{Error, Result};
+use crate::registry::{InstanceRecord, Role};
+use crate::sharing;
+use crate::undo::Undo;
+use dbinstance::InstanceConfig;
+use substrate::{FsType, StartRequest, Stop};
+
+pub struct SourceOptions {
+    pub size: u64,
+    pub buffer_pool: u64,
+    pub fs: FsType,
+    pub port: Option<u16>,
+    pub region_size: u64,
+}
+
+pub fn create(ctx: &Ctx, name: &str, opts: &SourceOptions) -> Result<InstanceRecord> {
+    let sub = ctx.substrate();
+    ctx.check_free(name)?;
+    sub.preflight()?;
+    let port = sub.sql_port(opts.port)?;
+    ctx.check_space(opts.size)?;
+    let store = ctx.store()?;
+    let mut undo = Undo::new();
+    // What stores deleted by hand left on this host goes before this one adds its own.
+    let swept = sub.sweep();
+    if !swept.items.is_empty() {
+        tracing::info!(?swept, "removed what deleted stores left on this host");
+    }
+
+    store.create_with_region_size(name, opts.size, opts.region_size)?;
+    undo.push(format!("volume {name}"), move || {
+        Ok(ctx.store()?.delete(name)?)
+    });
+    let mut domain = sub.attach(name, name, Some(opts.fs))?;
+    {
+        let domain = domain.clone();
+        undo.push(format!("attach of {name}"), move || {
+            Ok(ctx.substrate().detach(name, &domain)?)
+        });
+    }
+
+    let used: Vec<u32> = ctx
+        .registry()
+        .list()?
+        .iter()
+        .map(|r| r.config.server_id)
+        .collect();
+    let mut cfg = InstanceConfig::in_dir(
+        name,
+        &ctx.registry().run_dir(name),
+        port,
+        dbinstance::next_server_id(used),
+    );
+    cfg.datadir = sub.datadir(&domain);
+    cfg.buffer_pool_size = opts.buffer_pool;
+    std::fs::create_dir_all(&cfg.run_dir)
+        .map_err(Error::io("creating the run dir", &cfg.run_dir))?;
+    undo.push(format!("run dir of {name}"), move || {
+        ctx.registry().purge(name);
+        Ok(())
+    });
+    sub.init_datadir(&cfg)?;
+
+    // Family id = the source's server_id (unique in the store); it is also its domain.
+    let plan = sharing::for_source(ctx.sharing_off(), cfg.server_id, cfg.buffer_pool_size);
+    let (sharing, sharing_off) = sharing::start(
+        sub,
+        &StartRequest {
+            config: &cfg,
+            volume: name,
+            agent: None,
+            read_iops: None,
+            timeout: dbinstance::instance::DEFAULT_START_TIMEOUT,
+        },
+        &mut domain,
+        plan,
+    )?;
+    {
+        let (cfg, domain) = (cfg.clone(), domain.clone());
+        undo.push(format!("server {name}"), move || {
+            Ok(ctx.substrate().stop(&cfg, &domain, Stop::Kill)?)
+        });
+    }
+    if let Some(m) = &sharing {
+        let family = m.family_id;
+        undo.push(format!("family of {name}"), move || {
+            ctx.substrate().destroy_family(family);
+            Ok(())
+        });
+    }
+    let rec = InstanceRecord {
+        name: name.to_string(),
+        role: Role::Source,
+        family: name.to_string(),
+        volume: name.to_string(),
+        config: cfg,
+        clone: None,
+        sharing,
+        sharing_off,
+        domain,
+    };
+    ctx.registry().save(&rec)?;
+    undo.commit();
+    Ok(rec)
+}

@@ -1,0 +1,329 @@
+//! Where dbfork's database servers run: the seam between the orchestration (sources,
+//! clones, destroy) and the substrate that hosts them.
+//!
+//! One narrow trait, [`Substrate`], says what differs between a server that is a host
+//! process (`local`, this crate's [`local`] module) and one that is a Xen domU (`xen`,
+//! not built yet): attaching a volume to a domain, quiescing it for a snapshot, starting
+//! and stopping the domain with its page-table membership, agent and read limit in
+//! place before the server's first instruction, reaching its database ([`Endpoint`]),
+//! publishing the family's clone LSN, reading the agent's counters, and sweeping what
+//! deleted stores left behind. What a backend must remember about a domain lives in
+//! [`DomainState`], a serde enum the orchestration keeps in the instance record.
+//!
+//! Everything above the seam (volumes, page identity, the share rule, replica setup,
+//! the CLI) is the same code for every substrate. The volume engine and its export
+//! process ([`export`]) are dom0 services that every backend uses.
+
+pub mod error;
+pub mod export;
+pub mod local;
+pub mod page_table;
+pub mod process;
+mod run_dir;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use dbinstance::{FlushReport, GtidPos, InstanceConfig, PageId, ReplicationSource};
+use dbinstance::{ReplicationStatus, TablespaceFile};
+use serde::{Deserialize, Serialize};
+
+pub use error::{BoxError, Error, Result};
+pub use page_table::PageTableService;
+pub use run_dir::{RunDir, DEFAULT_STORE};
+
+/// Which substrate hosts a store's domains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// Server processes on this Linux host.
+    Local,
+    /// Xen domUs, with dbfork in dom0.
+    Xen,
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Kind::Local => "local",
+            Kind::Xen => "xen",
+        })
+    }
+}
+
+/// What every backend is given about the host side: the store (volumes, records,
+/// runtime files) and the `dbfork` binary (it runs the volume export processes).
+#[derive(Debug, Clone)]
+pub struct Host {
+    pub store_dir: PathBuf,
+    pub dbfork_exe: PathBuf,
+}
+
+/// Picks the backend: the one asked for, or the one this host calls for.
+pub fn detect(requested: Option<Kind>, host: &Host) -> Result<Box<dyn Substrate>> {
+    match requested {
+        Some(Kind::Xen) => Err(xen_not_built()),
+        Some(Kind::Local) => Ok(Box::new(local::Local::new(host.clone()))),
+        None => {
+            if is_xen_dom0() {
+                tracing::info!(
+                    "this host is a Xen dom0, but the xen substrate is not built yet: \
+                     servers run as dom0 processes (local)"
+                );
+            }
+            Ok(Box::new(local::Local::new(host.clone())))
+        }
+    }
+}
+
+fn xen_not_built() -> Error {
+    Error::NotBuilt {
+        substrate: "xen",
+        hint: "replicas as domUs come with the Xen substrate; use --substrate local \
+               (server processes on this host) until then",
+    }
+}
+
+/// A Xen dom0 says so in its capabilities file.
+fn is_xen_dom0() -> bool {
+    std::fs::read_to_string("/proc/xen/capabilities").is_ok_and(|c| c.contains("control_d"))
+}
+
+/// The backend for a domain already recorded (a verb on an existing instance uses the
+/// substrate the instance was made on).
+pub fn for_domain(state: &DomainState, host: &Host) -> Result<Box<dyn Substrate>> {
+    detect(Some(state.kind()), host)
+}
+
+/// What a backend remembers about one domain, kept in the instance record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "substrate", rename_all = "lowercase")]
+pub enum DomainState {
+    Local(local::LocalDomain),
+}
+
+impl DomainState {
+    pub fn kind(&self) -> Kind {
+        match self {
+            DomainState::Local(_) => Kind::Local,
+        }
+    }
+
+    /// Where the domain's volume is attached, for people.
+    pub fn attached_at(&self) -> String {
+        match self {
+            DomainState::Local(d) => d.mountpoint.display().to_string(),
+        }
+    }
+}
+
+/// Filesystems a new volume can be formatted with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FsType {
+    Ext4,
+    Xfs,
+}
+
+/// How the page table knows a domain's server: the identity its connections carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Identity {
+    /// A host process (local): the page table sees its pid on a Unix socket.
+    Process { pid: u32 },
+    /// A Xen domU: the page table sees its domid on the channel.
+    XenDomain { domid: u32 },
+}
+
+/// The agent's part in page sharing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentRole {
+    /// Offers its clean pages to the family; the pool it fills is capped.
+    Source { pool_max_bytes: u64 },
+    /// Reads from the family what the share rule allows under its snapshot LSN.
+    Replica { snapshot_lsn: u64 },
+}
+
+/// The agent a domain's server runs with: its family, its domain in the family's page
+/// table, its role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentSpec {
+    pub family: u32,
+    pub domain: u32,
+    pub role: AgentRole,
+}
+
+/// How to start a domain's server.
+pub struct StartRequest<'a> {
+    pub config: &'a InstanceConfig,
+    /// The volume attached to the domain as its data disk.
+    pub volume: &'a str,
+    /// The agent, when the domain shares pages: the server is a member of the family
+    /// in the page table before its first instruction, and the agent's record goes
+    /// into the domain's state. `None` starts the server without one.
+    pub agent: Option<&'a AgentSpec>,
+    /// Limit the server's reads on its volume to this many per second.
+    pub read_iops: Option<u32>,
+    /// Startup (crash recovery included) until the first query answers.
+    pub timeout: Duration,
+}
+
+/// How to stop a domain's server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// A clean shutdown, waiting up to this long, then a kill.
+    Clean(Duration),
+    /// At once, as a crash would.
+    Kill,
+}
+
+/// The pages a new replica should have first (its parent's buffer pool, hottest
+/// first) and where the parent keeps their tablespaces.
+#[derive(Debug, Clone, Default)]
+pub struct WarmSet {
+    pub hot: Vec<PageId>,
+    pub spaces: BTreeMap<u32, TablespaceFile>,
+}
+
+/// A domain's filesystem held still; released when dropped, whatever happened.
+pub struct Quiesced {
+    thaw: Option<Box<dyn FnOnce()>>,
+}
+
+impl Quiesced {
+    pub fn new(thaw: impl FnOnce() + 'static) -> Self {
+        Quiesced {
+            thaw: Some(Box::new(thaw)),
+        }
+    }
+    /// Nothing to hold (the volume is not mounted anywhere).
+    pub fn nothing() -> Self {
+        Quiesced { thaw: None }
+    }
+}
+
+impl Drop for Quiesced {
+    fn drop(&mut self) {
+        if let Some(thaw) = self.thaw.take() {
+            thaw();
+        }
+    }
+}
+
+/// A domain's read limit as `dbfork status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadLimit {
+    pub read_iops: u32,
+    /// The limited device ("MAJ:MIN" of its block device on the host).
+    pub device: String,
+    /// Reads counted against the limit so far, when the counter can be read.
+    pub reads: Option<u64>,
+}
+
+/// What a sweep of leftovers removed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Swept {
+    pub items: Vec<PathBuf>,
+}
+
+/// The seam. Every method names a domain by its instance config (the database
+/// server's settings) and its [`DomainState`]; none of them leaves half a thing
+/// behind on error.
+pub trait Substrate {
+    fn kind(&self) -> Kind;
+    /// What this host lacks to run domains, as an error that names the fix.
+    fn preflight(&self) -> Result<()>;
+
+    // ---- volumes and domains
+    /// Makes `volume` (served by its export process) the data disk of a new domain
+    /// `name`, formatted first when `format` is given.
+    fn attach(&self, name: &str, volume: &str, format: Option<FsType>) -> Result<DomainState>;
+    /// Takes the volume away from the domain (its server must be stopped). Tolerates
+    /// finding it detached already.
+    fn detach(&self, volume: &str, domain: &DomainState) -> Result<()>;
+    /// Where the server's datadir is, as the server sees it.
+    fn datadir(&self, domain: &DomainState) -> PathBuf;
+    /// Holds the domain's filesystem still, everything it acknowledged on the volume,
+    /// until the guard drops (around a snapshot).
+    fn quiesce(&self, volume: &str, domain: &DomainState) -> Result<Quiesced>;
+    /// Volume byte ranges to hydrate first, in order: what the server reads to boot,
+    /// then the warm set's pages. A hint: what cannot be mapped is left out.
+    fn hydration_order(
+        &self,
+        domain: &DomainState,
+        parent_datadir: &Path,
+        warm: &WarmSet,
+    ) -> Vec<(u64, u64)>;
+
+    // ---- servers
+    /// The port the domain's server listens on (`requested`, or one that is free).
+    fn sql_port(&self, requested: Option<u16>) -> Result<u16>;
+    /// Makes a fresh datadir for a new source on its attached volume.
+    fn init_datadir(&self, config: &InstanceConfig) -> Result<()>;
+    /// Starts the domain's server and waits until it answers.
+    fn start(&self, req: &StartRequest<'_>, domain: &mut DomainState) -> Result<()>;
+    /// Stops the domain's server and releases what it held besides its volume (its
+    /// read limit). A stopped domain is fine.
+    fn stop(&self, config: &InstanceConfig, domain: &DomainState, how: Stop) -> Result<()>;
+    fn running(&self, config: &InstanceConfig, domain: &DomainState) -> bool;
+    /// The domain's read limit, if it has one.
+    fn read_limit(&self, domain: &DomainState) -> Option<ReadLimit>;
+    /// The database in the domain, for what the orchestration asks of it.
+    fn endpoint(&self, config: &InstanceConfig, domain: &DomainState) -> Result<Box<dyn Endpoint>>;
+
+    // ---- page sharing
+    /// Whether domains here can run the agent and its page table; the error says why
+    /// not.
+    fn sharing_available(&self) -> Result<()>;
+    /// Tells the family's source agent that a snapshot at `lsn` is complete: what it
+    /// offers from now on is valid for clones at or after it.
+    fn publish_clone_lsn(&self, family: u32, lsn: u64) -> Result<()>;
+    /// The clone LSN published last, if any.
+    fn clone_lsn(&self, family: u32) -> Option<u64>;
+    /// The agent's live counters (pages pooled, lookups, shared, ...).
+    fn agent_counters(&self, domain: &DomainState) -> Option<serde_json::Value>;
+    /// Takes a domain out of its family: its entries in the page table, its
+    /// membership, its binding (best effort: a page table that is gone holds nothing).
+    fn leave_family(&self, domain: u32);
+    /// Removes the family: its page table entries, its shared frames (mapped frames
+    /// stay alive for their mappers until unmapped) and its clone LSN.
+    fn destroy_family(&self, family: u32);
+
+    // ---- leftovers
+    /// Removes host resources of stores that were deleted by hand.
+    fn sweep(&self) -> Swept;
+    /// The store has no instance left: stops its services and drops its claim on
+    /// host resources.
+    fn release_store(&self);
+}
+
+/// The database server of a domain, as the orchestration uses it: the consistent
+/// point of a clone, the warm set, replication.
+pub trait Endpoint {
+    fn name(&self) -> &str;
+    /// Refuses a server that cannot be a replication source (no binary log).
+    fn require_binlog(&self) -> Result<()>;
+    /// Flushes dirty pages until at most `target` are left, a plateau, or `timeout`.
+    fn flush_dirty_pages(&self, target: u64, timeout: Duration) -> Result<FlushReport>;
+    /// The buffer pool's pages, hottest first, and the tablespaces they belong to.
+    fn warm_set(&self) -> Result<WarmSet>;
+    /// Starts a new binary log file.
+    fn rotate_binlog(&self) -> Result<()>;
+    /// Holds commits at a consistent point (GTID position and durable LSN).
+    fn hold_commits(&self) -> Result<Box<dyn CommitHold>>;
+    /// Where and as whom a replica of this server connects.
+    fn replication_source(&self) -> Result<ReplicationSource>;
+    /// Makes this server a read-only replica of `source` from right after `after`.
+    fn replicate_from(&self, source: &ReplicationSource, after: &GtidPos) -> Result<()>;
+    /// `None` when the server is not a replica.
+    fn replication_status(&self) -> Result<Option<ReplicationStatus>>;
+}
+
+/// Commits held on a source; released by `release` or when dropped.
+pub trait CommitHold {
+    fn gtid(&self) -> &GtidPos;
+    /// The durable redo LSN at the hold: the replica's share bound.
+    fn lsn(&self) -> u64;
+    /// Lets commits go; returns how long they were held, in milliseconds.
+    fn release(self: Box<Self>) -> Result<u64>;
+}

@@ -1,0 +1,91 @@
+//! Helper processes dom0 runs (volume exports, the page table daemon) and the waits
+//! around them.
+
+use std::time::{Duration, Instant};
+
+/// How long a helper process gets to show up or go away before it counts as stuck.
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Polls `ready` until it returns true or `timeout` passes. Used to wait for another
+/// process to reach a state we can observe (a socket that accepts, a file that exists);
+/// the short pause between polls is not synchronisation, the condition is.
+pub fn wait_until(timeout: Duration, mut ready: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if ready() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// True while a process with this pid exists (and is not a zombie we could reap).
+pub fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state letter follows the parenthesised command name; Z is a zombie.
+        Ok(stat) => {
+            !matches!(stat.rsplit(')').next().map(str::trim_start), Some(s) if s.starts_with('Z'))
+        }
+        Err(_) => false,
+    }
+}
+
+/// Sends a signal to a process; a process already gone is not an error.
+pub fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill(2) has no memory-safety preconditions; a stale pid only makes it fail.
+    unsafe {
+        libc::kill(pid as libc::pid_t, sig);
+    }
+}
+
+/// Stops a helper process: SIGTERM (an export flushes and commits its region map
+/// before it exits), then waits for it to go away. False if it is still there.
+pub fn stop_process(pid: u32) -> bool {
+    if !process_alive(pid) {
+        return true;
+    }
+    signal(pid, libc::SIGTERM);
+    reap_if_child(pid);
+    wait_until(STARTUP_TIMEOUT, || {
+        reap_if_child(pid);
+        !process_alive(pid)
+    })
+}
+
+/// Reaps `pid` if it is a child of ours that has exited.
+pub fn reap_if_child(pid: u32) {
+    let mut status = 0;
+    // SAFETY: waitpid with WNOHANG on a pid; if it is not our child it fails with ECHILD.
+    unsafe {
+        libc::waitpid(pid as libc::pid_t, &mut status, libc::WNOHANG);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alive_sees_self_and_not_a_reaped_child() {
+        assert!(process_alive(std::process::id()));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        assert!(!process_alive(pid));
+    }
+
+    #[test]
+    fn a_stopped_helper_is_gone() {
+        let child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        std::mem::forget(child);
+        assert!(stop_process(pid));
+        assert!(!process_alive(pid));
+    }
+}
