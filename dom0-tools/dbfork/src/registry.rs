@@ -293,10 +293,10 @@ mod tests {
         o.insert("mountpoint".into(), "/s/mnt/r1".into());
         o.insert(
             "io_limit".into(),
-            serde_json::json!({"controller": "v1", "cgroup": "/sys/fs/cgroup/blkio/g",
+            serde_json::json!({"controller": "v1", "cgroup": "/cg/blkio/g",
                                "device": "7:3", "read_iops": 150}),
         );
-        o["sharing"]["pool"] = "/dev/shm/p.pool".into();
+        o["sharing"]["pool"] = "/shm/p.pool".into();
         o["sharing"]["stats"] = "/s/instances/r1/agent-stats.json".into();
         o["config"]["preload"] = serde_json::json!(["/usr/lib/libdbfork_agent.so"]);
         o["config"]["env"] = serde_json::json!({"DBFORK_AGENT_ROLE": "source",
@@ -310,7 +310,7 @@ mod tests {
         assert_eq!(d.io_limit.as_ref().unwrap().read_iops, 150);
         let agent = d.agent.as_ref().unwrap();
         assert_eq!(agent.library, Path::new("/usr/lib/libdbfork_agent.so"));
-        assert_eq!(agent.pool, Path::new("/dev/shm/p.pool"));
+        assert_eq!(agent.pool, Path::new("/shm/p.pool"));
         assert_eq!(agent.env["DBFORK_CLONE_LSN_FILE"], "/s/f/1/clone_lsn");
         assert!(!agent.env.contains_key("DBFORK_FAMILY_EPOCH_FILE"));
         assert_eq!(rec.sharing, record().sharing);

@@ -66,6 +66,18 @@ fn errors_name_the_problem() {
     let err = store.fails(&["volume", "export", "a", "--nbd", "ftp:x"]);
     assert!(err.contains("unix:PATH"), "{err}");
 
+    // The Xen substrate is named, and refused until it is built, before anything is made.
+    for args in [
+        &["source", "create", "x", "--substrate", "xen"][..],
+        &["clone", "a", "x", "--substrate", "xen"][..],
+    ] {
+        let err = store.fails(args);
+        assert!(
+            err.contains("xen substrate is not built yet") && err.contains("--substrate local"),
+            "{err}"
+        );
+    }
+
     // --json errors are JSON too.
     let out = store.run(&["--json", "volume", "status", "ghost"]);
     assert!(!out.status.success());

@@ -59,11 +59,9 @@ pub enum Error {
 
     // --- read limits
     #[error(
-        "no kernel IO controller to limit reads: neither cgroup v1 blkio \
-         ({root}/blkio/blkio.throttle.read_iops_device) nor cgroup v2 with the io controller \
-         ({root}/cgroup.controllers listing io) is mounted; mount one, or clone without --read-iops"
+        "no kernel IO controller to limit reads: {detail}; mount one, or clone without --read-iops"
     )]
-    NoIoController { root: String },
+    NoIoController { detail: String },
     #[error("--read-iops must be at least 1 (without a limit, leave the option out)")]
     ZeroIops,
     #[error("{0} is not a block device; cannot limit reads on it")]

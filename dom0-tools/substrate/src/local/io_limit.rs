@@ -49,8 +49,12 @@ pub fn detect(root: &Path) -> Result<Controller> {
     if controllers.split_whitespace().any(|c| c == "io") {
         return Ok(Controller::V2);
     }
+    let root = root.display();
     Err(Error::NoIoController {
-        root: root.display().to_string(),
+        detail: format!(
+            "neither cgroup v1 blkio ({root}/blkio/blkio.throttle.read_iops_device) nor cgroup \
+             v2 with the io controller ({root}/cgroup.controllers listing io) is mounted"
+        ),
     })
 }
 
