@@ -26,6 +26,18 @@ pub enum AdminRequest {
     UnbindPid {
         pid: u32,
     },
+    /// Connections from Xen domain `domid` act as `domain` (the `xen` substrate's
+    /// `bind_pid`: the peer identity is the domid the hypervisor reports for the
+    /// connection). The binding lasts until it is unbound or the domain is removed;
+    /// the toolstack unbinds a domU before destroying it, so a recycled domid never
+    /// inherits a binding.
+    BindDomid {
+        domid: u32,
+        domain: DomainId,
+    },
+    UnbindDomid {
+        domid: u32,
+    },
     FamilyCreate {
         family: FamilyId,
     },
@@ -41,7 +53,7 @@ pub enum AdminRequest {
         family: FamilyId,
         domain: DomainId,
     },
-    /// Drops the domain's entries, its membership and its pid bindings.
+    /// Drops the domain's entries, its membership and its pid and domid bindings.
     RemoveDomain {
         domain: DomainId,
     },
@@ -195,5 +207,16 @@ mod tests {
         assert_eq!(serde_json::from_str::<AdminRequest>(&s).unwrap(), r);
         assert!(serde_json::from_str::<AdminRequest>(r#"{"op":"bind_pid","pid":1}"#).is_err());
         assert!(serde_json::from_str::<AdminRequest>(r#"{"op":"format_disk"}"#).is_err());
+        let x = AdminRequest::BindDomid {
+            domid: 5,
+            domain: DomainId(7),
+        };
+        let s = serde_json::to_string(&x).unwrap();
+        assert_eq!(s, r#"{"op":"bind_domid","domid":5,"domain":7}"#);
+        assert_eq!(serde_json::from_str::<AdminRequest>(&s).unwrap(), x);
+        assert_eq!(
+            serde_json::from_str::<AdminRequest>(r#"{"op":"unbind_domid","domid":5}"#).unwrap(),
+            AdminRequest::UnbindDomid { domid: 5 }
+        );
     }
 }
