@@ -18,7 +18,7 @@ pub enum Role {
 pub struct Config {
     pub role: Role,
     /// `DBFORK_PAGETABLE_SOCKET`: the page table daemon. Without it the directory is
-    /// the pool's own record file (see `directory::PoolIndex`).
+    /// the frame store's own records (see `directory::StoreIndex`).
     pub pagetable_socket: Option<PathBuf>,
     /// `DBFORK_SNAPSHOT_LSN`: the replica's snapshot LSN S. Required for a replica.
     pub snapshot_lsn: Option<u64>,

@@ -6,6 +6,7 @@ pub mod config;
 pub mod directory;
 pub mod error;
 pub mod fdtable;
+pub mod frame_store;
 pub mod page;
 pub mod pool;
 pub mod scan;

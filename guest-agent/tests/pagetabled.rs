@@ -138,7 +138,8 @@ fn replica_shares_through_pagetabled_and_keeps_serving_when_it_dies() {
 #[test]
 fn a_refused_registration_does_not_block_the_pages_behind_it() {
     use dbfork_agent::directory::{PageDirectory, PageTableDirectory};
-    use dbfork_agent::pool::{Pool, PoolRecord, POOL_PAGE};
+    use dbfork_agent::frame_store::FrameRecord;
+    use dbfork_agent::pool::{Pool, POOL_PAGE};
     use std::sync::Arc;
     let tmp = tempfile::tempdir().unwrap();
     let shm = pool_dir();
@@ -158,7 +159,7 @@ fn a_refused_registration_does_not_block_the_pages_behind_it() {
     let page = vec![0u8; POOL_PAGE];
     let crowded = pagetable::MAX_FRAMES_PER_PAGE as u64 + 8;
     for lsn in 1..=crowded {
-        let rec = PoolRecord {
+        let rec = FrameRecord {
             space_id: 5,
             page_no: 7,
             lsn,
@@ -167,7 +168,7 @@ fn a_refused_registration_does_not_block_the_pages_behind_it() {
         pool.append(&page, rec).unwrap();
     }
     for p in 100..110 {
-        let rec = PoolRecord {
+        let rec = FrameRecord {
             space_id: 5,
             page_no: p,
             lsn: 500,

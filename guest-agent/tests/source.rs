@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use dbfork_agent::page::{self, SpaceFormat};
-use dbfork_agent::pool::{meta_path, PoolRecord, POOL_PAGE, RECORD_LEN};
+use dbfork_agent::pool::{decode_record, meta_path, POOL_PAGE, RECORD_LEN};
 use dbfork_agent::stats::StatsSnapshot;
 
 fn stats(path: &Path) -> StatsSnapshot {
@@ -20,7 +20,7 @@ fn check_pool(pool: &Path) -> usize {
     let meta = std::fs::read(meta_path(pool)).unwrap();
     let mut n = 0;
     for (slot, rec) in meta.chunks_exact(RECORD_LEN).enumerate() {
-        let r = PoolRecord::decode(rec).expect("complete record");
+        let r = decode_record(rec).expect("complete record");
         let bytes = &data[slot * POOL_PAGE..(slot + 1) * POOL_PAGE];
         let h = page::verify_identity(bytes, SpaceFormat::FullCrc32, r.space_id, r.page_no)
             .unwrap_or_else(|e| panic!("slot {slot} ({r:?}): {e}"));
