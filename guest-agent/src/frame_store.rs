@@ -30,8 +30,8 @@ pub struct FrameRecord {
     pub page_no: u32,
     /// FIL_PAGE_LSN of the bytes.
     pub lsn: u64,
-    /// The family clone-LSN counter as the source read it BEFORE it issued the read
-    /// (or began the buffer-pool scan) that produced these bytes. The share rule
+    /// The family's clone LSN (`clone_lsn`) as the source read it BEFORE it issued the
+    /// read (or began the buffer-pool scan) that produced these bytes. The share rule
     /// lets the frame serve a snapshot S only if `valid_from >= S`.
     pub valid_from: u64,
 }

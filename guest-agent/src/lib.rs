@@ -2,6 +2,7 @@
 //! page read and shares clean pages between the instances of a family. See README.md.
 
 pub mod agent;
+pub mod clone_lsn;
 pub mod config;
 pub mod directory;
 pub mod error;

@@ -1,12 +1,12 @@
 //! Buffer-pool scan at clone time (source role): after dbfork publishes a new snapshot
-//! (the family clone-LSN counter changes), offer a copy of every clean resident frame
-//! to the family's frame store and register it, so a replica finds the source's whole
-//! warm set.
+//! (the family's clone LSN grows), offer a copy of every clean resident frame to the
+//! family's frame store and register it, so a replica finds the source's whole warm
+//! set.
 //!
 //! The frames stay the source's own anonymous memory: remapping a live frame could lose
 //! a concurrent change by the server. Each frame is copied first and the copy verified
 //! (checksum, trailer LSN, and a space this server has open); a frame being changed
-//! while copied fails the checksum and is skipped. valid_from is the counter value read
+//! while copied fails the checksum and is skipped. valid_from is the clone LSN read
 //! before the scan started (the share rule).
 //!
 //! Where the buffer pool is: the server's large anonymous private mappings, seen by the

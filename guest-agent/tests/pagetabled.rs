@@ -21,7 +21,7 @@ fn replica_shares_through_pagetabled_and_keeps_serving_when_it_dies() {
     let tmp = tempfile::tempdir().unwrap();
     let shm = pool_dir();
     let pool = shm.path().join("pool");
-    let epoch = tmp.path().join("epoch");
+    let clone_lsn = tmp.path().join("clone_lsn");
 
     let src = tmp.path().join("source");
     install_datadir(&src);
@@ -32,7 +32,7 @@ fn replica_shares_through_pagetabled_and_keeps_serving_when_it_dies() {
     let rep = tmp.path().join("replica");
     copy_datadir(&src, &rep);
     let s_lsn = max_page_lsn(&rep);
-    std::fs::write(&epoch, s_lsn.to_string()).unwrap();
+    std::fs::write(&clone_lsn, s_lsn.to_string()).unwrap();
 
     let mut daemon = Daemon::start(tmp.path());
     daemon.admin(AdminRequest::FamilyCreate {
@@ -48,7 +48,7 @@ fn replica_shares_through_pagetabled_and_keeps_serving_when_it_dies() {
         let mut e = vec![
             ("DBFORK_AGENT_ROLE", role.to_string()),
             ("DBFORK_POOL_PATH", pool.display().to_string()),
-            ("DBFORK_FAMILY_EPOCH_FILE", epoch.display().to_string()),
+            ("DBFORK_CLONE_LSN_FILE", clone_lsn.display().to_string()),
             ("DBFORK_AGENT_STATS", st.display().to_string()),
             (
                 "DBFORK_PAGETABLE_SOCKET",

@@ -43,13 +43,13 @@ fn source_pools_verified_reads_and_server_writes_stay_private() {
     s.shutdown();
 
     let pool = shm.path().join("pool");
-    let epoch = tmp.path().join("epoch");
-    std::fs::write(&epoch, format!("{}\n", max_page_lsn(&data))).unwrap();
+    let clone_lsn = tmp.path().join("clone_lsn");
+    std::fs::write(&clone_lsn, format!("{}\n", max_page_lsn(&data))).unwrap();
     let st = tmp.path().join("stats.json");
     let env = [
         ("DBFORK_AGENT_ROLE", "source".to_string()),
         ("DBFORK_POOL_PATH", pool.display().to_string()),
-        ("DBFORK_FAMILY_EPOCH_FILE", epoch.display().to_string()),
+        ("DBFORK_CLONE_LSN_FILE", clone_lsn.display().to_string()),
         ("DBFORK_AGENT_STATS", st.display().to_string()),
     ];
     let mut opts = ServerOpts::agent(&env);

@@ -6,7 +6,7 @@
 //! call (`on_open`, `on_pread`, `on_pwrite`, `on_close`, `on_mmap`, `tick`, ...),
 //! which hand each read to the side of the family this process plays:
 //! - `source`: offer clean page reads to the family's frame store, register them,
-//!   scan the buffer pool when the family's clone counter grows;
+//!   scan the buffer pool when a new clone LSN is published;
 //! - `replica`: look a page up, check the share rule, map and verify, or decline;
 //! - `written`: the pages a replica wrote itself, kept across restarts.
 
@@ -21,6 +21,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+use crate::clone_lsn::{CloneLsnFile, CloneLsnSource};
 use crate::config::{Config, Role};
 use crate::directory::{PageDirectory, PageTableDirectory, StoreIndex};
 use crate::error::{AgentError, Result};
@@ -43,6 +44,8 @@ pub struct Agent {
     pub stats: Stats,
     store: Option<Arc<dyn FrameStore>>,
     dir: Mutex<Option<Box<dyn PageDirectory>>>,
+    /// Where the family's clone LSN is read (source role; a replica may have one too).
+    clone_lsn_source: Option<Box<dyn CloneLsnSource>>,
     /// Pages this replica wrote, as space_id << 32 | page_no: never shared again.
     written: Mutex<WrittenSet>,
     /// Buffer-pool candidates: the only frames ever remapped, and what the clone-time
@@ -69,6 +72,7 @@ impl Agent {
             stats: Stats::default(),
             store: None,
             dir: Mutex::new(None),
+            clone_lsn_source: None,
             written: Mutex::new(WrittenSet::default()),
             regions: Regions::default(),
             source: SourceState::default(),
@@ -89,11 +93,8 @@ impl Agent {
         if let Some(w) = &self.config.writes_file {
             *self.written.lock() = WrittenSet::open_unpoisoned(w)?;
         }
-        if let Some(ep) = &self.config.epoch_file {
-            // Checked once here so a missing file is a clear config error; read by path
-            // afterwards (see read_epoch).
-            std::fs::metadata(ep)
-                .map_err(|e| AgentError::io(format!("opening epoch file {}", ep.display()), e))?;
+        if let Some(path) = &self.config.clone_lsn_file {
+            self.clone_lsn_source = Some(Box::new(CloneLsnFile::open(path)?));
         }
         let dir: Box<dyn PageDirectory> = match &self.config.pagetable_socket {
             Some(sock) => Box::new(PageTableDirectory::new(sock, store.clone())),
@@ -103,25 +104,21 @@ impl Agent {
             role = ?self.config.role,
             frames = %store.describe(),
             directory = dir.describe(),
+            clone_lsn = ?self.clone_lsn_source.as_ref().map(|s| s.describe()),
             snapshot_lsn = ?self.config.snapshot_lsn,
             "dbfork agent: sharing on"
         );
         *self.dir.lock() = Some(dir);
         self.store = Some(store);
-        // Frames resident at start were read under the current counter already.
-        *self.source.scanned_epoch.lock() = self.read_epoch();
+        // Frames resident at start were read under the current clone LSN already.
+        *self.source.scanned_clone_lsn.lock() = self.clone_lsn();
         Ok(())
     }
 
-    /// The family clone-LSN counter, read fresh each time by path. dbfork replaces the
-    /// file with rename(2), so every read sees one whole value, old or new: reading
-    /// an fd kept open while the file is rewritten in place could return a torn mix
-    /// of two values, possibly larger than either, and a too-large valid_from would
-    /// let a stale frame serve a later snapshot.
-    fn read_epoch(&self) -> Option<u64> {
-        let path = self.config.epoch_file.as_ref()?;
-        let text = std::fs::read_to_string(path).ok()?;
-        text.trim().parse().ok()
+    /// The family's clone LSN now (see `clone_lsn`); None without a source or when it
+    /// cannot be read.
+    fn clone_lsn(&self) -> Option<u64> {
+        self.clone_lsn_source.as_ref()?.current()
     }
 
     /// Turns sharing off for the rest of the process; reads and writes go to disk.
@@ -276,7 +273,7 @@ impl Agent {
                     return real();
                 }
                 // valid_from is read BEFORE the read starts (the share rule).
-                let valid_from = self.read_epoch();
+                let valid_from = self.clone_lsn();
                 let n = real();
                 if n == FRAME_SIZE as isize {
                     // SAFETY: buf holds the page just read; InnoDB owns the frame until we return.
@@ -347,7 +344,7 @@ impl Agent {
 
     /// Periodic work off the read path (the background thread): catch the directory
     /// up with the frame store (registration after a reconnect or a daemon restart),
-    /// and scan the buffer pool when the clone counter grew.
+    /// and scan the buffer pool when a new clone LSN was published.
     pub fn tick(&self) {
         if self.config.role != Role::Source || !self.sharing_on() {
             return;
@@ -357,7 +354,7 @@ impl Agent {
                 tracing::debug!("dbfork agent: directory sync: {}", error_chain(&e));
             }
         }
-        self.scan_if_new_epoch();
+        self.scan_if_new_clone_lsn();
     }
 
     /// After a successful mmap by the server: remember buffer-pool candidates (the
@@ -432,7 +429,7 @@ mod tests {
     fn unaligned_or_odd_sized_reads_pass_through_untouched() {
         let dir = tempfile::tempdir().unwrap();
         let arena = Arena::new();
-        std::fs::write(dir.path().join("epoch"), "1000").unwrap();
+        std::fs::write(dir.path().join("clone_lsn"), "1000").unwrap();
         let file = dir.path().join("t.ibd");
         tablespace(&file, 2, 900);
         let src = agent(dir.path(), "source", 0);
@@ -455,7 +452,7 @@ mod tests {
     #[test]
     fn frames_outside_the_buffer_pool_are_never_remapped() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("epoch"), "1000").unwrap();
+        std::fs::write(dir.path().join("clone_lsn"), "1000").unwrap();
         let file = dir.path().join("t.ibd");
         let pages = tablespace(&file, 2, 900);
         let src = agent(dir.path(), "source", 0);

@@ -97,7 +97,7 @@ mod tests {
     fn source_pools_and_replica_shares_then_declines_by_rule() {
         let dir = tempfile::tempdir().unwrap();
         let arena = Arena::new();
-        std::fs::write(dir.path().join("epoch"), "1000").unwrap();
+        std::fs::write(dir.path().join("clone_lsn"), "1000").unwrap();
         let src_file = dir.path().join("src.ibd");
         let pages = tablespace(&src_file, 4, 900);
         let rep_file = dir.path().join("rep.ibd");
@@ -148,7 +148,7 @@ mod tests {
     fn a_damaged_pool_slot_is_undone_and_read_from_disk() {
         let dir = tempfile::tempdir().unwrap();
         let arena = Arena::new();
-        std::fs::write(dir.path().join("epoch"), "1000").unwrap();
+        std::fs::write(dir.path().join("clone_lsn"), "1000").unwrap();
         let file = dir.path().join("t.ibd");
         let pages = tablespace(&file, 2, 900);
         let src = agent(dir.path(), "source", 0);

@@ -1,7 +1,7 @@
 //! The source side: every verified page the server reads into a buffer-pool frame is
 //! offered to the family's frame store and the stored frame is mapped back over the
 //! server's frame (so source and replicas share one copy), then registered with the
-//! directory. When dbfork publishes a new snapshot, the whole buffer pool is scanned
+//! directory. When dbfork publishes a new clone LSN, the whole buffer pool is scanned
 //! and offered too (`scan`), so a new replica finds the source's warm set.
 
 use std::collections::HashMap;
@@ -34,8 +34,8 @@ pub(super) struct SourceState {
     /// Page key -> the newest version offered, to map an existing frame instead of
     /// offering the same page version again.
     offered: Mutex<HashMap<u64, Offered>>,
-    /// The clone counter value the last scan ran for.
-    pub(super) scanned_epoch: Mutex<Option<u64>>,
+    /// The clone LSN the last scan ran for.
+    pub(super) scanned_clone_lsn: Mutex<Option<u64>>,
 }
 
 impl SourceState {
@@ -66,7 +66,7 @@ impl SourceState {
 
 impl Agent {
     /// Source: offer a verified page read to the frame store, map the stored frame
-    /// over the server's frame, register it. `valid_from` is the counter read before
+    /// over the server's frame, register it. `valid_from` is the clone LSN read before
     /// the read was issued.
     ///
     /// # Safety
@@ -180,22 +180,22 @@ impl Agent {
         }
     }
 
-    /// A new snapshot was published: offer the whole warm set to its replicas, once
-    /// per counter value.
-    pub(super) fn scan_if_new_epoch(&self) {
-        let Some(epoch) = self.read_epoch() else {
+    /// A new clone LSN was published (a new snapshot): offer the whole warm set to
+    /// its replicas, once per clone LSN.
+    pub(super) fn scan_if_new_clone_lsn(&self) {
+        let Some(clone_lsn) = self.clone_lsn() else {
             return;
         };
         let due = {
-            let mut last = self.source.scanned_epoch.lock();
-            let due = last.is_none_or(|l| epoch > l);
+            let mut last = self.source.scanned_clone_lsn.lock();
+            let due = last.is_none_or(|l| clone_lsn > l);
             if due {
-                *last = Some(epoch);
+                *last = Some(clone_lsn);
             }
             due
         };
         if due {
-            self.scan_buffer_pool(epoch);
+            self.scan_buffer_pool(clone_lsn);
         }
     }
 
@@ -268,7 +268,7 @@ mod tests {
     fn a_re_read_page_version_maps_its_existing_slot() {
         let dir = tempfile::tempdir().unwrap();
         let arena = Arena::new();
-        std::fs::write(dir.path().join("epoch"), "1000").unwrap();
+        std::fs::write(dir.path().join("clone_lsn"), "1000").unwrap();
         let file = dir.path().join("t.ibd");
         let pages = tablespace(&file, 2, 900);
         let src = agent(dir.path(), "source", 0);
@@ -281,7 +281,7 @@ mod tests {
         let s = src.snapshot();
         assert_eq!((s.pages_pooled, s.pages_remapped), (1, 1));
         // A new snapshot: the same version needs a slot with the newer valid_from.
-        std::fs::write(dir.path().join("epoch"), "2000").unwrap();
+        std::fs::write(dir.path().join("clone_lsn"), "2000").unwrap();
         read(&src, &f, &a, 1);
         assert_eq!(src.snapshot().pages_pooled, 2);
     }

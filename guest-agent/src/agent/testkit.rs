@@ -86,13 +86,13 @@ pub fn tablespace(path: &Path, pages: u32, lsn: u64) -> Vec<Vec<u8>> {
 
 pub fn agent(dir: &Path, role: &str, s: u64) -> Agent {
     let pool = dir.join("pool").display().to_string();
-    let epoch = dir.join("epoch").display().to_string();
+    let clone_lsn = dir.join("clone_lsn").display().to_string();
     let writes = dir.join(format!("{role}.writes")).display().to_string();
     let s = s.to_string();
     let cfg = Config::from_lookup(|k| match k {
         "DBFORK_AGENT_ROLE" => Some(role.to_string()),
         "DBFORK_POOL_PATH" => Some(pool.clone()),
-        "DBFORK_FAMILY_EPOCH_FILE" => Some(epoch.clone()),
+        "DBFORK_CLONE_LSN_FILE" => Some(clone_lsn.clone()),
         "DBFORK_SNAPSHOT_LSN" => Some(s.clone()),
         "DBFORK_REPLICA_WRITES" => Some(writes.clone()),
         _ => None,

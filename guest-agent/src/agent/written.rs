@@ -135,7 +135,7 @@ mod tests {
     fn replica_writes_are_remembered_across_restarts() {
         let dir = tempfile::tempdir().unwrap();
         let arena = Arena::new();
-        std::fs::write(dir.path().join("epoch"), "1000").unwrap();
+        std::fs::write(dir.path().join("clone_lsn"), "1000").unwrap();
         let file = dir.path().join("t.ibd");
         tablespace(&file, 3, 900);
         let src = agent(dir.path(), "source", 0);
@@ -165,7 +165,7 @@ mod tests {
     fn a_failed_write_record_poisons_the_datadir_for_later_runs() {
         let dir = tempfile::tempdir().unwrap();
         let arena = Arena::new();
-        std::fs::write(dir.path().join("epoch"), "1000").unwrap();
+        std::fs::write(dir.path().join("clone_lsn"), "1000").unwrap();
         let file = dir.path().join("t.ibd");
         tablespace(&file, 2, 900);
         let src = agent(dir.path(), "source", 0);
