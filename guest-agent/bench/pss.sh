@@ -82,8 +82,8 @@ run_mode() { # on|off
   local mode=$1
   rm -rf "$W/src" "$W/r1" "$W/r2" "$SHM"/*
   cp -a "$W/seed" "$W/src"; cp -a "$W/seed" "$W/r1"; cp -a "$W/seed" "$W/r2"
-  echo "$S" > "$W/epoch"
-  local common=(DBFORK_POOL_PATH="$SHM/pool" DBFORK_FAMILY_EPOCH_FILE="$W/epoch")
+  echo "$S" > "$W/clone_lsn"
+  local common=(DBFORK_POOL_PATH="$SHM/pool" DBFORK_CLONE_LSN_FILE="$W/clone_lsn")
   if [[ $mode == on ]]; then
     start src "$W/src" LD_PRELOAD="$AGENT" DBFORK_AGENT_ROLE=source "${common[@]}" DBFORK_AGENT_STATS="$W/src.json"
   else

@@ -86,8 +86,8 @@ run_mode() { # on|off
   rm -rf "$W/src" "$W/mnt/rep" "$SHM"/*
   cp -a "$W/seed" "$W/src"; cp -a "$W/seed" "$W/mnt/rep"
   sync; echo 3 > /proc/sys/vm/drop_caches
-  echo "$S" > "$W/epoch"
-  local common=(DBFORK_POOL_PATH="$SHM/pool" DBFORK_FAMILY_EPOCH_FILE="$W/epoch")
+  echo "$S" > "$W/clone_lsn"
+  local common=(DBFORK_POOL_PATH="$SHM/pool" DBFORK_CLONE_LSN_FILE="$W/clone_lsn")
   if [[ $mode == on ]]; then
     start src "$W/src" LD_PRELOAD="$AGENT" DBFORK_AGENT_ROLE=source "${common[@]}"
   else

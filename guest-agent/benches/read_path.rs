@@ -1,12 +1,13 @@
 //! Cost of the agent's per-read work: verifying a 16 KiB page and finding it in the
-//! pool-record directory. `cargo bench -p dbfork-agent --bench read_path`.
+//! frame store's own directory. `cargo bench -p dbfork-agent --bench read_path`.
 
 use std::sync::Arc;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use dbfork_agent::directory::{PageDirectory, PoolIndex};
+use dbfork_agent::directory::{PageDirectory, StoreIndex};
+use dbfork_agent::frame_store::FrameRecord;
 use dbfork_agent::page::{self, SpaceFormat};
-use dbfork_agent::pool::{Pool, PoolRecord};
+use dbfork_agent::pool::Pool;
 
 fn page_bytes(space: u32, page_no: u32, lsn: u64) -> Vec<u8> {
     let mut p = vec![0u8; 16384];
@@ -33,7 +34,7 @@ fn bench(c: &mut Criterion) {
     let path = dir.path().join("pool");
     let pool = Arc::new(Pool::open(&path, true).unwrap());
     for n in 0..4096u32 {
-        let rec = PoolRecord {
+        let rec = FrameRecord {
             space_id: 5,
             page_no: n,
             lsn: 100,
@@ -41,7 +42,7 @@ fn bench(c: &mut Criterion) {
         };
         pool.append(&page_bytes(5, n, 100), rec).unwrap();
     }
-    let mut idx = PoolIndex::new(Arc::new(Pool::open(&path, false).unwrap()));
+    let mut idx = StoreIndex::new(Arc::new(Pool::open(&path, false).unwrap()));
     let mut n = 0u32;
     c.bench_function("pool index lookup (4096 pages)", |b| {
         b.iter(|| {

@@ -18,7 +18,7 @@ pub enum Role {
 pub struct Config {
     pub role: Role,
     /// `DBFORK_PAGETABLE_SOCKET`: the page table daemon. Without it the directory is
-    /// the pool's own record file (see `directory::PoolIndex`).
+    /// the frame store's own records (see `directory::StoreIndex`).
     pub pagetable_socket: Option<PathBuf>,
     /// `DBFORK_SNAPSHOT_LSN`: the replica's snapshot LSN S. Required for a replica.
     pub snapshot_lsn: Option<u64>,
@@ -28,8 +28,8 @@ pub struct Config {
     pub pool_max_bytes: Option<u64>,
     /// `DBFORK_AGENT_STATS`: a JSON file rewritten periodically and at exit.
     pub stats_path: Option<PathBuf>,
-    /// `DBFORK_FAMILY_EPOCH_FILE`: the family's clone-LSN counter (decimal u64).
-    pub epoch_file: Option<PathBuf>,
+    /// `DBFORK_CLONE_LSN_FILE`: the family's clone LSN (decimal u64, see `clone_lsn`).
+    pub clone_lsn_file: Option<PathBuf>,
     /// `DBFORK_REPLICA_WRITES`: the replica's written-page set, kept across restarts
     /// (a restarted replica must not be served pages it changed). Required for a
     /// replica; belongs with the replica's datadir and lives as long as it does.
@@ -72,7 +72,7 @@ impl Config {
             pool_path: path("DBFORK_POOL_PATH"),
             pool_max_bytes,
             stats_path: path("DBFORK_AGENT_STATS"),
-            epoch_file: path("DBFORK_FAMILY_EPOCH_FILE"),
+            clone_lsn_file: path("DBFORK_CLONE_LSN_FILE"),
             writes_file: path("DBFORK_REPLICA_WRITES"),
         };
         if cfg.role != Role::Off && cfg.pool_path.is_none() {
@@ -93,9 +93,9 @@ impl Config {
                 msg: "required for the replica role (pages it wrote, across restarts)".into(),
             });
         }
-        if cfg.role == Role::Source && cfg.epoch_file.is_none() {
+        if cfg.role == Role::Source && cfg.clone_lsn_file.is_none() {
             return Err(AgentError::Config {
-                var: "DBFORK_FAMILY_EPOCH_FILE",
+                var: "DBFORK_CLONE_LSN_FILE",
                 msg: "required for the source role (valid_from of every frame)".into(),
             });
         }

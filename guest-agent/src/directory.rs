@@ -1,10 +1,10 @@
-//! Where the replica finds which pool slot holds a page. One narrow trait, three
-//! implementations: in-process (tests), the pool's own record file (no daemon needed),
-//! and the page table daemon (`pagetable::client::Client`).
+//! Where the replica finds which stored frame holds a page. One narrow trait, three
+//! implementations: in-process (tests), the frame store's own offer log (no daemon
+//! needed), and the page table daemon (`pagetable::client::Client`).
 //!
 //! `valid_from` travels both in the daemon's entries (wire version 2; the daemon applies
-//! the whole LSN part of the share rule) and in the pool record of the slot
-//! (`pool::PoolRecord`); on a daemon hit the two must agree.
+//! the whole LSN part of the share rule) and in the frame store's record of the frame
+//! (`frame_store::FrameRecord`); on a daemon hit the two must agree.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -16,12 +16,15 @@ use pagetable::wire::WireRegistration;
 use pagetable::Frame;
 
 use crate::error::{AgentError, Result};
-use crate::pool::{Pool, POOL_PAGE};
+use crate::frame_store::{FrameStore, FRAME_SIZE};
 
+/// A frame holding a version of a page, as a directory knows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DirEntry {
-    pub pool_offset: u64,
+    /// The frame store's reference (what the page table stores).
+    pub frame: Frame,
     pub lsn: u64,
+    /// See `frame_store::FrameRecord::valid_from`.
     pub valid_from: u64,
 }
 
@@ -68,18 +71,18 @@ impl PageDirectory for MemoryDirectory {
     }
 }
 
-/// The pool's record file as the directory: registration is the pool append itself;
-/// lookups first index any records appended since the last lookup.
-pub struct PoolIndex {
-    pool: Arc<Pool>,
+/// The frame store's offer log as the directory: registration is the offer itself;
+/// lookups first index any frames offered since the last lookup.
+pub struct StoreIndex {
+    store: Arc<dyn FrameStore>,
     next: u64,
     map: MemoryDirectory,
 }
 
-impl PoolIndex {
-    pub fn new(pool: Arc<Pool>) -> Self {
-        PoolIndex {
-            pool,
+impl StoreIndex {
+    pub fn new(store: Arc<dyn FrameStore>) -> Self {
+        StoreIndex {
+            store,
             next: 0,
             map: MemoryDirectory::default(),
         }
@@ -87,16 +90,17 @@ impl PoolIndex {
 
     fn refresh(&mut self) -> Result<()> {
         loop {
-            let recs = self.pool.records_from(self.next, 256)?;
-            let n = recs.len();
-            for (slot, r) in recs {
+            let offered = self.store.offered_since(self.next, 256)?;
+            let n = offered.len();
+            for f in offered {
+                let r = f.record;
                 let e = DirEntry {
-                    pool_offset: slot * POOL_PAGE as u64,
+                    frame: f.frame,
                     lsn: r.lsn,
                     valid_from: r.valid_from,
                 };
                 self.map.register(r.space_id, r.page_no, e)?;
-                self.next = slot + 1;
+                self.next = f.seq + 1;
             }
             if n < 256 {
                 return Ok(());
@@ -105,7 +109,7 @@ impl PoolIndex {
     }
 }
 
-impl PageDirectory for PoolIndex {
+impl PageDirectory for StoreIndex {
     fn register(&mut self, _space: u32, _page: u32, _entry: DirEntry) -> Result<()> {
         Ok(())
     }
@@ -116,17 +120,17 @@ impl PageDirectory for PoolIndex {
     }
 
     fn describe(&self) -> &'static str {
-        "pool record file"
+        "frame store's own records"
     }
 }
 
 /// The page table daemon.
 ///
-/// Registration is a sync of the pool record file, not of single reads: the pool is
-/// the truth (its slots outlive the source process), and the daemon drops a domain's
-/// entries when its last connection closes or the daemon restarts. So after every
-/// (re)connect the whole record file is registered again, and each `register` (and
-/// `sync` from the agent's background thread) sends whatever was appended since.
+/// Registration is a sync of the frame store's offer log, not of single reads: the
+/// store is the truth (its frames outlive the source process), and the daemon drops a
+/// domain's entries when its last connection closes or the daemon restarts. So after
+/// every (re)connect the whole log is registered again, and each `register` (and
+/// `sync` from the agent's background thread) sends whatever was offered since.
 ///
 /// When a page is pooled again unchanged (same LSN, larger `valid_from`), the older
 /// frame is withdrawn: the newer one can serve every snapshot the older one could.
@@ -137,11 +141,11 @@ pub struct PageTableDirectory {
     path: PathBuf,
     client: Option<Client>,
     last_attempt: Option<Instant>,
-    pool: Arc<Pool>,
-    /// Records below this slot are registered with the connected daemon.
+    store: Arc<dyn FrameStore>,
+    /// Frames below this position of the offer log are registered with the daemon.
     synced: u64,
-    /// page key -> (lsn, valid_from, offset) of the registered frame per page version.
-    latest: HashMap<u64, (u64, u64, u64)>,
+    /// page key -> (lsn, valid_from, frame) of the registered frame per page version.
+    latest: HashMap<u64, (u64, u64, Frame)>,
     /// Daemon generation our registrations belong to.
     generation: u64,
     last_ping: Option<Instant>,
@@ -153,12 +157,12 @@ const RECONNECT_EVERY: Duration = Duration::from_secs(1);
 const SYNC_BATCH: usize = 1024;
 
 impl PageTableDirectory {
-    pub fn new(path: &Path, pool: Arc<Pool>) -> Self {
+    pub fn new(path: &Path, store: Arc<dyn FrameStore>) -> Self {
         PageTableDirectory {
             path: path.to_owned(),
             client: None,
             last_attempt: None,
-            pool,
+            store,
             synced: 0,
             latest: HashMap::new(),
             generation: 0,
@@ -216,7 +220,6 @@ impl PageTableDirectory {
         Err(AgentError::PageTable { what, source })
     }
 
-    /// Registers pool records appended since the last sync. Returns how many.
     /// With nothing to register, a cheap request once a second notices a dead or
     /// restarted daemon (its generation changes), so registration resumes by itself.
     fn ping_if_idle(&mut self) -> Result<()> {
@@ -235,36 +238,35 @@ impl PageTableDirectory {
         Ok(())
     }
 
+    /// Registers the frames offered since the last sync. Returns how many.
     pub fn sync(&mut self) -> Result<u64> {
         let mut total = 0;
         loop {
             self.client()?;
-            let recs = self.pool.records_from(self.synced, SYNC_BATCH)?;
-            let Some(&(last, _)) = recs.last() else {
+            let offered = self.store.offered_since(self.synced, SYNC_BATCH)?;
+            let Some(last) = offered.last().map(|f| f.seq) else {
                 self.ping_if_idle()?;
                 return Ok(total);
             };
-            let mut regs = Vec::with_capacity(recs.len());
+            let mut regs = Vec::with_capacity(offered.len());
             let mut superseded = Vec::new();
-            for (slot, r) in &recs {
-                let off = slot * POOL_PAGE as u64;
+            for f in &offered {
+                let r = f.record;
                 let k = (u64::from(r.space_id) << 32) | u64::from(r.page_no);
                 match self.latest.get(&k) {
                     Some(&(lsn, vf, _)) if lsn == r.lsn && vf > r.valid_from => continue,
                     // The same frame again (a batch sent before) is not its own successor.
-                    Some(&(lsn, _, old)) if lsn == r.lsn && old != off => {
-                        superseded.push(Frame::LocalPool { offset: old })
-                    }
+                    Some(&(lsn, _, old)) if lsn == r.lsn && old != f.frame => superseded.push(old),
                     _ => {}
                 }
-                self.latest.insert(k, (r.lsn, r.valid_from, off));
+                self.latest.insert(k, (r.lsn, r.valid_from, f.frame));
                 regs.push(WireRegistration {
                     space_id: r.space_id,
                     page_no: r.page_no,
-                    frame: Frame::LocalPool { offset: off },
+                    frame: f.frame,
                     lsn: r.lsn,
                     valid_from: r.valid_from,
-                    page_size: POOL_PAGE as u32,
+                    page_size: FRAME_SIZE as u32,
                 });
             }
             let client = self.client.as_mut().expect("connected above");
@@ -305,7 +307,7 @@ impl PageTableDirectory {
             }
             total += regs.len() as u64;
             self.synced = last + 1;
-            if recs.len() < SYNC_BATCH {
+            if offered.len() < SYNC_BATCH {
                 return Ok(total);
             }
         }
@@ -330,12 +332,9 @@ impl PageDirectory for PageTableDirectory {
         };
         self.check_generation();
         let Some(entry) = found else { return Ok(None) };
-        let Frame::LocalPool { offset } = entry.frame else {
-            return Err(AgentError::ForeignFrame(entry.frame));
-        };
-        // The pool record is the agent's own account of the slot; the daemon's entry
-        // must agree with it (a stale or foreign entry is an error, not a hit).
-        match self.pool.record_at(offset)? {
+        // The store's record is the agent's own account of the frame; the daemon's
+        // entry must agree with it (a stale or foreign entry is an error, not a hit).
+        match self.store.record(entry.frame)? {
             Some(r)
                 if r.space_id == space
                     && r.page_no == page
@@ -343,14 +342,12 @@ impl PageDirectory for PageTableDirectory {
                     && r.valid_from == entry.valid_from =>
             {
                 Ok(Some(DirEntry {
-                    pool_offset: offset,
+                    frame: entry.frame,
                     lsn: r.lsn,
                     valid_from: r.valid_from,
                 }))
             }
-            _ => Err(AgentError::PoolRecord {
-                slot: offset / POOL_PAGE as u64,
-            }),
+            _ => Err(AgentError::RecordMismatch { frame: entry.frame }),
         }
     }
 
@@ -366,24 +363,25 @@ impl PageDirectory for PageTableDirectory {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frame_store::FrameRecord;
     use crate::page::testpage::full_crc32_page;
-    use crate::pool::PoolRecord;
+    use crate::pool::Pool;
 
     #[test]
     fn memory_directory_prefers_a_frame_that_passes_the_rule() {
         let mut d = MemoryDirectory::default();
         let old = DirEntry {
-            pool_offset: 0,
+            frame: Frame::LocalPool { offset: 0 },
             lsn: 50,
             valid_from: 10,
         };
         let fresh = DirEntry {
-            pool_offset: 16384,
+            frame: Frame::LocalPool { offset: 16384 },
             lsn: 50,
             valid_from: 200,
         };
         let newer = DirEntry {
-            pool_offset: 32768,
+            frame: Frame::LocalPool { offset: 32768 },
             lsn: 300,
             valid_from: 250,
         };
@@ -397,15 +395,15 @@ mod tests {
     }
 
     #[test]
-    fn pool_index_sees_appends_made_after_it_was_created() {
+    fn store_index_sees_frames_offered_after_it_was_created() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pool");
         let writer = Arc::new(Pool::open(&path, true).unwrap());
         let reader = Arc::new(Pool::open(&path, false).unwrap());
-        let mut idx = PoolIndex::new(reader);
+        let mut idx = StoreIndex::new(reader);
         assert_eq!(idx.lookup(4, 1, 100).unwrap(), None);
         for p in 0..300u32 {
-            let rec = PoolRecord {
+            let rec = FrameRecord {
                 space_id: 4,
                 page_no: p,
                 lsn: 90,
@@ -414,7 +412,12 @@ mod tests {
             writer.append(&full_crc32_page(4, p, 90), rec).unwrap();
         }
         let e = idx.lookup(4, 299, 100).unwrap().unwrap();
-        assert_eq!(e.pool_offset, 299 * POOL_PAGE as u64);
+        assert_eq!(
+            e.frame,
+            Frame::LocalPool {
+                offset: 299 * FRAME_SIZE as u64
+            }
+        );
         assert_eq!((e.lsn, e.valid_from), (90, 100));
     }
 

@@ -24,9 +24,11 @@ pub enum AgentError {
     Config { var: &'static str, msg: String },
     #[error("the pool is full ({slots} pages, DBFORK_POOL_MAX_BYTES); new pages are not pooled")]
     PoolFull { slots: u64 },
-    #[error("pool record {slot} is missing or does not match the directory entry")]
-    PoolRecord { slot: u64 },
-    #[error("page table returned a frame that is not in the local pool: {0:?}")]
+    #[error(
+        "the frame store's record of {frame:?} is missing or does not match the directory entry"
+    )]
+    RecordMismatch { frame: pagetable::Frame },
+    #[error("frame {0:?} does not belong to this frame store")]
     ForeignFrame(pagetable::Frame),
 }
 

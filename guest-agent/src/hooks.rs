@@ -1,8 +1,8 @@
-//! The FFI edge: the libc functions mariadbd calls, exported so LD_PRELOAD puts them in
-//! front of glibc's. Each one resolves the real function with dlsym(RTLD_NEXT), runs the
-//! agent under catch_unwind (no panic may cross into the server) and a per-thread guard
-//! (the agent's own file I/O must not re-enter it), and falls back to the real call on
-//! any internal failure.
+//! The FFI edge: the libc functions mariadbd calls, exported so that, with this
+//! library preloaded, the dynamic linker resolves them here before glibc's. Each one
+//! resolves the real function with dlsym(RTLD_NEXT), runs the agent under catch_unwind
+//! (no panic may cross into the server) and a per-thread guard (the agent's own file
+//! I/O must not re-enter it), and falls back to the real call on any internal failure.
 
 use std::cell::Cell;
 use std::ffi::{c_char, c_int, c_void, CStr};

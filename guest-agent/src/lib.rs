@@ -2,10 +2,12 @@
 //! page read and shares clean pages between the instances of a family. See README.md.
 
 pub mod agent;
+pub mod clone_lsn;
 pub mod config;
 pub mod directory;
 pub mod error;
 pub mod fdtable;
+pub mod frame_store;
 pub mod page;
 pub mod pool;
 pub mod scan;

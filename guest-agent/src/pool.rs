@@ -1,7 +1,8 @@
-//! The family page pool: a file (on tmpfs, /dev/shm) of 16 KiB slots holding clean page
-//! bytes, mapped MAP_PRIVATE over buffer-pool frames of the source and the replicas, plus
-//! a record file (`<pool>.meta`, 32 bytes per slot) saying what each slot holds and
-//! from when it is valid.
+//! The `local` frame store: the family page pool, a file (on tmpfs, /dev/shm) of
+//! 16 KiB slots holding clean page bytes, mapped MAP_PRIVATE over buffer-pool frames of
+//! the source and the replicas, plus a record file (`<pool>.meta`, 32 bytes per slot)
+//! saying what each slot holds and from when it is valid. A slot's `Frame` is
+//! `Frame::LocalPool { offset }`, its byte offset in the pool file.
 //!
 //! Why a named file and not a memfd: the replicas are separate processes started by
 //! dbfork, not children of the source, and the page table daemon does not pass fds;
@@ -22,53 +23,46 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::error::{AgentError, Result};
+use pagetable::Frame;
 
-/// Every pool slot is one 16 KiB page; other page sizes are not shared.
-pub const POOL_PAGE: usize = 16384;
+use crate::error::{AgentError, Result};
+use crate::frame_store::{FrameRecord, FrameStore, StoredFrame, FRAME_SIZE};
+
+/// Every pool slot is one shared frame.
+pub const POOL_PAGE: usize = FRAME_SIZE;
 pub const RECORD_LEN: usize = 32;
 const RECORD_MAGIC: u32 = 0xDBF0_0001;
 
-/// What a slot holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PoolRecord {
-    pub space_id: u32,
-    pub page_no: u32,
-    pub lsn: u64,
-    /// The family clone-LSN counter read before the read that produced these bytes.
-    pub valid_from: u64,
+/// A record's form in the record file: space, page, LSN, valid_from, magic, CRC32C of
+/// the first 28 bytes, all little endian.
+pub fn encode_record(r: &FrameRecord) -> [u8; RECORD_LEN] {
+    let mut b = [0u8; RECORD_LEN];
+    b[0..4].copy_from_slice(&r.space_id.to_le_bytes());
+    b[4..8].copy_from_slice(&r.page_no.to_le_bytes());
+    b[8..16].copy_from_slice(&r.lsn.to_le_bytes());
+    b[16..24].copy_from_slice(&r.valid_from.to_le_bytes());
+    b[24..28].copy_from_slice(&RECORD_MAGIC.to_le_bytes());
+    let crc = crc32c::crc32c(&b[..28]);
+    b[28..32].copy_from_slice(&crc.to_le_bytes());
+    b
 }
 
-impl PoolRecord {
-    pub fn encode(&self) -> [u8; RECORD_LEN] {
-        let mut b = [0u8; RECORD_LEN];
-        b[0..4].copy_from_slice(&self.space_id.to_le_bytes());
-        b[4..8].copy_from_slice(&self.page_no.to_le_bytes());
-        b[8..16].copy_from_slice(&self.lsn.to_le_bytes());
-        b[16..24].copy_from_slice(&self.valid_from.to_le_bytes());
-        b[24..28].copy_from_slice(&RECORD_MAGIC.to_le_bytes());
-        let crc = crc32c::crc32c(&b[..28]);
-        b[28..32].copy_from_slice(&crc.to_le_bytes());
-        b
+/// None for a slot whose record is not (completely) written yet or is damaged.
+pub fn decode_record(b: &[u8]) -> Option<FrameRecord> {
+    if b.len() < RECORD_LEN {
+        return None;
     }
-
-    /// None for a slot whose record is not (completely) written yet or is damaged.
-    pub fn decode(b: &[u8]) -> Option<PoolRecord> {
-        if b.len() < RECORD_LEN {
-            return None;
-        }
-        let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap());
-        let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap());
-        if u32_at(24) != RECORD_MAGIC || u32_at(28) != crc32c::crc32c(&b[..28]) {
-            return None;
-        }
-        Some(PoolRecord {
-            space_id: u32_at(0),
-            page_no: u32_at(4),
-            lsn: u64_at(8),
-            valid_from: u64_at(16),
-        })
+    let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap());
+    let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap());
+    if u32_at(24) != RECORD_MAGIC || u32_at(28) != crc32c::crc32c(&b[..28]) {
+        return None;
     }
+    Some(FrameRecord {
+        space_id: u32_at(0),
+        page_no: u32_at(4),
+        lsn: u64_at(8),
+        valid_from: u64_at(16),
+    })
 }
 
 pub fn meta_path(pool: &Path) -> PathBuf {
@@ -78,6 +72,7 @@ pub fn meta_path(pool: &Path) -> PathBuf {
 }
 
 pub struct Pool {
+    path: PathBuf,
     data: File,
     meta: File,
     next_slot: AtomicU64,
@@ -105,6 +100,7 @@ impl Pool {
         let next =
             (len(&data).div_ceil(POOL_PAGE as u64)).max(len(&meta).div_ceil(RECORD_LEN as u64));
         Ok(Pool {
+            path: path.to_owned(),
             data,
             meta,
             next_slot: AtomicU64::new(next),
@@ -130,7 +126,7 @@ impl Pool {
 
     /// Appends a page and then its record; returns the slot's byte offset. The record
     /// is written last, so a reader that sees a valid record sees the whole page.
-    pub fn append(&self, page: &[u8], rec: PoolRecord) -> Result<u64> {
+    pub fn append(&self, page: &[u8], rec: FrameRecord) -> Result<u64> {
         if page.len() != POOL_PAGE {
             return Err(AgentError::Config {
                 var: "page size",
@@ -152,27 +148,27 @@ impl Pool {
             .write_all_at(page, off)
             .map_err(|e| AgentError::io("writing a page into the pool", e))?;
         self.meta
-            .write_all_at(&rec.encode(), slot * RECORD_LEN as u64)
+            .write_all_at(&encode_record(&rec), slot * RECORD_LEN as u64)
             .map_err(|e| AgentError::io("writing a pool record", e))?;
         Ok(off)
     }
 
     /// The record of the slot at byte offset `off`, if it is complete.
-    pub fn record_at(&self, off: u64) -> Result<Option<PoolRecord>> {
+    pub fn record_at(&self, off: u64) -> Result<Option<FrameRecord>> {
         if off % POOL_PAGE as u64 != 0 {
             return Ok(None);
         }
         let slot = off / POOL_PAGE as u64;
         let mut b = [0u8; RECORD_LEN];
         match self.meta.read_exact_at(&mut b, slot * RECORD_LEN as u64) {
-            Ok(()) => Ok(PoolRecord::decode(&b)),
+            Ok(()) => Ok(decode_record(&b)),
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
             Err(e) => Err(AgentError::io("reading a pool record", e)),
         }
     }
 
     /// Complete records from slot `from` on, stopping at the first incomplete one.
-    pub fn records_from(&self, from: u64, max: usize) -> Result<Vec<(u64, PoolRecord)>> {
+    pub fn records_from(&self, from: u64, max: usize) -> Result<Vec<(u64, FrameRecord)>> {
         let mut buf = vec![0u8; max * RECORD_LEN];
         let n = self
             .meta
@@ -180,7 +176,7 @@ impl Pool {
             .map_err(|e| AgentError::io("reading pool records", e))?;
         let mut out = Vec::new();
         for (i, chunk) in buf[..n].chunks_exact(RECORD_LEN).enumerate() {
-            match PoolRecord::decode(chunk) {
+            match decode_record(chunk) {
                 Some(r) => out.push((from + i as u64, r)),
                 None => break,
             }
@@ -200,7 +196,7 @@ impl Pool {
     /// # Safety
     /// `dst` must be page-aligned, `POOL_PAGE` bytes long, and owned by the caller for
     /// the duration (no other thread may use those bytes while they are replaced).
-    pub unsafe fn map_over(&self, dst: *mut u8, off: u64) -> Result<()> {
+    pub unsafe fn map_slot_over(&self, dst: *mut u8, off: u64) -> Result<()> {
         // SAFETY: the caller owns [dst, dst + POOL_PAGE); MAP_FIXED replaces exactly that
         // range with a private view of the slot, whose bytes never change (lifetime rule).
         let p = unsafe {
@@ -220,10 +216,62 @@ impl Pool {
     }
 }
 
-/// Replaces a frame with fresh anonymous memory (undoing `map_over`).
+/// The slot offset a frame names; every other kind of frame belongs to another store.
+fn slot_offset(frame: Frame) -> Result<u64> {
+    match frame {
+        Frame::LocalPool { offset } => Ok(offset),
+        other => Err(AgentError::ForeignFrame(other)),
+    }
+}
+
+impl FrameStore for Pool {
+    fn offer(&self, page: &[u8], record: FrameRecord) -> Result<Frame> {
+        let offset = self.append(page, record)?;
+        Ok(Frame::LocalPool { offset })
+    }
+
+    fn record(&self, frame: Frame) -> Result<Option<FrameRecord>> {
+        self.record_at(slot_offset(frame)?)
+    }
+
+    fn read(&self, frame: Frame, dst: &mut [u8]) -> Result<()> {
+        self.read_slot(slot_offset(frame)?, dst)
+    }
+
+    fn offered_since(&self, from: u64, max: usize) -> Result<Vec<StoredFrame>> {
+        Ok(self
+            .records_from(from, max)?
+            .into_iter()
+            .map(|(slot, record)| StoredFrame {
+                seq: slot,
+                frame: Frame::LocalPool {
+                    offset: slot * POOL_PAGE as u64,
+                },
+                record,
+            })
+            .collect())
+    }
+
+    unsafe fn map_over(&self, frame: Frame, dst: *mut u8) -> Result<()> {
+        let off = slot_offset(frame)?;
+        // SAFETY: the caller's contract is the same as map_slot_over's.
+        unsafe { self.map_slot_over(dst, off) }
+    }
+
+    unsafe fn restore_private(&self, dst: *mut u8) -> Result<()> {
+        // SAFETY: the caller owns [dst, dst + POOL_PAGE) (map_over's contract).
+        unsafe { anon_over(dst, POOL_PAGE) }
+    }
+
+    fn describe(&self) -> String {
+        format!("pool {}", self.path.display())
+    }
+}
+
+/// Replaces a frame with fresh anonymous memory (undoing `map_slot_over`).
 ///
 /// # Safety
-/// As for `Pool::map_over`.
+/// As for `Pool::map_slot_over`.
 pub unsafe fn anon_over(dst: *mut u8, len: usize) -> Result<()> {
     // SAFETY: the caller owns [dst, dst + len); the range becomes private zero pages.
     let p = unsafe {
@@ -250,9 +298,9 @@ mod tests {
     use crate::page::testpage::full_crc32_page;
 
     /// A page-aligned anonymous buffer, unmapped on drop.
-    pub(crate) struct Frame(*mut u8, usize);
-    impl Frame {
-        pub fn new(len: usize) -> Frame {
+    pub(crate) struct AnonFrame(*mut u8, usize);
+    impl AnonFrame {
+        pub fn new(len: usize) -> AnonFrame {
             // SAFETY: fresh anonymous mapping, owned by this struct.
             let p = unsafe {
                 libc::mmap(
@@ -265,14 +313,14 @@ mod tests {
                 )
             };
             assert_ne!(p, libc::MAP_FAILED);
-            Frame(p.cast(), len)
+            AnonFrame(p.cast(), len)
         }
         pub fn bytes(&mut self) -> &mut [u8] {
             // SAFETY: the mapping is live and exclusively ours.
             unsafe { std::slice::from_raw_parts_mut(self.0, self.1) }
         }
     }
-    impl Drop for Frame {
+    impl Drop for AnonFrame {
         fn drop(&mut self) {
             // SAFETY: unmapping our own mapping.
             unsafe { libc::munmap(self.0.cast(), self.1) };
@@ -286,7 +334,7 @@ mod tests {
         let pool = Pool::open(&path, true)
             .unwrap()
             .with_limit(Some(2 * POOL_PAGE as u64 + 100));
-        let rec = |page_no| PoolRecord {
+        let rec = |page_no| FrameRecord {
             space_id: 3,
             page_no,
             lsn: 100,
@@ -316,18 +364,18 @@ mod tests {
 
     #[test]
     fn records_round_trip_and_damage_is_detected() {
-        let r = PoolRecord {
+        let r = FrameRecord {
             space_id: 7,
             page_no: 9,
             lsn: 1 << 40,
             valid_from: 55,
         };
-        let mut b = r.encode();
-        assert_eq!(PoolRecord::decode(&b), Some(r));
+        let mut b = encode_record(&r);
+        assert_eq!(decode_record(&b), Some(r));
         b[5] ^= 1;
-        assert_eq!(PoolRecord::decode(&b), None);
-        assert_eq!(PoolRecord::decode(&[0u8; 32]), None);
-        assert_eq!(PoolRecord::decode(&[0u8; 3]), None);
+        assert_eq!(decode_record(&b), None);
+        assert_eq!(decode_record(&[0u8; 32]), None);
+        assert_eq!(decode_record(&[0u8; 3]), None);
     }
 
     #[test]
@@ -336,7 +384,7 @@ mod tests {
         let path = dir.path().join("pool");
         let pool = Pool::open(&path, true).unwrap();
         let page = full_crc32_page(3, 4, 100);
-        let rec = PoolRecord {
+        let rec = FrameRecord {
             space_id: 3,
             page_no: 4,
             lsn: 100,
@@ -345,12 +393,12 @@ mod tests {
         let off = pool.append(&page, rec).unwrap();
         assert_eq!(pool.record_at(off).unwrap(), Some(rec));
 
-        let mut a = Frame::new(POOL_PAGE);
-        let mut b = Frame::new(POOL_PAGE);
+        let mut a = AnonFrame::new(POOL_PAGE);
+        let mut b = AnonFrame::new(POOL_PAGE);
         // SAFETY: both frames are ours, aligned, one pool page long.
         unsafe {
-            pool.map_over(a.0, off).unwrap();
-            pool.map_over(b.0, off).unwrap();
+            pool.map_slot_over(a.0, off).unwrap();
+            pool.map_slot_over(b.0, off).unwrap();
         }
         assert_eq!(a.bytes(), &page[..]);
         a.bytes()[100] ^= 0xff; // the "server" modifies its frame
@@ -372,5 +420,58 @@ mod tests {
         // SAFETY: as above.
         unsafe { anon_over(b.0, POOL_PAGE).unwrap() };
         assert!(b.bytes().iter().all(|&x| x == 0));
+    }
+
+    #[test]
+    fn the_pool_as_a_frame_store_speaks_in_local_pool_frames() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = Pool::open(&dir.path().join("pool"), true).unwrap();
+        let store: &dyn FrameStore = &pool;
+        let rec = |page_no| FrameRecord {
+            space_id: 3,
+            page_no,
+            lsn: 100,
+            valid_from: 90,
+        };
+        let pages: Vec<Vec<u8>> = (0..2).map(|n| full_crc32_page(3, n, 100)).collect();
+        let frames: Vec<Frame> = (0..2)
+            .map(|n| store.offer(&pages[n as usize], rec(n)).unwrap())
+            .collect();
+        assert_eq!(
+            frames[1],
+            Frame::LocalPool {
+                offset: POOL_PAGE as u64
+            }
+        );
+        assert_eq!(store.record(frames[1]).unwrap(), Some(rec(1)));
+        let mut copy = vec![0u8; POOL_PAGE];
+        store.read(frames[1], &mut copy).unwrap();
+        assert_eq!(copy, pages[1]);
+        let log = store.offered_since(1, 8).unwrap();
+        assert_eq!(
+            log,
+            vec![StoredFrame {
+                seq: 1,
+                frame: frames[1],
+                record: rec(1)
+            }]
+        );
+        // Frames of another store are refused, not misread as an offset.
+        let grant = Frame::XenGrant { domid: 1, gref: 2 };
+        assert!(matches!(
+            store.record(grant),
+            Err(AgentError::ForeignFrame(_))
+        ));
+        let mut f = AnonFrame::new(POOL_PAGE);
+        // SAFETY: f is ours, aligned, one frame long.
+        unsafe {
+            assert!(store.map_over(grant, f.0).is_err());
+            store.map_over(frames[0], f.0).unwrap();
+        }
+        assert_eq!(f.bytes(), &pages[0][..]);
+        // SAFETY: as above.
+        unsafe { store.restore_private(f.0).unwrap() };
+        assert!(f.bytes().iter().all(|&x| x == 0));
+        assert_eq!(store.record(frames[0]).unwrap(), Some(rec(0)), "pool kept");
     }
 }

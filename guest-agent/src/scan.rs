@@ -1,11 +1,12 @@
 //! Buffer-pool scan at clone time (source role): after dbfork publishes a new snapshot
-//! (the family clone-LSN counter changes), copy every clean resident frame into the
-//! pool and register it, so a replica finds the source's whole warm set.
+//! (the family's clone LSN grows), offer a copy of every clean resident frame to the
+//! family's frame store and register it, so a replica finds the source's whole warm
+//! set.
 //!
 //! The frames stay the source's own anonymous memory: remapping a live frame could lose
 //! a concurrent change by the server. Each frame is copied first and the copy verified
 //! (checksum, trailer LSN, and a space this server has open); a frame being changed
-//! while copied fails the checksum and is skipped. valid_from is the counter value read
+//! while copied fails the checksum and is skipped. valid_from is the clone LSN read
 //! before the scan started (the share rule).
 //!
 //! Where the buffer pool is: the server's large anonymous private mappings, seen by the
@@ -14,7 +15,7 @@
 
 use parking_lot::RwLock;
 
-use crate::pool::POOL_PAGE;
+use crate::frame_store::FRAME_SIZE;
 
 /// Smallest anonymous mapping treated as a buffer pool candidate.
 pub const MIN_REGION: usize = 4 << 20;
@@ -63,18 +64,18 @@ impl Regions {
         let regions: Vec<(usize, usize)> = self.list.read().clone();
         let mut copy = crate::agent::AlignedPage::new();
         for (start, len) in regions {
-            let first = start.next_multiple_of(POOL_PAGE);
+            let first = start.next_multiple_of(FRAME_SIZE);
             let end = start + len;
             let mut chunk_start = first;
-            while chunk_start + POOL_PAGE <= end {
+            while chunk_start + FRAME_SIZE <= end {
                 let guard = self.list.read();
                 if !guard.iter().any(|&(a, l)| a == start && l == len) {
                     break; // unmapped meanwhile
                 }
                 let chunk_end = (chunk_start + CHUNK).min(end);
                 let mut at = chunk_start;
-                while at + POOL_PAGE <= chunk_end {
-                    // SAFETY: [at, at + POOL_PAGE) lies in a live mapping of the server
+                while at + FRAME_SIZE <= chunk_end {
+                    // SAFETY: [at, at + FRAME_SIZE) lies in a live mapping of the server
                     // (the region is still listed and munmap waits for our read lock).
                     // The server may write the frame meanwhile; the copy is then torn
                     // and fails verification, which is all the scan relies on.
@@ -82,11 +83,11 @@ impl Regions {
                         std::ptr::copy_nonoverlapping(
                             at as *const u8,
                             copy.bytes().as_mut_ptr(),
-                            POOL_PAGE,
+                            FRAME_SIZE,
                         )
                     };
                     frame(at, copy.bytes());
-                    at += POOL_PAGE;
+                    at += FRAME_SIZE;
                 }
                 drop(guard);
                 chunk_start = chunk_end;
@@ -129,7 +130,7 @@ mod tests {
 
     #[test]
     fn scan_visits_every_aligned_frame_of_a_real_mapping() {
-        let len = MIN_REGION + POOL_PAGE;
+        let len = MIN_REGION + FRAME_SIZE;
         // SAFETY: fresh anonymous mapping, unmapped below.
         let p = unsafe {
             libc::mmap(
@@ -150,8 +151,8 @@ mod tests {
             libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
             -1,
         );
-        let aligned_start = (p as usize).next_multiple_of(POOL_PAGE);
-        let marked_frame = aligned_start + POOL_PAGE * 3;
+        let aligned_start = (p as usize).next_multiple_of(FRAME_SIZE);
+        let marked_frame = aligned_start + FRAME_SIZE * 3;
         // SAFETY: writing inside our mapping.
         unsafe { *((marked_frame + 5) as *mut u8) = 9 };
         let mut seen = 0;
@@ -162,7 +163,7 @@ mod tests {
                 marked.push(addr);
             }
         });
-        assert_eq!(seen, (p as usize + len - aligned_start) / POOL_PAGE);
+        assert_eq!(seen, (p as usize + len - aligned_start) / FRAME_SIZE);
         assert_eq!(marked, vec![marked_frame]);
         // SAFETY: unmapping our mapping through the lock, as the hook does.
         r.on_munmap(p as usize, len, || unsafe { libc::munmap(p, len) });

@@ -1,10 +1,11 @@
-//! THE SHARE RULE (decided by the project lead; see README.md). A pool frame may stand
+//! THE SHARE RULE (decided by the project lead; see README.md). A stored frame may stand
 //! in for a replica's read of (space, page) only if
 //!   entry.lsn <= S  AND  entry.valid_from >= S  AND  the replica has not written that
 //!   page since the clone  AND  checksum + page_no + space_id of the mapped bytes verify.
-//! S is the replica's snapshot LSN; valid_from is the family clone-LSN counter the
-//! source read before the read that produced the bytes. The bytes check is done by the
-//! caller on the mapped frame (`page::verify_identity`); this module decides the rest.
+//! S is the replica's snapshot LSN; valid_from is the family's clone LSN the source
+//! read before the read that produced the bytes (`frame_store::FrameRecord`). The
+//! bytes check is done by the caller on the mapped frame (`page::verify_identity`);
+//! this module decides the rest.
 
 use crate::directory::DirEntry;
 
@@ -41,7 +42,7 @@ mod tests {
 
     fn e(lsn: u64, valid_from: u64) -> DirEntry {
         DirEntry {
-            pool_offset: 0,
+            frame: pagetable::Frame::LocalPool { offset: 0 },
             lsn,
             valid_from,
         }

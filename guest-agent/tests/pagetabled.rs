@@ -21,7 +21,7 @@ fn replica_shares_through_pagetabled_and_keeps_serving_when_it_dies() {
     let tmp = tempfile::tempdir().unwrap();
     let shm = pool_dir();
     let pool = shm.path().join("pool");
-    let epoch = tmp.path().join("epoch");
+    let clone_lsn = tmp.path().join("clone_lsn");
 
     let src = tmp.path().join("source");
     install_datadir(&src);
@@ -32,7 +32,7 @@ fn replica_shares_through_pagetabled_and_keeps_serving_when_it_dies() {
     let rep = tmp.path().join("replica");
     copy_datadir(&src, &rep);
     let s_lsn = max_page_lsn(&rep);
-    std::fs::write(&epoch, s_lsn.to_string()).unwrap();
+    std::fs::write(&clone_lsn, s_lsn.to_string()).unwrap();
 
     let mut daemon = Daemon::start(tmp.path());
     daemon.admin(AdminRequest::FamilyCreate {
@@ -48,7 +48,7 @@ fn replica_shares_through_pagetabled_and_keeps_serving_when_it_dies() {
         let mut e = vec![
             ("DBFORK_AGENT_ROLE", role.to_string()),
             ("DBFORK_POOL_PATH", pool.display().to_string()),
-            ("DBFORK_FAMILY_EPOCH_FILE", epoch.display().to_string()),
+            ("DBFORK_CLONE_LSN_FILE", clone_lsn.display().to_string()),
             ("DBFORK_AGENT_STATS", st.display().to_string()),
             (
                 "DBFORK_PAGETABLE_SOCKET",
@@ -138,7 +138,8 @@ fn replica_shares_through_pagetabled_and_keeps_serving_when_it_dies() {
 #[test]
 fn a_refused_registration_does_not_block_the_pages_behind_it() {
     use dbfork_agent::directory::{PageDirectory, PageTableDirectory};
-    use dbfork_agent::pool::{Pool, PoolRecord, POOL_PAGE};
+    use dbfork_agent::frame_store::FrameRecord;
+    use dbfork_agent::pool::{Pool, POOL_PAGE};
     use std::sync::Arc;
     let tmp = tempfile::tempdir().unwrap();
     let shm = pool_dir();
@@ -158,7 +159,7 @@ fn a_refused_registration_does_not_block_the_pages_behind_it() {
     let page = vec![0u8; POOL_PAGE];
     let crowded = pagetable::MAX_FRAMES_PER_PAGE as u64 + 8;
     for lsn in 1..=crowded {
-        let rec = PoolRecord {
+        let rec = FrameRecord {
             space_id: 5,
             page_no: 7,
             lsn,
@@ -167,7 +168,7 @@ fn a_refused_registration_does_not_block_the_pages_behind_it() {
         pool.append(&page, rec).unwrap();
     }
     for p in 100..110 {
-        let rec = PoolRecord {
+        let rec = FrameRecord {
             space_id: 5,
             page_no: p,
             lsn: 500,

@@ -70,15 +70,15 @@ fn native_aio_turns_sharing_off_with_a_reason() {
 
     let shm = common::pool_dir();
     let st = tmp.path().join("stats.json");
-    let epoch = tmp.path().join("epoch");
-    std::fs::write(&epoch, "1").unwrap();
+    let clone_lsn = tmp.path().join("clone_lsn");
+    std::fs::write(&clone_lsn, "1").unwrap();
     let mut opts = ServerOpts::agent(&[
         ("DBFORK_AGENT_ROLE", "source".to_string()),
         (
             "DBFORK_POOL_PATH",
             shm.path().join("pool").display().to_string(),
         ),
-        ("DBFORK_FAMILY_EPOCH_FILE", epoch.display().to_string()),
+        ("DBFORK_CLONE_LSN_FILE", clone_lsn.display().to_string()),
         ("DBFORK_AGENT_STATS", st.display().to_string()),
     ]);
     opts.extra_args.push("--innodb-use-native-aio=1".into());
@@ -126,7 +126,7 @@ fn bad_configuration_leaves_the_server_running_with_a_reason() {
             vec![
                 ("DBFORK_AGENT_ROLE", "source".into()),
                 ("DBFORK_POOL_PATH", missing.clone()),
-                ("DBFORK_FAMILY_EPOCH_FILE", "/dev/null".into()),
+                ("DBFORK_CLONE_LSN_FILE", "/dev/null".into()),
             ],
             "opening pool file",
         ),

@@ -18,7 +18,7 @@ struct Family {
     tmp: tempfile::TempDir,
     _shm: tempfile::TempDir,
     pool: PathBuf,
-    epoch: PathBuf,
+    clone_lsn: PathBuf,
     runs: u32,
     /// With a daemon, the directory is pagetabled (family 1); without, the pool index.
     daemon: Option<Daemon>,
@@ -30,12 +30,12 @@ impl Family {
         let tmp = tempfile::tempdir().unwrap();
         let shm = pool_dir();
         let pool = shm.path().join("pool");
-        let epoch = tmp.path().join("epoch");
+        let clone_lsn = tmp.path().join("clone_lsn");
         Family {
             tmp,
             _shm: shm,
             pool,
-            epoch,
+            clone_lsn,
             runs: 0,
             daemon: None,
             domains: vec![],
@@ -73,9 +73,9 @@ impl Family {
         self.tmp.path().join(name)
     }
 
-    /// dbfork's job after a snapshot: publish its LSN as the family clone counter.
+    /// dbfork's job after a snapshot: publish its LSN as the family's clone LSN.
     fn publish_snapshot(&self, s: u64) {
-        std::fs::write(&self.epoch, format!("{s}\n")).unwrap();
+        std::fs::write(&self.clone_lsn, format!("{s}\n")).unwrap();
     }
 
     fn start(&mut self, data: &Path, role: &str, snapshot: Option<u64>) -> (Server, PathBuf) {
@@ -94,7 +94,10 @@ impl Family {
         let mut env = vec![
             ("DBFORK_AGENT_ROLE", role.to_string()),
             ("DBFORK_POOL_PATH", self.pool.display().to_string()),
-            ("DBFORK_FAMILY_EPOCH_FILE", self.epoch.display().to_string()),
+            (
+                "DBFORK_CLONE_LSN_FILE",
+                self.clone_lsn.display().to_string(),
+            ),
             ("DBFORK_AGENT_STATS", st.display().to_string()),
         ];
         if let Some(s) = snapshot {
@@ -405,7 +408,7 @@ fn small_buffer_pools_reuse_mapped_frames_correctly() {
 
 /// At clone time the source offers its whole warm set: after dbfork publishes the new
 /// snapshot, the source agent scans its buffer pool and pools every clean frame with
-/// valid_from = the new counter. Without the scan every pooled frame here predates the
+/// valid_from = the new clone LSN. Without the scan every pooled frame here predates the
 /// snapshot and nothing could be shared.
 #[test]
 fn clone_time_scan_offers_the_warm_set_to_the_new_replica() {

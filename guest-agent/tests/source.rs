@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use dbfork_agent::page::{self, SpaceFormat};
-use dbfork_agent::pool::{meta_path, PoolRecord, POOL_PAGE, RECORD_LEN};
+use dbfork_agent::pool::{decode_record, meta_path, POOL_PAGE, RECORD_LEN};
 use dbfork_agent::stats::StatsSnapshot;
 
 fn stats(path: &Path) -> StatsSnapshot {
@@ -20,7 +20,7 @@ fn check_pool(pool: &Path) -> usize {
     let meta = std::fs::read(meta_path(pool)).unwrap();
     let mut n = 0;
     for (slot, rec) in meta.chunks_exact(RECORD_LEN).enumerate() {
-        let r = PoolRecord::decode(rec).expect("complete record");
+        let r = decode_record(rec).expect("complete record");
         let bytes = &data[slot * POOL_PAGE..(slot + 1) * POOL_PAGE];
         let h = page::verify_identity(bytes, SpaceFormat::FullCrc32, r.space_id, r.page_no)
             .unwrap_or_else(|e| panic!("slot {slot} ({r:?}): {e}"));
@@ -43,13 +43,13 @@ fn source_pools_verified_reads_and_server_writes_stay_private() {
     s.shutdown();
 
     let pool = shm.path().join("pool");
-    let epoch = tmp.path().join("epoch");
-    std::fs::write(&epoch, format!("{}\n", max_page_lsn(&data))).unwrap();
+    let clone_lsn = tmp.path().join("clone_lsn");
+    std::fs::write(&clone_lsn, format!("{}\n", max_page_lsn(&data))).unwrap();
     let st = tmp.path().join("stats.json");
     let env = [
         ("DBFORK_AGENT_ROLE", "source".to_string()),
         ("DBFORK_POOL_PATH", pool.display().to_string()),
-        ("DBFORK_FAMILY_EPOCH_FILE", epoch.display().to_string()),
+        ("DBFORK_CLONE_LSN_FILE", clone_lsn.display().to_string()),
         ("DBFORK_AGENT_STATS", st.display().to_string()),
     ];
     let mut opts = ServerOpts::agent(&env);

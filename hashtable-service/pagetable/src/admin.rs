@@ -4,10 +4,10 @@
 
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
+use crate::connector::{Connector, UnixConnector};
 use crate::error::{Error, Result};
 use crate::ids::{DomainId, FamilyId};
 use crate::stats::FamilyStats;
@@ -26,6 +26,18 @@ pub enum AdminRequest {
     UnbindPid {
         pid: u32,
     },
+    /// Connections from Xen domain `domid` act as `domain` (the `xen` substrate's
+    /// `bind_pid`: the peer identity is the domid the hypervisor reports for the
+    /// connection). The binding lasts until it is unbound or the domain is removed;
+    /// the toolstack unbinds a domU before destroying it, so a recycled domid never
+    /// inherits a binding.
+    BindDomid {
+        domid: u32,
+        domain: DomainId,
+    },
+    UnbindDomid {
+        domid: u32,
+    },
     FamilyCreate {
         family: FamilyId,
     },
@@ -41,7 +53,7 @@ pub enum AdminRequest {
         family: FamilyId,
         domain: DomainId,
     },
-    /// Drops the domain's entries, its membership and its pid bindings.
+    /// Drops the domain's entries, its membership and its pid and domid bindings.
     RemoveDomain {
         domain: DomainId,
     },
@@ -65,28 +77,30 @@ pub struct StatsReport {
     pub families: Vec<FamilyStats>,
 }
 
-/// A blocking admin connection.
-pub struct AdminClient {
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
+/// Bound on each admin read and write.
+pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A blocking admin connection. The admin socket is dom0-local: the daemon refuses
+/// peers that are not local processes, whatever connector reached it.
+pub struct AdminClient<C: Connector = UnixConnector> {
+    /// Reads are buffered (replies are lines); writes go to the same stream unbuffered,
+    /// which is safe because each request is written whole before its reply is read.
+    stream: BufReader<C::Stream>,
 }
 
-impl AdminClient {
+impl AdminClient<UnixConnector> {
+    /// Connects to the admin socket at `path` (`ADMIN_TIMEOUT` on reads and writes).
     pub fn connect(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        let stream = UnixStream::connect(path)
-            .map_err(|e| Error::io(format!("connecting to {}", path.display()), e))?;
-        let timeout = Some(Duration::from_secs(10));
-        stream
-            .set_read_timeout(timeout)
-            .and_then(|_| stream.set_write_timeout(timeout))
-            .map_err(|e| Error::io("setting socket timeouts", e))?;
-        let writer = stream
-            .try_clone()
-            .map_err(|e| Error::io("cloning the admin socket", e))?;
+        Self::with_connector(&UnixConnector::new(path).with_timeout(ADMIN_TIMEOUT))
+    }
+}
+
+impl<C: Connector> AdminClient<C> {
+    /// Connects once through `connector`; an admin client does not reconnect, so it
+    /// only borrows the connector.
+    pub fn with_connector(connector: &C) -> Result<Self> {
         Ok(Self {
-            reader: BufReader::new(stream),
-            writer,
+            stream: BufReader::new(connector.connect()?),
         })
     }
 
@@ -94,12 +108,13 @@ impl AdminClient {
     pub fn call(&mut self, req: &AdminRequest) -> Result<AdminReply> {
         let mut line = serde_json::to_vec(req).map_err(Error::AdminJson)?;
         line.push(b'\n');
-        self.writer
+        self.stream
+            .get_mut()
             .write_all(&line)
             .map_err(|e| Error::io("sending an admin request", e))?;
         let mut reply = String::new();
         let n = self
-            .reader
+            .stream
             .read_line(&mut reply)
             .map_err(|e| Error::io("reading an admin reply", e))?;
         if n == 0 {
@@ -122,6 +137,64 @@ impl AdminClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::RefCell;
+    use std::io::Read;
+    use std::rc::Rc;
+
+    /// A stream that records what is written and answers with canned bytes.
+    struct Canned {
+        reply: std::io::Cursor<Vec<u8>>,
+        sent: Rc<RefCell<Vec<u8>>>,
+    }
+    impl Read for Canned {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.reply.read(buf)
+        }
+    }
+    impl Write for Canned {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.sent.borrow_mut().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    struct CannedConnector(&'static str, Rc<RefCell<Vec<u8>>>);
+    impl Connector for CannedConnector {
+        type Stream = Canned;
+        fn connect(&self) -> Result<Canned> {
+            Ok(Canned {
+                reply: std::io::Cursor::new(self.0.as_bytes().to_vec()),
+                sent: self.1.clone(),
+            })
+        }
+        fn describe(&self) -> String {
+            "canned".into()
+        }
+    }
+
+    #[test]
+    fn admin_client_speaks_json_lines_over_any_connector() {
+        let sent = Rc::new(RefCell::new(Vec::new()));
+        let c = CannedConnector(
+            "{\"result\":\"ok\"}\n{\"result\":\"error\",\"message\":\"no\"}\n",
+            sent.clone(),
+        );
+        let mut a = AdminClient::with_connector(&c).unwrap();
+        let req = AdminRequest::FamilyCreate {
+            family: FamilyId(9),
+        };
+        assert_eq!(a.call(&req).unwrap(), AdminReply::Ok);
+        assert_eq!(
+            &sent.borrow()[..],
+            b"{\"op\":\"family_create\",\"family\":9}\n"
+        );
+        let e = a.call(&req).unwrap_err();
+        assert!(matches!(&e, Error::Admin(m) if m == "no"), "{e:?}");
+        let e = a.call(&req).unwrap_err();
+        assert!(e.to_string().contains("closed"), "{e}");
+    }
 
     #[test]
     fn requests_are_readable_json() {
@@ -134,5 +207,16 @@ mod tests {
         assert_eq!(serde_json::from_str::<AdminRequest>(&s).unwrap(), r);
         assert!(serde_json::from_str::<AdminRequest>(r#"{"op":"bind_pid","pid":1}"#).is_err());
         assert!(serde_json::from_str::<AdminRequest>(r#"{"op":"format_disk"}"#).is_err());
+        let x = AdminRequest::BindDomid {
+            domid: 5,
+            domain: DomainId(7),
+        };
+        let s = serde_json::to_string(&x).unwrap();
+        assert_eq!(s, r#"{"op":"bind_domid","domid":5,"domain":7}"#);
+        assert_eq!(serde_json::from_str::<AdminRequest>(&s).unwrap(), x);
+        assert_eq!(
+            serde_json::from_str::<AdminRequest>(r#"{"op":"unbind_domid","domid":5}"#).unwrap(),
+            AdminRequest::UnbindDomid { domid: 5 }
+        );
     }
 }

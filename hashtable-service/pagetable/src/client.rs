@@ -7,11 +7,14 @@
 //! desynchronise the stream); calls then fail with `Error::NotConnected` until the
 //! caller runs `reconnect`, which tells whether the daemon restarted (a new
 //! generation), in which case the caller re-registers its frames.
+//!
+//! The client is generic over how it reaches the daemon (`connector::Connector`);
+//! `Client::connect(path)` is the Unix socket of the `local` substrate.
 
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
+use crate::connector::{Connector, UnixConnector};
 use crate::error::{Error, Result};
 use crate::ids::{DomainId, Entry, FamilyId, Frame};
 use crate::wire::{
@@ -21,10 +24,9 @@ use crate::wire::{
 /// Default bound on each socket read or write.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(500);
 
-pub struct Client {
-    path: PathBuf,
-    timeout: Duration,
-    stream: Option<UnixStream>,
+pub struct Client<C: Connector = UnixConnector> {
+    connector: C,
+    stream: Option<C::Stream>,
     generation: u64,
     domain: DomainId,
     family: FamilyId,
@@ -33,17 +35,25 @@ pub struct Client {
     inp: Vec<u8>,
 }
 
-impl Client {
-    /// Connects and introduces itself; fails if the daemon does not know this process
-    /// (admin `bind_pid`) or is not running.
+impl Client<UnixConnector> {
+    /// Connects to the daemon's Unix socket and introduces itself; fails if the daemon
+    /// does not know this process (admin `bind_pid`) or is not running.
     pub fn connect(path: impl AsRef<Path>) -> Result<Self> {
         Self::connect_with_timeout(path, DEFAULT_TIMEOUT)
     }
 
+    /// `connect` with `timeout` on each socket read and write instead of the default.
     pub fn connect_with_timeout(path: impl AsRef<Path>, timeout: Duration) -> Result<Self> {
+        Client::with_connector(UnixConnector::new(path).with_timeout(timeout))
+    }
+}
+
+impl<C: Connector> Client<C> {
+    /// Connects through `connector` and introduces itself. Every reconnect opens a new
+    /// stream through the same connector, so its bounds (timeouts) hold for all of them.
+    pub fn with_connector(connector: C) -> Result<Self> {
         let mut c = Client {
-            path: path.as_ref().to_owned(),
-            timeout,
+            connector,
             stream: None,
             generation: 0,
             domain: DomainId(0),
@@ -57,14 +67,7 @@ impl Client {
     }
 
     fn hello(&mut self) -> Result<()> {
-        let stream = UnixStream::connect(&self.path)
-            .map_err(|e| Error::io(format!("connecting to {}", self.path.display()), e))?;
-        let timeout = Some(self.timeout);
-        stream
-            .set_read_timeout(timeout)
-            .and_then(|_| stream.set_write_timeout(timeout))
-            .map_err(|e| Error::io("setting socket timeouts", e))?;
-        self.stream = Some(stream);
+        self.stream = Some(self.connector.connect()?);
         let reply = self.call_msg(Request::Hello)?;
         match reply.reply {
             Reply::Hello { domain, family } => {
@@ -102,6 +105,11 @@ impl Client {
 
     pub fn family(&self) -> FamilyId {
         self.family
+    }
+
+    /// Where this client connects, for logs.
+    pub fn describe(&self) -> String {
+        self.connector.describe()
     }
 
     /// Registers frames of this process under keys of its family, in batches of at
@@ -275,6 +283,69 @@ mod tests {
             other => panic!("expected a timeout, got {other:?}"),
         }
         tx.send(()).unwrap();
+        server.join().unwrap();
+    }
+
+    /// A connector that counts its connections, over a Unix socket.
+    struct Counting {
+        inner: UnixConnector,
+        connects: std::cell::Cell<u32>,
+    }
+
+    impl Connector for Counting {
+        type Stream = std::os::unix::net::UnixStream;
+        fn connect(&self) -> Result<Self::Stream> {
+            self.connects.set(self.connects.get() + 1);
+            self.inner.connect()
+        }
+        fn describe(&self) -> String {
+            format!("counting {}", self.inner.describe())
+        }
+    }
+
+    /// Every (re)connect goes through the client's connector; a daemon answering
+    /// with a new generation on the second connection is reported as a restart.
+    #[test]
+    fn reconnects_go_through_the_connector() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hello.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            for generation in [7u64, 8] {
+                let (mut s, _) = listener.accept().unwrap();
+                let mut inp = Vec::new();
+                wire::read_message(&mut s, &mut inp).unwrap();
+                let req = wire::decode_request(&inp).unwrap();
+                assert_eq!(req.request, Request::Hello);
+                let mut out = Vec::new();
+                let reply = ReplyMsg {
+                    id: req.id,
+                    generation,
+                    reply: Reply::Hello {
+                        domain: DomainId(3),
+                        family: FamilyId(4),
+                    },
+                };
+                wire::encode_reply(&reply, &mut out);
+                wire::write_message(&mut s, &out).unwrap();
+            }
+        });
+        let connector = Counting {
+            inner: UnixConnector::new(&path).with_timeout(Duration::from_secs(5)),
+            connects: std::cell::Cell::new(0),
+        };
+        let mut c = Client::with_connector(connector).unwrap();
+        assert_eq!(
+            (c.domain(), c.family(), c.generation()),
+            (DomainId(3), FamilyId(4), 7)
+        );
+        assert!(
+            c.describe().starts_with("counting unix:"),
+            "{}",
+            c.describe()
+        );
+        assert!(c.reconnect().unwrap(), "generation 7 -> 8 is a restart");
+        assert_eq!(c.connector.connects.get(), 2);
         server.join().unwrap();
     }
 

@@ -68,7 +68,7 @@ pub struct Entry {
     pub frame: Frame,
     /// The InnoDB page LSN (FIL_PAGE_LSN) of the bytes in the frame.
     pub lsn: u64,
-    /// The family's clone counter as the owner read it before the read that produced
+    /// The family's clone LSN as the owner read it before the read that produced
     /// the frame: the frame may serve a snapshot `S` only if `valid_from >= S`
     /// (docs/architecture.md, "The share rule").
     pub valid_from: u64,

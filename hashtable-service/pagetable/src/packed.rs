@@ -184,7 +184,7 @@ impl Record {
 /// Entries with a larger LSN fail `lsn <= S`; entries with N's LSN have a
 /// `valid_from` no larger than N's, so they fail too. Take an entry `E` with
 /// `E.lsn < N.lsn <= S`. If `E.valid_from >= S`, the read that produced E began after
-/// snapshot S was complete (the counter reaches S only then), and it returned the
+/// snapshot S was complete (the clone LSN reaches S only then), and it returned the
 /// page's latest version at that time (InnoDB reads only pages it does not hold, and
 /// a frame whose checksum verifies is clean). But N's bytes carry LSN `N.lsn <= S`:
 /// that version was written before the snapshot, and page LSNs only grow, so any

@@ -1,6 +1,7 @@
-//! How connections reach the daemon. The table and the protocol only see a byte
-//! stream and a peer identity, so the Xen substrate can add a libxenvchan transport
-//! (planned, not built) without touching them.
+//! How connections reach the daemon (the daemon's half of the seam; a client's half
+//! is `connector`). The table and the protocol only see a byte stream and a peer
+//! identity, so the Xen substrate can add a libxenvchan transport (planned, not built)
+//! without touching them.
 
 use std::io::{Read, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -12,10 +13,24 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 
 /// Who is on the other end of a connection, as the kernel (or hypervisor) says.
+/// The daemon maps each kind to a table domain through its own admin bindings
+/// (`bind_pid`, `bind_domid`); a peer never names its domain itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PeerIdentity {
     /// A local process, from SO_PEERCRED at connect time.
     Unix { pid: u32, uid: u32, gid: u32 },
+    /// A Xen guest, by the domid the hypervisor reports for the connection's other
+    /// end (a libxenvchan transport; planned, not built).
+    Xen { domid: u32 },
+}
+
+impl std::fmt::Display for PeerIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PeerIdentity::Unix { pid, .. } => write!(f, "process {pid}"),
+            PeerIdentity::Xen { domid } => write!(f, "xen domain {domid}"),
+        }
+    }
 }
 
 /// One accepted connection.

@@ -78,7 +78,7 @@ pub struct WireRegistration {
     pub page_no: u32,
     pub frame: Frame,
     pub lsn: u64,
-    /// The family's clone counter read before the read that produced the frame
+    /// The family's clone LSN read before the read that produced the frame
     /// (`Entry::valid_from`).
     pub valid_from: u64,
     pub page_size: u32,

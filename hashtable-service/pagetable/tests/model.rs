@@ -579,10 +579,10 @@ enum History {
     Modify { page: u32, step: u64 },
     /// dbfork takes a snapshot at the current LSN...
     Snapshot,
-    /// ...and, later, publishes the newest one as the family's clone counter.
+    /// ...and, later, publishes the newest one as the family's clone LSN.
     Publish,
     /// A source domain reads a page from disk into `frame` and registers it.
-    /// `stale` counter values back: the agent read the counter before the read and
+    /// `stale` clone LSN values back: the agent read the clone LSN before the read and
     /// maybe well before (a smaller valid_from is always allowed).
     Read {
         domain: u32,
@@ -634,7 +634,7 @@ proptest! {
         let mut version = [lsn; 3];
         // (S, page versions at S) for every snapshot taken.
         let mut snapshots: Vec<(u64, [u64; 3])> = Vec::new();
-        let mut counter_history = vec![0u64];
+        let mut clone_lsn_history = vec![0u64];
         // What the naive rule sees: every registered (owner, frame).
         let mut held: BTreeMap<(DomainId, Frame), Held> = BTreeMap::new();
         for ev in &events {
@@ -646,17 +646,17 @@ proptest! {
                 History::Snapshot => snapshots.push((lsn, version)),
                 History::Publish => {
                     if let Some((s, _)) = snapshots.last() {
-                        let c = *counter_history.last().unwrap();
-                        counter_history.push(c.max(*s));
+                        let c = *clone_lsn_history.last().unwrap();
+                        clone_lsn_history.push(c.max(*s));
                     }
                 }
                 History::Read { domain, page, frame, stale } => {
-                    let i = counter_history.len().saturating_sub(1 + stale);
+                    let i = clone_lsn_history.len().saturating_sub(1 + stale);
                     let reg = Registration {
                         key: PageKey::new(f, 0, *page),
                         frame: Frame::LocalPool { offset: frame * 16384 },
                         lsn: version[*page as usize],
-                        valid_from: counter_history[i],
+                        valid_from: clone_lsn_history[i],
                         page_size: 16384,
                     };
                     t.register(DomainId(*domain), reg).unwrap();
@@ -696,7 +696,7 @@ proptest! {
 
 /// The case the rule exists for: a frame read before the snapshot, whose page then
 /// changed before the snapshot, must not serve that snapshot; a re-read after the
-/// snapshot (counter published) serves it; the newer in-memory version does not.
+/// snapshot (clone LSN published) serves it; the newer in-memory version does not.
 #[test]
 fn frame_read_before_a_snapshot_does_not_serve_it() {
     let f = FamilyId(1);

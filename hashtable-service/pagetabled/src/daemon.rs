@@ -1,21 +1,26 @@
-//! The daemon's shared state: the table, who is who (pid -> domain), how many
-//! connections each domain has open, and the control operations the admin socket runs.
+//! The daemon's shared state: the table, who is who (pid -> domain for local
+//! processes, domid -> domain for Xen guests), how many connections each domain has
+//! open, and the control operations the admin socket runs.
 
 use anyhow::Context;
 use pagetable::admin::{AdminReply, AdminRequest, StatsReport};
+use pagetable::transport::PeerIdentity;
 use pagetable::{DomainId, PageTable, TableConfig};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::state::{process_start_time, ControlState, PidBinding};
+use crate::state::{process_start_time, ControlState, DomidBinding, PidBinding};
 
 pub struct Daemon {
     pub table: PageTable,
     /// Random at start; every reply carries it so clients notice a restart.
     pub generation: u64,
     bindings: Mutex<HashMap<u32, PidBinding>>,
+    /// Xen guests by domid. A separate map from `bindings`: a pid and a domid with the
+    /// same number are different peers.
+    domid_bindings: Mutex<HashMap<u32, DomainId>>,
     /// Open connections per domain. A domain's entries are dropped when its last
     /// connection closes (its process exited or gave up sharing); the change and the
     /// count move under this one mutex so that a reconnecting process cannot lose
@@ -39,6 +44,7 @@ impl Daemon {
                 }
             },
             bindings: Mutex::new(HashMap::new()),
+            domid_bindings: Mutex::new(HashMap::new()),
             live: Mutex::new(HashMap::new()),
             connections: AtomicUsize::new(0),
             state_file,
@@ -70,9 +76,14 @@ impl Daemon {
                 );
             }
         }
+        let mut x = self.domid_bindings.lock();
+        for binding in state.domid_bindings {
+            x.insert(binding.domid, binding.domain);
+        }
         tracing::info!(
             families = state.families.len(),
             bindings = b.len(),
+            domid_bindings = x.len(),
             "restored control state"
         );
         Ok(())
@@ -91,10 +102,18 @@ impl Daemon {
         }
         let mut bindings: Vec<_> = self.bindings.lock().values().copied().collect();
         bindings.sort_by_key(|b| b.pid);
+        let mut domid_bindings: Vec<_> = self
+            .domid_bindings
+            .lock()
+            .iter()
+            .map(|(&domid, &domain)| DomidBinding { domid, domain })
+            .collect();
+        domid_bindings.sort_by_key(|b| b.domid);
         ControlState {
             families,
             members,
             bindings,
+            domid_bindings,
         }
         .save(path)
     }
@@ -103,6 +122,16 @@ impl Daemon {
     pub fn domain_of_pid(&self, pid: u32) -> Option<DomainId> {
         let b = *self.bindings.lock().get(&pid)?;
         (process_start_time(pid) == Some(b.start_time)).then_some(b.domain)
+    }
+
+    /// The domain a connection's peer acts as: the admin's binding of its pid (local
+    /// process) or of its domid (Xen guest). None for a peer nobody bound: it gets
+    /// nothing from the table (families are walls).
+    pub fn domain_of_peer(&self, peer: PeerIdentity) -> Option<DomainId> {
+        match peer {
+            PeerIdentity::Unix { pid, .. } => self.domain_of_pid(pid),
+            PeerIdentity::Xen { domid } => self.domid_bindings.lock().get(&domid).copied(),
+        }
     }
 
     pub fn connection_opened(&self) {
@@ -185,6 +214,17 @@ impl Daemon {
                     .ok_or_else(|| format!("pid {pid} is not bound"))?;
                 AdminReply::Ok
             }
+            AdminRequest::BindDomid { domid, domain } => {
+                self.domid_bindings.lock().insert(domid, domain);
+                AdminReply::Ok
+            }
+            AdminRequest::UnbindDomid { domid } => {
+                self.domid_bindings
+                    .lock()
+                    .remove(&domid)
+                    .ok_or_else(|| format!("domid {domid} is not bound"))?;
+                AdminReply::Ok
+            }
             AdminRequest::FamilyCreate { family } => {
                 t.create_family(family).map_err(err)?;
                 AdminReply::Ok
@@ -195,6 +235,9 @@ impl Daemon {
                 self.bindings
                     .lock()
                     .retain(|_, b| !members.contains(&b.domain));
+                self.domid_bindings
+                    .lock()
+                    .retain(|_, d| !members.contains(d));
                 AdminReply::Ok
             }
             AdminRequest::FamilyAdd { family, domain } => {
@@ -207,6 +250,7 @@ impl Daemon {
             AdminRequest::RemoveDomain { domain } => {
                 let entries = t.remove_domain(domain).map_err(err)?;
                 self.bindings.lock().retain(|_, b| b.domain != domain);
+                self.domid_bindings.lock().retain(|_, d| *d != domain);
                 AdminReply::Removed { entries }
             }
             AdminRequest::Stats => AdminReply::Stats(self.stats()),
@@ -219,5 +263,40 @@ impl Daemon {
             connections: self.connections(),
             families: self.table.stats(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pagetable::FamilyId;
+
+    #[test]
+    fn domid_bindings_survive_a_daemon_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state.json");
+        let xen = PeerIdentity::Xen { domid: 5 };
+        {
+            let d = Daemon::new(TableConfig::default(), Some(state.clone())).unwrap();
+            for req in [
+                AdminRequest::FamilyCreate {
+                    family: FamilyId(1),
+                },
+                AdminRequest::FamilyAdd {
+                    family: FamilyId(1),
+                    domain: DomainId(10),
+                },
+                AdminRequest::BindDomid {
+                    domid: 5,
+                    domain: DomainId(10),
+                },
+            ] {
+                assert_eq!(d.admin(&req), AdminReply::Ok);
+            }
+            assert_eq!(d.domain_of_peer(xen), Some(DomainId(10)));
+        }
+        let again = Daemon::new(TableConfig::default(), Some(state)).unwrap();
+        assert_eq!(again.domain_of_peer(xen), Some(DomainId(10)));
+        assert_eq!(again.domain_of_peer(PeerIdentity::Xen { domid: 6 }), None);
     }
 }

@@ -1,7 +1,8 @@
 //! The data plane: one thread per client connection speaking `pagetable::wire`.
 //!
-//! A connection acts as the domain its peer pid is bound to, resolved at its first
-//! message; an unbound peer gets `NotBound` and is closed. Undecodable, truncated or
+//! A connection acts as the domain its peer is bound to (a local process by pid, a
+//! Xen guest by domid; `Daemon::domain_of_peer`), resolved at its first message; an
+//! unbound peer gets `NotBound` and is closed. Undecodable, truncated or
 //! oversized input gets a `Malformed`/`TooLarge` reply and the connection is closed
 //! (the stream cannot be trusted to be in step any more); other clients are unaffected.
 
@@ -54,14 +55,10 @@ pub fn serve<T: Transport>(
 
 fn handle(mut conn: impl Connection, daemon: &Daemon, unbound_timeout: Duration) {
     daemon.connection_opened();
-    let PeerIdentity::Unix { pid, .. } = conn.peer();
-    let mut session = Session {
-        domain: None,
-        handle: None,
-        pid,
-    };
+    let peer = conn.peer();
+    let mut session = Session::new(peer);
     if let Err(e) = conn.set_timeouts(Some(unbound_timeout), Some(WRITE_TIMEOUT)) {
-        tracing::warn!(pid, error = %e, "cannot set socket timeouts");
+        tracing::warn!(%peer, error = %e, "cannot set socket timeouts");
     }
     let mut idle_allowed = false;
     let mut inp = Vec::new();
@@ -70,7 +67,7 @@ fn handle(mut conn: impl Connection, daemon: &Daemon, unbound_timeout: Duration)
         let (id, reply, close) = match wire::read_message(&mut conn, &mut inp) {
             Err(ReadError::Closed) => break,
             Err(ReadError::Io(e)) => {
-                tracing::debug!(pid, error = %e, "connection failed");
+                tracing::debug!(%peer, error = %e, "connection failed");
                 break;
             }
             Err(ReadError::Bad(e)) => {
@@ -92,7 +89,7 @@ fn handle(mut conn: impl Connection, daemon: &Daemon, unbound_timeout: Duration)
             },
         };
         if close {
-            tracing::info!(pid, ?reply, "closing connection");
+            tracing::info!(%peer, ?reply, "closing connection");
         }
         let msg = ReplyMsg {
             id,
@@ -119,22 +116,30 @@ struct Session {
     domain: Option<DomainId>,
     /// Cached for lookups (no domain-map lock); refreshed when it goes stale.
     handle: Option<DomainHandle>,
-    pid: u32,
+    peer: PeerIdentity,
 }
 
 impl Session {
+    fn new(peer: PeerIdentity) -> Session {
+        Session {
+            domain: None,
+            handle: None,
+            peer,
+        }
+    }
+
     /// The reply, and whether to close the connection after sending it.
     fn answer(&mut self, daemon: &Daemon, request: Request) -> (Reply, bool) {
         let domain = match self.domain {
             Some(d) => d,
-            None => match daemon.domain_of_pid(self.pid) {
+            None => match daemon.domain_of_peer(self.peer) {
                 Some(d) => {
                     daemon.domain_attached(d);
                     self.domain = Some(d);
                     d
                 }
                 None => {
-                    let msg = format!("process {} is not bound to a domain", self.pid);
+                    let msg = format!("{} is not bound to a domain", self.peer);
                     return (refusal(ErrorCode::NotBound, msg), true);
                 }
             },
@@ -215,5 +220,206 @@ fn code_of(e: &Error) -> ErrorCode {
         }
         Error::InvalidPageSize(_) | Error::FrameOutOfRange(_) => ErrorCode::InvalidArgument,
         _ => ErrorCode::Internal,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scripted_conn::ScriptedConn;
+    use pagetable::admin::{AdminReply, AdminRequest};
+    use pagetable::wire::{RequestMsg, WireRegistration};
+    use pagetable::{FamilyId, Frame, TableConfig};
+
+    fn admin(d: &Daemon, req: AdminRequest) {
+        assert_eq!(d.admin(&req), AdminReply::Ok, "{req:?}");
+    }
+
+    /// Family 1 = domains 10 and 11, family 2 = domain 20; Xen guests 5, 6, 7 are
+    /// bound to them by domid.
+    fn two_families_of_xen_guests() -> Daemon {
+        let d = Daemon::new(TableConfig::default(), None).unwrap();
+        for (f, doms) in [(1, &[10, 11][..]), (2, &[20][..])] {
+            admin(
+                &d,
+                AdminRequest::FamilyCreate {
+                    family: FamilyId(f),
+                },
+            );
+            for &dom in doms {
+                admin(
+                    &d,
+                    AdminRequest::FamilyAdd {
+                        family: FamilyId(f),
+                        domain: DomainId(dom),
+                    },
+                );
+            }
+        }
+        for (domid, dom) in [(5, 10), (6, 11), (7, 20)] {
+            admin(
+                &d,
+                AdminRequest::BindDomid {
+                    domid,
+                    domain: DomainId(dom),
+                },
+            );
+        }
+        d
+    }
+
+    fn xen(domid: u32) -> PeerIdentity {
+        PeerIdentity::Xen { domid }
+    }
+
+    fn lookup(family: u32) -> Request {
+        Request::Lookup {
+            family: FamilyId(family),
+            max_lsn: 1000,
+            pages: vec![(3, 4)],
+        }
+    }
+
+    fn refused_with(reply: &(Reply, bool), code: ErrorCode) -> bool {
+        matches!(reply, (Reply::Error(e), _) if e.code == code)
+    }
+
+    #[test]
+    fn a_xen_guest_acts_as_the_domain_its_domid_is_bound_to() {
+        let d = two_families_of_xen_guests();
+        let mut source = Session::new(xen(5));
+        assert_eq!(
+            source.answer(&d, Request::Hello),
+            (
+                Reply::Hello {
+                    domain: DomainId(10),
+                    family: FamilyId(1)
+                },
+                false
+            )
+        );
+        let frame = Frame::XenGrant { domid: 5, gref: 9 };
+        let reg = WireRegistration {
+            space_id: 3,
+            page_no: 4,
+            frame,
+            lsn: 100,
+            valid_from: 1000,
+            page_size: 16384,
+        };
+        let registered = source.answer(
+            &d,
+            Request::Register {
+                family: FamilyId(1),
+                items: vec![reg],
+            },
+        );
+        assert_eq!(registered, (Reply::Registered { count: 1 }, false));
+
+        // A sibling in the same family finds the frame, owned by domain 10.
+        let mut sibling = Session::new(xen(6));
+        match sibling.answer(&d, lookup(1)) {
+            (Reply::Found(found), false) => {
+                let e = found[0].expect("a hit");
+                assert_eq!((e.owner, e.frame), (DomainId(10), frame));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Families are walls: another family's guest sees nothing in its own family
+        // and is refused when it names family 1.
+        let mut stranger = Session::new(xen(7));
+        assert_eq!(
+            stranger.answer(&d, lookup(2)),
+            (Reply::Found(vec![None]), false)
+        );
+        assert!(refused_with(
+            &stranger.answer(&d, lookup(1)),
+            ErrorCode::NotInFamily
+        ));
+    }
+
+    #[test]
+    fn an_unbound_peer_gets_nothing() {
+        let d = two_families_of_xen_guests();
+        // An unbound domid, and a local process whose pid equals a bound domid: pids
+        // and domids are different peers.
+        for peer in [
+            xen(8),
+            PeerIdentity::Unix {
+                pid: 5,
+                uid: 0,
+                gid: 0,
+            },
+        ] {
+            let reply = Session::new(peer).answer(&d, lookup(1));
+            assert!(
+                refused_with(&reply, ErrorCode::NotBound),
+                "{peer}: {reply:?}"
+            );
+            assert!(reply.1, "the connection is closed");
+        }
+        // Unbinding, removing the domain or destroying the family ends a binding.
+        admin(&d, AdminRequest::UnbindDomid { domid: 5 });
+        assert!(d.admin(&AdminRequest::UnbindDomid { domid: 5 }) != AdminReply::Ok);
+        d.admin(&AdminRequest::RemoveDomain {
+            domain: DomainId(11),
+        });
+        d.admin(&AdminRequest::FamilyDestroy {
+            family: FamilyId(2),
+        });
+        for domid in [5, 6, 7] {
+            assert_eq!(d.domain_of_peer(xen(domid)), None, "domid {domid}");
+            let reply = Session::new(xen(domid)).answer(&d, Request::Hello);
+            assert!(refused_with(&reply, ErrorCode::NotBound), "{reply:?}");
+        }
+    }
+
+    /// The whole connection loop over a scripted connection: a bound guest is
+    /// answered, an unbound one is told why and closed.
+    #[test]
+    fn connections_from_xen_peers_are_served_by_the_same_loop() {
+        let d = two_families_of_xen_guests();
+        let mut input = Vec::new();
+        for (id, request) in [(1, Request::Hello), (2, lookup(1))] {
+            let mut b = Vec::new();
+            wire::encode_request(&RequestMsg { id, request }, &mut b);
+            wire::write_message(&mut input, &b).unwrap();
+        }
+        let answers = |peer| {
+            let conn = ScriptedConn::new(peer, input.clone());
+            let out = conn.output();
+            handle(conn, &d, Duration::from_secs(1));
+            let out = out.lock().clone();
+            let mut r = &out[..];
+            let mut replies = Vec::new();
+            let mut buf = Vec::new();
+            while wire::read_message(&mut r, &mut buf).is_ok() {
+                replies.push(wire::decode_reply(&buf).unwrap());
+            }
+            replies
+        };
+        let bound = answers(xen(6));
+        assert_eq!(bound.len(), 2);
+        assert_eq!(
+            bound[0].reply,
+            Reply::Hello {
+                domain: DomainId(11),
+                family: FamilyId(1)
+            }
+        );
+        assert_eq!(
+            (bound[1].id, &bound[1].reply),
+            (2, &Reply::Found(vec![None]))
+        );
+        let unbound = answers(xen(9));
+        assert_eq!(unbound.len(), 1, "closed after the refusal");
+        match &unbound[0].reply {
+            Reply::Error(e) => {
+                assert_eq!(e.code, ErrorCode::NotBound);
+                assert_eq!(e.message, "xen domain 9 is not bound to a domain");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(d.connections(), 0);
     }
 }

@@ -4,6 +4,8 @@ mod admin_socket;
 mod daemon;
 mod data;
 mod metrics;
+#[cfg(test)]
+mod scripted_conn;
 mod state;
 
 use anyhow::{bail, Context};

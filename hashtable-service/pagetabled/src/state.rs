@@ -1,5 +1,5 @@
 //! The control-plane state the daemon keeps across its own restarts: families, their
-//! members and pid bindings. Entries are soft state (clients re-register after seeing
+//! members, pid bindings and domid bindings. Entries are soft state (clients re-register after seeing
 //! a new generation); these are not, because only the admin can recreate them.
 //!
 //! Written with write-to-temp + fsync + rename after every admin change, so a crash
@@ -20,11 +20,22 @@ pub struct PidBinding {
     pub domain: DomainId,
 }
 
+/// A Xen guest's connections act as `domain`. No start time: a domid is recycled
+/// only after its domU is destroyed, and the toolstack unbinds it before that.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DomidBinding {
+    pub domid: u32,
+    pub domain: DomainId,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ControlState {
     pub families: Vec<FamilyId>,
     pub members: Vec<(DomainId, FamilyId)>,
     pub bindings: Vec<PidBinding>,
+    /// Absent in state files written before Xen peers existed.
+    #[serde(default)]
+    pub domid_bindings: Vec<DomidBinding>,
 }
 
 impl ControlState {
@@ -93,9 +104,21 @@ mod tests {
                 start_time: 4,
                 domain: DomainId(2),
             }],
+            domid_bindings: vec![DomidBinding {
+                domid: 5,
+                domain: DomainId(2),
+            }],
         };
         s.save(&path).unwrap();
         assert_eq!(ControlState::load(&path).unwrap(), Some(s));
+        // A file from before domid bindings loads with none.
+        std::fs::write(
+            &path,
+            br#"{"families":[1],"members":[[2,1]],"bindings":[]}"#,
+        )
+        .unwrap();
+        let old = ControlState::load(&path).unwrap().unwrap();
+        assert_eq!(old.domid_bindings, vec![]);
         std::fs::write(&path, b"{not json").unwrap();
         assert!(ControlState::load(&path).is_err());
     }

@@ -86,7 +86,7 @@ fn valid_from_bounds_lookups_over_ipc() {
     family(&d, 1, &[10, 11]);
     let mut source = client(&d, 10);
     let mut replica = client(&d, 11);
-    // Read at LSN 100 while the clone counter was 120.
+    // Read at LSN 100 while the clone LSN was 120.
     source.ok("register 3 3 0 100 120");
     assert_eq!(
         replica.cmd("lookup 3 3 120"),

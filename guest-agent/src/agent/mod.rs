@@ -1,0 +1,467 @@
+//! The agent's decisions, independent of the FFI edge: the hooks in `hooks.rs` call
+//! these with a closure that performs the real libc call, so this module is tested in
+//! process with real files and mappings.
+//!
+//! This file is the dispatch: the `Agent`, its setup, and the entry points the hooks
+//! call (`on_open`, `on_pread`, `on_pwrite`, `on_close`, `on_mmap`, `tick`, ...),
+//! which hand each read to the side of the family this process plays:
+//! - `source`: offer clean page reads to the family's frame store, register them,
+//!   scan the buffer pool when a new clone LSN is published;
+//! - `replica`: look a page up, check the share rule, map and verify, or decline;
+//! - `written`: the pages a replica wrote itself, kept across restarts.
+
+mod replica;
+mod source;
+#[cfg(test)]
+mod testkit;
+mod written;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::clone_lsn::{CloneLsnFile, CloneLsnSource};
+use crate::config::{Config, Role};
+use crate::directory::{PageDirectory, PageTableDirectory, StoreIndex};
+use crate::error::{AgentError, Result};
+use crate::fdtable::{is_data_file, FdState, FdTable, Ident};
+use crate::frame_store::{open_family_store, FrameStore, FRAME_SIZE};
+use crate::page::{self, MIN_HEADER};
+use crate::scan::Regions;
+use crate::stats::{Stats, StatsSnapshot};
+
+use source::SourceState;
+pub use written::{poison_path, WrittenSet};
+
+const OS_PAGE: usize = 4096;
+/// Longest a read waits for the directory while another thread uses it.
+const DIR_WAIT: std::time::Duration = std::time::Duration::from_millis(2);
+
+pub struct Agent {
+    pub config: Config,
+    pub fds: FdTable,
+    pub stats: Stats,
+    store: Option<Arc<dyn FrameStore>>,
+    dir: Mutex<Option<Box<dyn PageDirectory>>>,
+    /// Where the family's clone LSN is read (source role; a replica may have one too).
+    clone_lsn_source: Option<Box<dyn CloneLsnSource>>,
+    /// Pages this replica wrote, as space_id << 32 | page_no: never shared again.
+    written: Mutex<WrittenSet>,
+    /// Buffer-pool candidates: the only frames ever remapped, and what the clone-time
+    /// scan reads.
+    pub regions: Regions,
+    /// What the source side remembers between reads.
+    source: SourceState,
+    sharing_off: AtomicBool,
+    off_reason: Mutex<Option<String>>,
+}
+
+/// A page's key in the agent's maps and in the written-page file.
+fn key(space: u32, page: u32) -> u64 {
+    (u64::from(space) << 32) | u64::from(page)
+}
+
+impl Agent {
+    /// Builds the agent; a failure to set up sharing turns sharing off (with the reason
+    /// logged and in the stats), it never fails the server.
+    pub fn new(config: Config) -> Agent {
+        let mut agent = Agent {
+            config: config.clone(),
+            fds: FdTable::default(),
+            stats: Stats::default(),
+            store: None,
+            dir: Mutex::new(None),
+            clone_lsn_source: None,
+            written: Mutex::new(WrittenSet::default()),
+            regions: Regions::default(),
+            source: SourceState::default(),
+            sharing_off: AtomicBool::new(config.role == Role::Off),
+            off_reason: Mutex::new(None),
+        };
+        if config.role == Role::Off {
+            return agent;
+        }
+        if let Err(e) = agent.setup_sharing() {
+            agent.disable_sharing(&format!("setup failed: {}", error_chain(&e)));
+        }
+        agent
+    }
+
+    fn setup_sharing(&mut self) -> Result<()> {
+        let store = open_family_store(&self.config)?;
+        if let Some(w) = &self.config.writes_file {
+            *self.written.lock() = WrittenSet::open_unpoisoned(w)?;
+        }
+        if let Some(path) = &self.config.clone_lsn_file {
+            self.clone_lsn_source = Some(Box::new(CloneLsnFile::open(path)?));
+        }
+        let dir: Box<dyn PageDirectory> = match &self.config.pagetable_socket {
+            Some(sock) => Box::new(PageTableDirectory::new(sock, store.clone())),
+            None => Box::new(StoreIndex::new(store.clone())),
+        };
+        tracing::info!(
+            role = ?self.config.role,
+            frames = %store.describe(),
+            directory = dir.describe(),
+            clone_lsn = ?self.clone_lsn_source.as_ref().map(|s| s.describe()),
+            snapshot_lsn = ?self.config.snapshot_lsn,
+            "dbfork agent: sharing on"
+        );
+        *self.dir.lock() = Some(dir);
+        self.store = Some(store);
+        // Frames resident at start were read under the current clone LSN already.
+        *self.source.scanned_clone_lsn.lock() = self.clone_lsn();
+        Ok(())
+    }
+
+    /// The family's clone LSN now (see `clone_lsn`); None without a source or when it
+    /// cannot be read.
+    fn clone_lsn(&self) -> Option<u64> {
+        self.clone_lsn_source.as_ref()?.current()
+    }
+
+    /// Turns sharing off for the rest of the process; reads and writes go to disk.
+    pub fn disable_sharing(&self, why: &str) {
+        if !self.sharing_off.swap(true, Ordering::AcqRel) || self.off_reason.lock().is_none() {
+            tracing::warn!("dbfork agent: sharing is off: {why}");
+            *self.off_reason.lock() = Some(why.to_string());
+        }
+    }
+
+    pub fn sharing_on(&self) -> bool {
+        !self.sharing_off.load(Ordering::Acquire)
+    }
+
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let role = match self.config.role {
+            Role::Off => "off",
+            Role::Source => "source",
+            Role::Replica => "replica",
+        };
+        self.stats.snapshot(role, self.off_reason.lock().clone())
+    }
+
+    pub fn write_stats(&self) {
+        if let Some(p) = &self.config.stats_path {
+            if let Err(e) = self.snapshot().write_to(p) {
+                tracing::debug!("dbfork agent: writing stats to {}: {e}", p.display());
+            }
+        }
+    }
+
+    /// After a successful open: remember InnoDB data files and identify them from
+    /// page 0 when it can be read now. `read` performs a real pread on the new fd.
+    pub fn on_open(&self, fd: i32, path: &[u8], read: impl Fn(&mut [u8], i64) -> isize) {
+        if fd < 0 || !is_data_file(path) {
+            return;
+        }
+        Stats::inc(&self.stats.files_opened);
+        self.fds.set_candidate(fd);
+        // O_DIRECT needs an aligned buffer; 16 KiB holds page 0's header at any size.
+        let mut buf = AlignedPage::new();
+        let n = read(buf.bytes(), 0);
+        if n >= MIN_HEADER as isize {
+            self.identify(fd, &buf.bytes()[..n as usize], path);
+        }
+    }
+
+    fn identify(&self, fd: i32, page0: &[u8], path: &[u8]) {
+        // A zero-filled start (a file being extended before page 0 is written) would
+        // decode as space 0 with default flags; wait for the real page 0.
+        if page0.iter().take(MIN_HEADER).all(|&b| b == 0) {
+            return;
+        }
+        match page::space_info(page0) {
+            Ok(info) => {
+                Stats::inc(&self.stats.files_identified);
+                self.fds.set_identified(fd, Ident::from(info));
+                if info.page_size as usize == FRAME_SIZE {
+                    self.source.note_space(info.space_id, info.format);
+                }
+                if info.page_size as usize != FRAME_SIZE {
+                    tracing::info!(
+                        file = %String::from_utf8_lossy(path),
+                        page_size = info.page_size,
+                        "dbfork agent: page size is not 16 KiB; this file is never shared"
+                    );
+                }
+            }
+            Err(e) => {
+                Stats::inc(&self.stats.files_declined);
+                self.fds.clear(fd);
+                tracing::info!(file = %String::from_utf8_lossy(path), "dbfork agent: not shared: {e}");
+            }
+        }
+    }
+
+    pub fn on_close(&self, fd: i32) {
+        self.fds.clear(fd);
+    }
+
+    /// A pread by the server. `real` performs the real call into `buf`.
+    ///
+    /// # Safety
+    /// `buf` must be valid for `count` bytes of writes, as for pread itself.
+    pub unsafe fn on_pread(
+        &self,
+        fd: i32,
+        buf: *mut u8,
+        count: usize,
+        off: i64,
+        real: impl FnOnce() -> isize,
+    ) -> isize {
+        Stats::inc(&self.stats.reads_total);
+        match self.fds.get(fd) {
+            FdState::Untracked => real(),
+            FdState::Candidate => {
+                let n = real();
+                if off == 0 && n >= MIN_HEADER as isize {
+                    // SAFETY: the real pread just filled n bytes of buf.
+                    let page0 = unsafe { std::slice::from_raw_parts(buf, n as usize) };
+                    self.identify(fd, page0, b"(identified on first read)");
+                }
+                n
+            }
+            // SAFETY: forwarded from the caller.
+            FdState::Identified(id) => unsafe { self.data_read(id, buf, count, off, real) },
+        }
+    }
+
+    unsafe fn data_read(
+        &self,
+        id: Ident,
+        buf: *mut u8,
+        count: usize,
+        off: i64,
+        real: impl FnOnce() -> isize,
+    ) -> isize {
+        Stats::inc(&self.stats.reads_data);
+        let page_sized = id.page_size as usize == FRAME_SIZE
+            && count == FRAME_SIZE
+            && off >= 0
+            && off as u64 % FRAME_SIZE as u64 == 0
+            && buf as usize % OS_PAGE == 0;
+        if !page_sized {
+            return real();
+        }
+        Stats::inc(&self.stats.reads_page_sized);
+        // Only buffer-pool frames are ever remapped: a heap buffer that happens to be
+        // aligned could be handed back to malloc with a file page under it.
+        if self.config.role != Role::Off && !self.regions.contains(buf as usize, FRAME_SIZE) {
+            Stats::inc(&self.stats.reads_outside_pool);
+            return real();
+        }
+        let page_no = match u32::try_from(off as u64 / FRAME_SIZE as u64) {
+            Ok(p) => p,
+            Err(_) => return real(),
+        };
+        match self.config.role {
+            Role::Off => {
+                let n = real();
+                if n == FRAME_SIZE as isize {
+                    // SAFETY: the real pread filled the whole page.
+                    let bytes = unsafe { std::slice::from_raw_parts(buf, FRAME_SIZE) };
+                    self.count_verified(
+                        page::verify_identity(bytes, id.format, id.space_id, page_no).is_ok(),
+                    );
+                }
+                n
+            }
+            Role::Source => {
+                if !self.sharing_on() {
+                    return real();
+                }
+                // valid_from is read BEFORE the read starts (the share rule).
+                let valid_from = self.clone_lsn();
+                let n = real();
+                if n == FRAME_SIZE as isize {
+                    // SAFETY: buf holds the page just read; InnoDB owns the frame until we return.
+                    unsafe { self.offer_read_frame(id, buf, page_no, valid_from) };
+                }
+                n
+            }
+            Role::Replica => {
+                if self.sharing_on() {
+                    // SAFETY: forwarded; buf is aligned and one page long (checked above).
+                    if let Some(n) = unsafe { self.try_share(id, buf, page_no) } {
+                        return n;
+                    }
+                }
+                real()
+            }
+        }
+    }
+
+    fn count_verified(&self, ok: bool) {
+        if ok {
+            Stats::inc(&self.stats.pages_read_verified);
+        } else {
+            Stats::inc(&self.stats.pages_read_unverified);
+        }
+    }
+
+    /// Before a pwrite by the server: the pages it covers are this process's own from
+    /// now on (recorded before the write, so no read can be shared in between).
+    /// `head` is the start of the data being written (up to a page), used to identify
+    /// a data file whose page 0 could not be read when it was opened (a new file).
+    pub fn on_pwrite(&self, fd: i32, count: usize, off: i64, head: &[u8]) {
+        if count == 0 || off < 0 {
+            return;
+        }
+        let id = match self.fds.get(fd) {
+            FdState::Untracked => return,
+            FdState::Identified(id) => id,
+            FdState::Candidate => {
+                if off == 0 && head.len() >= MIN_HEADER {
+                    self.identify(fd, head, b"(identified on first write)");
+                }
+                match self.fds.get(fd) {
+                    FdState::Identified(id) => id,
+                    _ => {
+                        // A write to a data file of unknown space: the written set
+                        // cannot say which pages are now this replica's own.
+                        if self.config.role == Role::Replica {
+                            self.disable_sharing(
+                                "write to a data file that could not be identified",
+                            );
+                        }
+                        return;
+                    }
+                }
+            }
+        };
+        Stats::inc(&self.stats.writes_data);
+        let ps = u64::from(id.page_size);
+        let first = off as u64 / ps;
+        let last = (off as u64 + count as u64 - 1) / ps;
+        let keys: Vec<u64> = (first..=last.min(u64::from(u32::MAX)))
+            .map(|p| key(id.space_id, p as u32))
+            .collect();
+        Stats::add(&self.stats.pages_written, keys.len() as u64);
+        self.record_written(&keys);
+    }
+
+    /// Periodic work off the read path (the background thread): catch the directory
+    /// up with the frame store (registration after a reconnect or a daemon restart),
+    /// and scan the buffer pool when a new clone LSN was published.
+    pub fn tick(&self) {
+        if self.config.role != Role::Source || !self.sharing_on() {
+            return;
+        }
+        if let Some(d) = self.dir.lock().as_mut() {
+            if let Err(e) = d.sync() {
+                tracing::debug!("dbfork agent: directory sync: {}", error_chain(&e));
+            }
+        }
+        self.scan_if_new_clone_lsn();
+    }
+
+    /// After a successful mmap by the server: remember buffer-pool candidates (the
+    /// only memory the agent ever remaps, and what the clone-time scan reads).
+    pub fn on_mmap(&self, addr: usize, len: usize, prot: i32, flags: i32, fd: i32) {
+        if self.config.role != Role::Off {
+            self.regions.on_mmap(addr, len, prot, flags, fd);
+        }
+    }
+
+    /// Called when the server starts native AIO: its reads and writes would bypass
+    /// the agent, so the written set would be incomplete.
+    pub fn on_native_aio(&self, which: &str) {
+        if self.config.role != Role::Off {
+            self.disable_sharing(&format!(
+                "the server uses {which}; start it with innodb_use_native_aio=0"
+            ));
+        }
+    }
+}
+
+/// The reason sharing goes off after a failed mapping.
+fn map_failure_reason(e: &AgentError) -> String {
+    let enomem =
+        matches!(e, AgentError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOMEM));
+    if enomem {
+        "mmap failed with ENOMEM (vm.max_map_count reached?)".into()
+    } else {
+        format!("mapping a pool page failed: {}", error_chain(e))
+    }
+}
+
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// A 16 KiB buffer aligned for O_DIRECT.
+pub struct AlignedPage(Box<Aligned>);
+
+#[repr(C, align(4096))]
+struct Aligned([u8; FRAME_SIZE]);
+
+impl Default for AlignedPage {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl AlignedPage {
+    pub fn new() -> Self {
+        AlignedPage(Box::new(Aligned([0; FRAME_SIZE])))
+    }
+    pub fn bytes(&mut self) -> &mut [u8] {
+        &mut self.0 .0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testkit::*;
+    use super::*;
+    use std::os::unix::io::AsRawFd;
+
+    #[test]
+    fn unaligned_or_odd_sized_reads_pass_through_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let arena = Arena::new();
+        std::fs::write(dir.path().join("clone_lsn"), "1000").unwrap();
+        let file = dir.path().join("t.ibd");
+        tablespace(&file, 2, 900);
+        let src = agent(dir.path(), "source", 0);
+        arena.show(&src);
+        let f = open_tracked(&src, &file);
+        let mut buf = vec![0u8; 3 * FRAME_SIZE];
+        let fd = f.as_raw_fd();
+        let p = buf.as_mut_ptr();
+        // SAFETY: buf is a live Vec of 3 pages.
+        let n = unsafe {
+            src.on_pread(fd, p, 2 * FRAME_SIZE, 0, || {
+                libc::pread(fd, p.cast(), 2 * FRAME_SIZE, 0) as isize
+            })
+        };
+        assert_eq!(n, 2 * FRAME_SIZE as isize);
+        assert_eq!(src.snapshot().pages_pooled, 0);
+        assert_eq!(src.snapshot().reads_data, 1);
+    }
+
+    #[test]
+    fn frames_outside_the_buffer_pool_are_never_remapped() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("clone_lsn"), "1000").unwrap();
+        let file = dir.path().join("t.ibd");
+        let pages = tablespace(&file, 2, 900);
+        let src = agent(dir.path(), "source", 0);
+        let f = open_tracked(&src, &file);
+        let arena = Arena::new(); // not shown to the agent: not a buffer pool
+        let fr = arena.frame();
+        assert_eq!(read(&src, &f, &fr, 1), FRAME_SIZE as isize);
+        assert_eq!(fr.bytes(), &pages[1][..]);
+        let s = src.snapshot();
+        assert_eq!((s.pages_pooled, s.reads_outside_pool), (0, 1));
+    }
+}

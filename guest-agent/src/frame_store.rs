@@ -1,0 +1,95 @@
+//! The family's store of shared frames: the agent's half of the substrate seam. The
+//! source offers clean page versions to it; a replica maps a stored frame over its
+//! buffer-pool frame instead of reading from disk, and undoes the mapping when the
+//! frame does not verify. The rest of the agent (the share rule, the directories, the
+//! read path) only sees this trait and the `Frame` references it hands out.
+//!
+//! Implementations: `pool::Pool` (the `local` substrate: a shared-memory file mapped
+//! copy-on-write). A Xen implementation (the source grants its frames, a replica maps
+//! grants) is planned; the trait is shaped for it: `offer` returns the `Frame` the page
+//! table stores (`Frame::XenGrant` there), and mapping may fail and is then undone.
+//!
+//! Every store keeps DESIGN.md invariant 2: a stored frame's bytes never change while
+//! anybody can map it; whoever writes a mapped frame writes a private copy.
+
+use std::sync::Arc;
+
+use pagetable::Frame;
+
+use crate::config::Config;
+use crate::error::Result;
+use crate::pool::Pool;
+
+/// Every shared frame is one 16 KiB page; other page sizes are never shared.
+pub const FRAME_SIZE: usize = 16384;
+
+/// What a stored frame holds: which page, which version, and since when it may serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameRecord {
+    pub space_id: u32,
+    pub page_no: u32,
+    /// FIL_PAGE_LSN of the bytes.
+    pub lsn: u64,
+    /// The family's clone LSN (`clone_lsn`) as the source read it BEFORE it issued the
+    /// read (or began the buffer-pool scan) that produced these bytes. The share rule
+    /// lets the frame serve a snapshot S only if `valid_from >= S`.
+    pub valid_from: u64,
+}
+
+/// One frame in a store's offer log, with its position in that log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredFrame {
+    /// Position in offer order; `offered_since(seq + 1, ..)` continues after it.
+    pub seq: u64,
+    pub frame: Frame,
+    pub record: FrameRecord,
+}
+
+/// The operations the agent does on shared frames. Any error means "not shared": the
+/// caller reads from disk (DESIGN.md invariant 6).
+pub trait FrameStore: Send + Sync {
+    /// Source: keeps a copy of `page` (`FRAME_SIZE` bytes of a verified clean page
+    /// version described by `record`) and returns the reference the page table stores.
+    /// `AgentError::PoolFull` when the store is at its cap; what it holds stays shared.
+    fn offer(&self, page: &[u8], record: FrameRecord) -> Result<Frame>;
+
+    /// The store's own account of what `frame` holds; None if it holds nothing
+    /// complete there (being written, damaged, or never offered).
+    fn record(&self, frame: Frame) -> Result<Option<FrameRecord>>;
+
+    /// Copies the bytes of `frame` into `dst` (`FRAME_SIZE` bytes).
+    fn read(&self, frame: Frame, dst: &mut [u8]) -> Result<()>;
+
+    /// The frames offered so far, in offer order from position `from`, at most `max`,
+    /// stopping at the first one not completely offered yet. Directories index the
+    /// store with it and re-register from it after the page table daemon restarts.
+    fn offered_since(&self, from: u64, max: usize) -> Result<Vec<StoredFrame>>;
+
+    /// Maps `frame` over the caller's frame at `dst`, copy-on-write: the caller reads
+    /// the stored bytes, and a later write by the caller changes only its own copy.
+    ///
+    /// # Safety
+    /// `dst` must be page-aligned, `FRAME_SIZE` bytes long, and owned by the caller for
+    /// the duration (no other thread may use those bytes while they are replaced).
+    unsafe fn map_over(&self, frame: Frame, dst: *mut u8) -> Result<()>;
+
+    /// Undoes `map_over` (also after it failed halfway): `dst` becomes private memory
+    /// again, with undefined contents the caller must refill.
+    ///
+    /// # Safety
+    /// As for `map_over`.
+    unsafe fn restore_private(&self, dst: *mut u8) -> Result<()>;
+
+    /// For logs: which store this is.
+    fn describe(&self) -> String;
+}
+
+/// The family's store for this process: today the local pool at `DBFORK_POOL_PATH`
+/// (created by the source, opened read-only by replicas).
+pub fn open_family_store(config: &Config) -> Result<Arc<dyn FrameStore>> {
+    let path = config.pool_path.as_ref().expect("checked by Config");
+    let create = config.role == crate::config::Role::Source;
+    Ok(Arc::new(
+        Pool::open(path, create)?.with_limit(config.pool_max_bytes),
+    ))
+}
