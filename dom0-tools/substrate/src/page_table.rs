@@ -157,9 +157,9 @@ impl PageTableService {
                 pid,
                 domain: DomainId(domain),
             }),
-            Identity::XenDomain { .. } => Err(Error::NotBuilt {
-                substrate: "xen",
-                hint: "binding a domU to its family comes with the Xen substrate",
+            Identity::XenDomain { domid } => self.admin(AdminRequest::BindDomid {
+                domid,
+                domain: DomainId(domain),
             }),
         }
     }
