@@ -9,11 +9,11 @@ use crate::lifecycle::{self, CloneOpts, Ctx, SourceOptions};
 use crate::output::Output;
 use crate::units::human;
 use anyhow::{bail, Context, Result};
-use dbinstance::sysbench::{self, SysbenchOptions};
 use dbinstance::Instance;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use std::path::Path;
 use std::time::{Duration, Instant};
+use workload::sysbench::{self, SysbenchOptions};
 
 const SRC: &str = "demo-src";
 const REPLICAS: [&str; 2] = ["demo-r1", "demo-r2"];

@@ -87,12 +87,12 @@ impl Drop for Cluster {
 }
 
 fn load(c: &Cluster, src: &str, tables: u32, rows: u64) {
-    let opts = dbinstance::sysbench::SysbenchOptions {
+    let opts = workload::sysbench::SysbenchOptions {
         tables,
         table_size: rows,
         ..Default::default()
     };
-    dbinstance::sysbench::prepare(&c.inst(src), &opts).unwrap();
+    workload::sysbench::prepare(&c.inst(src), &opts).unwrap();
 }
 
 fn checksums(c: &Cluster, name: &str) -> std::collections::BTreeMap<String, Option<u64>> {
@@ -104,9 +104,9 @@ fn clones_under_write_load_converge_and_so_does_a_clone_of_a_clone() {
     let Some(c) = Cluster::new() else { return };
     c.source("src");
     load(&c, "src", 2, 5000);
-    let writer = dbinstance::sysbench::start(
+    let writer = workload::sysbench::start(
         &c.inst("src"),
-        &dbinstance::sysbench::SysbenchOptions {
+        &workload::sysbench::SysbenchOptions {
             test: "oltp_write_only".into(),
             tables: 2,
             table_size: 5000,

@@ -7,9 +7,9 @@
 
 use std::time::{Duration, Instant};
 
-use dbinstance::sysbench::{self, SysbenchOptions};
 use dbinstance::testing::{frozen_datadir_copy, test_config, test_start_options, InstanceGuard};
 use dbinstance::{native_clone, wait_caught_up, ConsistentPoint};
+use workload::sysbench::{self, SysbenchOptions};
 
 fn env_or(key: &str, default: &str) -> String {
     std::env::var(key).unwrap_or_else(|_| default.to_string())

@@ -133,13 +133,6 @@ impl Instance {
         Ok(inst)
     }
 
-    /// A handle without touching the filesystem (for unit tests of code that only
-    /// reads the config).
-    #[cfg(test)]
-    pub(crate) fn open_unchecked(cfg: InstanceConfig) -> Instance {
-        Instance { cfg, child: None }
-    }
-
     pub fn config(&self) -> &InstanceConfig {
         &self.cfg
     }

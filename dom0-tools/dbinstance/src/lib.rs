@@ -1,5 +1,5 @@
 //! Control of local MariaDB server instances for dbfork: datadirs, start/stop,
-//! consistent points, replication, hot-page lists, file extents and sysbench.
+//! consistent points, replication, hot-page lists and file extents.
 //! See README.md for what this crate owns and what it does not.
 
 pub mod config;
@@ -14,9 +14,8 @@ pub mod native_clone;
 pub mod preflight;
 pub mod replication;
 pub mod sql;
-pub mod sysbench;
 pub mod testing;
-mod tools;
+pub mod tools;
 
 pub use config::InstanceConfig;
 pub use consistent::ConsistentPoint;

@@ -8,11 +8,11 @@ use crate::native::{self, NativeReplica};
 use crate::probe::FirstQueryProbe;
 use crate::window::{seconds_to_reach, window, WindowStats};
 use anyhow::{bail, Context, Result};
-use dbinstance::sysbench::{self, SysbenchOptions, SysbenchResult};
 use dbinstance::{Instance, NativeCloneTimings};
 use serde::Serialize;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+use workload::sysbench::{self, SysbenchOptions, SysbenchResult};
 
 pub const SOURCE: &str = "cbsrc";
 const DB: &str = "sbtest";

@@ -197,14 +197,13 @@ fn start_load(plan: &Plan, name: &str, socket: &Path, out: PathBuf, t0: Instant)
 fn prepare(plan: &Plan, source: &Instance) -> Result<()> {
     match plan.scenario {
         Scenario::R => {
-            let prep = dbinstance::sysbench::SysbenchOptions {
+            let prep = workload::sysbench::SysbenchOptions {
                 tables: plan.tables,
                 table_size: plan.rows,
                 threads: plan.tables.min(2),
                 ..Default::default()
             };
-            dbinstance::sysbench::prepare(source, &prep)
-                .context("sysbench prepare on the source")?;
+            workload::sysbench::prepare(source, &prep).context("sysbench prepare on the source")?;
         }
         Scenario::W => {
             source.exec("CREATE DATABASE IF NOT EXISTS tpcc")?;

@@ -1,14 +1,14 @@
 //! Driving sysbench's OLTP tests against an instance and parsing what it prints.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+use dbinstance::sql::quote_ident;
+use dbinstance::tools::tail_lines;
+use dbinstance::Instance;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::instance::Instance;
-use crate::sql::quote_ident;
-use crate::tools::{run as run_tool, tail_lines};
 
 const PACKAGE: &str = "sysbench";
 
@@ -99,13 +99,11 @@ pub fn prepare(instance: &Instance, opts: &SysbenchOptions) -> Result<()> {
         "--threads={}",
         opts.threads.clamp(1, opts.tables.max(1))
     ))
-    .arg("prepare");
-    run_tool(
-        &mut cmd,
-        &format!("sysbench {} prepare", opts.test),
-        PACKAGE,
-        None,
-    )?;
+    .arg("prepare")
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let child = spawn(&mut cmd, &opts.binary)?;
+    finish(child, &format!("sysbench {} prepare", opts.test))?;
     Ok(())
 }
 
@@ -125,17 +123,44 @@ pub fn start(instance: &Instance, opts: &SysbenchOptions) -> Result<RunningSysbe
         .arg("run")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let child = cmd.spawn().map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => Error::ToolMissing {
-            tool: opts.binary.display().to_string(),
-            package: PACKAGE,
-        },
-        _ => Error::io(&opts.binary, e),
-    })?;
     Ok(RunningSysbench {
-        child: Some(child),
+        child: Some(spawn(&mut cmd, &opts.binary)?),
         what: format!("sysbench {} run", opts.test),
     })
+}
+
+/// Spawns sysbench; a binary that is missing or not executable names its package.
+fn spawn(cmd: &mut Command, binary: &Path) -> Result<Child> {
+    cmd.spawn().map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => Error::ToolMissing {
+            tool: binary.display().to_string(),
+            package: PACKAGE,
+        },
+        _ => Error::Io {
+            what: format!("spawning {}", binary.display()),
+            source: e,
+        },
+    })
+}
+
+/// Waits for a child whose output is piped: its stdout on success, the tail of its
+/// stdout and stderr in the error on failure.
+fn finish(child: Child, what: &str) -> Result<String> {
+    let out = child.wait_with_output().map_err(|e| Error::Io {
+        what: format!("waiting for {what}"),
+        source: e,
+    })?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        let mut text = stdout;
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        return Err(Error::CommandFailed {
+            what: what.to_string(),
+            status: out.status.to_string(),
+            output_tail: tail_lines(&text, 30),
+        });
+    }
+    Ok(stdout)
 }
 
 /// A sysbench run in progress; killed if dropped before `wait`.
@@ -147,20 +172,7 @@ pub struct RunningSysbench {
 impl RunningSysbench {
     pub fn wait(mut self) -> Result<SysbenchResult> {
         let child = self.child.take().expect("child present until wait");
-        let out = child
-            .wait_with_output()
-            .map_err(|e| Error::io("sysbench", e))?;
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        if !out.status.success() {
-            let mut text = stdout.into_owned();
-            text.push_str(&String::from_utf8_lossy(&out.stderr));
-            return Err(Error::CommandFailed {
-                what: self.what.clone(),
-                status: out.status.to_string(),
-                output_tail: tail_lines(&text, 30),
-            });
-        }
-        parse_output(&stdout)
+        parse_output(&finish(child, &self.what)?)
     }
 }
 
@@ -175,10 +187,7 @@ impl Drop for RunningSysbench {
 
 /// Parses sysbench 1.0 `run` output (interval lines and the final summary).
 pub fn parse_output(text: &str) -> Result<SysbenchResult> {
-    let bad = |detail: String| Error::Parse {
-        what: "sysbench output".into(),
-        detail,
-    };
+    let bad = |detail: String| Error::Parse { detail };
     let mut intervals = Vec::new();
     let mut res = SysbenchResult {
         transactions: 0,
@@ -332,8 +341,9 @@ Latency (ms):
             binary: "/nonexistent/sysbench".into(),
             ..SysbenchOptions::default()
         };
-        let cfg = crate::InstanceConfig::in_dir("x", std::path::Path::new("/tmp/none"), 1, 1);
-        let inst = crate::Instance::open_unchecked(cfg);
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dbinstance::InstanceConfig::in_dir("x", dir.path(), 1, 1);
+        let inst = Instance::open(cfg).unwrap();
         match start(&inst, &opts) {
             Err(Error::ToolMissing { package, .. }) => assert_eq!(package, "sysbench"),
             Err(e) => panic!("{e}"),
