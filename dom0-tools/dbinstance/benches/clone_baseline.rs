@@ -7,8 +7,11 @@
 
 use std::time::{Duration, Instant};
 
-use dbinstance::testing::{frozen_datadir_copy, test_config, test_start_options, InstanceGuard};
-use dbinstance::{native_clone, wait_caught_up, ConsistentPoint};
+use dbinstance::{wait_caught_up, ConsistentPoint};
+use experiments_support::native_clone;
+use experiments_support::testing::{
+    frozen_datadir_copy, test_config, test_start_options, InstanceGuard,
+};
 use workload::sysbench::{self, SysbenchOptions};
 
 fn env_or(key: &str, default: &str) -> String {

@@ -455,7 +455,7 @@ fn signal(pid: i32, sig: libc::c_int) -> Result<()> {
 
 /// Creates `dir` if needed and insists it is empty (a fresh filesystem's lost+found
 /// is tolerated).
-pub(crate) fn prepare_empty_dir(dir: &Path) -> Result<()> {
+pub fn prepare_empty_dir(dir: &Path) -> Result<()> {
     fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let mut entries = fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
     let occupied = entries.any(|e| e.map(|e| e.file_name() != "lost+found").unwrap_or(true));
@@ -467,7 +467,7 @@ pub(crate) fn prepare_empty_dir(dir: &Path) -> Result<()> {
 
 /// Removes everything inside `dir` (not `dir` itself: it may be a mount point),
 /// keeping lost+found.
-pub(crate) fn clear_dir(dir: &Path) -> Result<()> {
+pub fn clear_dir(dir: &Path) -> Result<()> {
     for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
         let entry = entry.map_err(|e| Error::io(dir, e))?;
         if entry.file_name() == "lost+found" {

@@ -10,11 +10,9 @@ pub mod flush;
 pub mod gtid;
 pub mod hotpages;
 pub mod instance;
-pub mod native_clone;
 pub mod preflight;
 pub mod replication;
 pub mod sql;
-pub mod testing;
 pub mod tools;
 
 pub use config::InstanceConfig;
@@ -26,7 +24,6 @@ pub use hotpages::{
     dump_buffer_pool, parse_buffer_pool_dump, tablespace_files, PageId, TablespaceFile,
 };
 pub use instance::{Instance, PidHook, ReplCredentials, StartOptions, REPL_USER};
-pub use native_clone::{native_clone, NativeClone, NativeCloneTimings};
 pub use preflight::free_port;
 pub use replication::{
     checksum_all_tables, configure_replica, next_server_id, replication_status, start_replica,

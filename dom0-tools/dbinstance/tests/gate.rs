@@ -1,7 +1,7 @@
 //! The pid gate (`StartOptions::before_run`) and the pre-clone flush, on real servers.
 
-use dbinstance::testing::{test_config, test_start_options, InstanceGuard};
 use dbinstance::{flush_dirty_pages, Instance, PidHook};
+use experiments_support::testing::{test_config, test_start_options, InstanceGuard};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 

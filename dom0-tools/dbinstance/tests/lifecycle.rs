@@ -4,8 +4,8 @@ use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use dbinstance::testing::{test_config, test_start_options, InstanceGuard};
 use dbinstance::{Error, GtidPos, Instance};
+use experiments_support::testing::{test_config, test_start_options, InstanceGuard};
 
 #[test]
 fn init_start_query_stop_restart() {
@@ -208,7 +208,7 @@ fn status_reads_of_a_stopped_server_fail_clearly_instead_of_hanging() {
 /// returns: the caller unwinds (unmount, delete) and must not find it still running.
 #[test]
 fn a_start_that_times_out_leaves_no_server_running() {
-    let (cfg, _dir) = dbinstance::testing::test_config("slowstart", 16).unwrap();
+    let (cfg, _dir) = experiments_support::testing::test_config("slowstart", 16).unwrap();
     let mut inst = Instance::init(cfg.clone()).unwrap();
     let opts = dbinstance::StartOptions {
         timeout: Duration::from_millis(1),

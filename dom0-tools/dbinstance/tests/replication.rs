@@ -8,10 +8,13 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use dbinstance::sql::exec;
-use dbinstance::testing::{frozen_datadir_copy, test_config, test_start_options, InstanceGuard};
 use dbinstance::{
-    checksum_all_tables, configure_replica, native_clone, replication_status, start_replica,
-    wait_caught_up, ConsistentPoint, Error, Instance, ReplicationSource,
+    checksum_all_tables, configure_replica, replication_status, start_replica, wait_caught_up,
+    ConsistentPoint, Error, Instance, ReplicationSource,
+};
+use experiments_support::native_clone;
+use experiments_support::testing::{
+    frozen_datadir_copy, test_config, test_start_options, InstanceGuard,
 };
 
 const CATCH_UP: Duration = Duration::from_secs(60);

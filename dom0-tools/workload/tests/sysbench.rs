@@ -1,6 +1,6 @@
 //! sysbench against a real server: prepare, run, parsed figures.
 
-use dbinstance::testing::InstanceGuard;
+use experiments_support::testing::InstanceGuard;
 use workload::sysbench::{prepare, run, start, SysbenchOptions};
 
 #[test]

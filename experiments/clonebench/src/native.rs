@@ -1,8 +1,9 @@
-//! The DBMS-native replica path (dbinstance::native_clone: mariadb-backup --backup,
+//! The DBMS-native replica path (experiments_support::native_clone: mariadb-backup --backup,
 //! --prepare, --copy-back, start, replicate) into a plain temp dir, as the baseline.
 
 use anyhow::{Context, Result};
-use dbinstance::{native_clone, Instance, InstanceConfig, NativeCloneTimings, StartOptions};
+use dbinstance::{Instance, InstanceConfig, StartOptions};
+use experiments_support::{native_clone, NativeCloneTimings};
 use std::path::Path;
 use std::time::Duration;
 use tempfile::TempDir;
@@ -70,7 +71,7 @@ pub fn until_first_query_ms(t: &NativeCloneTimings) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dbinstance::testing::InstanceGuard;
+    use experiments_support::testing::InstanceGuard;
 
     #[test]
     fn native_replica_answers_replicates_and_is_gone_after_drop() {
@@ -115,7 +116,7 @@ mod tests {
 
     #[test]
     fn a_source_without_binlog_is_refused_and_leaves_nothing() {
-        let (mut cfg, dir) = dbinstance::testing::test_config("nobin", 42).unwrap();
+        let (mut cfg, dir) = experiments_support::testing::test_config("nobin", 42).unwrap();
         cfg.binlog = false;
         let src = InstanceGuard::init_and_start(cfg, dir).unwrap();
         let base = tempfile::tempdir().unwrap();

@@ -1,5 +1,6 @@
 //! Test support: instances in temp dirs that are stopped (or killed) and removed on
-//! Drop, also when the test panics. Used by this crate's tests and by dbfork's.
+//! Drop, also when the test panics. Used by the tests and benches of dbinstance and
+//! workload, and by the experiments' tests.
 
 use std::ops::{Deref, DerefMut};
 use std::path::Path;
@@ -7,10 +8,7 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
-use crate::config::InstanceConfig;
-use crate::error::{Error, Result};
-use crate::instance::{Instance, StartOptions};
-use crate::preflight::free_port;
+use dbinstance::{free_port, Error, Instance, InstanceConfig, Result, StartOptions};
 
 /// How long Drop waits for a clean shutdown before SIGKILL.
 const DROP_STOP_TIMEOUT: Duration = Duration::from_secs(20);

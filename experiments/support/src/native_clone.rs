@@ -1,18 +1,18 @@
 //! The DBMS-native replica path, and the baseline dbfork is measured against:
-//! mariadb-backup --backup, --prepare, --copy-back, start, replicate.
+//! mariadb-backup --backup, --prepare, --copy-back, start, replicate. Errors are
+//! `dbinstance::Error`s: every step is an instance operation or a MariaDB tool run.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use dbinstance::instance::{clear_dir, prepare_empty_dir};
+use dbinstance::tools::run;
+use dbinstance::{
+    configure_replica, Error, GtidPos, Instance, InstanceConfig, ReplicationSource, Result,
+    StartOptions,
+};
 use serde::{Deserialize, Serialize};
-
-use crate::config::InstanceConfig;
-use crate::error::{Error, Result};
-use crate::gtid::GtidPos;
-use crate::instance::{clear_dir, prepare_empty_dir, Instance, StartOptions};
-use crate::replication::{configure_replica, ReplicationSource};
-use crate::tools::run;
 
 /// Wall time of each phase.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
