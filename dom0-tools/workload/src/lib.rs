@@ -2,8 +2,6 @@
 //! prints: the load of `dbfork demo`, of the tests and of the experiments.
 //! See README.md for what this crate owns and what it does not.
 
-pub mod error;
 pub mod sysbench;
 
-pub use error::{Error, Result};
 pub use sysbench::{IntervalSample, RunningSysbench, SysbenchOptions, SysbenchResult};

@@ -1,14 +1,12 @@
 //! Driving sysbench's OLTP tests against an instance and parsing what it prints.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
 use dbinstance::sql::quote_ident;
-use dbinstance::tools::tail_lines;
-use dbinstance::Instance;
+use dbinstance::tools::{run as run_tool, tail_lines};
+use dbinstance::{Error, Instance, Result};
 use serde::{Deserialize, Serialize};
-
-use crate::error::{Error, Result};
 
 const PACKAGE: &str = "sysbench";
 
@@ -99,11 +97,13 @@ pub fn prepare(instance: &Instance, opts: &SysbenchOptions) -> Result<()> {
         "--threads={}",
         opts.threads.clamp(1, opts.tables.max(1))
     ))
-    .arg("prepare")
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let child = spawn(&mut cmd, &opts.binary)?;
-    finish(child, &format!("sysbench {} prepare", opts.test))?;
+    .arg("prepare");
+    run_tool(
+        &mut cmd,
+        &format!("sysbench {} prepare", opts.test),
+        PACKAGE,
+        None,
+    )?;
     Ok(())
 }
 
@@ -123,44 +123,17 @@ pub fn start(instance: &Instance, opts: &SysbenchOptions) -> Result<RunningSysbe
         .arg("run")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    Ok(RunningSysbench {
-        child: Some(spawn(&mut cmd, &opts.binary)?),
-        what: format!("sysbench {} run", opts.test),
-    })
-}
-
-/// Spawns sysbench; a binary that is missing or not executable names its package.
-fn spawn(cmd: &mut Command, binary: &Path) -> Result<Child> {
-    cmd.spawn().map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => Error::ToolMissing {
-            tool: binary.display().to_string(),
+    let child = cmd.spawn().map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::ToolMissing {
+            tool: opts.binary.display().to_string(),
             package: PACKAGE,
         },
-        _ => Error::Io {
-            what: format!("spawning {}", binary.display()),
-            source: e,
-        },
-    })
-}
-
-/// Waits for a child whose output is piped: its stdout on success, the tail of its
-/// stdout and stderr in the error on failure.
-fn finish(child: Child, what: &str) -> Result<String> {
-    let out = child.wait_with_output().map_err(|e| Error::Io {
-        what: format!("waiting for {what}"),
-        source: e,
+        _ => Error::io(&opts.binary, e),
     })?;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    if !out.status.success() {
-        let mut text = stdout;
-        text.push_str(&String::from_utf8_lossy(&out.stderr));
-        return Err(Error::CommandFailed {
-            what: what.to_string(),
-            status: out.status.to_string(),
-            output_tail: tail_lines(&text, 30),
-        });
-    }
-    Ok(stdout)
+    Ok(RunningSysbench {
+        child: Some(child),
+        what: format!("sysbench {} run", opts.test),
+    })
 }
 
 /// A sysbench run in progress; killed if dropped before `wait`.
@@ -172,7 +145,20 @@ pub struct RunningSysbench {
 impl RunningSysbench {
     pub fn wait(mut self) -> Result<SysbenchResult> {
         let child = self.child.take().expect("child present until wait");
-        parse_output(&finish(child, &self.what)?)
+        let out = child
+            .wait_with_output()
+            .map_err(|e| Error::io("sysbench", e))?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            let mut text = stdout.into_owned();
+            text.push_str(&String::from_utf8_lossy(&out.stderr));
+            return Err(Error::CommandFailed {
+                what: self.what.clone(),
+                status: out.status.to_string(),
+                output_tail: tail_lines(&text, 30),
+            });
+        }
+        parse_output(&stdout)
     }
 }
 
@@ -187,7 +173,10 @@ impl Drop for RunningSysbench {
 
 /// Parses sysbench 1.0 `run` output (interval lines and the final summary).
 pub fn parse_output(text: &str) -> Result<SysbenchResult> {
-    let bad = |detail: String| Error::Parse { detail };
+    let bad = |detail: String| Error::Parse {
+        what: "sysbench output".into(),
+        detail,
+    };
     let mut intervals = Vec::new();
     let mut res = SysbenchResult {
         transactions: 0,
