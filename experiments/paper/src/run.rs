@@ -2,7 +2,6 @@
 //! load, a replica forked every interval with its own load, series recorded.
 
 use crate::csv::row;
-use crate::dbfork::{config_of, Dbfork};
 use crate::metrics::{mean_in, time_to_reach};
 use crate::parse::interval_samples;
 use crate::sampler::{Sampler, Target, VolumeFigures};
@@ -11,7 +10,8 @@ use crate::{stopped, Plan, Scenario, Storage};
 use anyhow::{bail, Context, Result};
 use dbfork::io_limit::{self, IoLimitRecord};
 use dbinstance::{Instance, InstanceConfig, PidHook, StartOptions};
-use experiments_support::native_clone;
+use experiments_support::dbfork::config_of;
+use experiments_support::{native_clone, Dbfork};
 use indicatif::ProgressBar;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -299,7 +299,7 @@ struct ReplicaGuard<'a> {
 impl Drop for ReplicaGuard<'_> {
     fn drop(&mut self) {
         for n in self.names.drain(..).rev() {
-            if let Err(e) = self.dbfork.json(&["destroy", &n], &[]) {
+            if let Err(e) = self.dbfork.json(&["destroy", &n]) {
                 eprintln!("cleanup: dbfork destroy {n}: {e:#}");
             }
         }
@@ -322,10 +322,7 @@ impl Source {
             .prefix(&format!("paper-{}-", plan.scenario.name()))
             .tempdir_in(&plan.base_dir)
             .context("temp dir for the store")?;
-        let dbfork = Dbfork {
-            exe: plan.dbfork.clone(),
-            store: base.path().join("store"),
-        };
+        let dbfork = Dbfork::new(&plan.dbfork, base.path().join("store"));
         let base_path = base.path().to_path_buf();
         let mut guard = StoreGuard {
             dbfork: dbfork.clone(),
@@ -333,7 +330,7 @@ impl Source {
             dir: Some(base),
         };
         bar.set_message(format!("{}: creating the source", plan.scenario.name()));
-        let cfg = dbfork.source_create("src", &plan.volume_size, &plan.buffer_pool)?;
+        let cfg = dbfork.source_create("src", &plan.volume_size, &plan.buffer_pool, &[])?;
         let instance = Instance::open(cfg.clone()).context("opening the source")?;
         bar.set_message(format!("{}: loading the dataset", plan.scenario.name()));
         prepare(plan, &instance)?;
@@ -473,7 +470,7 @@ pub fn run_one(
                     args.extend(["--read-iops", iops.as_str()]);
                 }
                 replicas_made.names.push(name.clone());
-                let v = dbfork.json(&args, &[])?;
+                let v = dbfork.json(&args)?;
                 // dbfork's own phase times, for explaining the first-query figure.
                 let _ = std::fs::write(
                     file("clone", &name, "json"),
