@@ -99,28 +99,17 @@ fn clone_steps(
     let log = new_cfg.run_dir.join("mariadb-backup.log");
 
     let t0 = Instant::now();
-    let mut cmd = Command::new("mariadb-backup");
+    let mut cmd = mariadb_backup(&defaults_file(source.config()), "--backup", staging);
     cmd.arg(format!(
-        "--defaults-file={}",
-        source.config().cnf_path().display()
-    ))
-    .arg("--backup")
-    .arg(format!("--target-dir={}", staging.display()))
-    .arg(format!(
         "--socket={}",
         source.config().socket_path().display()
     ))
-    .arg("--user=root")
-    .stdin(Stdio::null());
+    .arg("--user=root");
     run_logged(&mut cmd, "mariadb-backup --backup", &log)?;
     t.backup_ms = ms(t0.elapsed());
 
     let t0 = Instant::now();
-    let mut cmd = Command::new("mariadb-backup");
-    cmd.arg("--no-defaults")
-        .arg("--prepare")
-        .arg(format!("--target-dir={}", staging.display()))
-        .stdin(Stdio::null());
+    let mut cmd = mariadb_backup("--no-defaults", "--prepare", staging);
     run_logged(&mut cmd, "mariadb-backup --prepare", &log)?;
     t.prepare_ms = ms(t0.elapsed());
 
@@ -128,14 +117,7 @@ fn clone_steps(
 
     let instance = Instance::open(new_cfg)?;
     let t0 = Instant::now();
-    let mut cmd = Command::new("mariadb-backup");
-    cmd.arg(format!(
-        "--defaults-file={}",
-        instance.config().cnf_path().display()
-    ))
-    .arg("--copy-back")
-    .arg(format!("--target-dir={}", staging.display()))
-    .stdin(Stdio::null());
+    let mut cmd = mariadb_backup(&defaults_file(instance.config()), "--copy-back", staging);
     run_logged(&mut cmd, "mariadb-backup --copy-back", &log)?;
     t.copy_back_ms = ms(t0.elapsed());
     instance.adopt_repl_secret(source.config())?;
@@ -149,6 +131,21 @@ fn clone_steps(
     configure_replica(instance, &ReplicationSource::of(source)?, &gtid)?;
     t.configure_ms = ms(t0.elapsed());
     Ok((gtid, t))
+}
+
+/// `mariadb-backup DEFAULTS OP --target-dir=STAGING`: the defaults option first, as
+/// mariadb-backup requires.
+fn mariadb_backup(defaults: &str, op: &str, staging: &Path) -> Command {
+    let mut cmd = Command::new("mariadb-backup");
+    cmd.arg(defaults)
+        .arg(op)
+        .arg(format!("--target-dir={}", staging.display()))
+        .stdin(Stdio::null());
+    cmd
+}
+
+fn defaults_file(cfg: &InstanceConfig) -> String {
+    format!("--defaults-file={}", cfg.cnf_path().display())
 }
 
 fn run_logged(cmd: &mut Command, what: &str, log: &Path) -> Result<()> {
