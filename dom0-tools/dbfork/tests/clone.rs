@@ -57,6 +57,32 @@ impl Cluster {
             dbfork_exe: DBFORK.into(),
         })
     }
+    /// Starts `name`'s server again from its record, with `config` (on the local
+    /// substrate, in its family as before), as a restart after a crash does.
+    fn start_again(&self, name: &str, config: &InstanceConfig) {
+        use substrate::{AgentRole, AgentSpec, StartRequest, Substrate};
+        let rec = Registry::new(self.store.path()).load(name).unwrap();
+        let agent = rec.sharing.as_ref().map(|m| AgentSpec {
+            family: m.family_id,
+            domain: m.domain_id,
+            role: AgentRole::Source {
+                pool_max_bytes: 2 * config.buffer_pool_size,
+            },
+        });
+        let mut domain = rec.domain.clone();
+        self.local()
+            .start(
+                &StartRequest {
+                    config,
+                    volume: &rec.volume,
+                    agent: agent.as_ref(),
+                    read_iops: None,
+                    timeout: Duration::from_secs(180),
+                },
+                &mut domain,
+            )
+            .unwrap();
+    }
     /// A clone run in this process, on the local substrate with faults injected.
     fn clone_faulty(
         &self,
@@ -111,12 +137,12 @@ impl Drop for Cluster {
 }
 
 fn load(c: &Cluster, src: &str, tables: u32, rows: u64) {
-    let opts = dbinstance::sysbench::SysbenchOptions {
+    let opts = workload::sysbench::SysbenchOptions {
         tables,
         table_size: rows,
         ..Default::default()
     };
-    dbinstance::sysbench::prepare(&c.inst(src), &opts).unwrap();
+    workload::sysbench::prepare(&c.inst(src), &opts).unwrap();
 }
 
 fn checksums(c: &Cluster, name: &str) -> std::collections::BTreeMap<String, Option<u64>> {
@@ -128,9 +154,9 @@ fn clones_under_write_load_converge_and_so_does_a_clone_of_a_clone() {
     let Some(c) = Cluster::new() else { return };
     c.source("src");
     load(&c, "src", 2, 5000);
-    let writer = dbinstance::sysbench::start(
+    let writer = workload::sysbench::start(
         &c.inst("src"),
-        &dbinstance::sysbench::SysbenchOptions {
+        &workload::sysbench::SysbenchOptions {
             test: "oltp_write_only".into(),
             tables: 2,
             table_size: 5000,
@@ -211,7 +237,7 @@ fn destroy_during_hydration_and_source_killed_during_hydration() {
         c.store.json(&["status", "r2"])["volume"]["independent"] == true
     }));
     // The source comes back with its data as it was and replication resumes.
-    src.start().unwrap();
+    c.start_again("src", &c.cfg("src"));
     assert_eq!(checksums(&c, "src"), before);
     src.exec("INSERT INTO sbtest.sbtest1 (k, c, pad) VALUES (1, 'after', 'restart')")
         .unwrap();
@@ -308,8 +334,7 @@ fn bad_input_is_named_and_changes_nothing() {
     let mut inst = Instance::open(cfg.clone()).unwrap();
     inst.stop().unwrap();
     cfg.binlog = false;
-    inst.reconfigure(cfg).unwrap();
-    inst.start().unwrap();
+    c.start_again("src", &cfg);
     let err = c.store.fails(&["clone", "src", "nb"]);
     assert!(
         err.to_lowercase().contains("binlog") || err.to_lowercase().contains("binary log"),

@@ -7,9 +7,10 @@
 
 use std::time::{Duration, Instant};
 
-use dbinstance::sysbench::{self, SysbenchOptions};
-use dbinstance::testing::{frozen_datadir_copy, test_config, test_start_options, InstanceGuard};
-use dbinstance::{native_clone, wait_caught_up, ConsistentPoint};
+use dbinstance::{wait_caught_up, ConsistentPoint};
+use experiments_support::native_clone;
+use experiments_support::testing::{frozen_datadir_copy, test_config, test_launch, InstanceGuard};
+use workload::sysbench::{self, SysbenchOptions};
 
 fn env_or(key: &str, default: &str) -> String {
     std::env::var(key).unwrap_or_else(|_| default.to_string())
@@ -60,7 +61,7 @@ fn bench_size(tables: u32, rows: u64, pool_mb: u64, secs: u32) {
     let alone = sysbench::run(&src, &sb).unwrap();
     let load = sysbench::start(&src, &sb).unwrap();
     let (rcfg, rdir) = test_config("brep", 2).unwrap();
-    let clone = native_clone(&src, rcfg, &test_start_options()).unwrap();
+    let clone = native_clone(&src, rcfg, &test_launch()).unwrap();
     let during = load.wait().unwrap();
     let replica = InstanceGuard::adopt(clone.instance, Some(rdir));
     wait_caught_up(&replica, &src, Duration::from_secs(300)).unwrap();

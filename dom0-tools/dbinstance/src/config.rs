@@ -33,10 +33,6 @@ pub struct InstanceConfig {
     /// Additional server options; a key here replaces a generated one of the same name
     /// (`-` and `_` are treated alike). An empty value renders a bare flag.
     pub extra: BTreeMap<String, String>,
-    /// Libraries put into LD_PRELOAD of the server process (the guest agent).
-    pub preload: Vec<PathBuf>,
-    /// Extra environment for the server process.
-    pub env: BTreeMap<String, String>,
     pub mariadbd: PathBuf,
 }
 
@@ -56,8 +52,6 @@ impl InstanceConfig {
             binlog: true,
             read_only: false,
             extra: BTreeMap::new(),
-            preload: Vec::new(),
-            env: BTreeMap::new(),
             mariadbd: PathBuf::from("/usr/sbin/mariadbd"),
         }
     }
@@ -150,11 +144,6 @@ impl InstanceConfig {
                 return bad(format!("extra option {k} has a line break in its value"));
             }
         }
-        for (k, v) in &self.env {
-            if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
-                return bad(format!("environment entry {k:?} is not valid"));
-            }
-        }
         Ok(())
     }
 
@@ -174,7 +163,7 @@ impl InstanceConfig {
         set("server_id", self.server_id.to_string());
         set("gtid_domain_id", self.gtid_domain_id.to_string());
         set("innodb_buffer_pool_size", self.buffer_pool_size.to_string());
-        // The preload agent cannot see io_uring/libaio reads.
+        // The guest agent sees reads through the C library, not io_uring/libaio ones.
         set("innodb_use_native_aio", "0".into());
         // A cloned datadir may carry a parent's replication config; never act on it
         // before configure_replica has reset it.
@@ -225,19 +214,6 @@ impl InstanceConfig {
             self.socket_path().display()
         ));
         out
-    }
-
-    /// The LD_PRELOAD value, if any library is to be preloaded.
-    pub fn ld_preload(&self) -> Option<String> {
-        if self.preload.is_empty() {
-            return None;
-        }
-        let parts: Vec<String> = self
-            .preload
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect();
-        Some(parts.join(":"))
     }
 }
 
@@ -331,11 +307,9 @@ mod tests {
     #[test]
     fn serde_round_trip() {
         let mut c = cfg();
-        c.preload.push("/opt/agent.so".into());
-        c.env.insert("DBFORK_ROLE".into(), "source".into());
+        c.extra.insert("innodb_log_file_size".into(), "16M".into());
         let json = serde_json::to_string(&c).unwrap();
         let back: InstanceConfig = serde_json::from_str(&json).unwrap();
         assert_eq!(back, c);
-        assert_eq!(back.ld_preload().as_deref(), Some("/opt/agent.so"));
     }
 }

@@ -1,9 +1,9 @@
-//! One MariaDB server process: init its datadir, start, stop, kill, observe.
+//! One MariaDB server: init its datadir, get ready to start (the process itself is
+//! spawned by a substrate), wait until it answers, stop, kill, observe.
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -25,32 +25,6 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(180);
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// How to start the server process.
-#[derive(Clone, Debug)]
-pub struct StartOptions {
-    pub timeout: Duration,
-    /// Kill the server when the thread that started it exits (PR_SET_PDEATHSIG).
-    /// For tests, so a killed test run leaves no servers behind; never for the CLI,
-    /// whose servers must outlive it.
-    pub die_with_parent: bool,
-    /// Called with the server's pid before the server runs a single instruction of its
-    /// own (it waits at a gate until this returns). dbfork binds the pid to a domain of
-    /// the page table here, so the agent inside is known from its first read.
-    pub before_run: Option<PidHook>,
-}
-
-/// See [`StartOptions::before_run`].
-#[derive(Clone)]
-pub struct PidHook(
-    pub std::sync::Arc<dyn Fn(u32) -> std::result::Result<(), String> + Send + Sync>,
-);
-
-impl std::fmt::Debug for PidHook {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("PidHook")
-    }
-}
-
 /// What [`Instance::prepare_start`] found ready: the command that runs the server and
 /// where its output goes.
 #[derive(Debug)]
@@ -62,16 +36,6 @@ pub struct StartPlan {
     /// The error log's length before the start: what the server writes after it is
     /// this start's.
     pub log_offset: u64,
-}
-
-impl Default for StartOptions {
-    fn default() -> Self {
-        StartOptions {
-            timeout: DEFAULT_START_TIMEOUT,
-            die_with_parent: false,
-            before_run: None,
-        }
-    }
 }
 
 /// Credentials for the replication account, as stored next to the datadir.
@@ -86,7 +50,6 @@ pub struct ReplCredentials {
 #[derive(Debug)]
 pub struct Instance {
     cfg: InstanceConfig,
-    child: Option<Child>,
 }
 
 impl Instance {
@@ -97,7 +60,7 @@ impl Instance {
         cfg.validate()?;
         prepare_empty_dir(&cfg.datadir)?;
         fs::create_dir_all(&cfg.run_dir).map_err(|e| Error::io(&cfg.run_dir, e))?;
-        let inst = Instance { cfg, child: None };
+        let inst = Instance { cfg };
         inst.write_cnf()?;
 
         let password: String = rand::thread_rng()
@@ -139,18 +102,11 @@ impl Instance {
     pub fn open(cfg: InstanceConfig) -> Result<Instance> {
         cfg.validate()?;
         fs::create_dir_all(&cfg.run_dir).map_err(|e| Error::io(&cfg.run_dir, e))?;
-        let inst = Instance { cfg, child: None };
+        let inst = Instance { cfg };
         if !inst.is_running() {
             inst.write_cnf()?;
         }
         Ok(inst)
-    }
-
-    /// A handle without touching the filesystem (for unit tests of code that only
-    /// reads the config).
-    #[cfg(test)]
-    pub(crate) fn open_unchecked(cfg: InstanceConfig) -> Instance {
-        Instance { cfg, child: None }
     }
 
     pub fn config(&self) -> &InstanceConfig {
@@ -212,82 +168,6 @@ impl Instance {
             &self.cfg.repl_secret_path(),
             &format!("{}\n{}\n", creds.user, creds.password),
         )
-    }
-
-    pub fn start(&mut self) -> Result<()> {
-        self.start_with(&StartOptions::default())
-    }
-
-    /// Spawns mariadbd (own process group, output to `mysqld.out`) and waits until a
-    /// connection over the socket answers. Refuses when the port is bound or the
-    /// datadir is locked by a live server.
-    pub fn start_with(&mut self, opts: &StartOptions) -> Result<()> {
-        let plan = self.prepare_start()?;
-        let cfg = &self.cfg;
-        // With a pid hook, a shell holds the process at a gate until the hook has run,
-        // then becomes mariadbd (exec keeps the pid). LD_PRELOAD is only exported at
-        // the exec, so the preload never loads into the shell.
-        let gated = opts.before_run.is_some();
-        let mut cmd = if gated {
-            let mut c = Command::new("/bin/sh");
-            c.arg("-c")
-                .arg(r#"read -r _ || exit 111; if [ -n "$DBFORK_GATE_PRELOAD" ]; then export LD_PRELOAD="$DBFORK_GATE_PRELOAD"; fi; unset DBFORK_GATE_PRELOAD; exec "$0" "$@""#)
-                .arg(&plan.program)
-                .stdin(Stdio::piped());
-            c
-        } else {
-            let mut c = Command::new(&plan.program);
-            c.stdin(Stdio::null());
-            c
-        };
-        cmd.args(&plan.args)
-            .stdout(plan.stdout)
-            .stderr(plan.stderr)
-            .process_group(0)
-            .envs(&cfg.env);
-        if let Some(preload) = cfg.ld_preload() {
-            cmd.env(
-                if gated {
-                    "DBFORK_GATE_PRELOAD"
-                } else {
-                    "LD_PRELOAD"
-                },
-                preload,
-            );
-        }
-        if opts.die_with_parent {
-            // SAFETY: runs in the forked child before exec; prctl is async-signal-safe
-            // and touches no memory of ours.
-            unsafe {
-                cmd.pre_exec(|| {
-                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
-        }
-        let child = cmd.spawn().map_err(|e| self.spawn_error(e))?;
-        let mut child = child;
-        if let Some(hook) = &opts.before_run {
-            let opened = (hook.0)(child.id()).and_then(|()| {
-                use std::io::Write;
-                let mut gate = child.stdin.take().ok_or("no gate")?;
-                gate.write_all(b"go\n").map_err(|e| e.to_string())
-            });
-            if let Err(why) = opened {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(Error::InvalidConfig(format!(
-                    "{}: not started, the pid hook failed: {why}",
-                    cfg.name
-                )));
-            }
-        }
-        tracing::info!(name = %cfg.name, pid = child.id(), port = cfg.port, "started mariadbd");
-        self.wait_ready(&mut child, opts.timeout, plan.log_offset)?;
-        self.child = Some(child);
-        Ok(())
     }
 
     /// Everything before the server process is made: refuses a running server, an
@@ -412,14 +292,8 @@ impl Instance {
         format!("--defaults-file={}", self.cfg.cnf_path().display())
     }
 
-    /// The server's pid, if it is running (spawned by us or found via the pid file).
+    /// The server's pid, if it is running (found through its pid file).
     pub fn pid(&self) -> Option<i32> {
-        if let Some(child) = &self.child {
-            let pid = child.id() as i32;
-            if process_alive(pid) {
-                return Some(pid);
-            }
-        }
         running_pid(&self.cfg)
     }
 
@@ -435,7 +309,6 @@ impl Instance {
     /// instance is fine.
     pub fn stop_with_timeout(&mut self, timeout: Duration) -> Result<()> {
         let Some(pid) = self.pid() else {
-            self.reap();
             return Ok(());
         };
         tracing::info!(name = %self.cfg.name, pid, "stopping mariadbd");
@@ -446,7 +319,6 @@ impl Instance {
     /// SIGKILL, as a crash would; waits until the process is gone.
     pub fn kill(&mut self) -> Result<()> {
         let Some(pid) = self.pid() else {
-            self.reap();
             return Ok(());
         };
         tracing::info!(name = %self.cfg.name, pid, "killing mariadbd");
@@ -457,12 +329,7 @@ impl Instance {
     fn wait_gone(&mut self, pid: i32, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
-            let gone = match self.child.as_mut() {
-                Some(c) if c.id() as i32 == pid => matches!(c.try_wait(), Ok(Some(_)) | Err(_)),
-                _ => !process_alive(pid),
-            };
-            if gone {
-                self.child = None;
+            if !process_alive(pid) {
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -473,12 +340,6 @@ impl Instance {
                 });
             }
             std::thread::sleep(POLL);
-        }
-    }
-
-    fn reap(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.try_wait();
         }
     }
 }
@@ -507,7 +368,7 @@ fn signal(pid: i32, sig: libc::c_int) -> Result<()> {
 
 /// Creates `dir` if needed and insists it is empty (a fresh filesystem's lost+found
 /// is tolerated).
-pub(crate) fn prepare_empty_dir(dir: &Path) -> Result<()> {
+pub fn prepare_empty_dir(dir: &Path) -> Result<()> {
     fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let mut entries = fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
     let occupied = entries.any(|e| e.map(|e| e.file_name() != "lost+found").unwrap_or(true));
@@ -519,7 +380,7 @@ pub(crate) fn prepare_empty_dir(dir: &Path) -> Result<()> {
 
 /// Removes everything inside `dir` (not `dir` itself: it may be a mount point),
 /// keeping lost+found.
-pub(crate) fn clear_dir(dir: &Path) -> Result<()> {
+pub fn clear_dir(dir: &Path) -> Result<()> {
     for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
         let entry = entry.map_err(|e| Error::io(dir, e))?;
         if entry.file_name() == "lost+found" {

@@ -1,5 +1,6 @@
-//! Control of local MariaDB server instances for dbfork: datadirs, start/stop,
-//! consistent points, replication, hot-page lists, file extents and sysbench.
+//! Control of MariaDB server instances for dbfork: configs and datadirs, readiness,
+//! stop,
+//! consistent points, replication, hot-page lists and file extents.
 //! See README.md for what this crate owns and what it does not.
 
 pub mod config;
@@ -10,13 +11,10 @@ pub mod flush;
 pub mod gtid;
 pub mod hotpages;
 pub mod instance;
-pub mod native_clone;
 pub mod preflight;
 pub mod replication;
 pub mod sql;
-pub mod sysbench;
-pub mod testing;
-mod tools;
+pub mod tools;
 
 pub use config::InstanceConfig;
 pub use consistent::ConsistentPoint;
@@ -26,12 +24,9 @@ pub use gtid::{Gtid, GtidPos};
 pub use hotpages::{
     dump_buffer_pool, parse_buffer_pool_dump, tablespace_files, PageId, TablespaceFile,
 };
-pub use instance::{
-    running_pid, Instance, PidHook, ReplCredentials, StartOptions, StartPlan, REPL_USER,
-};
-pub use native_clone::{native_clone, NativeClone, NativeCloneTimings};
+pub use instance::{running_pid, Instance, ReplCredentials, StartPlan, REPL_USER};
 pub use preflight::free_port;
 pub use replication::{
-    checksum_all_tables, configure_replica, next_server_id, replication_status, start_replica,
-    wait_caught_up, ReplicaStartTimings, ReplicationSource, ReplicationStatus,
+    checksum_all_tables, configure_replica, next_server_id, replication_status, wait_caught_up,
+    ReplicationSource, ReplicationStatus,
 };

@@ -1,4 +1,5 @@
-//! Running the external MariaDB tools with errors that say what to install.
+//! Running the external MariaDB tools (mariadb-install-db, mariadb-backup) with errors
+//! that say what to install.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -7,7 +8,7 @@ use crate::error::{Error, Result};
 
 /// Runs `cmd` to completion; a missing binary names its Debian package, a failure
 /// carries the tail of its output (and of `extra_log` when the tool logs elsewhere).
-pub(crate) fn run(
+pub fn run(
     cmd: &mut Command,
     what: &str,
     package: &'static str,
@@ -39,7 +40,7 @@ pub(crate) fn run(
 }
 
 /// The last `n` lines of `text`.
-pub(crate) fn tail_lines(text: &str, n: usize) -> String {
+pub fn tail_lines(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }

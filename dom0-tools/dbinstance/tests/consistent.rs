@@ -3,8 +3,8 @@
 use std::time::{Duration, Instant};
 
 use dbinstance::sql::{exec, scalar};
-use dbinstance::testing::{test_config, InstanceGuard};
 use dbinstance::{ConsistentPoint, Error, GtidPos, Instance};
+use experiments_support::testing::{test_config, InstanceGuard};
 
 /// Polls until a session runs `needle` and waits for the backup lock.
 fn wait_for_blocked(src: &Instance, needle: &str) -> String {

@@ -1,7 +1,7 @@
 //! Buffer pool dump and tablespace map from a real server.
 
-use dbinstance::testing::InstanceGuard;
 use dbinstance::{dump_buffer_pool, tablespace_files};
+use experiments_support::testing::InstanceGuard;
 
 #[test]
 fn dump_lists_warm_pages_that_map_into_files() {

@@ -1,11 +1,13 @@
-//! Real mariadbd processes: init, start, stop, kill, refusals.
+//! Real mariadbd processes: init, start (as the local substrate starts them), stop,
+//! kill, refusals.
 
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use dbinstance::testing::{test_config, test_start_options, InstanceGuard};
 use dbinstance::{Error, GtidPos, Instance};
+use experiments_support::testing::{start, test_config, test_launch, InstanceGuard};
+use substrate::local::server::{self, Launch};
 
 #[test]
 fn init_start_query_stop_restart() {
@@ -55,7 +57,7 @@ fn init_start_query_stop_restart() {
     assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
     src.stop().unwrap(); // idempotent
 
-    src.start_with(&test_start_options()).unwrap();
+    start(&src).unwrap();
     assert_eq!(
         src.query_scalar::<i64>("SELECT COUNT(*) FROM d.t").unwrap(),
         Some(2)
@@ -73,7 +75,7 @@ fn kill_then_restart_recovers() {
     src.kill().unwrap();
     assert!(!src.is_running());
     assert!(src.conn().is_err());
-    src.start_with(&test_start_options()).unwrap();
+    start(&src).unwrap();
     assert_eq!(
         src.query_scalar::<i64>("SELECT COUNT(*) FROM d.t").unwrap(),
         Some(3)
@@ -86,31 +88,34 @@ fn refuses_port_in_use_before_start() {
     let holder = TcpListener::bind(("127.0.0.1", cfg.port)).unwrap();
     let port = cfg.port;
     let inst = Instance::init(cfg).unwrap();
-    let mut g = InstanceGuard::adopt(inst, Some(dir));
-    let err = g.start_with(&test_start_options()).unwrap_err();
+    let g = InstanceGuard::adopt(inst, Some(dir));
+    let err = start(&g).unwrap_err();
     assert!(
-        matches!(err, Error::PortInUse { port: p, .. } if p == port),
+        matches!(err, substrate::Error::Db(Error::PortInUse { port: p, .. }) if p == port),
         "{err}"
     );
     assert!(err.to_string().contains(&format!("port {port}")), "{err}");
     assert!(!g.is_running());
     drop(holder);
-    g.start_with(&test_start_options()).unwrap();
+    start(&g).unwrap();
 }
 
 #[test]
 fn refuses_datadir_of_live_server_and_double_start() {
-    let mut src = InstanceGuard::source("busy", 14).unwrap();
-    let err = src.start_with(&test_start_options()).unwrap_err();
-    assert!(matches!(err, Error::AlreadyRunning(_)), "{err}");
+    let src = InstanceGuard::source("busy", 14).unwrap();
+    let err = start(&src).unwrap_err();
+    assert!(
+        matches!(err, substrate::Error::Db(Error::AlreadyRunning(_))),
+        "{err}"
+    );
 
     // A second config (other run dir, other port) pointing at the same datadir.
     let (mut other, other_dir) = test_config("busy2", 15).unwrap();
     other.datadir = src.config().datadir.clone();
-    let mut intruder = InstanceGuard::adopt(Instance::open(other).unwrap(), Some(other_dir));
-    let err = intruder.start_with(&test_start_options()).unwrap_err();
+    let intruder = InstanceGuard::adopt(Instance::open(other).unwrap(), Some(other_dir));
+    let err = start(&intruder).unwrap_err();
     match &err {
-        Error::DatadirInUse { pid, .. } => assert_eq!(Some(*pid), src.pid()),
+        substrate::Error::Db(Error::DatadirInUse { pid, .. }) => assert_eq!(Some(*pid), src.pid()),
         _ => panic!("expected DatadirInUse, got {err}"),
     }
     assert!(!intruder.is_running());
@@ -128,8 +133,11 @@ fn init_refuses_non_empty_datadir_and_start_needs_init() {
     let mut empty = cfg.clone();
     empty.datadir = cfg.run_dir.join("empty");
     std::fs::create_dir_all(&empty.datadir).unwrap();
-    let err = Instance::open(empty).unwrap().start().unwrap_err();
-    assert!(matches!(err, Error::DatadirNotInitialised(_)), "{err}");
+    let err = start(&Instance::open(empty).unwrap()).unwrap_err();
+    assert!(
+        matches!(err, substrate::Error::Db(Error::DatadirNotInitialised(_))),
+        "{err}"
+    );
 }
 
 #[test]
@@ -138,9 +146,12 @@ fn startup_failure_carries_log_tail() {
     let inst = Instance::init(cfg.clone()).unwrap();
     drop(inst);
     cfg.extra.insert("innodb_no_such_option".into(), "1".into());
-    let mut g = InstanceGuard::adopt(Instance::open(cfg).unwrap(), Some(dir));
-    let err = g.start_with(&test_start_options()).unwrap_err();
-    assert!(matches!(err, Error::StartupExited { .. }), "{err}");
+    let g = InstanceGuard::adopt(Instance::open(cfg).unwrap(), Some(dir));
+    let err = start(&g).unwrap_err();
+    assert!(
+        matches!(err, substrate::Error::Db(Error::StartupExited { .. })),
+        "{err}"
+    );
     assert!(
         err.to_string().contains("innodb_no_such_option")
             || err.to_string().contains("unknown variable"),
@@ -175,7 +186,7 @@ fn another_handle_adopts_stops_and_restarts_via_pid_file() {
     other.stop().unwrap();
     assert!(!other.is_running());
     assert!(!src.is_running());
-    other.start_with(&test_start_options()).unwrap();
+    start(&other).unwrap();
     assert!(
         src.is_running(),
         "the guard sees the new process through the pid file"
@@ -208,14 +219,20 @@ fn status_reads_of_a_stopped_server_fail_clearly_instead_of_hanging() {
 /// returns: the caller unwinds (unmount, delete) and must not find it still running.
 #[test]
 fn a_start_that_times_out_leaves_no_server_running() {
-    let (cfg, _dir) = dbinstance::testing::test_config("slowstart", 16).unwrap();
-    let mut inst = Instance::init(cfg.clone()).unwrap();
-    let opts = dbinstance::StartOptions {
+    let (cfg, _dir) = experiments_support::testing::test_config("slowstart", 16).unwrap();
+    let inst = Instance::init(cfg.clone()).unwrap();
+    let opts = Launch {
         timeout: Duration::from_millis(1),
-        ..test_start_options()
+        ..test_launch()
     };
-    let e = inst.start_with(&opts).unwrap_err();
-    assert!(matches!(e, dbinstance::Error::StartupTimeout { .. }), "{e}");
+    let e = server::launch(&inst, &opts).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            substrate::Error::Db(dbinstance::Error::StartupTimeout { .. })
+        ),
+        "{e}"
+    );
     assert!(e.to_string().contains("was stopped"), "{e}");
     let cnf = cfg.cnf_path().display().to_string();
     let running: Vec<String> = std::fs::read_dir("/proc")

@@ -8,10 +8,13 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use dbinstance::sql::exec;
-use dbinstance::testing::{frozen_datadir_copy, test_config, test_start_options, InstanceGuard};
 use dbinstance::{
-    checksum_all_tables, configure_replica, native_clone, replication_status, start_replica,
-    wait_caught_up, ConsistentPoint, Error, Instance, ReplicationSource,
+    checksum_all_tables, configure_replica, replication_status, wait_caught_up, ConsistentPoint,
+    Error, Instance, ReplicationSource,
+};
+use experiments_support::native_clone;
+use experiments_support::testing::{
+    frozen_datadir_copy, start, start_replica, test_config, test_launch, InstanceGuard,
 };
 
 const CATCH_UP: Duration = Duration::from_secs(60);
@@ -130,14 +133,20 @@ fn native_clone_under_write_load_catches_up() {
     seed(&src);
 
     let (same_id, _d) = test_config("nsame", 31).unwrap();
-    let err = native_clone(&src, same_id, &test_start_options()).unwrap_err();
-    assert!(matches!(err, Error::InvalidConfig(_)), "{err}");
+    let err = native_clone(&src, same_id, &test_launch()).unwrap_err();
+    assert!(
+        matches!(err, substrate::Error::Db(Error::InvalidConfig(_))),
+        "{err}"
+    );
 
     // A failure after the copy (the new port is taken) leaves no half-made replica.
     let (busy, _busy_dir) = test_config("nbusy", 33).unwrap();
     let holder = std::net::TcpListener::bind(("127.0.0.1", busy.port)).unwrap();
-    let err = native_clone(&src, busy.clone(), &test_start_options()).unwrap_err();
-    assert!(matches!(err, Error::PortInUse { .. }), "{err}");
+    let err = native_clone(&src, busy.clone(), &test_launch()).unwrap_err();
+    assert!(
+        matches!(err, substrate::Error::Db(Error::PortInUse { .. })),
+        "{err}"
+    );
     assert_eq!(
         std::fs::read_dir(&busy.datadir).unwrap().count(),
         0,
@@ -150,7 +159,7 @@ fn native_clone_under_write_load_catches_up() {
     let writer = Writer::start(&src);
     writer.wait_progress(20);
     let (cfg, dir) = test_config("nrep", 32).unwrap();
-    let res = native_clone(&src, cfg.clone(), &test_start_options());
+    let res = native_clone(&src, cfg.clone(), &test_launch());
     let n = match res {
         Ok(clone) => {
             let replica = InstanceGuard::adopt(clone.instance, Some(dir));
@@ -212,8 +221,8 @@ fn snapshot_clone_under_write_load_and_clone_of_clone() {
 
     let replica = Instance::open(cfg).unwrap();
     replica.adopt_repl_secret(src.config()).unwrap();
-    let mut replica = InstanceGuard::adopt(replica, Some(dir));
-    replica.start_with(&test_start_options()).unwrap();
+    let replica = InstanceGuard::adopt(replica, Some(dir));
+    start(&replica).unwrap();
     // The snapshot carries the source's binlog up to exactly the held position.
     assert_eq!(replica.gtid_binlog_pos().unwrap(), gtid);
 
@@ -243,9 +252,12 @@ fn snapshot_clone_under_write_load_and_clone_of_clone() {
     cp.finish().unwrap();
     let mut same_id = cfg2.clone();
     same_id.server_id = replica.config().server_id;
-    let err = start_replica(&replica, same_id, &gtid2, &test_start_options()).unwrap_err();
-    assert!(matches!(err, Error::InvalidConfig(_)), "{err}");
-    let (grand, t) = start_replica(&replica, cfg2, &gtid2, &test_start_options()).unwrap();
+    let err = start_replica(&replica, same_id, &gtid2).unwrap_err();
+    assert!(
+        matches!(err, substrate::Error::Db(Error::InvalidConfig(_))),
+        "{err}"
+    );
+    let (grand, t) = start_replica(&replica, cfg2, &gtid2).unwrap();
     let grand = InstanceGuard::adopt(grand, Some(dir2));
     eprintln!(
         "clone of clone: start {} ms, configure {} ms",

@@ -3,16 +3,17 @@
 //! clone, and how fast a fresh replica reaches the source's read throughput.
 
 use crate::cleanup::{ReplicaGuard, StoreGuard};
-use crate::dbfork_cli::{CloneRun, Dbfork};
+use crate::dbfork_cli::{self, CloneRun};
 use crate::native::{self, NativeReplica};
 use crate::probe::FirstQueryProbe;
 use crate::window::{seconds_to_reach, window, WindowStats};
 use anyhow::{bail, Context, Result};
-use dbinstance::sysbench::{self, SysbenchOptions, SysbenchResult};
-use dbinstance::{Instance, NativeCloneTimings};
+use dbinstance::Instance;
+use experiments_support::{Dbfork, NativeCloneTimings};
 use serde::Serialize;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+use workload::sysbench::{self, SysbenchOptions, SysbenchResult};
 
 pub const SOURCE: &str = "cbsrc";
 const DB: &str = "sbtest";
@@ -134,7 +135,7 @@ impl<'a> Bench<'a> {
             SOURCE,
             &plan.volume_size,
             &plan.buffer_pool,
-            &plan.source_region_size,
+            &["--region-size", &plan.source_region_size],
         )?;
         let source = Instance::open(cfg).context("opening the source dbfork made")?;
         Ok(Bench {
@@ -275,7 +276,7 @@ impl<'a> Bench<'a> {
         let t0 = Instant::now();
         let probe = FirstQueryProbe::start(socket, first_query_sql());
         // A failed clone unwinds itself (dbfork's undo); only a made one needs a guard.
-        let clone = self.dbfork.clone(SOURCE, &name)?;
+        let clone = dbfork_cli::clone(self.dbfork, SOURCE, &name)?;
         let guard = ReplicaGuard {
             dbfork: self.dbfork,
             name: name.clone(),
@@ -345,7 +346,7 @@ impl<'a> Bench<'a> {
             hold_ms = Some(run.clone.hold_ms);
             dbfork_phases = Some(run.clone.clone());
             sleep_until(window_end);
-            hydrated = self.dbfork.hydrated_percent(&run.clone.name).ok();
+            hydrated = dbfork_cli::hydrated_percent(self.dbfork, &run.clone.name).ok();
             keep = Keep::Dbfork(guard);
         } else {
             let (_, replica) = self.native_clone()?;

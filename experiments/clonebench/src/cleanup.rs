@@ -2,7 +2,8 @@
 //! dbfork store (every source destroyed with its replicas, then the temp dir
 //! removed) and single dbfork replicas.
 
-use crate::dbfork_cli::Dbfork;
+use crate::dbfork_cli;
+use experiments_support::Dbfork;
 use std::path::{Path, PathBuf};
 use tempfile::TempDir;
 
@@ -19,10 +20,7 @@ impl StoreGuard {
         let store = dir.path().join("store");
         std::fs::create_dir_all(&store)?;
         Ok(StoreGuard {
-            dbfork: Dbfork {
-                exe: dbfork_exe,
-                store,
-            },
+            dbfork: Dbfork::new(dbfork_exe, store),
             dir: Some(dir),
         })
     }
@@ -35,7 +33,7 @@ impl StoreGuard {
 
 impl Drop for StoreGuard {
     fn drop(&mut self) {
-        match self.dbfork.sources() {
+        match dbfork_cli::sources(&self.dbfork) {
             Ok(sources) => {
                 for s in sources {
                     if let Err(e) = self.dbfork.destroy(&s) {

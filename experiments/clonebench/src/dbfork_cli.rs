@@ -1,24 +1,13 @@
-//! Drives the real `dbfork` binary the way a user or script would: `--store DIR
-//! --json`, one process per verb, each with a deadline.
+//! What clonebench reads from the `dbfork` CLI (run by
+//! `experiments_support::dbfork`): a clone's record as typed figures, a volume's
+//! hydration, the sources to clean up.
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Result};
 use dbinstance::InstanceConfig;
+use experiments_support::dbfork::{config_of, Dbfork};
 use serde::Serialize;
 use serde_json::Value;
-use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
-/// Deadline for any single verb; a clone of a 1 GB source takes seconds, so a
-/// verb still running after this is hung, not slow.
-const VERB_TIMEOUT: Duration = Duration::from_secs(600);
-
-#[derive(Clone, Debug)]
-pub struct Dbfork {
-    pub exe: PathBuf,
-    pub store: PathBuf,
-}
+use std::time::Instant;
 
 /// What one `dbfork clone` reported, plus the wall time of the command.
 #[derive(Clone, Debug, Serialize)]
@@ -43,153 +32,31 @@ pub struct CloneRun {
     pub config: InstanceConfig,
 }
 
-impl Dbfork {
-    /// The binary next to this one (same target dir), else `dbfork` on PATH.
-    pub fn locate(explicit: Option<&Path>) -> Result<PathBuf> {
-        if let Some(p) = explicit {
-            if !p.is_file() {
-                bail!("--dbfork {}: no such file", p.display());
-            }
-            return Ok(p.to_path_buf());
-        }
-        let me = std::env::current_exe().context("locating clonebench")?;
-        if let Some(sibling) = me.parent().map(|d| d.join("dbfork")) {
-            if sibling.is_file() {
-                return Ok(sibling);
-            }
-        }
-        let path = std::env::var_os("PATH").unwrap_or_default();
-        for dir in std::env::split_paths(&path) {
-            let cand = dir.join("dbfork");
-            if cand.is_file() {
-                return Ok(cand);
-            }
-        }
-        bail!(
-            "no dbfork binary next to {} or on PATH; build it with \
-             `cargo build --release -p dbfork` into the same target dir, or pass --dbfork",
-            me.display()
-        )
-    }
-
-    /// Runs `dbfork --store S --json ARGS` and parses its stdout as JSON.
-    pub fn run_json(&self, args: &[&str]) -> Result<Value> {
-        let out = self.run(args, VERB_TIMEOUT)?;
-        if out.trim().is_empty() {
-            return Ok(Value::Null);
-        }
-        serde_json::from_str(out.trim())
-            .with_context(|| format!("dbfork {}: stdout is not JSON: {out}", args.join(" ")))
-    }
-
-    fn run(&self, args: &[&str], timeout: Duration) -> Result<String> {
-        let what = format!("dbfork {}", args.join(" "));
-        let mut child = Command::new(&self.exe)
-            .arg("--store")
-            .arg(&self.store)
-            .arg("--json")
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("spawning {}", self.exe.display()))?;
-        // Drain both pipes on their own threads so a chatty child never blocks.
-        let mut so = child.stdout.take().expect("piped");
-        let mut se = child.stderr.take().expect("piped");
-        let t_out = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = so.read_to_string(&mut s);
-            s
-        });
-        let t_err = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = se.read_to_string(&mut s);
-            s
-        });
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            if let Some(st) = child.try_wait()? {
-                break st;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!(
-                    "{what}: still running after {} s, killed",
-                    timeout.as_secs()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let stdout = t_out.join().unwrap_or_default();
-        let stderr = t_err.join().unwrap_or_default();
-        if !status.success() {
-            return Err(anyhow!(
-                "{what}: {status}\nstdout: {}\nstderr: {}",
-                stdout.trim(),
-                stderr.trim()
-            ));
-        }
-        Ok(stdout)
-    }
-
-    pub fn source_create(
-        &self,
-        name: &str,
-        size: &str,
-        pool: &str,
-        region_size: &str,
-    ) -> Result<InstanceConfig> {
-        let v = self.run_json(&[
-            "source",
-            "create",
-            name,
-            "--size",
-            size,
-            "--buffer-pool",
-            pool,
-            "--region-size",
-            region_size,
-        ])?;
-        config_of(&v)
-    }
-
-    pub fn clone(&self, src: &str, new: &str) -> Result<CloneRun> {
-        let t = Instant::now();
-        let v = self.run_json(&["clone", src, new])?;
-        let command_ms = t.elapsed().as_millis() as u64;
-        parse_clone(new, command_ms, &v)
-    }
-
-    pub fn destroy(&self, name: &str) -> Result<()> {
-        self.run_json(&["destroy", name, "--with-replicas"])?;
-        Ok(())
-    }
-
-    /// `hydrated_percent` of an instance's volume.
-    pub fn hydrated_percent(&self, name: &str) -> Result<f64> {
-        let v = self.run_json(&["status", name])?;
-        v["hydrated_percent"]
-            .as_f64()
-            .ok_or_else(|| anyhow!("dbfork status {name}: no hydrated_percent in {v}"))
-    }
-
-    /// Names of the sources in the store (for cleanup).
-    pub fn sources(&self) -> Result<Vec<String>> {
-        let v = self.run_json(&["list"])?;
-        let rows = v.as_array().cloned().unwrap_or_default();
-        Ok(rows
-            .iter()
-            .filter(|r| r["role"] == "source")
-            .filter_map(|r| r["name"].as_str().map(str::to_string))
-            .collect())
-    }
+/// `dbfork clone SRC NEW`, timed from outside.
+pub fn clone(dbfork: &Dbfork, src: &str, new: &str) -> Result<CloneRun> {
+    let t = Instant::now();
+    let v = dbfork.json(&["clone", src, new])?;
+    let command_ms = t.elapsed().as_millis() as u64;
+    parse_clone(new, command_ms, &v)
 }
 
-fn config_of(record: &Value) -> Result<InstanceConfig> {
-    serde_json::from_value(record["config"].clone())
-        .with_context(|| format!("no instance config in dbfork's record: {record}"))
+/// `hydrated_percent` of an instance's volume.
+pub fn hydrated_percent(dbfork: &Dbfork, name: &str) -> Result<f64> {
+    let v = dbfork.status(name)?;
+    v["hydrated_percent"]
+        .as_f64()
+        .ok_or_else(|| anyhow!("dbfork status {name}: no hydrated_percent in {v}"))
+}
+
+/// Names of the sources in the store (for cleanup).
+pub fn sources(dbfork: &Dbfork) -> Result<Vec<String>> {
+    let v = dbfork.json(&["list"])?;
+    let rows = v.as_array().cloned().unwrap_or_default();
+    Ok(rows
+        .iter()
+        .filter(|r| r["role"] == "source")
+        .filter_map(|r| r["name"].as_str().map(str::to_string))
+        .collect())
 }
 
 pub fn parse_clone(name: &str, command_ms: u64, v: &Value) -> Result<CloneRun> {
@@ -222,6 +89,7 @@ pub fn parse_clone(name: &str, command_ms: u64, v: &Value) -> Result<CloneRun> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn record() -> Value {
         let cfg = InstanceConfig::in_dir("r1", Path::new("/tmp/x/instances/r1"), 3307, 2);
@@ -262,27 +130,5 @@ mod tests {
         let err = parse_clone("r1", 1, &v).unwrap_err().to_string();
         assert!(err.contains("clone.phase_ms.start"), "{err}");
         assert!(parse_clone("r1", 1, &Value::Null).is_err());
-    }
-
-    #[test]
-    fn a_failing_verb_reports_status_and_stderr() {
-        // /bin/false stands in for a dbfork that exits non-zero.
-        let d = Dbfork {
-            exe: "/bin/false".into(),
-            store: "/nonexistent".into(),
-        };
-        let err = d.run_json(&["list"]).unwrap_err().to_string();
-        assert!(
-            err.contains("dbfork list") && err.contains("exit status"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn a_missing_binary_is_a_clear_error() {
-        let err = Dbfork::locate(Some(Path::new("/nonexistent/dbfork")))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("no such file"), "{err}");
     }
 }

@@ -142,7 +142,7 @@ fn plan_of(a: &Args) -> Result<Plan> {
         window_secs: window,
         warmup_secs: a.warmup_secs.unwrap_or(if q { 0 } else { 30 }),
         base_dir: a.base_dir.clone(),
-        dbfork_exe: cleanup_path(dbfork_cli::Dbfork::locate(a.dbfork.as_deref())?),
+        dbfork_exe: cleanup_path(experiments_support::Dbfork::locate(a.dbfork.as_deref())?),
     })
 }
 

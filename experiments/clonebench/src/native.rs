@@ -1,10 +1,12 @@
-//! The DBMS-native replica path (dbinstance::native_clone: mariadb-backup --backup,
+//! The DBMS-native replica path (experiments_support::native_clone: mariadb-backup --backup,
 //! --prepare, --copy-back, start, replicate) into a plain temp dir, as the baseline.
 
 use anyhow::{Context, Result};
-use dbinstance::{native_clone, Instance, InstanceConfig, NativeCloneTimings, StartOptions};
+use dbinstance::{Instance, InstanceConfig};
+use experiments_support::{native_clone, NativeCloneTimings};
 use std::path::Path;
 use std::time::Duration;
+use substrate::local::server::Launch;
 use tempfile::TempDir;
 
 /// A native replica that is stopped and whose directory is removed on Drop.
@@ -48,12 +50,12 @@ pub fn replica_config(
 /// Clones `source` the native way. The server dies with the calling thread if
 /// the bench is killed (the guard stops it on a normal exit).
 pub fn clone_native(source: &Instance, cfg: InstanceConfig, dir: TempDir) -> Result<NativeReplica> {
-    let start = StartOptions {
+    let launch = Launch {
         die_with_parent: true,
-        ..StartOptions::default()
+        ..Launch::default()
     };
     let name = cfg.name.clone();
-    let c = native_clone(source, cfg, &start).with_context(|| format!("native clone {name}"))?;
+    let c = native_clone(source, cfg, &launch).with_context(|| format!("native clone {name}"))?;
     Ok(NativeReplica {
         instance: c.instance,
         timings: c.timings,
@@ -70,7 +72,7 @@ pub fn until_first_query_ms(t: &NativeCloneTimings) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dbinstance::testing::InstanceGuard;
+    use experiments_support::testing::InstanceGuard;
 
     #[test]
     fn native_replica_answers_replicates_and_is_gone_after_drop() {
@@ -115,7 +117,7 @@ mod tests {
 
     #[test]
     fn a_source_without_binlog_is_refused_and_leaves_nothing() {
-        let (mut cfg, dir) = dbinstance::testing::test_config("nobin", 42).unwrap();
+        let (mut cfg, dir) = experiments_support::testing::test_config("nobin", 42).unwrap();
         cfg.binlog = false;
         let src = InstanceGuard::init_and_start(cfg, dir).unwrap();
         let base = tempfile::tempdir().unwrap();

@@ -78,7 +78,7 @@ fn try_query(socket: &std::path::Path, query: &str) -> bool {
 mod tests {
     use super::*;
 
-    use dbinstance::testing::InstanceGuard;
+    use experiments_support::testing::InstanceGuard;
 
     #[test]
     fn a_real_server_answers_and_an_error_is_not_an_answer() {

@@ -1,8 +1,8 @@
 //! Throughput figures over sysbench `--report-interval=1` samples: the mean in a
 //! time window and the time until a level is reached.
 
-use dbinstance::sysbench::IntervalSample;
 use serde::Serialize;
+use workload::sysbench::IntervalSample;
 
 /// Throughput over one window of a run.
 #[derive(Clone, Debug, PartialEq, Serialize)]

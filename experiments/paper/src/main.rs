@@ -2,17 +2,16 @@
 //! this machine's scale. See README.md.
 
 mod csv;
-mod dbfork;
 mod metrics;
 mod parse;
 mod plot;
 mod report;
 mod run;
 mod sampler;
-mod throttle;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
+use experiments_support::Dbfork;
 use indicatif::{ProgressBar, ProgressStyle};
 use run::{Config, RunResult};
 use std::io::IsTerminal;
@@ -216,7 +215,7 @@ fn main() -> Result<()> {
     let plan = Plan {
         scenario: a.scenario[0],
         tpcc,
-        dbfork: dbfork::Dbfork::locate()?,
+        dbfork: Dbfork::locate(None)?,
         base_dir: a.base_dir.clone(),
         tables: a.tables.unwrap_or(tables),
         rows: a.rows.unwrap_or(rows),

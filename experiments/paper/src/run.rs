@@ -2,19 +2,20 @@
 //! load, a replica forked every interval with its own load, series recorded.
 
 use crate::csv::row;
-use crate::dbfork::{config_of, Dbfork};
 use crate::metrics::{mean_in, time_to_reach};
 use crate::parse::interval_samples;
 use crate::sampler::{Sampler, Target, VolumeFigures};
-use crate::throttle::disk_of_path;
 use crate::{stopped, Plan, Scenario, Storage};
 use anyhow::{bail, Context, Result};
-use dbfork::io_limit::{self, IoLimitRecord};
-use dbinstance::{native_clone, Instance, InstanceConfig, PidHook, StartOptions};
+use dbinstance::{Instance, InstanceConfig};
+use experiments_support::dbfork::config_of;
+use experiments_support::{native_clone, Dbfork};
 use indicatif::ProgressBar;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use substrate::local::server::Launch;
+use substrate::local::DiskReadLimit;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 #[value(rename_all = "snake_case")]
@@ -197,14 +198,13 @@ fn start_load(plan: &Plan, name: &str, socket: &Path, out: PathBuf, t0: Instant)
 fn prepare(plan: &Plan, source: &Instance) -> Result<()> {
     match plan.scenario {
         Scenario::R => {
-            let prep = dbinstance::sysbench::SysbenchOptions {
+            let prep = workload::sysbench::SysbenchOptions {
                 tables: plan.tables,
                 table_size: plan.rows,
                 threads: plan.tables.min(2),
                 ..Default::default()
             };
-            dbinstance::sysbench::prepare(source, &prep)
-                .context("sysbench prepare on the source")?;
+            workload::sysbench::prepare(source, &prep).context("sysbench prepare on the source")?;
         }
         Scenario::W => {
             source.exec("CREATE DATABASE IF NOT EXISTS tpcc")?;
@@ -267,7 +267,8 @@ impl Drop for StoreGuard {
 /// group removed.
 struct NativeReplica {
     instance: Instance,
-    limit: Option<IoLimitRecord>,
+    /// Dropped after the server is stopped (the guard's own drop runs first).
+    _limit: Option<DiskReadLimit>,
     _dir: tempfile::TempDir,
 }
 
@@ -280,11 +281,6 @@ impl Drop for NativeReplica {
                 .is_err()
         {
             let _ = self.instance.kill();
-        }
-        if let Some(l) = &self.limit {
-            if let Err(e) = io_limit::remove(l) {
-                eprintln!("cleanup: {e}");
-            }
         }
     }
 }
@@ -299,7 +295,7 @@ struct ReplicaGuard<'a> {
 impl Drop for ReplicaGuard<'_> {
     fn drop(&mut self) {
         for n in self.names.drain(..).rev() {
-            if let Err(e) = self.dbfork.json(&["destroy", &n], &[]) {
+            if let Err(e) = self.dbfork.json(&["destroy", &n]) {
                 eprintln!("cleanup: dbfork destroy {n}: {e:#}");
             }
         }
@@ -322,10 +318,7 @@ impl Source {
             .prefix(&format!("paper-{}-", plan.scenario.name()))
             .tempdir_in(&plan.base_dir)
             .context("temp dir for the store")?;
-        let dbfork = Dbfork {
-            exe: plan.dbfork.clone(),
-            store: base.path().join("store"),
-        };
+        let dbfork = Dbfork::new(&plan.dbfork, base.path().join("store"));
         let base_path = base.path().to_path_buf();
         let mut guard = StoreGuard {
             dbfork: dbfork.clone(),
@@ -333,7 +326,7 @@ impl Source {
             dir: Some(base),
         };
         bar.set_message(format!("{}: creating the source", plan.scenario.name()));
-        let cfg = dbfork.source_create("src", &plan.volume_size, &plan.buffer_pool)?;
+        let cfg = dbfork.source_create("src", &plan.volume_size, &plan.buffer_pool, &[])?;
         let instance = Instance::open(cfg.clone()).context("opening the source")?;
         bar.set_message(format!("{}: loading the dataset", plan.scenario.name()));
         prepare(plan, &instance)?;
@@ -432,35 +425,23 @@ pub fn run_one(
                 // first instruction (the start gate), as dbfork does for its replicas.
                 let limit = match storage {
                     Storage::Plain => None,
-                    Storage::Throttled => Some(io_limit::create(
-                        Path::new(io_limit::CGROUP_ROOT),
+                    Storage::Throttled => Some(DiskReadLimit::on_disk_of(
+                        rdir.path(),
                         &format!("paperrun-{}-{name}", std::process::id()),
-                        &disk_of_path(rdir.path())?,
                         plan.read_iops,
                     )?),
                 };
-                let mut start = StartOptions {
+                let launch = Launch {
+                    io_limit: limit.as_ref().map(DiskReadLimit::record),
                     die_with_parent: true,
-                    ..StartOptions::default()
+                    ..Launch::default()
                 };
-                if let Some(l) = limit.clone() {
-                    start.before_run = Some(PidHook(std::sync::Arc::new(move |pid| {
-                        io_limit::add_process(&l, pid).map_err(|e| e.to_string())
-                    })));
-                }
-                let c = match native_clone(&src.instance, cfg, &start) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        if let Some(l) = &limit {
-                            let _ = io_limit::remove(l);
-                        }
-                        return Err(e).with_context(|| format!("native clone {name}"));
-                    }
-                };
+                let c = native_clone(&src.instance, cfg, &launch)
+                    .with_context(|| format!("native clone {name}"))?;
                 let cfg = c.instance.config().clone();
                 natives.push(NativeReplica {
                     instance: c.instance,
-                    limit,
+                    _limit: limit,
                     _dir: rdir,
                 });
                 (cfg, false)
@@ -473,7 +454,7 @@ pub fn run_one(
                     args.extend(["--read-iops", iops.as_str()]);
                 }
                 replicas_made.names.push(name.clone());
-                let v = dbfork.json(&args, &[])?;
+                let v = dbfork.json(&args)?;
                 // dbfork's own phase times, for explaining the first-query figure.
                 let _ = std::fs::write(
                     file("clone", &name, "json"),

@@ -2,10 +2,10 @@
 //! hydration and sharing counters, appended to CSV rows until stopped.
 
 use crate::csv::row;
-use crate::dbfork::{pid_of, Dbfork};
 use crate::parse::pss_bytes;
+use experiments_support::Dbfork;
 use serde_json::Value;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -146,6 +146,11 @@ pub fn volume_figures(status: &Value) -> VolumeFigures {
         shared_pages: n(&status["sharing"]["shared"]),
         copied_bytes: n(&v["fetched_bytes"]),
     }
+}
+
+/// Pid of a server from its pid file.
+fn pid_of(pid_file: &Path) -> Option<i32> {
+    std::fs::read_to_string(pid_file).ok()?.trim().parse().ok()
 }
 
 #[cfg(test)]

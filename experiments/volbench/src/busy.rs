@@ -40,7 +40,7 @@ pub fn run(ctx: &Ctx, base: &Path, snap: &str) -> Result<During> {
     // The hydration runs dropped the cache; the cold-clone runs this compares with
     // had the base (and the store's copy of it) cached.
     crate::image::warm(base)?;
-    crate::image::warm_tree(&ctx.db.store)?;
+    crate::image::warm_tree(ctx.db.store())?;
     let mut dbfork = Vec::new();
     let mut qemu_rows = Vec::new();
     for &rs in &ctx.plan.region_sizes {

@@ -1,6 +1,6 @@
 //! What every scenario shares: the work directory, the dbfork store, the plan.
 
-use crate::dbfork::Dbfork;
+use crate::dbfork::Volumes;
 use std::path::{Path, PathBuf};
 
 /// Sizes and counts of one run (`--quick` shrinks them).
@@ -24,7 +24,7 @@ pub struct Plan {
 
 pub struct Ctx {
     pub dir: PathBuf,
-    pub db: Dbfork,
+    pub db: Volumes,
     pub plan: Plan,
     /// Whether dropping the page cache worked (root); said in the report.
     pub caches_dropped: bool,

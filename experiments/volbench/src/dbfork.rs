@@ -1,14 +1,15 @@
-//! The `dbfork` CLI, driven as a user would: one process per verb, `--json` output.
+//! The `dbfork volume ...` verbs volbench times, driven as a user would through
+//! `experiments_support::dbfork` (one process per verb, `--json`, a deadline).
 
 use crate::procs::{self, ChildGuard};
-use anyhow::{Context, Result};
+use anyhow::Result;
+use experiments_support::Dbfork;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
-pub struct Dbfork {
-    pub bin: PathBuf,
-    pub store: PathBuf,
+/// The store's volumes, through the CLI; background exports log into `logs`.
+pub struct Volumes {
+    pub cli: Dbfork,
     pub logs: PathBuf,
 }
 
@@ -19,19 +20,14 @@ pub struct CloneSpec {
     pub region_size: Option<u64>,
 }
 
-impl Dbfork {
-    fn cmd(&self) -> Command {
-        let mut c = Command::new(&self.bin);
-        c.arg("--store").arg(&self.store).arg("--json");
-        c
+impl Volumes {
+    pub fn store(&self) -> &Path {
+        &self.cli.store
     }
 
     fn verb(&self, args: &[&str]) -> Result<serde_json::Value> {
-        let mut c = self.cmd();
-        c.arg("volume").args(args);
-        let out = procs::run(c)?;
-        serde_json::from_slice(&out.stdout)
-            .with_context(|| format!("dbfork volume {args:?}: output is not JSON"))
+        let args: Vec<&str> = ["volume"].iter().chain(args).copied().collect();
+        Ok(self.cli.json(&args)?)
     }
 
     pub fn import(&self, name: &str, file: &Path) -> Result<serde_json::Value> {
@@ -65,7 +61,7 @@ impl Dbfork {
     /// `dbfork volume export NAME --nbd unix:SOCK` in the background. Returns once
     /// spawned; callers wait for the socket themselves (that wait is what they time).
     pub fn export(&self, name: &str, sock: &Path) -> Result<ChildGuard> {
-        let mut c = self.cmd();
+        let mut c = self.cli.command();
         c.args(["volume", "export", name, "--nbd"])
             .arg(format!("unix:{}", sock.display()));
         ChildGuard::spawn(

@@ -20,7 +20,8 @@ mod ttfr;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use ctx::{Ctx, Plan};
-use dbfork::Dbfork;
+use dbfork::Volumes;
+use experiments_support::Dbfork;
 use image::MIB;
 use std::path::PathBuf;
 
@@ -50,32 +51,6 @@ struct Args {
 
 fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn find_dbfork(given: Option<PathBuf>) -> Result<PathBuf> {
-    if let Some(p) = given {
-        return Ok(p);
-    }
-    let sibling = std::env::current_exe()?.with_file_name("dbfork");
-    let bench = workspace_root().join("target-bench/release/dbfork");
-    for p in [sibling, bench] {
-        if p.is_file() {
-            return Ok(p);
-        }
-    }
-    let on_path = procs::run({
-        let mut c = std::process::Command::new("sh");
-        c.args(["-c", "command -v dbfork"]);
-        c
-    })
-    .ok()
-    .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
-    match on_path {
-        Some(p) if p.is_file() => Ok(p),
-        _ => bail!(
-            "no dbfork binary: build it with `cargo build --release -p dbfork` or pass --dbfork"
-        ),
-    }
 }
 
 fn plan(args: &Args) -> Plan {
@@ -117,7 +92,7 @@ fn main() -> Result<()> {
             bail!("{tool} not found (Debian: apt-get install qemu-utils)");
         }
     }
-    let bin = find_dbfork(args.dbfork.clone())?;
+    let bin = Dbfork::locate(args.dbfork.as_deref())?;
     let plan = plan(&args);
     let started = std::time::Instant::now();
     let when = machine::utc_now();
@@ -132,9 +107,8 @@ fn main() -> Result<()> {
     std::fs::write(dir.join(OWNER_FILE), std::process::id().to_string())?;
     let store = dir.join("store");
     let ctx = Ctx {
-        db: Dbfork {
-            bin: bin.clone(),
-            store,
+        db: Volumes {
+            cli: Dbfork::new(&bin, store),
             logs: dir.clone(),
         },
         dir,
@@ -156,7 +130,7 @@ fn main() -> Result<()> {
     ctx.db.import("base", &base)?;
     ctx.db.snapshot("base", "snap")?;
     image::warm(&base)?;
-    image::warm_tree(&ctx.db.store)?;
+    image::warm_tree(ctx.db.store())?;
     let before = latency::run(&ctx, &base, "base", "snap")?;
     let after = hydration::run(&ctx, &base, "snap")?;
     let during = busy::run(&ctx, &base, "snap")?;

@@ -11,11 +11,11 @@ use dbfork::ctx::Ctx;
 use dbfork::source::SourceOptions;
 use dbfork::status::status_of;
 use dbfork::units::human;
-use dbinstance::sysbench::{self, SysbenchOptions};
 use dbinstance::Instance;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use std::path::Path;
 use std::time::{Duration, Instant};
+use workload::sysbench::{self, SysbenchOptions};
 
 const SRC: &str = "demo-src";
 const REPLICAS: [&str; 2] = ["demo-r1", "demo-r2"];

@@ -191,6 +191,50 @@ pub fn remove(rec: &IoLimitRecord) -> Result<()> {
     }
 }
 
+/// "MAJ:MIN" of the whole disk holding `path`: the IO controller limits whole disks,
+/// not partitions, so a partition's disk is found through sysfs.
+pub fn disk_of(path: &Path) -> Result<String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).map_err(io_err("stat", path))?;
+    let (maj, min) = (libc::major(m.dev()), libc::minor(m.dev()));
+    let sys = PathBuf::from(format!("/sys/dev/block/{maj}:{min}"));
+    if sys.join("partition").exists() {
+        if let Ok(parent) = std::fs::read_to_string(sys.join("../dev")) {
+            return Ok(parent.trim().to_string());
+        }
+    }
+    Ok(format!("{maj}:{min}"))
+}
+
+/// A read limit on the disk that holds a path, for a server started with
+/// [`super::server::launch`]: how a baseline server (a mariadb-backup replica in a
+/// plain directory) gets the same slow storage as a dbfork replica gets on its
+/// volume. The group is removed when this is dropped.
+pub struct DiskReadLimit {
+    rec: IoLimitRecord,
+}
+
+impl DiskReadLimit {
+    /// A new group `name`, `read_iops` reads a second on the disk under `path`.
+    pub fn on_disk_of(path: &Path, name: &str, read_iops: u32) -> Result<Self> {
+        let rec = create(Path::new(CGROUP_ROOT), name, &disk_of(path)?, read_iops)?;
+        Ok(DiskReadLimit { rec })
+    }
+
+    /// What [`super::server::Launch::io_limit`] takes.
+    pub fn record(&self) -> &IoLimitRecord {
+        &self.rec
+    }
+}
+
+impl Drop for DiskReadLimit {
+    fn drop(&mut self) {
+        if let Err(e) = remove(&self.rec) {
+            tracing::warn!("removing the read limit {}: {e}", self.rec.cgroup.display());
+        }
+    }
+}
+
 /// The group name of replica `name` in the store `store_dir`: the store's inode
 /// number keeps two stores on one host apart (as the sharing pools do).
 pub fn group_name(store_dir: &Path, name: &str) -> String {

@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use agent::LocalAgent;
-pub use io_limit::IoLimitRecord;
+pub use io_limit::{DiskReadLimit, IoLimitRecord};
 pub use tools::is_mount_point;
 
 /// How long a stopped server's process may take to let go of its mount.

@@ -1,18 +1,19 @@
 //! The DBMS-native replica path, and the baseline dbfork is measured against:
-//! mariadb-backup --backup, --prepare, --copy-back, start, replicate.
+//! mariadb-backup --backup, --prepare, --copy-back, start, replicate. The server starts
+//! the way the local substrate starts dbfork's replicas (`substrate::local::server`),
+//! so both paths are measured with the same start; errors are the substrate's, whose
+//! `Db` variant carries the instance operations' and MariaDB tools' own.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use dbinstance::instance::{clear_dir, prepare_empty_dir};
+use dbinstance::tools::run;
+use dbinstance::{configure_replica, Error, GtidPos, Instance, InstanceConfig, ReplicationSource};
 use serde::{Deserialize, Serialize};
-
-use crate::config::InstanceConfig;
-use crate::error::{Error, Result};
-use crate::gtid::GtidPos;
-use crate::instance::{clear_dir, prepare_empty_dir, Instance, StartOptions};
-use crate::replication::{configure_replica, ReplicationSource};
-use crate::tools::run;
+use substrate::local::server::{self, Launch};
+use substrate::Result;
 
 /// Wall time of each phase.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,12 +37,12 @@ pub struct NativeClone {
 }
 
 /// Clones `source` into the (empty or missing) datadir of `new_cfg` with
-/// mariadb-backup, starts it with `start`, and makes it a read-only replica.
+/// mariadb-backup, starts it as `launch` says, and makes it a read-only replica.
 /// The backup is staged in `new_cfg.run_dir/backup` and removed afterwards.
 pub fn native_clone(
     source: &Instance,
     new_cfg: InstanceConfig,
-    start: &StartOptions,
+    launch: &Launch<'_>,
 ) -> Result<NativeClone> {
     new_cfg.validate()?;
     source.require_binlog()?;
@@ -49,7 +50,8 @@ pub fn native_clone(
         return Err(Error::InvalidConfig(format!(
             "clone {} needs a server_id other than its source's ({})",
             new_cfg.name, new_cfg.server_id
-        )));
+        ))
+        .into());
     }
     prepare_empty_dir(&new_cfg.datadir)?;
     let t_all = Instant::now();
@@ -58,12 +60,13 @@ pub fn native_clone(
         return Err(Error::InvalidConfig(format!(
             "backup staging dir {} already exists",
             staging.display()
-        )));
+        ))
+        .into());
     }
     let _cleanup = RemoveDirOnDrop(staging.clone());
     let datadir = new_cfg.datadir.clone();
     let mut started: Option<Instance> = None;
-    let res = clone_steps(source, new_cfg, start, &staging, &mut started);
+    let res = clone_steps(source, new_cfg, launch, &staging, &mut started);
     match res {
         Ok((gtid, mut t)) => {
             let instance = started.expect("set when the steps succeed");
@@ -91,7 +94,7 @@ pub fn native_clone(
 fn clone_steps(
     source: &Instance,
     new_cfg: InstanceConfig,
-    start: &StartOptions,
+    launch: &Launch<'_>,
     staging: &Path,
     started: &mut Option<Instance>,
 ) -> Result<(GtidPos, NativeCloneTimings)> {
@@ -99,28 +102,17 @@ fn clone_steps(
     let log = new_cfg.run_dir.join("mariadb-backup.log");
 
     let t0 = Instant::now();
-    let mut cmd = Command::new("mariadb-backup");
+    let mut cmd = mariadb_backup(&defaults_file(source.config()), "--backup", staging);
     cmd.arg(format!(
-        "--defaults-file={}",
-        source.config().cnf_path().display()
-    ))
-    .arg("--backup")
-    .arg(format!("--target-dir={}", staging.display()))
-    .arg(format!(
         "--socket={}",
         source.config().socket_path().display()
     ))
-    .arg("--user=root")
-    .stdin(Stdio::null());
+    .arg("--user=root");
     run_logged(&mut cmd, "mariadb-backup --backup", &log)?;
     t.backup_ms = ms(t0.elapsed());
 
     let t0 = Instant::now();
-    let mut cmd = Command::new("mariadb-backup");
-    cmd.arg("--no-defaults")
-        .arg("--prepare")
-        .arg(format!("--target-dir={}", staging.display()))
-        .stdin(Stdio::null());
+    let mut cmd = mariadb_backup("--no-defaults", "--prepare", staging);
     run_logged(&mut cmd, "mariadb-backup --prepare", &log)?;
     t.prepare_ms = ms(t0.elapsed());
 
@@ -128,21 +120,14 @@ fn clone_steps(
 
     let instance = Instance::open(new_cfg)?;
     let t0 = Instant::now();
-    let mut cmd = Command::new("mariadb-backup");
-    cmd.arg(format!(
-        "--defaults-file={}",
-        instance.config().cnf_path().display()
-    ))
-    .arg("--copy-back")
-    .arg(format!("--target-dir={}", staging.display()))
-    .stdin(Stdio::null());
+    let mut cmd = mariadb_backup(&defaults_file(instance.config()), "--copy-back", staging);
     run_logged(&mut cmd, "mariadb-backup --copy-back", &log)?;
     t.copy_back_ms = ms(t0.elapsed());
     instance.adopt_repl_secret(source.config())?;
 
     let instance = started.insert(instance);
     let t0 = Instant::now();
-    instance.start_with(start)?;
+    server::launch(instance, launch)?;
     t.start_ms = ms(t0.elapsed());
 
     let t0 = Instant::now();
@@ -151,7 +136,22 @@ fn clone_steps(
     Ok((gtid, t))
 }
 
-fn run_logged(cmd: &mut Command, what: &str, log: &Path) -> Result<()> {
+/// `mariadb-backup DEFAULTS OP --target-dir=STAGING`: the defaults option first, as
+/// mariadb-backup requires.
+fn mariadb_backup(defaults: &str, op: &str, staging: &Path) -> Command {
+    let mut cmd = Command::new("mariadb-backup");
+    cmd.arg(defaults)
+        .arg(op)
+        .arg(format!("--target-dir={}", staging.display()))
+        .stdin(Stdio::null());
+    cmd
+}
+
+fn defaults_file(cfg: &InstanceConfig) -> String {
+    format!("--defaults-file={}", cfg.cnf_path().display())
+}
+
+fn run_logged(cmd: &mut Command, what: &str, log: &Path) -> dbinstance::Result<()> {
     let out = run(cmd, what, "mariadb-backup", None)?;
     // mariadb-backup reports on stderr even on success; keep it for post-mortems.
     let mut text = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -168,7 +168,7 @@ fn run_logged(cmd: &mut Command, what: &str, log: &Path) -> Result<()> {
 }
 
 /// The GTID position recorded by mariadb-backup (file name differs by version).
-pub fn read_backup_gtid(backup_dir: &Path) -> Result<GtidPos> {
+pub fn read_backup_gtid(backup_dir: &Path) -> dbinstance::Result<GtidPos> {
     for name in ["mariadb_backup_binlog_info", "xtrabackup_binlog_info"] {
         let path = backup_dir.join(name);
         match std::fs::read_to_string(&path) {
@@ -186,7 +186,7 @@ pub fn read_backup_gtid(backup_dir: &Path) -> Result<GtidPos> {
 }
 
 /// `file<TAB>offset[<TAB>gtid_pos]`; no GTID field means an empty position.
-pub fn parse_binlog_info(text: &str, path: &Path) -> Result<GtidPos> {
+pub fn parse_binlog_info(text: &str, path: &Path) -> dbinstance::Result<GtidPos> {
     let line = text
         .lines()
         .find(|l| !l.trim().is_empty())

@@ -1,5 +1,6 @@
 //! Test support: instances in temp dirs that are stopped (or killed) and removed on
-//! Drop, also when the test panics. Used by this crate's tests and by dbfork's.
+//! Drop, also when the test panics. Used by the tests and benches of dbinstance and
+//! workload, and by the experiments' tests.
 
 use std::ops::{Deref, DerefMut};
 use std::path::Path;
@@ -7,10 +8,8 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
-use crate::config::InstanceConfig;
-use crate::error::{Error, Result};
-use crate::instance::{Instance, StartOptions};
-use crate::preflight::free_port;
+use dbinstance::{free_port, Error, Instance, InstanceConfig, Result};
+use substrate::local::server::{self, Launch};
 
 /// How long Drop waits for a clean shutdown before SIGKILL.
 const DROP_STOP_TIMEOUT: Duration = Duration::from_secs(20);
@@ -64,12 +63,59 @@ pub struct InstanceGuard {
     dir: Option<TempDir>,
 }
 
-/// Start options for test servers: they die with the test process.
-pub fn test_start_options() -> StartOptions {
-    StartOptions {
+/// How test servers run: as the local substrate runs them, but they die with the
+/// test process.
+pub fn test_launch() -> Launch<'static> {
+    Launch {
         die_with_parent: true,
-        ..StartOptions::default()
+        ..Launch::default()
     }
+}
+
+/// Starts `inst`'s server as a test server (see [`test_launch`]).
+pub fn start(inst: &Instance) -> substrate::Result<()> {
+    server::launch(inst, &test_launch()).map(drop)
+}
+
+/// How long bringing up a replica took.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReplicaStart {
+    /// Server start (crash recovery included) until the first query answers.
+    pub start_ms: u64,
+    pub configure_ms: u64,
+}
+
+/// Brings up a read-only replica of `source` from a datadir that already holds a
+/// consistent copy of it at `gtid` (a snapshot), as a test server: the source's
+/// replication account, the start, replication from right after `gtid`. On failure
+/// the server is killed again.
+pub fn start_replica(
+    source: &Instance,
+    new_cfg: InstanceConfig,
+    gtid: &dbinstance::GtidPos,
+) -> substrate::Result<(Instance, ReplicaStart)> {
+    if new_cfg.server_id == source.config().server_id {
+        return Err(Error::InvalidConfig(format!(
+            "replica {} needs a server_id other than its source's ({})",
+            new_cfg.name, new_cfg.server_id
+        ))
+        .into());
+    }
+    let mut inst = Instance::open(new_cfg)?;
+    inst.adopt_repl_secret(source.config())?;
+    let mut t = ReplicaStart::default();
+    let t0 = std::time::Instant::now();
+    start(&inst)?;
+    t.start_ms = t0.elapsed().as_millis() as u64;
+    let t0 = std::time::Instant::now();
+    let configured = dbinstance::ReplicationSource::of(source)
+        .and_then(|s| dbinstance::configure_replica(&inst, &s, gtid));
+    if let Err(e) = configured {
+        let _ = inst.kill();
+        return Err(e.into());
+    }
+    t.configure_ms = t0.elapsed().as_millis() as u64;
+    Ok((inst, t))
 }
 
 /// A new temp dir with a short path (sockets have a 107-byte limit).
@@ -92,7 +138,7 @@ pub fn test_config(name: &str, server_id: u32) -> Result<(InstanceConfig, TempDi
 
 impl InstanceGuard {
     /// Initialised and running, binlog on.
-    pub fn source(name: &str, server_id: u32) -> Result<Self> {
+    pub fn source(name: &str, server_id: u32) -> substrate::Result<Self> {
         let (cfg, dir) = test_config(name, server_id)?;
         let instance = Instance::init(cfg)?;
         let mut g = InstanceGuard {
@@ -103,8 +149,8 @@ impl InstanceGuard {
         // (other test processes pick ports the same way): pick another and retry.
         let mut attempts = 0;
         loop {
-            match g.instance.start_with(&test_start_options()) {
-                Err(Error::PortInUse { .. }) if attempts < 3 => {
+            match start(&g.instance) {
+                Err(substrate::Error::Db(Error::PortInUse { .. })) if attempts < 3 => {
                     attempts += 1;
                     let mut cfg = g.instance.config().clone();
                     cfg.port = free_port()?;
@@ -116,13 +162,13 @@ impl InstanceGuard {
     }
 
     /// Init `cfg` (whose dirs should be inside `dir`) and start it.
-    pub fn init_and_start(cfg: InstanceConfig, dir: TempDir) -> Result<Self> {
+    pub fn init_and_start(cfg: InstanceConfig, dir: TempDir) -> substrate::Result<Self> {
         let instance = Instance::init(cfg)?;
-        let mut g = InstanceGuard {
+        let g = InstanceGuard {
             instance,
             dir: Some(dir),
         };
-        g.instance.start_with(&test_start_options())?;
+        start(&g.instance)?;
         Ok(g)
     }
 

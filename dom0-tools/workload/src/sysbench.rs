@@ -3,12 +3,10 @@
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
+use dbinstance::sql::quote_ident;
+use dbinstance::tools::{run as run_tool, tail_lines};
+use dbinstance::{Error, Instance, Result};
 use serde::{Deserialize, Serialize};
-
-use crate::error::{Error, Result};
-use crate::instance::Instance;
-use crate::sql::quote_ident;
-use crate::tools::{run as run_tool, tail_lines};
 
 const PACKAGE: &str = "sysbench";
 
@@ -332,8 +330,9 @@ Latency (ms):
             binary: "/nonexistent/sysbench".into(),
             ..SysbenchOptions::default()
         };
-        let cfg = crate::InstanceConfig::in_dir("x", std::path::Path::new("/tmp/none"), 1, 1);
-        let inst = crate::Instance::open_unchecked(cfg);
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dbinstance::InstanceConfig::in_dir("x", dir.path(), 1, 1);
+        let inst = Instance::open(cfg).unwrap();
         match start(&inst, &opts) {
             Err(Error::ToolMissing { package, .. }) => assert_eq!(package, "sysbench"),
             Err(e) => panic!("{e}"),

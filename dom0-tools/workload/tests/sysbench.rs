@@ -1,7 +1,7 @@
 //! sysbench against a real server: prepare, run, parsed figures.
 
-use dbinstance::sysbench::{prepare, run, start, SysbenchOptions};
-use dbinstance::testing::InstanceGuard;
+use experiments_support::testing::InstanceGuard;
+use workload::sysbench::{prepare, run, start, SysbenchOptions};
 
 #[test]
 fn prepare_and_run_read_only_and_write_only() {

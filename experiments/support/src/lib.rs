@@ -1,0 +1,12 @@
+//! What the experiments and the tests of the product crates share, kept out of the
+//! product crates: instances in temp dirs for tests and benches (`testing`), the
+//! DBMS-native replica path measured as the baseline (`native_clone`), and the
+//! driver of the `dbfork` CLI the experiments run (`dbfork`).
+//! See README.md for what this crate owns and what it does not.
+
+pub mod dbfork;
+pub mod native_clone;
+pub mod testing;
+
+pub use dbfork::{CliError, Dbfork};
+pub use native_clone::{native_clone, NativeClone, NativeCloneTimings};
