@@ -12,13 +12,9 @@
 //! Every store keeps DESIGN.md invariant 2: a stored frame's bytes never change while
 //! anybody can map it; whoever writes a mapped frame writes a private copy.
 
-use std::sync::Arc;
-
 use pagetable::Frame;
 
-use crate::config::Config;
 use crate::error::Result;
-use crate::pool::Pool;
 
 /// Every shared frame is one 16 KiB page; other page sizes are never shared.
 pub const FRAME_SIZE: usize = 16384;
@@ -84,12 +80,23 @@ pub trait FrameStore: Send + Sync {
     fn describe(&self) -> String;
 }
 
-/// The family's store for this process: today the local pool at `DBFORK_POOL_PATH`
-/// (created by the source, opened read-only by replicas).
-pub fn open_family_store(config: &Config) -> Result<Arc<dyn FrameStore>> {
-    let path = config.pool_path.as_ref().expect("checked by Config");
-    let create = config.role == crate::config::Role::Source;
-    Ok(Arc::new(
-        Pool::open(path, create)?.with_limit(config.pool_max_bytes),
-    ))
+/// A 16 KiB buffer aligned for O_DIRECT.
+pub struct AlignedPage(Box<Aligned>);
+
+#[repr(C, align(4096))]
+struct Aligned([u8; FRAME_SIZE]);
+
+impl Default for AlignedPage {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl AlignedPage {
+    pub fn new() -> Self {
+        AlignedPage(Box::new(Aligned([0; FRAME_SIZE])))
+    }
+    pub fn bytes(&mut self) -> &mut [u8] {
+        &mut self.0 .0
+    }
 }

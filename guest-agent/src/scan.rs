@@ -62,7 +62,7 @@ impl Regions {
     pub fn for_each_frame(&self, mut frame: impl FnMut(usize, &[u8])) {
         const CHUNK: usize = 1 << 20;
         let regions: Vec<(usize, usize)> = self.list.read().clone();
-        let mut copy = crate::agent::AlignedPage::new();
+        let mut copy = crate::frame_store::AlignedPage::new();
         for (start, len) in regions {
             let first = start.next_multiple_of(FRAME_SIZE);
             let end = start + len;

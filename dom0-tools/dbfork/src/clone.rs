@@ -20,11 +20,11 @@ use crate::ctx::Ctx;
 use crate::error::{Error, Result};
 use crate::registry::{CloneReport, InstanceRecord, PhaseTimes, Role};
 use crate::sharing;
+pub use crate::step::Step;
 use crate::undo::Undo;
 use crate::volumes;
 use dbinstance::{GtidPos, InstanceConfig};
 use lazyvol::CloneOptions;
-use serde::Serialize;
 use std::time::{Duration, Instant};
 use substrate::{DomainState, Endpoint, StartRequest, Stop, WarmSet};
 
@@ -33,33 +33,6 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Progress lines while a clone runs (the CLI prints them; --json stays quiet).
 pub type Say<'a> = &'a dyn Fn(&str);
-
-/// The steps of a clone, in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Step {
-    ConsistentSnapshot,
-    WarmSetOffer,
-    LazyClone,
-    HydrationQueue,
-    ReplicaStart,
-    Replication,
-    Record,
-}
-
-impl std::fmt::Display for Step {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Step::ConsistentSnapshot => "consistent snapshot",
-            Step::WarmSetOffer => "warm-set offer",
-            Step::LazyClone => "lazy clone",
-            Step::HydrationQueue => "hydration queue",
-            Step::ReplicaStart => "replica start",
-            Step::Replication => "replication",
-            Step::Record => "instance record",
-        })
-    }
-}
 
 pub struct CloneOpts {
     pub rate: Option<u64>,

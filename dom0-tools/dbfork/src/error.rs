@@ -2,7 +2,7 @@
 //! source, so the CLI prints the whole chain ("clone r1: replica start: ...: port
 //! in use") and scripts get it in `--json`.
 
-use crate::clone::Step;
+use crate::step::Step;
 use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]

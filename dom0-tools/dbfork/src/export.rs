@@ -79,12 +79,12 @@ impl ControlHandler for VolumeControl {
                 .volume
                 .snapshot(&snapshot)
                 .map(|()| None)
-                .map_err(|e| e.to_string()),
+                .map_err(|e| crate::error::chain(&e)),
             Request::Prefetch { ranges } => self
                 .volume
                 .prefetch(&ranges)
                 .map(|()| None)
-                .map_err(|e| e.to_string()),
+                .map_err(|e| crate::error::chain(&e)),
             Request::HydrateAll => {
                 if !self.hydrating.swap(true, Ordering::AcqRel) {
                     let (volume, flag) = (self.volume.clone(), self.hydrating.clone());
@@ -101,10 +101,10 @@ impl ControlHandler for VolumeControl {
                 .volume
                 .flush()
                 .map(|()| None)
-                .map_err(|e| e.to_string()),
+                .map_err(|e| crate::error::chain(&e)),
             Request::Status => serde_json::to_value(self.volume.status())
                 .map(Some)
-                .map_err(|e| e.to_string()),
+                .map_err(|e| crate::error::chain(&e)),
             Request::Shutdown => {
                 self.stop.store(true, Ordering::Relaxed);
                 Ok(None)

@@ -18,6 +18,7 @@ pub mod registry;
 pub mod sharing;
 pub mod source;
 pub mod status;
+pub mod step;
 pub mod undo;
 pub mod units;
 pub mod volumes;

@@ -329,6 +329,12 @@ impl Instance {
     fn wait_gone(&mut self, pid: i32, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
+            // A server this process started is its child: reaped here, it is gone
+            // from /proc too (a zombie would keep its pid).
+            // SAFETY: waitpid with WNOHANG on one pid; ECHILD when it is not ours.
+            unsafe {
+                libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG);
+            }
             if !process_alive(pid) {
                 return Ok(());
             }

@@ -3,13 +3,12 @@
 //! domains' servers to family domains through it (a pid here, a domid on Xen).
 
 use crate::error::{Error, Result};
-use crate::process::{stop_process, wait_until};
+use crate::process::{spawn_helper, stop_process};
 use crate::{Identity, RunDir};
 use pagetable::admin::{AdminClient, AdminRequest};
 use pagetable::{DomainId, FamilyId};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 /// How long the daemon gets to answer after it was started.
@@ -91,47 +90,27 @@ impl PageTableService {
             return Ok(());
         }
         let log_path = self.log();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(Error::io("opening", &log_path))?;
-        let log2 = log.try_clone().map_err(Error::io("opening", &log_path))?;
-        let mut child = Command::new(&self.daemon)
-            .arg("serve")
+        let mut cmd = Command::new(&self.daemon);
+        cmd.arg("serve")
             .arg("--socket")
             .arg(self.data_socket())
             .arg("--admin-socket")
             .arg(self.admin_socket())
             .arg("--state-file")
-            .arg(self.run.path().join("pagetabled.state"))
-            .stdin(Stdio::null())
-            .stdout(log2)
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .map_err(|source| Error::Spawn {
-                command: format!("{} serve", self.daemon.display()),
-                source,
-            })?;
-        let up = wait_until(START_TIMEOUT, || {
-            matches!(child.try_wait(), Ok(None))
-                && AdminClient::connect(self.admin_socket()).is_ok()
-        });
-        if !up {
-            let _ = child.kill();
-            let _ = child.wait();
+            .arg(self.run.path().join("pagetabled.state"));
+        let what = format!("{} serve", self.daemon.display());
+        let up = spawn_helper(cmd, &what, &log_path, START_TIMEOUT, || {
+            AdminClient::connect(self.admin_socket()).is_ok()
+        })?;
+        let Some(pid) = up else {
             return Err(Error::SharingUnavailable(format!(
                 "pagetabled did not start; see {}",
                 log_path.display()
             )));
-        }
+        };
         let pid_file = self.pid_file();
-        std::fs::write(&pid_file, child.id().to_string())
-            .map_err(Error::io("writing", &pid_file))?;
         // It outlives this command; `stop` ends it when the store is empty.
-        std::mem::forget(child);
-        Ok(())
+        std::fs::write(&pid_file, pid.to_string()).map_err(Error::io("writing", &pid_file))
     }
 
     fn admin(&self, req: AdminRequest) -> Result<()> {

@@ -1,6 +1,10 @@
 //! Helper processes dom0 runs (volume exports, the page table daemon) and the waits
 //! around them.
 
+use crate::error::{Error, Result};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// How long a helper process gets to show up or go away before it counts as stuck.
@@ -20,6 +24,44 @@ pub fn wait_until(timeout: Duration, mut ready: impl FnMut() -> bool) -> bool {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Starts a dom0 helper (`what`, for errors) in the background: its output appended to
+/// `log`, in its own process group (a Ctrl-C meant for the CLI must not take a disk or
+/// the page table away from the servers), and waits until `ready` says it serves.
+/// Returns its pid, or `None` if it did not come up within `timeout` (it is killed
+/// then). It outlives the caller; whoever stops it waits for the pid to go.
+pub fn spawn_helper(
+    mut cmd: Command,
+    what: &str,
+    log: &Path,
+    timeout: Duration,
+    mut ready: impl FnMut() -> bool,
+) -> Result<Option<u32>> {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(Error::io("opening the log", log))?;
+    let err = out.try_clone().map_err(Error::io("opening the log", log))?;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0)
+        .spawn()
+        .map_err(|source| Error::Spawn {
+            command: what.to_string(),
+            source,
+        })?;
+    if !wait_until(timeout, || matches!(child.try_wait(), Ok(None)) && ready()) {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Ok(None);
+    }
+    let pid = child.id();
+    std::mem::forget(child);
+    Ok(Some(pid))
 }
 
 /// True while a process with this pid exists (and is not a zombie we could reap).

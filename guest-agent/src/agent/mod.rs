@@ -26,7 +26,8 @@ use crate::config::{Config, Role};
 use crate::directory::{PageDirectory, PageTableDirectory, StoreIndex};
 use crate::error::{AgentError, Result};
 use crate::fdtable::{is_data_file, FdState, FdTable, Ident};
-use crate::frame_store::{open_family_store, FrameStore, FRAME_SIZE};
+pub use crate::frame_store::AlignedPage;
+use crate::frame_store::{FrameStore, FRAME_SIZE};
 use crate::page::{self, MIN_HEADER};
 use crate::scan::Regions;
 use crate::stats::{Stats, StatsSnapshot};
@@ -398,25 +399,14 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// A 16 KiB buffer aligned for O_DIRECT.
-pub struct AlignedPage(Box<Aligned>);
-
-#[repr(C, align(4096))]
-struct Aligned([u8; FRAME_SIZE]);
-
-impl Default for AlignedPage {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl AlignedPage {
-    pub fn new() -> Self {
-        AlignedPage(Box::new(Aligned([0; FRAME_SIZE])))
-    }
-    pub fn bytes(&mut self) -> &mut [u8] {
-        &mut self.0 .0
-    }
+/// The family's frame store for this process: today the local pool at
+/// `DBFORK_POOL_PATH` (created by the source, opened read-only by replicas).
+fn open_family_store(config: &Config) -> Result<Arc<dyn FrameStore>> {
+    let path = config.pool_path.as_ref().expect("checked by Config");
+    let create = config.role == crate::config::Role::Source;
+    Ok(Arc::new(
+        crate::pool::Pool::open(path, create)?.with_limit(config.pool_max_bytes),
+    ))
 }
 
 #[cfg(test)]

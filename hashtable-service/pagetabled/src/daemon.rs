@@ -241,7 +241,13 @@ impl Daemon {
                 AdminReply::Ok
             }
             AdminRequest::FamilyAdd { family, domain } => {
-                t.add_to_family(family, domain).map_err(err)?;
+                match t.add_to_family(family, domain) {
+                    Ok(()) => {}
+                    // A restarted server joins its own family again: nothing to do. A
+                    // domain of another family is refused (families are walls).
+                    Err(pagetable::Error::AlreadyInFamily { family: f, .. }) if f == family => {}
+                    Err(e) => return Err(err(e)),
+                }
                 AdminReply::Ok
             }
             AdminRequest::FamilyRemove { family, domain } => AdminReply::Removed {
@@ -270,6 +276,31 @@ impl Daemon {
 mod tests {
     use super::*;
     use pagetable::FamilyId;
+
+    #[test]
+    fn joining_ones_own_family_again_is_fine_and_another_is_refused() {
+        let d = Daemon::new(TableConfig::default(), None).unwrap();
+        let add = |family, domain| {
+            d.admin(&AdminRequest::FamilyAdd {
+                family: FamilyId(family),
+                domain: DomainId(domain),
+            })
+        };
+        for family in [1, 2] {
+            assert_eq!(
+                d.admin(&AdminRequest::FamilyCreate {
+                    family: FamilyId(family)
+                }),
+                AdminReply::Ok
+            );
+        }
+        assert_eq!(add(1, 10), AdminReply::Ok);
+        assert_eq!(add(1, 10), AdminReply::Ok, "a restarted member rejoins");
+        match add(2, 10) {
+            AdminReply::Error { message } => assert!(message.contains("already"), "{message}"),
+            other => panic!("a member of family 1 joined family 2: {other:?}"),
+        }
+    }
 
     #[test]
     fn domid_bindings_survive_a_daemon_restart() {

@@ -215,7 +215,7 @@ mod tests {
         orphans::release(
             Path::new(orphans::SHM),
             store.path(),
-            &orphans::group_roots(),
+            &crate::local::io_limit::group_roots(),
         );
     }
 }

@@ -191,6 +191,13 @@ pub fn remove(rec: &IoLimitRecord) -> Result<()> {
     }
 }
 
+/// The directories IO groups are made in (v1's blkio hierarchy, v2's root), where a
+/// sweep looks for groups of stores that are gone.
+pub fn group_roots() -> Vec<PathBuf> {
+    let root = Path::new(CGROUP_ROOT);
+    vec![root.join("blkio"), root.to_path_buf()]
+}
+
 /// "MAJ:MIN" of the whole disk holding `path`: the IO controller limits whole disks,
 /// not partitions, so a partition's disk is found through sysfs.
 pub fn disk_of(path: &Path) -> Result<String> {

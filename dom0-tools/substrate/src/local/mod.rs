@@ -349,7 +349,7 @@ impl Substrate for Local {
     }
 
     fn sweep(&self) -> Swept {
-        let s = orphans::sweep(Path::new(orphans::SHM), &orphans::group_roots());
+        let s = orphans::sweep(Path::new(orphans::SHM), &io_limit::group_roots());
         Swept {
             items: s.pools.into_iter().chain(s.groups).collect(),
         }
@@ -360,7 +360,7 @@ impl Substrate for Local {
         orphans::release(
             Path::new(orphans::SHM),
             self.store(),
-            &orphans::group_roots(),
+            &io_limit::group_roots(),
         );
     }
 }

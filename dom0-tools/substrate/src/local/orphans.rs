@@ -115,12 +115,6 @@ pub fn sweep(shm: &Path, group_roots: &[PathBuf]) -> Swept {
     swept
 }
 
-/// The directories replicas' IO groups are made in (see io_limit).
-pub fn group_roots() -> Vec<PathBuf> {
-    let root = Path::new(super::io_limit::CGROUP_ROOT);
-    vec![root.join("blkio"), root.to_path_buf()]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,6 @@
 //! The DBMS-native baseline and the consistent point's cost, on real servers.
 //!
-//! cargo bench -p dbinstance --bench clone_baseline
+//! cargo bench -p experiments-support --bench clone_baseline
 //! Env: DBI_BENCH_SIZES="4x10000,4x100000" (tables x rows per table),
 //!      DBI_BENCH_POOL_MB=128, DBI_BENCH_SECS=10 (load duration per phase).
 //! Prints one JSON line per measurement.
