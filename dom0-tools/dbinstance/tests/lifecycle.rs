@@ -57,7 +57,7 @@ fn init_start_query_stop_restart() {
     assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
     src.stop().unwrap(); // idempotent
 
-    start(&src).unwrap();
+    src.restart().unwrap();
     assert_eq!(
         src.query_scalar::<i64>("SELECT COUNT(*) FROM d.t").unwrap(),
         Some(2)
@@ -75,7 +75,7 @@ fn kill_then_restart_recovers() {
     src.kill().unwrap();
     assert!(!src.is_running());
     assert!(src.conn().is_err());
-    start(&src).unwrap();
+    src.restart().unwrap();
     assert_eq!(
         src.query_scalar::<i64>("SELECT COUNT(*) FROM d.t").unwrap(),
         Some(3)

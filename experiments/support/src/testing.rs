@@ -145,18 +145,25 @@ impl InstanceGuard {
             instance,
             dir: Some(dir),
         };
-        // The free port may be taken by another process before the server binds it
-        // (other test processes pick ports the same way): pick another and retry.
+        g.restart()?;
+        Ok(g)
+    }
+
+    /// Starts the server (again, after a stop or a kill). The port it had, free a
+    /// moment ago, may be taken by another process before the server binds it (other
+    /// test processes pick ports the same way, and clients' outgoing connections use
+    /// ephemeral ports): then another is picked and the start retried.
+    pub fn restart(&mut self) -> substrate::Result<()> {
         let mut attempts = 0;
         loop {
-            match start(&g.instance) {
+            match start(&self.instance) {
                 Err(substrate::Error::Db(Error::PortInUse { .. })) if attempts < 3 => {
                     attempts += 1;
-                    let mut cfg = g.instance.config().clone();
+                    let mut cfg = self.instance.config().clone();
                     cfg.port = free_port()?;
-                    g.instance.reconfigure(cfg)?;
+                    self.instance.reconfigure(cfg)?;
                 }
-                other => return other.map(|_| g),
+                other => return other,
             }
         }
     }
