@@ -231,14 +231,14 @@ impl<'a> Cloning<'a> {
                     &held,
                 )
             });
-        let hold_ms = hold.release()?;
-        snapped?;
-        {
+        if snapped.is_ok() {
             let s = snapshot.clone();
             self.undo.push(format!("snapshot {snapshot}"), move || {
                 Ok(ctx.store()?.delete(&s)?)
             });
         }
+        let hold_ms = hold.release()?;
+        snapped?;
         self.phases.consistent_point = ms(t);
         (self.say)(&format!(
             "consistent point: gtid {gtid}, lsn {lsn}, commits held {hold_ms} ms"
@@ -387,6 +387,16 @@ impl<'a> Cloning<'a> {
             cfg.server_id,
             snapshot_lsn,
         );
+        if let Some(a) = &plan.agent {
+            // Registered before the start: a server that joined its family at the gate
+            // and then failed to come up must not stay a member.
+            let d = a.domain;
+            self.undo
+                .push(format!("family membership of {new}"), move || {
+                    ctx.substrate().leave_family(d);
+                    Ok(())
+                });
+        }
         let t = Instant::now();
         let started = sharing::start(
             ctx.substrate(),
@@ -407,17 +417,10 @@ impl<'a> Cloning<'a> {
                 Ok(ctx.substrate().stop(&cfg, &domain, Stop::Kill)?)
             });
         }
-        if let Some(m) = &started.0 {
-            let d = m.domain_id;
-            self.undo
-                .push(format!("family membership of {new}"), move || {
-                    ctx.substrate().leave_family(d);
-                    Ok(())
-                });
-        }
-        if let Some(iops) = opts.read_iops {
+        if let Some(l) = ctx.substrate().read_limit(domain) {
             (self.say)(&format!(
-                "{new}'s reads on its volume limited to {iops}/s from its first read"
+                "{new}'s reads on its volume (device {}) limited to {}/s",
+                l.device, l.read_iops
             ));
         }
         Ok((cfg, started.0, started.1))

@@ -96,10 +96,10 @@ impl Ctx {
         if std::env::var("DBFORK_SHARING").is_ok_and(|v| v == "off") {
             return Some("turned off by DBFORK_SHARING=off".into());
         }
-        self.substrate
-            .sharing_available()
-            .err()
-            .map(|e| crate::error::chain(&e))
+        self.substrate.sharing_available().err().map(|e| match e {
+            substrate::Error::SharingUnavailable(why) => why,
+            other => crate::error::chain(&other),
+        })
     }
 }
 

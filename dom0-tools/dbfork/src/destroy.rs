@@ -5,11 +5,10 @@ use crate::clone::Say;
 use crate::ctx::Ctx;
 use crate::error::{Error, Result};
 use crate::registry::Role;
-use std::time::Duration;
 use substrate::Stop;
 
-/// How long destroy waits for a server to shut down cleanly.
-const STOP_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long destroy waits for a server to shut down cleanly before it kills it.
+const STOP_TIMEOUT: std::time::Duration = dbinstance::instance::DEFAULT_STOP_TIMEOUT;
 
 /// Replicas of a source go first with `with_replicas`; otherwise a source with
 /// replicas is refused.

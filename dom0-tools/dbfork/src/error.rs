@@ -61,6 +61,13 @@ pub enum Error {
         #[source]
         source: Box<Error>,
     },
+    #[error("{instance}: {what}")]
+    Doing {
+        instance: String,
+        what: &'static str,
+        #[source]
+        source: Box<Error>,
+    },
     #[error("the source's agent did not scan its buffer pool within {secs} s (see its error log)")]
     ScanTimeout { secs: u64 },
 
@@ -114,6 +121,17 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+impl Error {
+    /// This error as the cause of `what` failing for `instance`.
+    pub(crate) fn doing(self, instance: &str, what: &'static str) -> Error {
+        Error::Doing {
+            instance: instance.to_string(),
+            what,
+            source: Box::new(self),
+        }
+    }
+}
+
 impl From<substrate::Error> for Error {
     fn from(e: substrate::Error) -> Self {
         Error::Substrate(Box::new(e))
@@ -141,18 +159,4 @@ impl Error {
     }
 }
 
-/// An error and its sources, joined by ": ".
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let text = s.to_string();
-        // `transparent` variants repeat their source's text; say it once.
-        if !out.ends_with(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cur = s.source();
-    }
-    out
-}
+pub use substrate::error::chain;

@@ -63,10 +63,20 @@ pub fn create(ctx: &Ctx, name: &str, opts: &SourceOptions) -> Result<InstanceRec
         ctx.registry().purge(name);
         Ok(())
     });
-    sub.init_datadir(&cfg)?;
+    sub.init_datadir(&cfg)
+        .map_err(|e| Error::from(e).doing(name, "initialising the datadir"))?;
 
     // Family id = the source's server_id (unique in the store); it is also its domain.
     let plan = sharing::for_source(ctx.sharing_off(), cfg.server_id, cfg.buffer_pool_size);
+    if let Some(a) = &plan.agent {
+        // Registered before the start: a server that joined the family at the gate
+        // and then failed to come up leaves no family behind.
+        let family = a.family;
+        undo.push(format!("family of {name}"), move || {
+            ctx.substrate().destroy_family(family);
+            Ok(())
+        });
+    }
     let (sharing, sharing_off) = sharing::start(
         sub,
         &StartRequest {
@@ -78,18 +88,12 @@ pub fn create(ctx: &Ctx, name: &str, opts: &SourceOptions) -> Result<InstanceRec
         },
         &mut domain,
         plan,
-    )?;
+    )
+    .map_err(|e| e.doing(name, "starting the source server"))?;
     {
         let (cfg, domain) = (cfg.clone(), domain.clone());
         undo.push(format!("server {name}"), move || {
             Ok(ctx.substrate().stop(&cfg, &domain, Stop::Kill)?)
-        });
-    }
-    if let Some(m) = &sharing {
-        let family = m.family_id;
-        undo.push(format!("family of {name}"), move || {
-            ctx.substrate().destroy_family(family);
-            Ok(())
         });
     }
     let rec = InstanceRecord {

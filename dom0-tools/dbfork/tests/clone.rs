@@ -304,6 +304,64 @@ fn failures_mid_clone_leave_nothing_half_made() {
     assert_eq!(checksums(&c, "good"), checksums(&c, "src"));
 }
 
+/// A server that joined its family at the start gate and then did not come up leaves
+/// no member behind in the page table (a later instance would reuse its domain id).
+#[test]
+fn a_server_that_fails_after_its_gate_leaves_no_family_member() {
+    use substrate::{AgentRole, AgentSpec, StartRequest, Substrate};
+    let Some(c) = Cluster::new() else { return };
+    require_sharing_artifacts();
+    c.source("src");
+    let family = Registry::new(c.store.path())
+        .load("src")
+        .unwrap()
+        .sharing
+        .expect("the source shares")
+        .family_id;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = InstanceConfig::in_dir("ghost", dir.path(), dbinstance::free_port().unwrap(), 99);
+    Instance::init(cfg.clone()).unwrap();
+    cfg.extra.insert("innodb_no_such_option".into(), "1".into());
+    let mut domain = DomainState::Local(substrate::local::LocalDomain {
+        mountpoint: dir.path().to_path_buf(),
+        agent: None,
+        io_limit: None,
+    });
+    let agent = AgentSpec {
+        family,
+        domain: 99,
+        role: AgentRole::Replica { snapshot_lsn: 1 },
+    };
+    let err = c
+        .local()
+        .start(
+            &StartRequest {
+                config: &cfg,
+                volume: "none",
+                agent: Some(&agent),
+                read_iops: None,
+                timeout: Duration::from_secs(60),
+            },
+            &mut domain,
+        )
+        .unwrap_err();
+    assert!(
+        substrate::error::chain(&err).contains("innodb_no_such_option"),
+        "{err}"
+    );
+    let admin = c.store.path().join("run/pagetabled.admin");
+    let stats = pagetable::admin::AdminClient::connect(admin)
+        .unwrap()
+        .stats()
+        .unwrap();
+    let f = stats
+        .families
+        .iter()
+        .find(|f| f.family.0 == family)
+        .unwrap();
+    assert_eq!(f.domains, 1, "only the source is left in the family: {f:?}");
+}
+
 #[test]
 fn bad_input_is_named_and_changes_nothing() {
     let Some(c) = Cluster::new() else { return };

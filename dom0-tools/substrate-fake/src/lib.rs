@@ -239,6 +239,18 @@ impl Substrate for Fake {
                 .members
                 .insert(a.domain);
         }
+        drop(w);
+        // A server that joined its family at the gate and then did not come up: as the
+        // real backends do, the membership goes with it.
+        if let Err(e) = self.enter("start:ready", &name) {
+            if let Some(a) = req.agent {
+                if let Some(f) = self.world().families.get_mut(&a.family) {
+                    f.members.remove(&a.domain);
+                }
+            }
+            return Err(e);
+        }
+        let mut w = self.world();
         w.next_pid += 1;
         let server = Server {
             pid: w.next_pid,

@@ -46,9 +46,12 @@ pub fn run(store_dir: &Path, out: &Output, cmd: VolumeCommand) -> Result<()> {
             );
         }
         VolumeCommand::Snapshot { volume, snapshot } => {
+            // Writes are held from the freeze to the thaw.
+            let t = std::time::Instant::now();
             let held = substrate::local::quiesce_volume(store_dir, &volume)?;
-            let took = volumes::snapshot(&store, &run_dir, &volume, &snapshot, &held)?;
+            volumes::snapshot(&store, &run_dir, &volume, &snapshot, &held)?;
             drop(held);
+            let took = t.elapsed().as_millis();
             out.done(
                 &format!("snapshot {snapshot} of {volume} taken in {took} ms"),
                 serde_json::json!({"volume": volume, "snapshot": snapshot, "ms": took}),

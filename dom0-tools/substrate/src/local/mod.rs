@@ -72,6 +72,19 @@ impl Local {
         self.store().join("mnt").join(name)
     }
 
+    /// The agent for a server that shares as `spec` says, with the page table service
+    /// running.
+    fn agent_for(&self, spec: &crate::AgentSpec, run_dir: &Path) -> Result<LocalAgent> {
+        self.page_table.ensure_running()?;
+        agent::configure(
+            self.store(),
+            agent::find_library(&self.host.dbfork_exe)?,
+            spec,
+            &self.page_table.data_socket(),
+            run_dir,
+        )
+    }
+
     /// A read limit on the block device `volume` is attached through.
     fn limit_reads(&self, name: &str, volume: &str, iops: u32) -> Result<IoLimitRecord> {
         let rec = attach::load_record(&RunDir::new(self.store()), volume)?
@@ -155,8 +168,8 @@ impl Substrate for Local {
             dbfork_exe: &self.host.dbfork_exe,
         });
         match attached {
-            Ok(rec) => Ok(DomainState::Local(LocalDomain {
-                mountpoint: rec.mountpoint,
+            Ok(_) => Ok(DomainState::Local(LocalDomain {
+                mountpoint: mp,
                 agent: None,
                 io_limit: None,
             })),
@@ -218,17 +231,16 @@ impl Substrate for Local {
     fn start(&self, req: &StartRequest<'_>, domain: &mut DomainState) -> Result<()> {
         let DomainState::Local(d) = domain;
         let inst = Instance::open(req.config.clone())?;
+        // Sharing is an optimisation: whatever keeps the agent from being set up
+        // before the server exists makes sharing unavailable, not the start fail.
         let agent = match req.agent {
-            Some(spec) => {
-                self.page_table.ensure_running()?;
-                Some(agent::configure(
-                    self.store(),
-                    agent::find_library(&self.host.dbfork_exe)?,
-                    spec,
-                    &self.page_table.data_socket(),
-                    &req.config.run_dir,
-                )?)
-            }
+            Some(spec) => Some(
+                self.agent_for(spec, &req.config.run_dir)
+                    .map_err(|e| match e {
+                        Error::SharingUnavailable(_) => e,
+                        other => Error::SharingUnavailable(crate::error::chain(&other)),
+                    })?,
+            ),
             None => None,
         };
         let io_limit = match req.read_iops {
@@ -257,6 +269,11 @@ impl Substrate for Local {
             },
         );
         if let Err(e) = launched {
+            // The gate may have run: the server was a member of its family and in its
+            // IO group for a moment. Neither outlives a start that failed.
+            if let Some(spec) = req.agent {
+                self.page_table.leave(spec.domain);
+            }
             if let Some(l) = &io_limit {
                 if let Err(re) = io_limit::remove(l) {
                     tracing::warn!("removing the read limit of a server that did not start: {re}");
