@@ -186,7 +186,10 @@ fn attach_steps(req: &AttachRequest, run_dir: &RunDir, rec: &mut AttachRecord) -
     }
     // A clone carries its source's filesystem UUID; XFS refuses a second mount of the
     // same UUID unless told, and a clone beside its source is exactly our use.
-    if run("blkid", &["-o", "value", "-s", "TYPE", &dev]).is_ok_and(|t| t == "xfs") {
+    // `-p` probes the superblock itself: blkid's cache may still hold what an earlier
+    // user of this loop device had on it (an XFS volume, say, for an ext4 clone, whose
+    // mount then fails on the XFS-only option).
+    if fs_type(&dev).is_ok_and(|t| t == "xfs") {
         opts.push("nouuid");
     }
     let opts = opts.join(",");
@@ -199,6 +202,11 @@ fn attach_steps(req: &AttachRequest, run_dir: &RunDir, rec: &mut AttachRecord) -
     rec.mounted = true;
     save_record(run_dir, rec)?;
     Ok(())
+}
+
+/// The filesystem type on a block device, read from its superblock.
+fn fs_type(dev: &str) -> Result<String> {
+    run("blkid", &["-p", "-o", "value", "-s", "TYPE", dev])
 }
 
 /// Detaches an attached volume: unmount, free the loop device, unmount nbdfuse, stop
