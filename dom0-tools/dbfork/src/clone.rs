@@ -220,7 +220,7 @@ impl<'a> Cloning<'a> {
         let (gtid, lsn) = (hold.gtid().clone(), hold.lsn());
         let snapped = ctx
             .substrate()
-            .quiesce(&self.parent.volume, &self.parent.domain)
+            .quiesce(&self.parent.volume, &self.parent.config, &self.parent.domain)
             .map_err(Error::from)
             .and_then(|held| {
                 volumes::snapshot(
@@ -307,10 +307,11 @@ impl<'a> Cloning<'a> {
             });
         }
         self.phases.clone_and_attach = ms(t);
-        (self.say)(&format!(
-            "lazy clone {new} attached at {}",
-            domain.attached_at()
-        ));
+        let how = match store.status(new)?.layout {
+            lazyvol::VolumeLayout::Blocks => "lazy clone",
+            lazyvol::VolumeLayout::Directory => "reflink clone",
+        };
+        (self.say)(&format!("{how} {new} attached at {}", domain.attached_at()));
         Ok(domain)
     }
 

@@ -262,6 +262,7 @@ mod tests {
             sharing_off: None,
             domain: DomainState::Local(LocalDomain {
                 mountpoint: "/s/mnt/r1".into(),
+                directory: false,
                 agent: None,
                 io_limit: None,
             }),

@@ -9,12 +9,30 @@ use crate::undo::Undo;
 use dbinstance::InstanceConfig;
 use substrate::{FsType, StartRequest, Stop};
 
+/// What a source's datadir lives on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VolumeEngine {
+    /// A directory volume where the store's file system shares extents, else a block
+    /// volume.
+    #[default]
+    Auto,
+    /// A block volume with its own filesystem: lazy clones hydrated over NBD, on any
+    /// store.
+    Lazy,
+    /// A directory on the store's file system (XFS with reflink, btrfs): the server's
+    /// IO stays in the kernel, clones share extents and are complete at once.
+    Reflink,
+}
+
 pub struct SourceOptions {
     pub size: u64,
     pub buffer_pool: u64,
+    /// The filesystem of a block volume (a directory volume has the store's).
     pub fs: FsType,
     pub port: Option<u16>,
+    /// Region size of a block volume.
     pub region_size: u64,
+    pub engine: VolumeEngine,
 }
 
 pub fn create(ctx: &Ctx, name: &str, opts: &SourceOptions) -> Result<InstanceRecord> {
@@ -31,7 +49,16 @@ pub fn create(ctx: &Ctx, name: &str, opts: &SourceOptions) -> Result<InstanceRec
         tracing::info!(?swept, "removed what deleted stores left on this host");
     }
 
-    store.create_with_region_size(name, opts.size, opts.region_size)?;
+    let directory = match opts.engine {
+        VolumeEngine::Auto => store.supports_reflink(),
+        VolumeEngine::Lazy => false,
+        VolumeEngine::Reflink => true,
+    };
+    if directory {
+        store.create_directory(name)?;
+    } else {
+        store.create_with_region_size(name, opts.size, opts.region_size)?;
+    }
     undo.push(format!("volume {name}"), move || {
         Ok(ctx.store()?.delete(name)?)
     });

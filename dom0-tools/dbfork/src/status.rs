@@ -35,6 +35,7 @@ pub fn status_of(ctx: &Ctx, rec: &InstanceRecord) -> InstanceStatus {
     let volume = live_volume_status(ctx, &rec.volume).unwrap_or_else(|| lazyvol::VolumeStatus {
         name: rec.volume.clone(),
         kind: lazyvol::VolumeKind::Volume,
+        layout: lazyvol::VolumeLayout::Blocks,
         size: 0,
         region_size: 0,
         hydrated_bytes: 0,

@@ -120,6 +120,11 @@ pub fn hydrate(
     clone: &str,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<()> {
+    let st = status(store, run, clone)?;
+    if st.independent {
+        progress(st.size, st.size);
+        return Ok(());
+    }
     let mut requested = false;
     let mut last = (0, Instant::now());
     loop {

@@ -28,6 +28,15 @@ impl Cluster {
             store: TestStore::new(),
         })
     }
+    /// A cluster whose store is on XFS with reflink.
+    fn on_xfs() -> Option<Self> {
+        if !can_attach() || !have("mariadbd") || !have("mkfs.xfs") {
+            return None;
+        }
+        Some(Cluster {
+            store: TestStore::on_xfs()?,
+        })
+    }
     fn cfg(&self, name: &str) -> InstanceConfig {
         Registry::new(self.store.path()).load(name).unwrap().config
     }
@@ -324,6 +333,7 @@ fn a_server_that_fails_after_its_gate_leaves_no_family_member() {
     cfg.extra.insert("innodb_no_such_option".into(), "1".into());
     let mut domain = DomainState::Local(substrate::local::LocalDomain {
         mountpoint: dir.path().to_path_buf(),
+        directory: false,
         agent: None,
         io_limit: None,
     });
@@ -731,4 +741,111 @@ fn a_source_with_page_sized_regions_clones_and_converges() {
         .filter(|n| n.starts_with(&format!("dbfork-{tag}-")) || *n == format!("dbfork-{tag}.store"))
         .collect();
     assert!(left.is_empty(), "left in shared memory: {left:?}");
+}
+
+/// On a store whose file system shares extents, a source's datadir is a directory on
+/// it (no export process, no mount: the server's IO stays in the kernel), a clone is a
+/// reflink copy taken while the source's process is held still, complete at once (no
+/// hydration), and everything else holds as on block volumes: replicas share the
+/// source's pages, follow a write load, converge with identical checksums, a clone of
+/// a clone works, the read limit applies to the store's disk, destroy removes every
+/// tree. `--volume-engine lazy` still gives a block volume there.
+#[test]
+fn on_a_reflink_store_datadirs_are_directories_and_clones_share_extents() {
+    let Some(c) = Cluster::on_xfs() else { return };
+    require_sharing_artifacts();
+    c.source("src");
+    let vol = c.store.json(&["volume", "status", "src"]);
+    assert_eq!(vol["layout"], "directory", "{vol}");
+    let datadir = c.cfg("src").datadir;
+    assert!(
+        datadir.starts_with(c.store.path().join("dirs/src")),
+        "{}",
+        datadir.display()
+    );
+    assert!(!c.store.path().join("run/src.attach.json").exists());
+    load(&c, "src", 2, 5000);
+    let writer = workload::sysbench::start(
+        &c.inst("src"),
+        &workload::sysbench::SysbenchOptions {
+            test: "oltp_write_only".into(),
+            tables: 2,
+            table_size: 5000,
+            threads: 2,
+            secs: 10,
+            report_interval: 0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let src = c.inst("src");
+    let gtid0 = src.gtid_binlog_pos().unwrap();
+    assert!(wait_until(Duration::from_secs(30), || src
+        .gtid_binlog_pos()
+        .unwrap()
+        .to_string()
+        != gtid0.to_string()));
+    let rec = c.clone("src", "r1", &["--read-iops", "400"]);
+    let st = c.store.json(&["status", "r1"]);
+    assert_eq!(st["volume"]["layout"], "directory", "{st}");
+    assert_eq!(st["volume"]["independent"], true, "{st}");
+    assert_eq!(st["hydrated_percent"], 100.0, "{st}");
+    assert!(rec["sharing"].is_object(), "{rec}");
+    // The read limit is on the disk the store's file system is on.
+    let DomainState::Local(domain) = &Registry::new(c.store.path())
+        .load("r1")
+        .unwrap()
+        .domain;
+    let limit = domain.io_limit.clone().expect("a read limit");
+    assert_eq!(
+        limit.device,
+        substrate::local::io_limit::disk_of(c.store.path()).unwrap()
+    );
+    let procs = std::fs::read_to_string(limit.cgroup.join("cgroup.procs")).unwrap();
+    let pid = c.inst("r1").pid().unwrap();
+    assert!(procs.lines().any(|p| p == pid.to_string()), "{procs}");
+
+    c.clone("r1", "r1a", &[]);
+    let res = writer.wait().unwrap();
+    assert!(res.transactions > 0);
+    // The source was held still for the snapshot and runs on: it takes writes.
+    src.exec("UPDATE sbtest.sbtest1 SET k = k + 1 WHERE id <= 100")
+        .unwrap();
+    let want = checksums(&c, "src");
+    dbinstance::wait_caught_up(&c.inst("r1"), &src, Duration::from_secs(120)).unwrap();
+    dbinstance::wait_caught_up(&c.inst("r1a"), &c.inst("r1"), Duration::from_secs(120)).unwrap();
+    for r in ["r1", "r1a"] {
+        assert_eq!(checksums(&c, r), want, "{r} differs from the source");
+    }
+    assert!(
+        agent_counter(&c, "r1", "shared") > 0,
+        "no read was served from the source's memory: {}",
+        c.store.json(&["status", "r1"])["sharing"]
+    );
+
+    // A block volume on the same store when asked for.
+    c.store.ok(&[
+        "source",
+        "create",
+        "blk",
+        "--size",
+        "512M",
+        "--buffer-pool",
+        "64M",
+        "--volume-engine",
+        "lazy",
+    ]);
+    assert_eq!(
+        c.store.json(&["volume", "status", "blk"])["layout"],
+        "blocks"
+    );
+    c.store.ok(&["destroy", "blk"]);
+    c.store.ok(&["destroy", "src", "--with-replicas"]);
+    let dirs: Vec<_> = std::fs::read_dir(c.store.path().join("dirs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(dirs.is_empty(), "trees left: {dirs:?}");
+    assert!(!limit.cgroup.exists());
 }

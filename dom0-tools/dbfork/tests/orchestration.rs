@@ -35,6 +35,7 @@ impl Harness {
                 fs: FsType::Ext4,
                 port: None,
                 region_size: lazyvol::DEFAULT_REGION_SIZE,
+                engine: dbfork::source::VolumeEngine::Lazy,
             },
         )
         .unwrap()
@@ -262,6 +263,7 @@ fn a_failed_source_create_leaves_nothing() {
                 fs: FsType::Xfs,
                 port: None,
                 region_size: lazyvol::DEFAULT_REGION_SIZE,
+                engine: dbfork::source::VolumeEngine::Lazy,
             },
         )
         .unwrap_err();

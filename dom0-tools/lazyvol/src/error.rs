@@ -35,6 +35,16 @@ pub enum Error {
     InvalidRegionSize(u64),
     #[error("invalid volume size {0}: must be greater than zero")]
     InvalidSize(u64),
+    #[error("{name:?} is a directory volume: it has no blocks to open or serve over NBD")]
+    NotBlockVolume { name: String },
+    #[error("{name:?} is a block volume, not a directory volume")]
+    NotDirectoryVolume { name: String },
+    #[error("the store's file system cannot share extents ({}); directory volumes need XFS with reflink or btrfs", path.display())]
+    NoReflink {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("corrupt metadata {path}: {reason}")]
     Corrupt { path: PathBuf, reason: String },
     #[error("metadata {path} is not valid JSON")]

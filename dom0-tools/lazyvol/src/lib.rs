@@ -8,6 +8,7 @@
 
 mod bitmap;
 mod copy_up;
+mod directory;
 mod error;
 mod fsutil;
 mod hydrator;
@@ -22,7 +23,7 @@ mod volume;
 
 pub use error::{Error, Result};
 pub use import::{ImportMethod, ImportReport};
-pub use meta::VolumeKind;
+pub use meta::{VolumeKind, VolumeLayout};
 pub use region_map::Counters;
 pub use status::VolumeStatus;
 pub use store::{CloneOptions, Store, DEFAULT_REGION_SIZE, MAX_REGION_SIZE};

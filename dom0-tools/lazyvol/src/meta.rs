@@ -21,9 +21,24 @@ pub enum VolumeKind {
     Clone,
 }
 
+/// What a volume is made of.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VolumeLayout {
+    /// A stack of block layers with region maps: snapshots and lazy clones of any
+    /// file system, served over NBD.
+    #[default]
+    Blocks,
+    /// A directory tree on the store's own file system; snapshots and clones share
+    /// extents (see `directory.rs`).
+    Directory,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct VolumeMeta {
     pub kind: VolumeKind,
+    #[serde(default)]
+    pub layout: VolumeLayout,
     pub size: u64,
     pub region_size: u64,
     /// Layer ids, bottom first. The last one is the writable top (for snapshots: the
@@ -110,6 +125,13 @@ impl Layout {
     pub fn volumes_dir(&self) -> PathBuf {
         self.root.join("volumes")
     }
+    /// Where directory volumes keep their trees.
+    pub fn directories(&self) -> PathBuf {
+        self.root.join("dirs")
+    }
+    pub fn directory(&self, name: &str) -> PathBuf {
+        self.directories().join(name)
+    }
     /// The per-name open lock. Never deleted: a process blocked on an unlinked lock
     /// file would otherwise believe it holds the lock of a re-created name.
     pub fn volume_lock(&self, name: &str) -> PathBuf {
@@ -143,6 +165,13 @@ fn validate(meta: &StoreMeta) -> std::result::Result<(), String> {
     for (name, v) in &meta.volumes {
         validate_name(name).map_err(|e| e.to_string())?;
         let bad = |what: &str| Err(format!("volume {name:?}: {what}"));
+        if v.layout == VolumeLayout::Directory {
+            // A tree on the file system: no layers, nothing it depends on.
+            if !v.layers.is_empty() || v.own_from != 0 || v.depends_on.is_some() {
+                return bad("a directory volume with layers or a dependency");
+            }
+            continue;
+        }
         if v.size == 0 {
             return bad("size 0");
         }

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
-use crate::meta::{Layout, VolumeKind, VolumeMeta};
+use crate::meta::{Layout, VolumeKind, VolumeLayout, VolumeMeta};
 use crate::region_map::RegionMap;
 use crate::volume::Shared;
 
@@ -14,6 +14,9 @@ use crate::volume::Shared;
 pub struct VolumeStatus {
     pub name: String,
     pub kind: VolumeKind,
+    /// Blocks (lazy clones over NBD) or a directory tree (extents shared).
+    #[serde(default)]
+    pub layout: VolumeLayout,
     pub size: u64,
     pub region_size: u64,
     /// Bytes held by layers this volume owns (= size once independent).
@@ -93,6 +96,7 @@ pub(crate) fn live_status(shared: &Shared) -> VolumeStatus {
     VolumeStatus {
         name: shared.name.clone(),
         kind: shared.kind,
+        layout: VolumeLayout::Blocks,
         size: shared.size,
         region_size,
         hydrated_bytes,
@@ -108,6 +112,26 @@ pub(crate) fn live_status(shared: &Shared) -> VolumeStatus {
 }
 
 pub(crate) fn disk_status(layout: &Layout, name: &str, vm: &VolumeMeta) -> Result<VolumeStatus> {
+    if vm.layout == VolumeLayout::Directory {
+        // A tree shares extents with its origin: complete from the start.
+        let size = crate::directory::apparent_size(&layout.directory(name));
+        return Ok(VolumeStatus {
+            name: name.to_string(),
+            kind: vm.kind,
+            layout: VolumeLayout::Directory,
+            size,
+            region_size: 0,
+            hydrated_bytes: size,
+            on_demand_fetches: 0,
+            background_fetches: 0,
+            fetched_bytes: 0,
+            background_rate: 0,
+            eta_secs: Some(0),
+            depends_on: None,
+            independent: true,
+            open_by_pid: None,
+        });
+    }
     let own: Vec<RegionMap> = vm.layers[vm.own_from..]
         .iter()
         .map(|id| RegionMap::load(&layout.layer_dir(id)))
@@ -132,6 +156,7 @@ pub(crate) fn disk_status(layout: &Layout, name: &str, vm: &VolumeMeta) -> Resul
     Ok(VolumeStatus {
         name: name.to_string(),
         kind: vm.kind,
+        layout: VolumeLayout::Blocks,
         size: vm.size,
         region_size,
         hydrated_bytes,

@@ -6,6 +6,7 @@
 //! - `layers/<id>/{data,map}`: one layer = sparse data file + region map
 //! - `volumes/<name>.lock`: held while the volume is open (exclusive; shared for
 //!   read-only snapshot opens); `volumes/<name>.stats.json`: pid and rate for status
+//! - `dirs/<name>/`: the tree of a directory volume (see `directory.rs`)
 
 use std::fs::{File, OpenOptions as FsOpenOptions};
 use std::path::{Path, PathBuf};
@@ -14,7 +15,8 @@ use crate::error::{Error, IoContext, Result};
 use crate::fsutil::{self, FileLock, LockMode};
 use crate::import::{self, ImportReport};
 use crate::layer::{self, Layer};
-use crate::meta::{self, Layout, StoreMeta, VolumeKind, VolumeMeta};
+use crate::directory;
+use crate::meta::{self, Layout, StoreMeta, VolumeKind, VolumeLayout, VolumeMeta};
 use crate::region_map::{Counters, RegionMap};
 use crate::status::{self, VolumeStatus};
 use crate::volume::{OpenOptions, Volume};
@@ -111,6 +113,53 @@ impl Store {
         })
     }
 
+    /// Creates an empty directory volume: a tree on the store's own file system whose
+    /// snapshots and clones share extents. Refused where the file system cannot share
+    /// them.
+    pub fn create_directory(&self, name: &str) -> Result<()> {
+        meta::validate_name(name)?;
+        if !self.supports_reflink() {
+            return Err(Error::NoReflink {
+                path: self.layout.root.clone(),
+                source: std::io::Error::from_raw_os_error(libc::EOPNOTSUPP),
+            });
+        }
+        meta::ensure_dir(&self.layout.directories())?;
+        meta::with_meta_mut(&self.layout, |m| {
+            if m.volumes.contains_key(name) {
+                return Err(Error::NameClash(name.to_string()));
+            }
+            let dir = self.layout.directory(name);
+            // A tree left by an operation cut short before it was recorded.
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir(&dir).ctx(|| format!("creating {}", dir.display()))?;
+            m.volumes
+                .insert(name.to_string(), directory_volume(VolumeKind::Volume));
+            Ok(())
+        })
+    }
+
+    /// The tree of directory volume `name`.
+    pub fn directory(&self, name: &str) -> Result<PathBuf> {
+        meta::validate_name(name)?;
+        let m = meta::read_meta_shared(&self.layout)?;
+        match m.volume(name)?.layout {
+            VolumeLayout::Directory => Ok(self.layout.directory(name)),
+            VolumeLayout::Blocks => Err(Error::NotDirectoryVolume {
+                name: name.to_string(),
+            }),
+        }
+    }
+
+    /// Copies directory volume `from` to a new directory volume `to` of `kind`,
+    /// sharing every file's extents; recorded only once the tree is complete.
+    fn copy_directory(&self, m: &mut StoreMeta, from: &str, to: &str, kind: VolumeKind) -> Result<()> {
+        meta::ensure_dir(&self.layout.directories())?;
+        directory::reflink_tree(&self.layout.directory(from), &self.layout.directory(to))?;
+        m.volumes.insert(to.to_string(), directory_volume(kind));
+        Ok(())
+    }
+
     /// Imports the raw image `file` as a new volume whose base layer is complete.
     /// Reflinks where the file system can (no data copied), copies sparsely otherwise.
     pub fn import(&self, name: &str, file: &Path) -> Result<ImportReport> {
@@ -174,6 +223,10 @@ impl Store {
             if m.volumes.contains_key(snap) {
                 return Err(Error::NameClash(snap.to_string()));
             }
+            if vm.layout == VolumeLayout::Directory {
+                // The writer of the tree is held still by the caller.
+                return self.copy_directory(m, vol, snap, VolumeKind::Snapshot);
+            }
             let mode = if vm.kind == VolumeKind::Snapshot {
                 LockMode::Shared
             } else {
@@ -207,7 +260,8 @@ impl Store {
 
     /// Creates `new`, a writable clone of the snapshot `snap`: instant, its data is
     /// hydrated lazily (on first access and, with `opts.hydrate`, in the background
-    /// while it is open).
+    /// while it is open). A clone of a directory snapshot shares the snapshot's
+    /// extents and is complete at once (`opts` do not apply).
     pub fn clone(&self, snap: &str, new: &str, opts: CloneOptions) -> Result<()> {
         meta::validate_name(snap)?;
         meta::validate_name(new)?;
@@ -219,6 +273,9 @@ impl Store {
             }
             if m.volumes.contains_key(new) {
                 return Err(Error::NameClash(new.to_string()));
+            }
+            if sm.layout == VolumeLayout::Directory {
+                return self.copy_directory(m, snap, new, VolumeKind::Clone);
             }
             let id = m.allocate_layer_id();
             Layer::create_empty(
@@ -234,6 +291,7 @@ impl Store {
                 new.to_string(),
                 VolumeMeta {
                     kind: VolumeKind::Clone,
+                    layout: VolumeLayout::Blocks,
                     size: sm.size,
                     region_size: opts.region_size,
                     layers,
@@ -253,7 +311,14 @@ impl Store {
         meta::validate_name(name)?;
         let _lock = meta::lock_store(&self.layout, LockMode::Exclusive)?;
         let mut m = meta::read_meta(&self.layout)?;
-        m.volume(name)?;
+        if m.volume(name)?.layout == VolumeLayout::Directory {
+            // Its snapshots and clones own their trees: nothing depends on this one.
+            m.volumes.remove(name);
+            meta::write_meta(&self.layout, &m)?;
+            let dir = self.layout.directory(name);
+            std::fs::remove_dir_all(&dir).ctx(|| format!("removing {}", dir.display()))?;
+            return Ok(());
+        }
         let _held = self.try_name_lock(name, LockMode::Exclusive)?;
         let (snapshots, clones): (Vec<String>, Vec<String>) = m
             .dependents(name)
@@ -354,7 +419,13 @@ impl Store {
             let dir = self.layout.root.join(".reflink-probe");
             let res = (|| -> std::io::Result<()> {
                 std::fs::create_dir_all(&dir)?;
-                let a = File::create(dir.join("a"))?;
+                // The source of a clone must be open for reading.
+                let a = FsOpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(dir.join("a"))?;
                 std::os::unix::fs::FileExt::write_all_at(&a, &[1u8; 4096], 0)?;
                 let b = File::create(dir.join("b"))?;
                 fsutil::clone_range(&a, 0, 4096, &b, 0)
@@ -382,9 +453,24 @@ impl Store {
     }
 }
 
+fn directory_volume(kind: VolumeKind) -> VolumeMeta {
+    VolumeMeta {
+        kind,
+        layout: VolumeLayout::Directory,
+        size: 0,
+        region_size: 0,
+        layers: Vec::new(),
+        own_from: 0,
+        depends_on: None,
+        hydrate: false,
+        rate: None,
+    }
+}
+
 fn plain_volume(size: u64, region_size: u64, layer: String) -> VolumeMeta {
     VolumeMeta {
         kind: VolumeKind::Volume,
+        layout: VolumeLayout::Blocks,
         size,
         region_size,
         layers: vec![layer],

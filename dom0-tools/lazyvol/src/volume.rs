@@ -97,6 +97,11 @@ impl Volume {
         meta::ensure_dir(&layout.volumes_dir())?;
         let pre = meta::read_meta_shared(layout)?;
         let vm = pre.volume(name)?.clone();
+        if vm.layout == crate::meta::VolumeLayout::Directory {
+            return Err(crate::Error::NotBlockVolume {
+                name: name.to_string(),
+            });
+        }
         let read_only = vm.kind == VolumeKind::Snapshot;
         let mode = if read_only {
             LockMode::Shared

@@ -265,3 +265,97 @@ fn hydration_on_xfs_shares_extents_instead_of_copying() {
     s.read_at(&mut all, 0).unwrap();
     assert!(all == src);
 }
+
+/// Directory volumes on XFS with reflink: a snapshot and a clone share the tree's
+/// extents (no data copied), a write to the volume after the snapshot changes neither
+/// the snapshot nor the clone, the clone is independent from the start, deleting the
+/// snapshot leaves the clone whole; a block volume is refused where a directory is
+/// meant and the other way round.
+#[test]
+fn directory_volumes_snapshot_and_clone_by_sharing_extents() {
+    let mnt = match Mount::xfs_reflink() {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("skipping: no XFS loop mount ({e})");
+            return;
+        }
+    };
+    let store = Store::open(mnt.path().join("store")).unwrap();
+    store.create_directory("src").unwrap();
+    let dir = store.directory("src").unwrap();
+    std::fs::create_dir_all(dir.join("data/db")).unwrap();
+    let big = noise(7, 8 << 20);
+    std::fs::write(dir.join("data/db/t.ibd"), &big).unwrap();
+    std::fs::write(dir.join("data/ibdata1"), noise(8, 1 << 20)).unwrap();
+    std::os::unix::fs::symlink("db/t.ibd", dir.join("data/link")).unwrap();
+    // What is on disk before the copies: a tree copied by value would double it.
+    let synced = || {
+        std::process::Command::new("sync").status().unwrap();
+        used_bytes(mnt.path())
+    };
+    let before = synced();
+
+    store.snapshot("src", "snap").unwrap();
+    store
+        .clone("snap", "c", CloneOptions::default())
+        .unwrap();
+    let grown = synced() - before;
+    assert!(grown < (1 << 20), "copies used {grown} bytes: extents were not shared");
+
+    let st = store.status("c").unwrap();
+    assert_eq!(st.layout, lazyvol::VolumeLayout::Directory);
+    assert!(st.independent && st.hydrated_bytes == st.size, "{st:?}");
+    assert_eq!(st.size, (8 << 20) + (1 << 20));
+
+    // The source changes after the snapshot: neither copy sees it.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join("data/db/t.ibd"))
+        .unwrap();
+    f.write_all_at(&[0xAB; 16384], 1 << 20).unwrap();
+    drop(f);
+    let clone_dir = store.directory("c").unwrap();
+    for d in [store.directory("snap").unwrap(), clone_dir.clone()] {
+        assert_eq!(std::fs::read(d.join("data/db/t.ibd")).unwrap(), big);
+        assert_eq!(
+            std::fs::read_link(d.join("data/link")).unwrap(),
+            PathBuf::from("db/t.ibd")
+        );
+    }
+    // The snapshot goes; the clone keeps every byte.
+    store.delete("snap").unwrap();
+    assert_eq!(std::fs::read(clone_dir.join("data/db/t.ibd")).unwrap(), big);
+    assert!(!mnt.path().join("store/dirs/snap").exists());
+
+    assert!(matches!(
+        store.open_volume("c"),
+        Err(Error::NotBlockVolume { .. })
+    ));
+    store.create("blocks", 1 << 20).unwrap();
+    assert!(matches!(
+        store.directory("blocks"),
+        Err(Error::NotDirectoryVolume { .. })
+    ));
+    assert!(matches!(
+        store.create_directory("c"),
+        Err(Error::NameClash(_))
+    ));
+    store.delete("c").unwrap();
+    assert!(!clone_dir.exists());
+}
+
+/// Where the file system cannot share extents, a directory volume is refused by name
+/// before anything is made.
+#[test]
+fn directory_volumes_need_a_reflink_file_system() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("store")).unwrap();
+    if store.supports_reflink() {
+        eprintln!("skipping: the temp dir's file system shares extents");
+        return;
+    }
+    let e = store.create_directory("d").unwrap_err();
+    assert!(matches!(e, Error::NoReflink { .. }), "{e}");
+    assert!(e.to_string().contains("reflink"), "{e}");
+    assert!(store.list().unwrap().is_empty());
+}

@@ -161,6 +161,7 @@ impl Substrate for Fake {
         w.attached.insert(volume.to_string(), name.to_string());
         Ok(DomainState::Local(LocalDomain {
             mountpoint: self.root.join("mnt").join(name),
+            directory: false,
             agent: None,
             io_limit: None,
         }))
@@ -184,7 +185,12 @@ impl Substrate for Fake {
         d.mountpoint.join("data")
     }
 
-    fn quiesce(&self, volume: &str, _domain: &DomainState) -> Result<Quiesced> {
+    fn quiesce(
+        &self,
+        volume: &str,
+        _config: &InstanceConfig,
+        _domain: &DomainState,
+    ) -> Result<Quiesced> {
         self.enter("quiesce", volume)?;
         self.world().frozen.insert(volume.to_string());
         let (world, volume) = (self.world.clone(), volume.to_string());

@@ -88,6 +88,8 @@ pub enum Error {
     StillRunning { name: String, pid: i32 },
     #[error(transparent)]
     Db(#[from] dbinstance::Error),
+    #[error(transparent)]
+    Volume(lazyvol::Error),
     #[error("page table service")]
     PageTable(#[from] pagetable::Error),
 

@@ -243,9 +243,15 @@ pub trait Substrate {
     fn detach(&self, volume: &str, domain: &DomainState) -> Result<()>;
     /// Where the server's datadir is, as the server sees it.
     fn datadir(&self, domain: &DomainState) -> PathBuf;
-    /// Holds the domain's filesystem still, everything it acknowledged on the volume,
-    /// until the guard drops (around a snapshot).
-    fn quiesce(&self, volume: &str, domain: &DomainState) -> Result<Quiesced>;
+    /// Holds what writes the domain's volume still, everything it acknowledged on the
+    /// volume, until the guard drops (around a snapshot): its filesystem, or for a
+    /// volume that is a directory on dom0's own file system, its server.
+    fn quiesce(
+        &self,
+        volume: &str,
+        config: &InstanceConfig,
+        domain: &DomainState,
+    ) -> Result<Quiesced>;
     /// Volume byte ranges to hydrate first, in order: what the server reads to boot,
     /// then the warm set's pages. A hint: what cannot be mapped is left out.
     fn hydration_order(

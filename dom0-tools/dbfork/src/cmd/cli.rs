@@ -143,7 +143,31 @@ pub enum SourceCommand {
         /// Where the server runs (default: where this host runs servers).
         #[arg(long, value_enum)]
         substrate: Option<SubstrateArg>,
+        /// What the datadir lives on: a directory on the store's file system where it
+        /// shares extents (reflink: in-kernel IO, instant complete clones), or a block
+        /// volume cloned lazily over NBD (lazy: any store). auto picks reflink where the
+        /// store's file system can.
+        #[arg(long, value_enum, default_value = "auto")]
+        volume_engine: EngineArg,
     },
+}
+
+/// See `dbfork source create --volume-engine`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EngineArg {
+    Auto,
+    Lazy,
+    Reflink,
+}
+
+impl From<EngineArg> for dbfork::source::VolumeEngine {
+    fn from(e: EngineArg) -> Self {
+        match e {
+            EngineArg::Auto => dbfork::source::VolumeEngine::Auto,
+            EngineArg::Lazy => dbfork::source::VolumeEngine::Lazy,
+            EngineArg::Reflink => dbfork::source::VolumeEngine::Reflink,
+        }
+    }
 }
 
 #[derive(Args, Debug)]

@@ -88,6 +88,7 @@ fn demo(ctx: &Ctx, args: &DemoArgs, say: &dyn Fn(&str), out: &Output) -> Result<
             fs: substrate::FsType::Ext4,
             port: None,
             region_size: lazyvol::DEFAULT_REGION_SIZE,
+            engine: Default::default(),
         },
     )?;
     let src = Instance::open(src_rec.config.clone())?;

@@ -33,6 +33,7 @@ pub fn run(store: &Path, out: &Output, cmd: Command) -> Result<()> {
             port,
             region_size,
             substrate: _,
+            volume_engine,
         }) => {
             let rec = dbfork::source::create(
                 &ctx,
@@ -43,6 +44,7 @@ pub fn run(store: &Path, out: &Output, cmd: Command) -> Result<()> {
                     fs: fs.into(),
                     port,
                     region_size,
+                    engine: volume_engine.into(),
                 },
             )?;
             out.done(

@@ -162,7 +162,14 @@ pub fn run(store_dir: &Path, out: &Output, cmd: VolumeCommand) -> Result<()> {
             mkfs,
             read_only,
         } => {
-            store.status(&name)?; // unknown volume: say so before starting anything
+            // An unknown volume, or one with nothing to attach, is said before anything
+            // starts.
+            if store.status(&name)?.layout == lazyvol::VolumeLayout::Directory {
+                bail!(
+                    "{name} is a directory volume: it is a tree on the store's file system ({}), nothing to attach",
+                    store.directory(&name)?.display()
+                );
+            }
             let exe = std::env::current_exe().context("locating the dbfork binary")?;
             let rec = attach::attach(&AttachRequest {
                 store: store_dir,

@@ -15,6 +15,8 @@ pub const SYSTEM_PYTHON: &str = "/usr/bin/python3";
 /// A temporary store; on drop, detaches every volume still attached in it.
 pub struct TestStore {
     pub dir: tempfile::TempDir,
+    /// The file system the store is on, when the test made one (dropped after `dir`).
+    _fs: Option<XfsMount>,
 }
 
 impl TestStore {
@@ -24,7 +26,25 @@ impl TestStore {
                 .prefix("dbfork-test-")
                 .tempdir()
                 .unwrap(),
+            _fs: None,
         }
+    }
+    /// A store on a fresh XFS with reflink (a loop image with direct IO), as on a host
+    /// whose store file system shares extents. `None` (and why, printed) when this
+    /// machine cannot make one.
+    pub fn on_xfs() -> Option<Self> {
+        let fs = match XfsMount::new(4 << 30) {
+            Ok(m) => m,
+            Err(e) => {
+                eprintln!("SKIP: no XFS store: {e}");
+                return None;
+            }
+        };
+        let dir = tempfile::Builder::new()
+            .prefix("dbfork-test-")
+            .tempdir_in(fs.path())
+            .unwrap();
+        Some(TestStore { dir, _fs: Some(fs) })
     }
     pub fn path(&self) -> &Path {
         self.dir.path()
@@ -229,5 +249,68 @@ pub fn check_tree(root: &Path, expect: &[(String, String)]) {
     for (rel, sum) in expect {
         let got = sha256_file(&root.join(rel));
         assert_eq!(&got, sum, "{rel} differs under {}", root.display());
+    }
+}
+
+/// An XFS file system with reflink on a sparse image in /var/tmp, mounted in a temp
+/// dir through a loop device with direct IO; unmounted and removed on drop.
+pub struct XfsMount {
+    mnt: tempfile::TempDir,
+    image: tempfile::TempDir,
+    loop_dev: String,
+}
+
+impl XfsMount {
+    pub fn new(size: u64) -> Result<Self, String> {
+        let run = |cmd: &mut Command| -> Result<String, String> {
+            let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
+            if !out.status.success() {
+                return Err(format!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr)));
+            }
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        };
+        let image = tempfile::Builder::new()
+            .prefix("dbfork-xfs-")
+            .tempdir_in("/var/tmp")
+            .map_err(|e| e.to_string())?;
+        let img = image.path().join("store.xfs");
+        std::fs::File::create(&img)
+            .and_then(|f| f.set_len(size))
+            .map_err(|e| e.to_string())?;
+        run(Command::new("mkfs.xfs").args(["-q", "-m", "reflink=1"]).arg(&img))?;
+        let loop_dev = run(Command::new("losetup")
+            .args(["--find", "--show", "--direct-io=on"])
+            .arg(&img))?;
+        let mnt = tempfile::Builder::new()
+            .prefix("dbfork-xfs-mnt-")
+            .tempdir()
+            .map_err(|e| e.to_string())?;
+        if let Err(e) = run(Command::new("mount").arg(&loop_dev).arg(mnt.path())) {
+            let _ = Command::new("losetup").args(["-d", &loop_dev]).status();
+            return Err(e);
+        }
+        Ok(XfsMount {
+            mnt,
+            image,
+            loop_dev,
+        })
+    }
+    pub fn path(&self) -> &Path {
+        self.mnt.path()
+    }
+}
+
+impl Drop for XfsMount {
+    fn drop(&mut self) {
+        let mp = self.mnt.path();
+        let unmounted = Command::new("umount")
+            .arg(mp)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !unmounted {
+            let _ = Command::new("umount").arg("-l").arg(mp).status();
+        }
+        let _ = Command::new("losetup").args(["-d", &self.loop_dev]).status();
+        let _ = &self.image;
     }
 }

@@ -40,8 +40,13 @@ const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
 /// What the local substrate remembers about a domain.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LocalDomain {
-    /// Where the volume's filesystem is mounted on this host.
+    /// Where the volume's filesystem is mounted on this host (for a directory volume:
+    /// its tree).
     pub mountpoint: PathBuf,
+    /// The volume is a directory on the store's own file system, not a mounted block
+    /// volume: nothing to hydrate, unmount or freeze.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub directory: bool,
     /// The agent the server runs with, when it shares pages.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<LocalAgent>,
@@ -72,6 +77,18 @@ impl Local {
         self.store().join("mnt").join(name)
     }
 
+    /// The tree of `volume` when it is a directory volume (a datadir on the store's own
+    /// file system), `None` for a block volume.
+    fn directory_of(&self, volume: &str) -> Result<Option<PathBuf>> {
+        let store = lazyvol::Store::open(self.store()).map_err(Error::Volume)?;
+        match store.status(volume).map_err(Error::Volume)?.layout {
+            lazyvol::VolumeLayout::Directory => {
+                Ok(Some(store.directory(volume).map_err(Error::Volume)?))
+            }
+            lazyvol::VolumeLayout::Blocks => Ok(None),
+        }
+    }
+
     /// The agent for a server that shares as `spec` says, with the page table service
     /// running.
     fn agent_for(&self, spec: &crate::AgentSpec, run_dir: &Path) -> Result<LocalAgent> {
@@ -85,14 +102,20 @@ impl Local {
         )
     }
 
-    /// A read limit on the block device `volume` is attached through.
+    /// A read limit on the block device `volume` is attached through: its loop device,
+    /// or for a directory volume the disk its tree is on.
     fn limit_reads(&self, name: &str, volume: &str, iops: u32) -> Result<IoLimitRecord> {
-        let rec = attach::load_record(&RunDir::new(self.store()), volume)?
-            .ok_or_else(|| Error::NotAttached(volume.to_string()))?;
-        let node = rec.loop_device.ok_or_else(|| Error::NoBlockDevice {
-            volume: volume.to_string(),
-        })?;
-        let dev = io_limit::device_number(Path::new(&node))?;
+        let dev = match self.directory_of(volume)? {
+            Some(tree) => io_limit::disk_of(&tree)?,
+            None => {
+                let rec = attach::load_record(&RunDir::new(self.store()), volume)?
+                    .ok_or_else(|| Error::NotAttached(volume.to_string()))?;
+                let node = rec.loop_device.ok_or_else(|| Error::NoBlockDevice {
+                    volume: volume.to_string(),
+                })?;
+                io_limit::device_number(Path::new(&node))?
+            }
+        };
         if let Err(e) = orphans::claim(Path::new(orphans::SHM), self.store()) {
             tracing::warn!("recording the store as owner of its IO groups: {e}");
         }
@@ -157,6 +180,16 @@ impl Substrate for Local {
     }
 
     fn attach(&self, name: &str, volume: &str, format: Option<FsType>) -> Result<DomainState> {
+        if let Some(tree) = self.directory_of(volume)? {
+            // On the store's own file system already: nothing to export or mount (and
+            // nothing to format: the store's file system is the datadir's).
+            return Ok(DomainState::Local(LocalDomain {
+                mountpoint: tree,
+                directory: true,
+                agent: None,
+                io_limit: None,
+            }));
+        }
         let mp = self.mountpoint(name);
         std::fs::create_dir_all(&mp).map_err(Error::io("creating the mount point", &mp))?;
         let attached = attach::attach(&attach::AttachRequest {
@@ -170,6 +203,7 @@ impl Substrate for Local {
         match attached {
             Ok(_) => Ok(DomainState::Local(LocalDomain {
                 mountpoint: mp,
+                directory: false,
                 agent: None,
                 io_limit: None,
             })),
@@ -184,7 +218,12 @@ impl Substrate for Local {
         if attach::load_record(&RunDir::new(self.store()), volume)?.is_some() {
             attach::detach(self.store(), volume)?;
         }
-        let _ = std::fs::remove_dir(&local(domain).mountpoint);
+        // The empty mount point of a block volume (a directory volume's tree is its
+        // data and goes with the volume, not here).
+        let d = local(domain);
+        if !d.directory {
+            let _ = std::fs::remove_dir(&d.mountpoint);
+        }
         Ok(())
     }
 
@@ -192,7 +231,18 @@ impl Substrate for Local {
         local(domain).mountpoint.join("data")
     }
 
-    fn quiesce(&self, volume: &str, _domain: &DomainState) -> Result<Quiesced> {
+    fn quiesce(
+        &self,
+        volume: &str,
+        config: &InstanceConfig,
+        _domain: &DomainState,
+    ) -> Result<Quiesced> {
+        if self.directory_of(volume)?.is_some() {
+            return match dbinstance::running_pid(config) {
+                Some(pid) => freeze::stop_process(pid as u32),
+                None => Ok(Quiesced::nothing()),
+            };
+        }
         quiesce_volume(self.store(), volume)
     }
 
@@ -203,6 +253,11 @@ impl Substrate for Local {
         warm: &WarmSet,
     ) -> Vec<(u64, u64)> {
         let datadir = self.datadir(domain);
+        if local(domain).directory {
+            // Complete from the start: nothing to hydrate (and its files' extents are
+            // not ranges of any volume).
+            return Vec::new();
+        }
         let mut ranges = hydration_order::boot_ranges(&datadir);
         ranges.extend(hydration_order::hot_page_ranges(
             &datadir,
