@@ -4,7 +4,9 @@
 //!
 //! `valid_from` travels both in the daemon's entries (wire version 2; the daemon applies
 //! the whole LSN part of the share rule) and in the frame store's record of the frame
-//! (`frame_store::FrameRecord`); on a daemon hit the two must agree.
+//! (`frame_store::FrameRecord`); on a daemon hit the two must agree, except that the
+//! source may have revalidated the frame for a newer snapshot since it stored it (the
+//! entry's `valid_from` is then the larger).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -33,6 +35,13 @@ pub trait PageDirectory: Send {
     /// A frame of (space, page) that can satisfy snapshot S, preferring one that passes
     /// the whole share rule; None if there is none.
     fn lookup(&mut self, space: u32, page: u32, snapshot_lsn: u64) -> Result<Option<DirEntry>>;
+    /// Declares stored frames valid from a newer clone LSN than their record says (the
+    /// source found them unchanged in its buffer pool after that snapshot). Returns
+    /// whether the directory keeps such declarations; one that serves from the frame
+    /// store's records alone cannot.
+    fn revalidate(&mut self, _entries: &[(u32, u32, DirEntry)]) -> Result<bool> {
+        Ok(false)
+    }
     /// Background catch-up (off the read path); nothing to do for most directories.
     fn sync(&mut self) -> Result<()> {
         Ok(())
@@ -64,6 +73,17 @@ impl PageDirectory for MemoryDirectory {
 
     fn lookup(&mut self, space: u32, page: u32, s: u64) -> Result<Option<DirEntry>> {
         Ok(self.map.get(&(space, page)).and_then(|v| best(v, s)))
+    }
+
+    fn revalidate(&mut self, entries: &[(u32, u32, DirEntry)]) -> Result<bool> {
+        for &(space, page, e) in entries {
+            let v = self.map.entry((space, page)).or_default();
+            match v.iter_mut().find(|x| x.frame == e.frame) {
+                Some(x) => x.valid_from = x.valid_from.max(e.valid_from),
+                None => v.push(e),
+            }
+        }
+        Ok(true)
     }
 
     fn describe(&self) -> &'static str {
@@ -146,6 +166,9 @@ pub struct PageTableDirectory {
     synced: u64,
     /// page key -> (lsn, valid_from, frame) of the registered frame per page version.
     latest: HashMap<u64, (u64, u64, Frame)>,
+    /// Frames revalidated for a newer clone LSN than their record: the `valid_from` to
+    /// register them with, also after a reconnect (the record keeps the old one).
+    revalidated: HashMap<Frame, u64>,
     /// Daemon generation our registrations belong to.
     generation: u64,
     last_ping: Option<Instant>,
@@ -165,6 +188,7 @@ impl PageTableDirectory {
             store,
             synced: 0,
             latest: HashMap::new(),
+            revalidated: HashMap::new(),
             generation: 0,
             last_ping: None,
             told_refused: false,
@@ -251,7 +275,10 @@ impl PageTableDirectory {
             let mut regs = Vec::with_capacity(offered.len());
             let mut superseded = Vec::new();
             for f in &offered {
-                let r = f.record;
+                let mut r = f.record;
+                if let Some(&vf) = self.revalidated.get(&f.frame) {
+                    r.valid_from = r.valid_from.max(vf);
+                }
                 let k = (u64::from(r.space_id) << 32) | u64::from(r.page_no);
                 match self.latest.get(&k) {
                     Some(&(lsn, vf, _)) if lsn == r.lsn && vf > r.valid_from => continue,
@@ -325,6 +352,45 @@ impl PageDirectory for PageTableDirectory {
         self.sync().map(|_| ())
     }
 
+    fn revalidate(&mut self, entries: &[(u32, u32, DirEntry)]) -> Result<bool> {
+        for &(_, _, e) in entries {
+            let vf = self.revalidated.entry(e.frame).or_insert(e.valid_from);
+            *vf = (*vf).max(e.valid_from);
+        }
+        // Frames registered already get the new valid_from now (re-registering a frame
+        // updates its entry); the rest when the log reaches them.
+        let regs: Vec<WireRegistration> = entries
+            .iter()
+            .map(|&(space_id, page_no, e)| WireRegistration {
+                space_id,
+                page_no,
+                frame: e.frame,
+                lsn: e.lsn,
+                valid_from: e.valid_from,
+                page_size: FRAME_SIZE as u32,
+            })
+            .collect();
+        for &(space, page, e) in entries {
+            let k = (u64::from(space) << 32) | u64::from(page);
+            if let Some(l) = self.latest.get_mut(&k) {
+                if l.2 == e.frame {
+                    l.1 = l.1.max(e.valid_from);
+                }
+            }
+        }
+        let client = self.client()?;
+        for chunk in regs.chunks(SYNC_BATCH) {
+            match client.register_many(chunk) {
+                Ok(_) => {}
+                // What the table has no room for stays valid only for older snapshots.
+                Err(e) if refused_for_capacity(&e) => {}
+                Err(e) => return self.fail("revalidating", e),
+            }
+        }
+        self.check_generation();
+        Ok(true)
+    }
+
     fn lookup(&mut self, space: u32, page: u32, s: u64) -> Result<Option<DirEntry>> {
         let found = match self.client()?.lookup(space, page, s) {
             Ok(f) => f,
@@ -333,18 +399,20 @@ impl PageDirectory for PageTableDirectory {
         self.check_generation();
         let Some(entry) = found else { return Ok(None) };
         // The store's record is the agent's own account of the frame; the daemon's
-        // entry must agree with it (a stale or foreign entry is an error, not a hit).
+        // entry must agree with it (a stale or foreign entry is an error, not a hit),
+        // but for a valid_from the source may have raised since (revalidation: both
+        // come from the family's source, the only domain that registers frames).
         match self.store.record(entry.frame)? {
             Some(r)
                 if r.space_id == space
                     && r.page_no == page
                     && r.lsn == entry.lsn
-                    && r.valid_from == entry.valid_from =>
+                    && r.valid_from <= entry.valid_from =>
             {
                 Ok(Some(DirEntry {
                     frame: entry.frame,
                     lsn: r.lsn,
-                    valid_from: r.valid_from,
+                    valid_from: entry.valid_from,
                 }))
             }
             _ => Err(AgentError::RecordMismatch { frame: entry.frame }),

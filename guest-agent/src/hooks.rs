@@ -22,6 +22,7 @@ type PreadFn = unsafe extern "C" fn(c_int, *mut c_void, size_t, off_t) -> ssize_
 type PwriteFn = unsafe extern "C" fn(c_int, *const c_void, size_t, off_t) -> ssize_t;
 type MmapFn = unsafe extern "C" fn(*mut c_void, size_t, c_int, c_int, c_int, off_t) -> *mut c_void;
 type MunmapFn = unsafe extern "C" fn(*mut c_void, size_t) -> c_int;
+type MadviseFn = unsafe extern "C" fn(*mut c_void, size_t, c_int) -> c_int;
 type IoSetupFn = unsafe extern "C" fn(c_int, *mut c_void) -> c_int;
 type UringInitFn = unsafe extern "C" fn(u32, *mut c_void, u32) -> c_int;
 
@@ -38,6 +39,7 @@ struct Real {
     mmap: MmapFn,
     mmap64: MmapFn,
     munmap: MunmapFn,
+    madvise: MadviseFn,
     io_setup: Option<IoSetupFn>,
     io_uring_queue_init: Option<UringInitFn>,
 }
@@ -82,6 +84,7 @@ fn real() -> &'static Real {
         mmap: required!(c"mmap", MmapFn),
         mmap64: required!(c"mmap64", MmapFn),
         munmap: required!(c"munmap", MunmapFn),
+        madvise: required!(c"madvise", MadviseFn),
         io_setup: optional!(c"io_setup", IoSetupFn),
         io_uring_queue_init: optional!(c"io_uring_queue_init", UringInitFn),
     })
@@ -366,6 +369,7 @@ mmap_hook!(mmap64);
 pub unsafe extern "C" fn munmap(addr: *mut c_void, len: size_t) -> c_int {
     let done = Cell::new(None);
     let r = with_agent(|a| {
+        a.on_unmap_or_drop(addr as usize, len);
         a.regions.on_munmap(addr as usize, len, || {
             // SAFETY: forwarding.
             let r = unsafe { (real().munmap)(addr, len) };
@@ -378,4 +382,20 @@ pub unsafe extern "C" fn munmap(addr: *mut c_void, len: size_t) -> c_int {
         // SAFETY: forwarding.
         (None, None) => unsafe { (real().munmap)(addr, len) },
     }
+}
+
+/// # Safety
+/// madvise(2)'s contract.
+#[no_mangle]
+pub unsafe extern "C" fn madvise(addr: *mut c_void, len: size_t, advice: c_int) -> c_int {
+    // Advice that may drop pages: a private copy dropped would read as the stored
+    // page again, so the agent forgets those frames first.
+    if matches!(
+        advice,
+        libc::MADV_DONTNEED | libc::MADV_FREE | libc::MADV_REMOVE
+    ) {
+        with_agent(|a| a.on_unmap_or_drop(addr as usize, len));
+    }
+    // SAFETY: forwarding the caller's arguments unchanged.
+    unsafe { (real().madvise)(addr, len, advice) }
 }

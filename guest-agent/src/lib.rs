@@ -9,6 +9,7 @@ pub mod error;
 pub mod fdtable;
 pub mod frame_store;
 pub mod page;
+pub mod pagemap;
 pub mod pool;
 pub mod scan;
 pub mod share;

@@ -53,6 +53,15 @@ impl Regions {
             .any(|&(a, l)| addr >= a && end <= a + l)
     }
 
+    /// Whether [addr, addr + len) overlaps any recorded region.
+    pub fn overlaps(&self, addr: usize, len: usize) -> bool {
+        let end = addr.saturating_add(len);
+        self.list
+            .read()
+            .iter()
+            .any(|&(a, l)| addr < a + l && end > a)
+    }
+
     pub fn count(&self) -> usize {
         self.list.read().len()
     }

@@ -49,6 +49,10 @@ counters!(
     register_errors,
     scans,
     scan_frames_pooled,
+    // clone-time offers: frames revalidated without a copy, offers done (the copy of
+    // the rest follows in the background and counts in scans)
+    frames_revalidated,
+    offers,
     // replica role
     lookups,
     lookup_misses,

@@ -220,7 +220,11 @@ impl<'a> Cloning<'a> {
         let (gtid, lsn) = (hold.gtid().clone(), hold.lsn());
         let snapped = ctx
             .substrate()
-            .quiesce(&self.parent.volume, &self.parent.config, &self.parent.domain)
+            .quiesce(
+                &self.parent.volume,
+                &self.parent.config,
+                &self.parent.domain,
+            )
             .map_err(Error::from)
             .and_then(|held| {
                 volumes::snapshot(

@@ -68,7 +68,7 @@ pub enum Error {
         #[source]
         source: Box<Error>,
     },
-    #[error("the source's agent did not scan its buffer pool within {secs} s (see its error log)")]
+    #[error("the source's agent did not offer its warm set within {secs} s (see its error log)")]
     ScanTimeout { secs: u64 },
 
     // ---- volumes and their export processes

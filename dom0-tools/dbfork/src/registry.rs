@@ -32,9 +32,11 @@ pub struct CloneReport {
     /// How long commits on the parent were held.
     pub hold_ms: u64,
     pub hot_pages: usize,
-    /// Frames the source's agent offered for sharing under this snapshot (0: the warm
-    /// set offered at the same LSN before still serves); None when no offer was made
-    /// or it failed (sharing then starts cold).
+    /// Frames the source's agent offered for sharing under this snapshot before the
+    /// replica started, by revalidating what it maps from the family's pool unchanged
+    /// (0: the warm set offered at the same LSN before still serves); None when no
+    /// offer was made or it failed (sharing then starts cold). What it has to copy
+    /// follows in the background.
     #[serde(default)]
     pub warm_set_frames: Option<u64>,
     pub prefetch_ranges: usize,
@@ -49,7 +51,8 @@ pub struct PhaseTimes {
     #[serde(default)]
     pub flush: u64,
     pub consistent_point: u64,
-    /// Waiting for the source's agent to offer its warm set under the new snapshot.
+    /// Waiting for the source's agent to offer its warm set under the new snapshot (its
+    /// copies of frames it does not map from the pool follow in the background).
     #[serde(default)]
     pub share_scan: u64,
     pub clone_and_attach: u64,

@@ -12,8 +12,8 @@ use crate::registry::{InstanceRecord, Membership, Role};
 use std::time::Duration;
 use substrate::{AgentRole, AgentSpec, DomainState, StartRequest, Substrate};
 
-/// How long a clone waits for the source's agent to register its warm set.
-const SCAN_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a clone waits for the source's agent to offer its warm set.
+const OFFER_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Whether an instance shares, and why not when it does not.
 pub struct Plan {
@@ -118,8 +118,11 @@ pub fn start(
 }
 
 /// Publishes a snapshot's LSN to the family's source and waits until its agent has
-/// scanned its buffer pool under it (its `scans` counter moves), so the replica finds
-/// the warm set from its first read. Returns the frames the scan pooled.
+/// offered its warm set under it (its `offers` counter moves), so the replica finds
+/// the warm set from its first read. The offer revalidates the frames the source still
+/// maps from the family's pool, unchanged (no copy: a walk of its page map); what it
+/// must copy it copies afterwards, in the background, while the replica reads those
+/// pages from disk (sharing is an optimisation). Returns the frames offered at once.
 pub fn offer_warm_set(
     substrate: &dyn Substrate,
     source: &InstanceRecord,
@@ -132,18 +135,18 @@ pub fn offer_warm_set(
             .and_then(|v| v[k].as_u64())
             .unwrap_or(0)
     };
-    // The agent scans when the clone LSN grows. A snapshot at the LSN published
+    // The agent offers when the clone LSN grows. A snapshot at the LSN published
     // already (nothing was written since the last clone) finds the warm set offered
     // under it still valid (valid_from >= S): nothing to publish, nothing to wait for.
     if substrate.clone_lsn(family).is_some_and(|p| lsn <= p) {
         return Ok(0);
     }
-    let (scans0, frames0) = (counter("scans"), counter("scan_frames_pooled"));
+    let (offers0, frames0) = (counter("offers"), counter("frames_revalidated"));
     substrate.publish_clone_lsn(family, lsn)?;
-    if !substrate::process::wait_until(SCAN_TIMEOUT, || counter("scans") > scans0) {
+    if !substrate::process::wait_until(OFFER_TIMEOUT, || counter("offers") > offers0) {
         return Err(Error::ScanTimeout {
-            secs: SCAN_TIMEOUT.as_secs(),
+            secs: OFFER_TIMEOUT.as_secs(),
         });
     }
-    Ok(counter("scan_frames_pooled").saturating_sub(frames0))
+    Ok(counter("frames_revalidated").saturating_sub(frames0))
 }

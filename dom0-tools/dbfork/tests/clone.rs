@@ -792,10 +792,7 @@ fn on_a_reflink_store_datadirs_are_directories_and_clones_share_extents() {
     assert_eq!(st["hydrated_percent"], 100.0, "{st}");
     assert!(rec["sharing"].is_object(), "{rec}");
     // The read limit is on the disk the store's file system is on.
-    let DomainState::Local(domain) = &Registry::new(c.store.path())
-        .load("r1")
-        .unwrap()
-        .domain;
+    let DomainState::Local(domain) = &Registry::new(c.store.path()).load("r1").unwrap().domain;
     let limit = domain.io_limit.clone().expect("a read limit");
     assert_eq!(
         limit.device,

@@ -71,14 +71,16 @@ fn clone_file(from: &Path, to: &Path) -> Result<()> {
     if rc != 0 {
         let source = io::Error::last_os_error();
         return Err(match source.raw_os_error() {
-            Some(libc::EOPNOTSUPP) | Some(libc::EXDEV) | Some(libc::EINVAL) => {
-                Error::NoReflink {
-                    path: to.to_path_buf(),
-                    source,
-                }
-            }
+            Some(libc::EOPNOTSUPP) | Some(libc::EXDEV) | Some(libc::EINVAL) => Error::NoReflink {
+                path: to.to_path_buf(),
+                source,
+            },
             _ => Error::Io {
-                context: format!("sharing the extents of {} with {}", from.display(), to.display()),
+                context: format!(
+                    "sharing the extents of {} with {}",
+                    from.display(),
+                    to.display()
+                ),
                 source,
             },
         });

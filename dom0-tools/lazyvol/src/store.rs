@@ -11,11 +11,11 @@
 use std::fs::{File, OpenOptions as FsOpenOptions};
 use std::path::{Path, PathBuf};
 
+use crate::directory;
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::{self, FileLock, LockMode};
 use crate::import::{self, ImportReport};
 use crate::layer::{self, Layer};
-use crate::directory;
 use crate::meta::{self, Layout, StoreMeta, VolumeKind, VolumeLayout, VolumeMeta};
 use crate::region_map::{Counters, RegionMap};
 use crate::status::{self, VolumeStatus};
@@ -153,7 +153,13 @@ impl Store {
 
     /// Copies directory volume `from` to a new directory volume `to` of `kind`,
     /// sharing every file's extents; recorded only once the tree is complete.
-    fn copy_directory(&self, m: &mut StoreMeta, from: &str, to: &str, kind: VolumeKind) -> Result<()> {
+    fn copy_directory(
+        &self,
+        m: &mut StoreMeta,
+        from: &str,
+        to: &str,
+        kind: VolumeKind,
+    ) -> Result<()> {
         meta::ensure_dir(&self.layout.directories())?;
         directory::reflink_tree(&self.layout.directory(from), &self.layout.directory(to))?;
         m.volumes.insert(to.to_string(), directory_volume(kind));

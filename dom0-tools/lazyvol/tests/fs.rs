@@ -296,11 +296,12 @@ fn directory_volumes_snapshot_and_clone_by_sharing_extents() {
     let before = synced();
 
     store.snapshot("src", "snap").unwrap();
-    store
-        .clone("snap", "c", CloneOptions::default())
-        .unwrap();
+    store.clone("snap", "c", CloneOptions::default()).unwrap();
     let grown = synced() - before;
-    assert!(grown < (1 << 20), "copies used {grown} bytes: extents were not shared");
+    assert!(
+        grown < (1 << 20),
+        "copies used {grown} bytes: extents were not shared"
+    );
 
     let st = store.status("c").unwrap();
     assert_eq!(st.layout, lazyvol::VolumeLayout::Directory);

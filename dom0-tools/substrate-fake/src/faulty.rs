@@ -115,7 +115,12 @@ impl<S: Substrate> Substrate for Faulty<S> {
     fn datadir(&self, domain: &DomainState) -> PathBuf {
         self.inner.datadir(domain)
     }
-    fn quiesce(&self, volume: &str, config: &InstanceConfig, domain: &DomainState) -> Result<Quiesced> {
+    fn quiesce(
+        &self,
+        volume: &str,
+        config: &InstanceConfig,
+        domain: &DomainState,
+    ) -> Result<Quiesced> {
         self.inner.quiesce(volume, config, domain)
     }
     fn hydration_order(

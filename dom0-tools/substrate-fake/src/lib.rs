@@ -333,7 +333,9 @@ impl Substrate for Fake {
         let scans = w.families.get(&agent.family).map_or(0, |f| f.scans);
         Some(serde_json::json!({
             "scans": scans,
-            "scan_frames_pooled": scans * 10,
+            "offers": scans,
+            "frames_revalidated": scans * 10,
+            "scan_frames_pooled": 0,
             "pages_pooled": scans * 10,
             "lookups": 0,
             "shared": 0,

@@ -270,6 +270,8 @@ impl Agent {
                 n
             }
             Role::Source => {
+                // The frame is read into again: whatever was mapped there is gone.
+                self.source.forget_mapped(buf as usize, FRAME_SIZE);
                 if !self.sharing_on() {
                     return real();
                 }
@@ -363,6 +365,14 @@ impl Agent {
     pub fn on_mmap(&self, addr: usize, len: usize, prot: i32, flags: i32, fd: i32) {
         if self.config.role != Role::Off {
             self.regions.on_mmap(addr, len, prot, flags, fd);
+        }
+    }
+
+    /// Before a munmap or a madvise that may drop pages (DONTNEED, FREE, REMOVE) by the
+    /// server: the frames in the range are no longer what the source mapped there.
+    pub fn on_unmap_or_drop(&self, addr: usize, len: usize) {
+        if self.config.role == Role::Source && self.regions.overlaps(addr, len) {
+            self.source.forget_mapped(addr, len);
         }
     }
 

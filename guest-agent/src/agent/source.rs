@@ -26,9 +26,22 @@ struct Offered {
     frame: Frame,
 }
 
+/// A buffer-pool frame the source mapped from the frame store, and what it held then.
+#[derive(Debug, Clone, Copy)]
+struct Mapped {
+    frame: Frame,
+    space_id: u32,
+    page_no: u32,
+    lsn: u64,
+}
+
 /// What the source side remembers between reads.
 #[derive(Default)]
 pub(super) struct SourceState {
+    /// Buffer-pool address -> the stored frame mapped there. Forgotten when the
+    /// server reads into the address again, unmaps it or madvises it (an anonymous
+    /// page it drops would read as the stored page again, see `pagemap`).
+    mapped: Mutex<HashMap<usize, Mapped>>,
     /// Open 16 KiB tablespaces: which checksum layout a scanned frame must verify in.
     spaces: Mutex<HashMap<u32, SpaceFormat>>,
     /// Page key -> the newest version offered, to map an existing frame instead of
@@ -36,9 +49,30 @@ pub(super) struct SourceState {
     offered: Mutex<HashMap<u64, Offered>>,
     /// The clone LSN the last scan ran for.
     pub(super) scanned_clone_lsn: Mutex<Option<u64>>,
+    /// This process's page map, opened at the first offer.
+    pagemap: Mutex<Option<crate::pagemap::Pagemap>>,
 }
 
 impl SourceState {
+    /// Forgets the mapped frames in `[addr, addr + len)`.
+    pub(super) fn forget_mapped(&self, addr: usize, len: usize) {
+        let end = addr.saturating_add(len);
+        let mut m = self.mapped.lock();
+        if m.is_empty() {
+            return;
+        }
+        // Frames are FRAME_SIZE-aligned in the buffer pool: a short range is looked up
+        // frame by frame, a long one (a whole chunk going away) swept once.
+        let first = addr - addr % FRAME_SIZE;
+        if (end - first) / FRAME_SIZE <= 4096 {
+            for a in (first..end).step_by(FRAME_SIZE) {
+                m.remove(&a);
+            }
+        } else {
+            m.retain(|&a, _| a + FRAME_SIZE <= addr || a >= end);
+        }
+    }
+
     pub(super) fn note_space(&self, space_id: u32, format: SpaceFormat) {
         self.spaces.lock().insert(space_id, format);
     }
@@ -148,6 +182,15 @@ impl Agent {
             self.disable_sharing(&map_failure_reason(&e));
             return;
         }
+        self.source.mapped.lock().insert(
+            buf as usize,
+            Mapped {
+                frame,
+                space_id: id.space_id,
+                page_no,
+                lsn: h.lsn,
+            },
+        );
         if reuse.is_some() {
             Stats::inc(&self.stats.pages_remapped);
             return; // registered when it was offered
@@ -195,11 +238,81 @@ impl Agent {
             due
         };
         if due {
-            self.scan_buffer_pool(clone_lsn);
+            self.offer_warm_set(clone_lsn);
         }
     }
 
-    /// Offers every clean resident frame (see `scan`); `valid_from` was read before.
+    /// Offers the warm set for the snapshot at clone LSN `valid_from` (read before):
+    /// first every frame still mapped from the frame store and unchanged since
+    /// (revalidated: the page it held is its latest version now, after the snapshot;
+    /// no bytes copied), then, in the same background pass, a copy of every other
+    /// clean resident frame (see `scan`).
+    pub fn offer_warm_set(&self, valid_from: u64) {
+        let revalidated = self.revalidate_mapped(valid_from);
+        Stats::add(&self.stats.frames_revalidated, revalidated);
+        Stats::inc(&self.stats.offers);
+        // dbfork waits for this before the replica starts; the copy may take long.
+        self.write_stats();
+        tracing::info!(
+            valid_from,
+            frames = revalidated,
+            "dbfork agent: warm set revalidated"
+        );
+        self.scan_buffer_pool(valid_from);
+    }
+
+    /// Revalidates the mapped frames that are still the stored pages: registers them
+    /// with `valid_from`. Returns how many.
+    fn revalidate_mapped(&self, valid_from: u64) -> u64 {
+        let mut pm = self.source.pagemap.lock();
+        if pm.is_none() {
+            match crate::pagemap::Pagemap::open() {
+                Ok(p) => *pm = Some(p),
+                Err(e) => {
+                    tracing::warn!("dbfork agent: no pagemap, the warm set is copied: {e}");
+                    return 0;
+                }
+            }
+        }
+        let pm = pm.as_ref().expect("opened above");
+        // Checked under the map's lock: a madvise forgets a frame before it runs, so a
+        // frame found here was not dropped back to the stored bytes after a write.
+        let fresh: Vec<(u32, u32, DirEntry)> = self
+            .source
+            .mapped
+            .lock()
+            .iter()
+            .filter(|(&addr, _)| pm.untouched(addr, FRAME_SIZE).unwrap_or(false))
+            .map(|(_, m)| {
+                let e = DirEntry {
+                    frame: m.frame,
+                    lsn: m.lsn,
+                    valid_from,
+                };
+                (m.space_id, m.page_no, e)
+            })
+            .collect();
+        if fresh.is_empty() {
+            return 0;
+        }
+        let accepted = match self.dir.lock().as_mut().map(|d| d.revalidate(&fresh)) {
+            Some(Ok(true)) => true,
+            Some(Ok(false)) | None => false,
+            Some(Err(e)) => {
+                tracing::warn!("dbfork agent: revalidating failed: {}", error_chain(&e));
+                false
+            }
+        };
+        if !accepted {
+            return 0;
+        }
+        for (space, page, e) in &fresh {
+            self.source
+                .remember(key(*space, *page), e.lsn, valid_from, e.frame);
+        }
+        fresh.len() as u64
+    }
+
     pub fn scan_buffer_pool(&self, valid_from: u64) {
         let Some(store) = self.store.clone() else {
             return;
@@ -263,6 +376,7 @@ impl Agent {
 #[cfg(test)]
 mod tests {
     use super::super::testkit::*;
+    use crate::directory::MemoryDirectory;
 
     #[test]
     fn a_re_read_page_version_maps_its_existing_slot() {
@@ -284,5 +398,59 @@ mod tests {
         std::fs::write(dir.path().join("clone_lsn"), "2000").unwrap();
         read(&src, &f, &a, 1);
         assert_eq!(src.snapshot().pages_pooled, 2);
+    }
+
+    /// At a new snapshot the frames still mapped from the store and never written are
+    /// offered again without a copy (valid from the new clone LSN); a frame the server
+    /// wrote, or madvised, is not: it holds (or may hold) another version than its
+    /// stored frame, and gets a copy of its own bytes if they are a clean page.
+    #[test]
+    fn unchanged_mapped_frames_are_revalidated_and_the_rest_copied() {
+        let dir = tempfile::tempdir().unwrap();
+        let arena = Arena::new();
+        std::fs::write(dir.path().join("clone_lsn"), "1000").unwrap();
+        let file = dir.path().join("t.ibd");
+        let pages = tablespace(&file, 5, 900);
+        let src = agent(dir.path(), "source", 0);
+        *src.dir.lock() = Some(Box::new(MemoryDirectory::default()));
+        arena.show(&src);
+        let f = open_tracked(&src, &file);
+        let frames: Vec<Frame> = (0..4).map(|_| arena.frame()).collect();
+        for (n, fr) in frames.iter().enumerate() {
+            read(&src, &f, fr, n as u32 + 1);
+        }
+        assert_eq!(src.snapshot().pages_pooled, 4);
+        // Page 2: the server changes it (a new version, clean again after a flush).
+        let newer = crate::page::testpage::full_crc32_page(SPACE, 2, 1500);
+        frames[1].bytes().copy_from_slice(&newer);
+        // Page 3: dropped by the server (as a buffer pool shrink would).
+        src.on_unmap_or_drop(frames[2].0 as usize, crate::frame_store::FRAME_SIZE);
+
+        std::fs::write(dir.path().join("clone_lsn"), "2000").unwrap();
+        src.scan_if_new_clone_lsn();
+        let s = src.snapshot();
+        assert_eq!(s.offers, 1);
+        assert_eq!(s.frames_revalidated, 2, "pages 1 and 4: {s:?}");
+        let mut dir_guard = src.dir.lock();
+        let d = dir_guard.as_mut().unwrap();
+        for page in [1, 4] {
+            let e = d.lookup(SPACE, page, 2000).unwrap().unwrap();
+            assert_eq!((e.lsn, e.valid_from), (900, 2000), "page {page}");
+        }
+        // Page 2's new version was copied under the new clone LSN; its old stored frame
+        // is not valid for the new snapshot.
+        let e2 = d.lookup(SPACE, 2, 2000).unwrap().unwrap();
+        assert_eq!((e2.lsn, e2.valid_from), (1500, 2000));
+        // Page 3's frame was copied too (its bytes are still the clean page here), not
+        // revalidated: a new stored frame, not its first one (slot 2 of pages 1..4).
+        let e3 = d.lookup(SPACE, 3, 2000).unwrap().unwrap();
+        assert_eq!(e3.valid_from, 2000);
+        let first_slot_of_page_3 = pagetable::Frame::LocalPool {
+            offset: 2 * crate::frame_store::FRAME_SIZE as u64,
+        };
+        assert_ne!(e3.frame, first_slot_of_page_3);
+        drop(dir_guard);
+        assert_eq!(s.scan_frames_pooled, 2, "pages 2 and 3 copied: {s:?}");
+        assert_eq!(&frames[0].bytes()[..], &pages[1][..]);
     }
 }

@@ -277,7 +277,9 @@ impl XfsMount {
         std::fs::File::create(&img)
             .and_then(|f| f.set_len(size))
             .map_err(|e| e.to_string())?;
-        run(Command::new("mkfs.xfs").args(["-q", "-m", "reflink=1"]).arg(&img))?;
+        run(Command::new("mkfs.xfs")
+            .args(["-q", "-m", "reflink=1"])
+            .arg(&img))?;
         let loop_dev = run(Command::new("losetup")
             .args(["--find", "--show", "--direct-io=on"])
             .arg(&img))?;
@@ -310,7 +312,9 @@ impl Drop for XfsMount {
         if !unmounted {
             let _ = Command::new("umount").arg("-l").arg(mp).status();
         }
-        let _ = Command::new("losetup").args(["-d", &self.loop_dev]).status();
+        let _ = Command::new("losetup")
+            .args(["-d", &self.loop_dev])
+            .status();
         let _ = &self.image;
     }
 }

@@ -46,7 +46,10 @@ pub fn stop_process(pid: u32) -> Result<Quiesced> {
     if !stopped {
         release();
         return Err(Error::StillRunning {
-            name: format!("process {pid} (not stopped within {} s)", STOP_TIMEOUT.as_secs()),
+            name: format!(
+                "process {pid} (not stopped within {} s)",
+                STOP_TIMEOUT.as_secs()
+            ),
             pid: pid as i32,
         });
     }
@@ -104,7 +107,13 @@ mod tests {
 
     fn state(pid: u32) -> char {
         let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-        st.rsplit(')').next().unwrap().trim_start().chars().next().unwrap()
+        st.rsplit(')')
+            .next()
+            .unwrap()
+            .trim_start()
+            .chars()
+            .next()
+            .unwrap()
     }
 
     #[test]

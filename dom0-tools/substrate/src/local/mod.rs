@@ -91,8 +91,14 @@ impl Local {
 
     /// The agent for a server that shares as `spec` says, with the page table service
     /// running.
-    fn agent_for(&self, spec: &crate::AgentSpec, run_dir: &Path) -> Result<LocalAgent> {
+    fn agent_for(
+        &self,
+        spec: &crate::AgentSpec,
+        run_dir: &Path,
+        buffer_pool: u64,
+    ) -> Result<LocalAgent> {
         self.page_table.ensure_running()?;
+        agent::ensure_map_count(buffer_pool);
         agent::configure(
             self.store(),
             agent::find_library(&self.host.dbfork_exe)?,
@@ -290,7 +296,7 @@ impl Substrate for Local {
         // before the server exists makes sharing unavailable, not the start fail.
         let agent = match req.agent {
             Some(spec) => Some(
-                self.agent_for(spec, &req.config.run_dir)
+                self.agent_for(spec, &req.config.run_dir, req.config.buffer_pool_size)
                     .map_err(|e| match e {
                         Error::SharingUnavailable(_) => e,
                         other => Error::SharingUnavailable(crate::error::chain(&other)),
