@@ -43,6 +43,8 @@ pub struct Plan {
     pub warmup_secs: u32,
     pub base_dir: PathBuf,
     pub dbfork_exe: PathBuf,
+    /// The slow-disk model, when the run is in one.
+    pub io_model: Option<crate::io_model::IoModel>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -203,6 +205,9 @@ impl<'a> Bench<'a> {
 
     /// Part 1 at one size: a fresh dataset, then dbfork and native clones.
     fn first_query_at(&mut self, tables: u32, rows: u64) -> Result<SizeResult> {
+        if let Some(m) = &self.plan.io_model {
+            m.off()?;
+        }
         self.source.exec(&format!("DROP DATABASE IF EXISTS {DB}"))?;
         say(&format!("sysbench prepare {tables} x {rows} rows"));
         let t = Instant::now();
@@ -223,6 +228,10 @@ impl<'a> Bench<'a> {
             .unwrap_or(0);
         let datadir_bytes = du_bytes(&self.source.config().datadir);
         self.settle()?;
+        if let Some(m) = &self.plan.io_model {
+            say(&format!("slow disk on: {}", m.describe()));
+            m.on()?;
+        }
         let mut size = SizeResult {
             tables,
             rows,

@@ -121,6 +121,9 @@ pub fn markdown(plan: &Plan, info: &RunInfo, res: &Results) -> String {
         plan.cold_runs,
         plan.threads
     );
+    if let Some(m) = &plan.io_model {
+        let _ = writeln!(o, "- slow disk: {}", m.describe());
+    }
     let _ = writeln!(
         o,
         "- time to first query = from the clone command starting to the new server answering \
