@@ -23,6 +23,7 @@ type PwriteFn = unsafe extern "C" fn(c_int, *const c_void, size_t, off_t) -> ssi
 type MmapFn = unsafe extern "C" fn(*mut c_void, size_t, c_int, c_int, c_int, off_t) -> *mut c_void;
 type MunmapFn = unsafe extern "C" fn(*mut c_void, size_t) -> c_int;
 type MadviseFn = unsafe extern "C" fn(*mut c_void, size_t, c_int) -> c_int;
+type SignalFn = unsafe extern "C" fn(c_int, libc::sighandler_t) -> libc::sighandler_t;
 type IoSetupFn = unsafe extern "C" fn(c_int, *mut c_void) -> c_int;
 type UringInitFn = unsafe extern "C" fn(u32, *mut c_void, u32) -> c_int;
 
@@ -40,6 +41,8 @@ struct Real {
     mmap64: MmapFn,
     munmap: MunmapFn,
     madvise: MadviseFn,
+    sigaction: crate::fault::RealSigaction,
+    signal: SignalFn,
     io_setup: Option<IoSetupFn>,
     io_uring_queue_init: Option<UringInitFn>,
 }
@@ -85,6 +88,8 @@ fn real() -> &'static Real {
         mmap64: required!(c"mmap64", MmapFn),
         munmap: required!(c"munmap", MunmapFn),
         madvise: required!(c"madvise", MadviseFn),
+        sigaction: required!(c"sigaction", crate::fault::RealSigaction),
+        signal: required!(c"signal", SignalFn),
         io_setup: optional!(c"io_setup", IoSetupFn),
         io_uring_queue_init: optional!(c"io_uring_queue_init", UringInitFn),
     })
@@ -116,6 +121,15 @@ fn init() -> Agent {
     let agent = Agent::new(config);
     if let Some(why) = bad {
         agent.disable_sharing(&why);
+    }
+    if agent.config.role == crate::config::Role::Source && agent.sharing_on() {
+        // The source moves frames onto the store; a write to one being moved waits in
+        // this handler (the server's own SIGSEGV handler stays behind it).
+        // SAFETY: real().sigaction is libc's.
+        match unsafe { crate::fault::install(real().sigaction) } {
+            Ok(()) => agent.enable_frame_moves(),
+            Err(e) => tracing::warn!("dbfork agent: no fault handler, frames are not moved: {e}"),
+        }
     }
     if agent.config.stats_path.is_some() || agent.config.role != crate::config::Role::Off {
         // The server routes signals to one sigwait thread and blocks them everywhere
@@ -369,7 +383,7 @@ mmap_hook!(mmap64);
 pub unsafe extern "C" fn munmap(addr: *mut c_void, len: size_t) -> c_int {
     let done = Cell::new(None);
     let r = with_agent(|a| {
-        a.on_unmap_or_drop(addr as usize, len);
+        a.on_unmap(addr as usize, len);
         a.regions.on_munmap(addr as usize, len, || {
             // SAFETY: forwarding.
             let r = unsafe { (real().munmap)(addr, len) };
@@ -394,8 +408,61 @@ pub unsafe extern "C" fn madvise(addr: *mut c_void, len: size_t, advice: c_int) 
         advice,
         libc::MADV_DONTNEED | libc::MADV_FREE | libc::MADV_REMOVE
     ) {
-        with_agent(|a| a.on_unmap_or_drop(addr as usize, len));
+        let done = Cell::new(None);
+        with_agent(|a| {
+            a.dropping(addr as usize, len, || {
+                // SAFETY: forwarding the caller's arguments unchanged.
+                done.set(Some(unsafe { (real().madvise)(addr, len, advice) }));
+            })
+        });
+        if let Some(r) = done.get() {
+            return r;
+        }
     }
     // SAFETY: forwarding the caller's arguments unchanged.
     unsafe { (real().madvise)(addr, len, advice) }
+}
+
+/// # Safety
+/// sigaction(2)'s contract.
+#[no_mangle]
+pub unsafe extern "C" fn sigaction(
+    sig: c_int,
+    act: *const libc::sigaction,
+    old: *mut libc::sigaction,
+) -> c_int {
+    if sig != libc::SIGSEGV || !crate::fault::installed() {
+        // SAFETY: forwarding the caller's arguments unchanged.
+        return unsafe { (real().sigaction)(sig, act, old) };
+    }
+    // The agent's handler stays installed; what the server asks for runs behind it,
+    // for every fault that is not a held write, and is what the server is told it set.
+    if !old.is_null() {
+        let (h, flags) = crate::fault::next();
+        // SAFETY: the caller's out parameter, a valid sigaction to fill.
+        unsafe {
+            std::ptr::write_bytes(old, 0, 1);
+            (*old).sa_sigaction = h;
+            (*old).sa_flags = flags;
+        }
+    }
+    if !act.is_null() {
+        // SAFETY: the caller's sigaction, valid for reading.
+        let (h, flags) = unsafe { ((*act).sa_sigaction, (*act).sa_flags) };
+        crate::fault::set_next(h, flags);
+    }
+    0
+}
+
+/// # Safety
+/// signal(2)'s contract.
+#[no_mangle]
+pub unsafe extern "C" fn signal(sig: c_int, handler: libc::sighandler_t) -> libc::sighandler_t {
+    if sig != libc::SIGSEGV || !crate::fault::installed() {
+        // SAFETY: forwarding the caller's arguments unchanged.
+        return unsafe { (real().signal)(sig, handler) };
+    }
+    let (before, _) = crate::fault::next();
+    crate::fault::set_next(handler, 0);
+    before
 }

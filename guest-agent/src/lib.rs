@@ -6,6 +6,7 @@ pub mod clone_lsn;
 pub mod config;
 pub mod directory;
 pub mod error;
+pub mod fault;
 pub mod fdtable;
 pub mod frame_store;
 pub mod page;

@@ -53,6 +53,8 @@ counters!(
     // the rest follows in the background and counts in scans)
     frames_revalidated,
     offers,
+    // private frames the offer moved onto their stored copy (memory shared since)
+    frames_moved,
     // replica role
     lookups,
     lookup_misses,

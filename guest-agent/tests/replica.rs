@@ -455,11 +455,41 @@ fn clone_time_scan(mut f: Family) {
 
     let rep = f.path("replica");
     let s_lsn = backup_running(&source, &rep);
-    f.publish_snapshot(s_lsn);
-    wait_for(Duration::from_secs(30), "clone-time scan", || {
-        stats(&src_st).scans >= 1
+    // The source keeps writing while the scan copies frames and moves them onto their
+    // stored copies (a write to a frame being moved waits in the agent's fault
+    // handler): no write may be lost.
+    let sum_k = |s: &Server| {
+        s.sql("SELECT SUM(k) FROM t.a")
+            .trim()
+            .parse::<i64>()
+            .unwrap()
+    };
+    let increments: i64 = source
+        .sql("SELECT COUNT(*) FROM t.a WHERE id % 50 < 25")
+        .trim()
+        .parse()
+        .unwrap();
+    let before = sum_k(&source);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            for i in 0..25 {
+                source.sql(&format!("UPDATE t.a SET k = k + 1 WHERE id % 50 = {i}"));
+            }
+        });
+        f.publish_snapshot(s_lsn);
+        wait_for(Duration::from_secs(30), "clone-time scan", || {
+            stats(&src_st).scans >= 1
+        });
     });
+    assert_eq!(
+        sum_k(&source),
+        before + increments,
+        "a write to the source was lost"
+    );
     let s = stats(&src_st);
+    // The copies made replace the source's own frames (one copy in memory).
+    assert!(s.frames_moved > 0, "{s:?}");
+    assert!(s.frames_moved <= s.scan_frames_pooled, "{s:?}");
     // Offered: revalidated where the frame is still the stored page (the daemon keeps
     // such declarations), a copy otherwise (always, with the pool index alone).
     assert!(s.frames_revalidated + s.scan_frames_pooled >= 100, "{s:?}");
@@ -478,6 +508,9 @@ fn clone_time_scan(mut f: Family) {
         stats(&rep_st).shared >= 100
     });
     assert_eq!(stats(&rep_st).declined_verify, 0);
+    // Moved frames are the source's own pages still: it reads and changes them.
+    source.sql("UPDATE t.a SET k = k - 1 WHERE id % 50 < 25");
+    assert_eq!(sum_k(&source), before);
     replica.shutdown();
     source.shutdown();
 }

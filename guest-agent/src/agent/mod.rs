@@ -16,6 +16,7 @@ mod source;
 mod testkit;
 mod written;
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -31,6 +32,7 @@ use crate::frame_store::{FrameStore, FRAME_SIZE};
 use crate::page::{self, MIN_HEADER};
 use crate::scan::Regions;
 use crate::stats::{Stats, StatsSnapshot};
+use pagetable::Frame;
 
 use source::SourceState;
 pub use written::{poison_path, WrittenSet};
@@ -56,6 +58,13 @@ pub struct Agent {
     source: SourceState,
     sharing_off: AtomicBool,
     off_reason: Mutex<Option<String>>,
+    /// Source role: whether the scan moves private frames onto their stored copies
+    /// (only once `crate::fault`'s handler is installed).
+    moves_frames: AtomicBool,
+    /// Start addresses of the frames mapped from the store (until made private memory
+    /// again or unmapped): a madvise that drops such a page would bring back the
+    /// stored bytes, where the server expects the zeros of anonymous memory.
+    file_backed: Mutex<BTreeSet<usize>>,
 }
 
 /// A page's key in the agent's maps and in the written-page file.
@@ -79,6 +88,8 @@ impl Agent {
             source: SourceState::default(),
             sharing_off: AtomicBool::new(config.role == Role::Off),
             off_reason: Mutex::new(None),
+            moves_frames: AtomicBool::new(false),
+            file_backed: Mutex::new(BTreeSet::new()),
         };
         if config.role == Role::Off {
             return agent;
@@ -213,6 +224,11 @@ impl Agent {
         real: impl FnOnce() -> isize,
     ) -> isize {
         Stats::inc(&self.stats.reads_total);
+        // A frame being moved onto the store is read-only for a moment: the kernel
+        // would fail a read into it rather than fault. The read waits for the move, and
+        // keeps its buffer from starting one until it is done.
+        let _reading = (self.moves_frames() && self.regions.overlaps(buf as usize, count))
+            .then(|| crate::fault::begin_read(buf as usize, count));
         match self.fds.get(fd) {
             FdState::Untracked => real(),
             FdState::Candidate => {
@@ -368,12 +384,114 @@ impl Agent {
         }
     }
 
-    /// Before a munmap or a madvise that may drop pages (DONTNEED, FREE, REMOVE) by the
-    /// server: the frames in the range are no longer what the source mapped there.
-    pub fn on_unmap_or_drop(&self, addr: usize, len: usize) {
+    /// Before a munmap by the server: the frames in the range are gone.
+    pub fn on_unmap(&self, addr: usize, len: usize) {
         if self.config.role == Role::Source && self.regions.overlaps(addr, len) {
             self.source.forget_mapped(addr, len);
         }
+        let end = addr.saturating_add(len);
+        let mut fb = self.file_backed.lock();
+        let gone: Vec<usize> = fb
+            .range(addr.saturating_sub(FRAME_SIZE - 1)..end)
+            .copied()
+            .collect();
+        for a in gone {
+            fb.remove(&a);
+        }
+    }
+
+    /// Around a madvise by the server that may drop pages (DONTNEED, FREE, REMOVE);
+    /// `f` makes the real call. The frames in the range are no longer what the source
+    /// mapped there; the ones mapped from the store become anonymous memory first (a
+    /// dropped page of a private file mapping reads as the file's bytes again: a page
+    /// version the server may have replaced since, which the clone-time scan would
+    /// take for a resident page). A move of a frame in the range is waited for, and
+    /// none starts meanwhile.
+    pub fn dropping<R>(&self, addr: usize, len: usize, f: impl FnOnce() -> R) -> R {
+        let _reading = (self.moves_frames() && self.regions.overlaps(addr, len))
+            .then(|| crate::fault::begin_read(addr, len));
+        if self.config.role == Role::Source && self.regions.overlaps(addr, len) {
+            self.source.forget_mapped(addr, len);
+        }
+        self.make_private(addr, len);
+        f()
+    }
+
+    /// Makes the store-mapped frames overlapping `[addr, addr + len)` private memory
+    /// again, keeping their bytes outside the range (the range itself is being
+    /// dropped by the caller).
+    fn make_private(&self, addr: usize, len: usize) {
+        let end = addr.saturating_add(len);
+        let frames: Vec<usize> = self
+            .file_backed
+            .lock()
+            .range(addr.saturating_sub(FRAME_SIZE - 1)..end)
+            .copied()
+            .collect();
+        let Some(store) = self.store.clone() else {
+            return;
+        };
+        let mut saved = crate::frame_store::AlignedPage::new();
+        for a in frames {
+            let lo = addr.saturating_sub(a).min(FRAME_SIZE);
+            let hi = end.saturating_sub(a).min(FRAME_SIZE);
+            // SAFETY: a mapped frame of the server's buffer pool, FRAME_SIZE bytes.
+            saved
+                .bytes()
+                .copy_from_slice(unsafe { std::slice::from_raw_parts(a as *const u8, FRAME_SIZE) });
+            // SAFETY: the server is dropping (part of) this frame: nobody uses it.
+            match unsafe { self.unmap_frame(store.as_ref(), a as *mut u8) } {
+                Ok(()) => {
+                    // SAFETY: private memory again, FRAME_SIZE writable bytes.
+                    let f = unsafe { std::slice::from_raw_parts_mut(a as *mut u8, FRAME_SIZE) };
+                    f[..lo].copy_from_slice(&saved.bytes()[..lo]);
+                    f[hi..].copy_from_slice(&saved.bytes()[hi..]);
+                }
+                Err(e) => tracing::error!(
+                    "dbfork agent: making a dropped frame private failed: {}",
+                    error_chain(&e)
+                ),
+            }
+        }
+    }
+
+    /// Maps the stored `frame` over the server's frame at `dst` (see
+    /// `FrameStore::map_over`), recorded as mapped from the store.
+    ///
+    /// # Safety
+    /// As for `FrameStore::map_over`.
+    unsafe fn map_frame(&self, store: &dyn FrameStore, frame: Frame, dst: *mut u8) -> Result<()> {
+        // Recorded even on failure: part of the range may be mapped; the caller's
+        // `unmap_frame` clears it.
+        self.file_backed.lock().insert(dst as usize);
+        // SAFETY: the caller's contract.
+        unsafe { store.map_over(frame, dst) }
+    }
+
+    /// Makes the frame at `dst` private memory again (see
+    /// `FrameStore::restore_private`).
+    ///
+    /// # Safety
+    /// As for `FrameStore::restore_private`.
+    unsafe fn unmap_frame(&self, store: &dyn FrameStore, dst: *mut u8) -> Result<()> {
+        // SAFETY: the caller's contract.
+        let r = unsafe { store.restore_private(dst) };
+        if r.is_ok() {
+            self.file_backed.lock().remove(&(dst as usize));
+        }
+        r
+    }
+
+    /// Source role, once `crate::fault`'s SIGSEGV handler is installed: the clone-time
+    /// scan moves the private frames it copies onto their stored copies.
+    pub fn enable_frame_moves(&self) {
+        if self.config.role == Role::Source && crate::fault::installed() {
+            self.moves_frames.store(true, Ordering::Release);
+        }
+    }
+
+    fn moves_frames(&self) -> bool {
+        self.moves_frames.load(Ordering::Acquire)
     }
 
     /// Called when the server starts native AIO: its reads and writes would bypass

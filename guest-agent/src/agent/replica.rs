@@ -49,10 +49,10 @@ impl Agent {
         }
         let store = self.store.as_ref()?;
         // SAFETY: buf is InnoDB's frame for this read, aligned, one frame long.
-        if let Err(e) = unsafe { store.map_over(entry.frame, buf) } {
+        if let Err(e) = unsafe { self.map_frame(store.as_ref(), entry.frame, buf) } {
             Stats::inc(&self.stats.map_errors);
             // SAFETY: as above; the real read refills the frame.
-            if let Err(r) = unsafe { store.restore_private(buf) } {
+            if let Err(r) = unsafe { self.unmap_frame(store.as_ref(), buf) } {
                 tracing::error!("dbfork agent: {}", error_chain(&r));
             }
             self.disable_sharing(&map_failure_reason(&e));
@@ -68,7 +68,7 @@ impl Agent {
             _ => {
                 Stats::inc(&self.stats.declined_verify);
                 // SAFETY: as above.
-                if let Err(r) = unsafe { store.restore_private(buf) } {
+                if let Err(r) = unsafe { self.unmap_frame(store.as_ref(), buf) } {
                     tracing::error!("dbfork agent: {}", error_chain(&r));
                 }
                 None

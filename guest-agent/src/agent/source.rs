@@ -53,7 +53,45 @@ pub(super) struct SourceState {
     pagemap: Mutex<Option<crate::pagemap::Pagemap>>,
 }
 
+/// The calling thread at the lowest CPU priority (nice 19) until dropped.
+struct LowPriority(Option<libc::c_int>);
+
+impl LowPriority {
+    fn enter() -> LowPriority {
+        // SAFETY: gettid has no arguments and cannot fail.
+        let tid = unsafe { libc::gettid() } as libc::id_t;
+        // getpriority returns -1 both as a value and as an error: errno tells.
+        // SAFETY: errno is thread-local; plain syscalls on this thread.
+        let before = unsafe {
+            *libc::__errno_location() = 0;
+            let p = libc::getpriority(libc::PRIO_PROCESS, tid);
+            (*libc::__errno_location() == 0).then_some(p)
+        };
+        // SAFETY: lowering this thread's own priority.
+        let lowered = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, 19) } == 0;
+        LowPriority(before.filter(|_| lowered))
+    }
+}
+
+impl Drop for LowPriority {
+    fn drop(&mut self) {
+        if let Some(p) = self.0 {
+            // SAFETY: as in `enter`. Raising it back may be refused without
+            // CAP_SYS_NICE (then the thread stays low: it only does background work).
+            unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, p) };
+        }
+    }
+}
+
 impl SourceState {
+    /// Whether the frame at `addr` is recorded as a mapping of `frame`.
+    fn maps(&self, addr: usize, frame: Frame) -> bool {
+        self.mapped
+            .lock()
+            .get(&addr)
+            .is_some_and(|m| m.frame == frame)
+    }
+
     /// Forgets the mapped frames in `[addr, addr + len)`.
     pub(super) fn forget_mapped(&self, addr: usize, len: usize) {
         let end = addr.saturating_add(len);
@@ -79,6 +117,14 @@ impl SourceState {
 
     /// The frame already holding this page version, if its valid_from serves at least
     /// as much as `valid_from` would.
+    /// The stored frame of version `lsn` of page `k`, if offered, and its valid_from.
+    fn offered_version(&self, k: u64, lsn: u64) -> Option<(Frame, u64)> {
+        match self.offered.lock().get(&k) {
+            Some(o) if o.lsn == lsn => Some((o.frame, o.valid_from)),
+            _ => None,
+        }
+    }
+
     fn reusable(&self, k: u64, lsn: u64, valid_from: u64) -> Option<Frame> {
         match self.offered.lock().get(&k) {
             Some(o) if o.lsn == lsn && o.valid_from >= valid_from => Some(o.frame),
@@ -163,12 +209,12 @@ impl Agent {
             }
         };
         // SAFETY: the frame is InnoDB's, io-fixed for this read until we return.
-        if let Err(e) = unsafe { store.map_over(frame, buf) } {
+        if let Err(e) = unsafe { self.map_frame(store.as_ref(), frame, buf) } {
             Stats::inc(&self.stats.map_errors);
             // A failed mapping may leave the range unmapped: restore private memory
             // and the bytes (the stored frame holds exactly them).
             // SAFETY: as above.
-            let restored = unsafe { store.restore_private(buf) }.and_then(|_| {
+            let restored = unsafe { self.unmap_frame(store.as_ref(), buf) }.and_then(|_| {
                 // SAFETY: buf is mapped again, FRAME_SIZE writable bytes.
                 let dst = unsafe { std::slice::from_raw_parts_mut(buf, FRAME_SIZE) };
                 store.read(frame, dst)
@@ -258,7 +304,110 @@ impl Agent {
             frames = revalidated,
             "dbfork agent: warm set revalidated"
         );
+        // The copies are background work: the server's own threads come first (a
+        // clone should cost the source little), the replica reads from disk meanwhile.
+        let _lowered = LowPriority::enter();
         self.scan_buffer_pool(valid_from);
+    }
+
+    /// Moves the server's private frame at `addr` (whose bytes were `copy` a moment
+    /// ago) onto `m.frame`, the stored copy of them: read-only first (a writer waits in
+    /// the fault handler), the bytes compared, then the stored frame mapped over it.
+    /// False, and the frame as it was, if the bytes changed or the mapping failed.
+    ///
+    /// # Safety
+    /// `[addr, addr + FRAME_SIZE)` is a frame of a live buffer-pool region that stays
+    /// mapped meanwhile, and `crate::fault` is installed.
+    unsafe fn move_onto(
+        &self,
+        store: &dyn crate::frame_store::FrameStore,
+        addr: usize,
+        m: Mapped,
+        copy: &[u8],
+    ) -> bool {
+        // A read into the frame in flight (it was evicted and is being reused): the
+        // frame is no longer the page copied; not moved.
+        let Some(moving) = crate::fault::Moving::try_begin(addr) else {
+            return false;
+        };
+        let p = addr as *mut libc::c_void;
+        // SAFETY: the caller's frame; writes now fault and wait for `moving` to end.
+        if unsafe { libc::mprotect(p, FRAME_SIZE, libc::PROT_READ) } != 0 {
+            return false;
+        }
+        // SAFETY: readable, and nobody can change it while it is read-only.
+        let live = unsafe { std::slice::from_raw_parts(addr as *const u8, FRAME_SIZE) };
+        if live != copy {
+            // SAFETY: giving back the protection taken above.
+            unsafe { libc::mprotect(p, FRAME_SIZE, libc::PROT_READ | libc::PROT_WRITE) };
+            return false;
+        }
+        // SAFETY: the frame is held still and the stored frame holds the same bytes.
+        match unsafe { self.map_frame(store, m.frame, addr as *mut u8) } {
+            Ok(()) => {
+                self.source.mapped.lock().insert(addr, m);
+                drop(moving);
+                true
+            }
+            Err(e) => {
+                // The old mapping may be gone: private memory with the bytes again.
+                // SAFETY: as above; the range is the caller's frame.
+                let restored = unsafe { self.unmap_frame(store, addr as *mut u8) }.map(|()| {
+                    // SAFETY: mapped again, FRAME_SIZE writable bytes.
+                    unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, FRAME_SIZE) }
+                        .copy_from_slice(copy)
+                });
+                if let Err(r) = restored {
+                    tracing::error!(
+                        "dbfork agent: restoring a frame failed: {}",
+                        error_chain(&r)
+                    );
+                }
+                Stats::inc(&self.stats.map_errors);
+                self.disable_sharing(&map_failure_reason(&e));
+                false
+            }
+        }
+    }
+
+    /// Declares the stored `frame` (holding the page of `h`) valid from `valid_from`;
+    /// false if the directory keeps no such declarations or refused it.
+    fn revalidate_one(&self, h: page::PageHeader, frame: Frame, valid_from: u64) -> bool {
+        let e = DirEntry {
+            frame,
+            lsn: h.lsn,
+            valid_from,
+        };
+        let ok = match self
+            .dir
+            .lock()
+            .as_mut()
+            .map(|d| d.revalidate(&[(h.space_id, h.page_no, e)]))
+        {
+            Some(Ok(true)) => true,
+            Some(Ok(false)) | None => false,
+            Some(Err(e)) => {
+                tracing::warn!("dbfork agent: revalidating failed: {}", error_chain(&e));
+                false
+            }
+        };
+        if ok {
+            self.source
+                .remember(key(h.space_id, h.page_no), h.lsn, valid_from, frame);
+            Stats::inc(&self.stats.frames_revalidated);
+        }
+        ok
+    }
+
+    /// Whether the frame at `addr` was not written since it was mapped (false if the
+    /// page map cannot tell).
+    fn untouched(&self, addr: usize) -> bool {
+        let mut pm = self.source.pagemap.lock();
+        if pm.is_none() {
+            *pm = crate::pagemap::Pagemap::open().ok();
+        }
+        pm.as_ref()
+            .is_some_and(|p| p.untouched(addr, FRAME_SIZE).unwrap_or(false))
     }
 
     /// Revalidates the mapped frames that are still the stored pages: registers them
@@ -320,7 +469,9 @@ impl Agent {
         Stats::inc(&self.stats.scans);
         let spaces = self.source.spaces.lock().clone();
         let mut found = 0u64;
-        self.regions.for_each_frame(|_, bytes| {
+        let can_move = self.moves_frames();
+        let mut stored = crate::frame_store::AlignedPage::new();
+        self.regions.for_each_frame(|addr, bytes| {
             let Ok(h) = page::header(bytes) else { return };
             let Some(&format) = spaces.get(&h.space_id) else {
                 return;
@@ -329,8 +480,33 @@ impl Agent {
                 return;
             }
             let k = key(h.space_id, h.page_no);
-            if self.source.reusable(k, h.lsn, valid_from).is_some() {
-                return;
+            let mapped = |frame| Mapped {
+                frame,
+                space_id: h.space_id,
+                page_no: h.page_no,
+                lsn: h.lsn,
+            };
+            // This version stored already (by a read, an earlier scan, pass 1): if the
+            // frame holds those very bytes, that copy serves, declared valid from now
+            // (same argument as for a fresh copy: the frame holds the page's latest
+            // version), and the frame is moved onto it. No new copy in the store.
+            if let Some((existing, vf)) = self.source.offered_version(k, h.lsn) {
+                if vf >= valid_from && self.source.maps(addr, existing) && self.untouched(addr) {
+                    return; // still that copy, revalidated by pass 1
+                }
+                let same = store.read(existing, stored.bytes()).is_ok() && stored.bytes() == bytes;
+                if same && (vf >= valid_from || self.revalidate_one(h, existing, valid_from)) {
+                    // SAFETY: as below.
+                    if can_move
+                        && unsafe { self.move_onto(store.as_ref(), addr, mapped(existing), bytes) }
+                    {
+                        Stats::inc(&self.stats.frames_moved);
+                    }
+                    return;
+                }
+                if vf >= valid_from {
+                    return; // served as it is; this frame is another version's bytes
+                }
             }
             let rec = FrameRecord {
                 space_id: h.space_id,
@@ -363,6 +539,13 @@ impl Agent {
                     Err(_) => Stats::inc(&self.stats.register_errors),
                 }
             }
+            // One copy in memory: the source's own frame becomes a mapping of the one
+            // just stored, if it did not change since it was copied.
+            // SAFETY: the scan holds the region's lock (no munmap meanwhile) and the
+            // SIGSEGV handler that holds writers is installed.
+            if can_move && unsafe { self.move_onto(store.as_ref(), addr, mapped(frame), bytes) } {
+                Stats::inc(&self.stats.frames_moved);
+            }
         });
         Stats::add(&self.stats.scan_frames_pooled, found);
         tracing::info!(
@@ -376,6 +559,7 @@ impl Agent {
 #[cfg(test)]
 mod tests {
     use super::super::testkit::*;
+    use super::Mapped;
     use crate::directory::MemoryDirectory;
 
     #[test]
@@ -402,55 +586,200 @@ mod tests {
 
     /// At a new snapshot the frames still mapped from the store and never written are
     /// offered again without a copy (valid from the new clone LSN); a frame the server
-    /// wrote, or madvised, is not: it holds (or may hold) another version than its
-    /// stored frame, and gets a copy of its own bytes if they are a clean page.
+    /// wrote is not: it holds (or may hold) another version than its stored frame, and
+    /// gets a copy of its own bytes if they are a clean page, or the stored frame is
+    /// declared valid again if they are its very bytes. A frame the server madvised
+    /// away becomes zeros, as anonymous memory would, not the stored page again.
     #[test]
     fn unchanged_mapped_frames_are_revalidated_and_the_rest_copied() {
         let dir = tempfile::tempdir().unwrap();
         let arena = Arena::new();
         std::fs::write(dir.path().join("clone_lsn"), "1000").unwrap();
         let file = dir.path().join("t.ibd");
-        let pages = tablespace(&file, 5, 900);
+        let pages = tablespace(&file, 6, 900);
         let src = agent(dir.path(), "source", 0);
         *src.dir.lock() = Some(Box::new(MemoryDirectory::default()));
         arena.show(&src);
         let f = open_tracked(&src, &file);
-        let frames: Vec<Frame> = (0..4).map(|_| arena.frame()).collect();
+        let frames: Vec<Frame> = (0..5).map(|_| arena.frame()).collect();
         for (n, fr) in frames.iter().enumerate() {
             read(&src, &f, fr, n as u32 + 1);
         }
-        assert_eq!(src.snapshot().pages_pooled, 4);
+        assert_eq!(src.snapshot().pages_pooled, 5);
         // Page 2: the server changes it (a new version, clean again after a flush).
         let newer = crate::page::testpage::full_crc32_page(SPACE, 2, 1500);
         frames[1].bytes().copy_from_slice(&newer);
         // Page 3: dropped by the server (as a buffer pool shrink would).
-        src.on_unmap_or_drop(frames[2].0 as usize, crate::frame_store::FRAME_SIZE);
+        let fs = crate::frame_store::FRAME_SIZE;
+        let p3 = frames[2].0;
+        // SAFETY: the arena's frame; DONTNEED as the server would call it.
+        let r = src.dropping(p3 as usize, fs, || unsafe {
+            libc::madvise(p3.cast(), fs, libc::MADV_DONTNEED)
+        });
+        assert_eq!(r, 0);
+        assert!(frames[2].bytes().iter().all(|&b| b == 0), "dropped: zeros");
+        // Page 5: written, with its own bytes again (a private copy of the same page).
+        frames[4].bytes()[100] ^= 1;
+        frames[4].bytes()[100] ^= 1;
 
         std::fs::write(dir.path().join("clone_lsn"), "2000").unwrap();
         src.scan_if_new_clone_lsn();
         let s = src.snapshot();
         assert_eq!(s.offers, 1);
-        assert_eq!(s.frames_revalidated, 2, "pages 1 and 4: {s:?}");
+        assert_eq!(s.frames_revalidated, 3, "pages 1, 4, then 5: {s:?}");
+        assert_eq!(s.scan_frames_pooled, 1, "page 2 copied: {s:?}");
         let mut dir_guard = src.dir.lock();
         let d = dir_guard.as_mut().unwrap();
-        for page in [1, 4] {
+        for page in [1, 4, 5] {
             let e = d.lookup(SPACE, page, 2000).unwrap().unwrap();
             assert_eq!((e.lsn, e.valid_from), (900, 2000), "page {page}");
         }
+        // Page 5's first stored frame (slot 4 of pages 1..5) serves again.
+        let e5 = d.lookup(SPACE, 5, 2000).unwrap().unwrap();
+        assert_eq!(
+            e5.frame,
+            pagetable::Frame::LocalPool {
+                offset: 4 * fs as u64
+            }
+        );
         // Page 2's new version was copied under the new clone LSN; its old stored frame
         // is not valid for the new snapshot.
         let e2 = d.lookup(SPACE, 2, 2000).unwrap().unwrap();
         assert_eq!((e2.lsn, e2.valid_from), (1500, 2000));
-        // Page 3's frame was copied too (its bytes are still the clean page here), not
-        // revalidated: a new stored frame, not its first one (slot 2 of pages 1..4).
+        // Page 3 is not offered for the new snapshot (only its old, earlier entry).
         let e3 = d.lookup(SPACE, 3, 2000).unwrap().unwrap();
-        assert_eq!(e3.valid_from, 2000);
-        let first_slot_of_page_3 = pagetable::Frame::LocalPool {
-            offset: 2 * crate::frame_store::FRAME_SIZE as u64,
-        };
-        assert_ne!(e3.frame, first_slot_of_page_3);
+        assert_eq!(e3.valid_from, 1000);
         drop(dir_guard);
-        assert_eq!(s.scan_frames_pooled, 2, "pages 2 and 3 copied: {s:?}");
         assert_eq!(&frames[0].bytes()[..], &pages[1][..]);
+    }
+
+    fn install_fault_handler() {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        // SAFETY: libc::sigaction is libc's sigaction (no preload in unit tests).
+        ONCE.call_once(|| unsafe { crate::fault::install(libc::sigaction) }.unwrap());
+    }
+
+    /// At a new snapshot the scan copies a clean private frame into the store and then
+    /// maps the stored copy over it (one copy in memory); a frame the server changes
+    /// meanwhile is not moved, and a write racing the move is never lost: it lands
+    /// before the copy (no move), is held by the fault handler and retried on the new
+    /// mapping, or lands after it.
+    #[test]
+    fn clean_private_frames_move_onto_their_stored_copy_and_racing_writes_survive() {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        install_fault_handler();
+        let dir = tempfile::tempdir().unwrap();
+        let arena = Arena::new();
+        std::fs::write(dir.path().join("clone_lsn"), "1000").unwrap();
+        let file = dir.path().join("t.ibd");
+        let pages = tablespace(&file, 3, 900);
+        let src = agent(dir.path(), "source", 0);
+        *src.dir.lock() = Some(Box::new(MemoryDirectory::default()));
+        src.enable_frame_moves();
+        assert!(src.moves_frames());
+        arena.show(&src);
+        let _f = open_tracked(&src, &file);
+        let pm = crate::pagemap::Pagemap::open().unwrap();
+        let fs = crate::frame_store::FRAME_SIZE;
+
+        // The scan: pages 1 and 2 built in the pool by the server (private memory).
+        let (a, b) = (arena.frame(), arena.frame());
+        a.bytes().copy_from_slice(&pages[1]);
+        b.bytes().copy_from_slice(&pages[2]);
+        assert!(!pm.untouched(a.0 as usize, fs).unwrap());
+        std::fs::write(dir.path().join("clone_lsn"), "2000").unwrap();
+        src.scan_if_new_clone_lsn();
+        assert_eq!(src.snapshot().frames_moved, 2);
+        for (fr, page) in [(&a, 1), (&b, 2)] {
+            assert!(
+                pm.untouched(fr.0 as usize, fs).unwrap(),
+                "page {page} moved"
+            );
+            assert_eq!(&fr.bytes()[..], &pages[page][..]);
+        }
+        // A write after the move changes the server's copy only.
+        a.bytes()[5000] ^= 0xff;
+        assert!(!pm.untouched(a.0 as usize, fs).unwrap());
+        let mut stored = vec![0u8; fs];
+        let store = src.store.clone().unwrap();
+        let e = src
+            .dir
+            .lock()
+            .as_mut()
+            .unwrap()
+            .lookup(SPACE, 1, 2000)
+            .unwrap()
+            .unwrap();
+        store.read(e.frame, &mut stored).unwrap();
+        assert_eq!(&stored[..], &pages[1][..]);
+
+        // A frame whose bytes differ from the copy given is left as it is.
+        let c = arena.frame();
+        c.bytes().copy_from_slice(&pages[1]);
+        let mut other = pages[1].clone();
+        other[6000] ^= 1;
+        let m = Mapped {
+            frame: e.frame,
+            space_id: SPACE,
+            page_no: 1,
+            lsn: 900,
+        };
+        // SAFETY: c is a frame of the arena, live for the test.
+        assert!(!unsafe { src.move_onto(store.as_ref(), c.0 as usize, m, &other) });
+        c.bytes()[7000] = 7; // still writable
+        assert!(!pm.untouched(c.0 as usize, fs).unwrap());
+
+        // Racing writes: a writer changes a byte of the frame being moved at a random
+        // moment around the move; the byte must hold the written value afterwards.
+        let addr = AtomicUsize::new(0);
+        let done = AtomicBool::new(false);
+        let written = AtomicUsize::new(0);
+        let rounds = 200;
+        let v = pages[1][9000] ^ 0xa5;
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut rng = 0x9e3779b97f4a7c15u64;
+                for _ in 0..rounds {
+                    let at = loop {
+                        let at = addr.swap(0, Ordering::AcqRel);
+                        if at != 0 {
+                            break at;
+                        }
+                        std::hint::spin_loop();
+                    };
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    for _ in 0..(rng % 20_000) {
+                        std::hint::spin_loop();
+                    }
+                    // SAFETY: a live frame of the arena; a volatile write as the server's.
+                    unsafe { std::ptr::write_volatile((at + 9000) as *mut u8, v) };
+                    written.fetch_add(1, Ordering::AcqRel);
+                }
+                done.store(true, Ordering::Release);
+            });
+            let mut moved = 0;
+            for round in 0..rounds {
+                let fr = arena.frame();
+                fr.bytes().copy_from_slice(&pages[1]);
+                let copy = fr.bytes().to_vec();
+                addr.store(fr.0 as usize, Ordering::Release);
+                // SAFETY: fr is a live frame of the arena.
+                if unsafe { src.move_onto(store.as_ref(), fr.0 as usize, m, &copy) } {
+                    moved += 1;
+                }
+                while written.load(Ordering::Acquire) <= round {
+                    std::hint::spin_loop();
+                }
+                assert_eq!(fr.bytes()[9000], v, "round {round}: the write was lost");
+            }
+            assert!(moved > 0, "no frame moved in {rounds} rounds");
+            eprintln!(
+                "{moved} of {rounds} frames moved, {} writes held by the fault handler",
+                crate::fault::held_writes()
+            );
+        });
+        assert!(done.load(Ordering::Acquire));
     }
 }
