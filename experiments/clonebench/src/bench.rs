@@ -44,7 +44,7 @@ pub struct Plan {
     pub base_dir: PathBuf,
     pub dbfork_exe: PathBuf,
     /// The slow-disk model, when the run is in one.
-    pub io_model: Option<crate::io_model::IoModel>,
+    pub io_model: Option<experiments_support::io_model::IoModel>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -108,6 +108,20 @@ pub struct WarmupResult {
     /// Seconds of replica load until one second reached 90% of `source_tps`.
     pub secs_to_90: Option<u32>,
     pub tps_series: Vec<f64>,
+    /// dbfork: the replica's and the source's sharing counters after the load (why a
+    /// replica was or was not warm: pages shared, misses, a full pool).
+    pub sharing: Option<SharingCounters>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SharingCounters {
+    pub replica_shared: u64,
+    pub replica_lookup_misses: u64,
+    pub replica_sharing_off: Option<String>,
+    pub source_frames_revalidated: u64,
+    pub source_scan_frames_pooled: u64,
+    pub source_frames_moved: u64,
+    pub source_pool_full_drops: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -414,15 +428,20 @@ impl<'a> Bench<'a> {
             self.plan.warmup_secs
         ));
         let opts = self.opts("oltp_read_only", tables, rows, self.plan.warmup_secs);
-        let (first_query_ms, out) = if method == "dbfork" {
+        let (first_query_ms, out, sharing) = if method == "dbfork" {
             let (run, _guard) = self.dbfork_clone()?;
             let inst = Instance::open(run.clone.config.clone())?;
             let out = sysbench::run(&inst, &opts)?;
-            (run.probe_ms.unwrap_or(run.clone.first_query_ms), out)
+            let sharing = self.sharing_counters(&run.clone.name).ok();
+            (
+                run.probe_ms.unwrap_or(run.clone.first_query_ms),
+                out,
+                sharing,
+            )
         } else {
             let (run, replica) = self.native_clone()?;
             let out = sysbench::run(&replica.instance, &opts)?;
-            (run.probe_ms.unwrap_or(run.until_first_query_ms), out)
+            (run.probe_ms.unwrap_or(run.until_first_query_ms), out, None)
         };
         let secs_to_90 = seconds_to_reach(&out.intervals, 0.9 * source_tps);
         say(&format!(
@@ -435,6 +454,24 @@ impl<'a> Bench<'a> {
             first_query_ms,
             secs_to_90,
             tps_series: out.intervals.iter().map(|s| s.tps).collect(),
+            sharing,
+        })
+    }
+
+    fn sharing_counters(&self, replica: &str) -> Result<SharingCounters> {
+        let r = self.dbfork.status(replica)?;
+        let s = self.dbfork.status(SOURCE)?;
+        let n = |v: &serde_json::Value, k: &str| v["sharing"][k].as_u64().unwrap_or(0);
+        Ok(SharingCounters {
+            replica_shared: n(&r, "shared"),
+            replica_lookup_misses: n(&r, "lookup_misses"),
+            replica_sharing_off: r["sharing"]["sharing_off_reason"]
+                .as_str()
+                .map(str::to_string),
+            source_frames_revalidated: n(&s, "frames_revalidated"),
+            source_scan_frames_pooled: n(&s, "scan_frames_pooled"),
+            source_frames_moved: n(&s, "frames_moved"),
+            source_pool_full_drops: n(&s, "pool_full_drops"),
         })
     }
 

@@ -4,7 +4,6 @@
 mod bench;
 mod cleanup;
 mod dbfork_cli;
-mod io_model;
 mod machine;
 mod native;
 mod probe;
@@ -157,7 +156,7 @@ fn plan_of(a: &Args) -> Result<Plan> {
         warmup_secs: a.warmup_secs.unwrap_or(if q { 0 } else { 30 }),
         base_dir: a.base_dir.clone(),
         io_model: match (&a.hdd_group, &a.hdd_device) {
-            (Some(group), Some(device)) => Some(io_model::IoModel {
+            (Some(group), Some(device)) => Some(experiments_support::io_model::IoModel {
                 group: group.clone(),
                 device: device.clone(),
                 iops: a.hdd_iops,

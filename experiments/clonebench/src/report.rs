@@ -292,6 +292,26 @@ pub fn markdown(plan: &Plan, info: &RunInfo, res: &Results) -> String {
                 first.join(", ")
             );
         }
+        for w in &res.warmup {
+            if let Some(c) = &w.sharing {
+                let _ = writeln!(
+                    o,
+                    "\n{} replica's sharing after the load: {} pages shared, {} lookups missed{}; \
+                     the source so far: {} frames revalidated, {} copied, {} moved onto their copy, \
+                     {} dropped for a full pool.",
+                    w.method,
+                    c.replica_shared,
+                    c.replica_lookup_misses,
+                    c.replica_sharing_off
+                        .as_ref()
+                        .map_or(String::new(), |r| format!(", sharing off: {r}")),
+                    c.source_frames_revalidated,
+                    c.source_scan_frames_pooled,
+                    c.source_frames_moved,
+                    c.source_pool_full_drops
+                );
+            }
+        }
     }
     o
 }

@@ -11,6 +11,7 @@ mod sampler;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
+use experiments_support::io_model::IoModel;
 use experiments_support::Dbfork;
 use indicatif::{ProgressBar, ProgressStyle};
 use run::{Config, RunResult};
@@ -25,6 +26,11 @@ pub enum Scale {
     /// after a 10 s lead, 2 replicas (1 per warm-up anchor), R and W, plain and
     /// throttled: the whole matrix in ~22 minutes.
     Small,
+    /// GB scale on this machine (issue 12): 8 x 1M rows (~2 GB; --rows 4000000
+    /// --buffer-pool 8G --replicas 1 for ~8 GB), pools the size of the data, 4
+    /// replicas every 60 s after a 30 s lead, the native path against dbfork, on hdd
+    /// storage (`experiments/run --scale medium` sets up the store and the IO model).
+    Medium,
     /// The paper's: ~17 GB data, 15G buffer pools, 3500 s interval, 8 replicas
     /// (needs a 256 GB host; see README).
     Paper,
@@ -72,13 +78,19 @@ impl Tpcc {
 pub enum StorageArg {
     Plain,
     Throttled,
+    /// Plain and throttled.
     Both,
+    /// The whole store's disk slow for every process of the run (--hdd-group).
+    Hdd,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Storage {
     Plain,
+    /// Replicas' own reads limited (`--read-iops`).
     Throttled,
+    /// Every process of the run on one slow disk (the IO model of `--hdd-group`).
+    Hdd,
 }
 
 impl Storage {
@@ -86,6 +98,7 @@ impl Storage {
         match self {
             Storage::Plain => "plain",
             Storage::Throttled => "throttled",
+            Storage::Hdd => "hdd",
         }
     }
 }
@@ -104,9 +117,30 @@ struct Args {
     /// seconds, so the anchors add nothing there but minutes).
     #[arg(long, value_enum, value_delimiter = ',')]
     configs: Option<Vec<Config>>,
-    /// plain: the volume as is; throttled: replicas' reads limited to --read-iops.
-    #[arg(long, value_enum, default_value = "both")]
-    storage: StorageArg,
+    /// plain: the volume as is; throttled: replicas' reads limited to --read-iops;
+    /// hdd: every process of the run on one slow disk (needs --hdd-group). Default:
+    /// both (plain and throttled); hdd at scale medium.
+    #[arg(long, value_enum)]
+    storage: Option<StorageArg>,
+    /// A blkio cgroup (v1) this run was started in, limited on --hdd-device while
+    /// measuring and unlimited while a dataset loads (storage hdd).
+    #[arg(long, requires = "hdd_device")]
+    hdd_group: Option<PathBuf>,
+    /// "MAJ:MIN" of the store's disk for --hdd-group.
+    #[arg(long, requires = "hdd_group")]
+    hdd_device: Option<String>,
+    /// Read and write IOPS of the hdd model (each way).
+    #[arg(long, default_value_t = 150)]
+    hdd_iops: u32,
+    /// Bytes per second of the hdd model (each way).
+    #[arg(long, default_value_t = 150 << 20)]
+    hdd_bps: u64,
+    /// Buffer pool of every instance (default: the scale's).
+    #[arg(long)]
+    buffer_pool: Option<String>,
+    /// Volume of the source (default: the scale's).
+    #[arg(long)]
+    volume_size: Option<String>,
     /// Seconds between replica forks (the paper: 3500).
     #[arg(long)]
     interval: Option<u64>,
@@ -158,6 +192,8 @@ pub struct Plan {
     pub replicas: u32,
     pub anchor_replicas: u32,
     pub read_iops: u32,
+    /// The slow-disk model of storage hdd.
+    pub io_model: Option<IoModel>,
 }
 
 /// A line above the progress bar; on a log (stderr not a terminal, where the bar
@@ -194,6 +230,7 @@ fn main() -> Result<()> {
     }
     let (tables, rows, pool, vol, interval, lead, replicas, anchors) = match a.scale {
         Scale::Small => (4, 100_000, "256M", "4G", 25, 10, 2, 1),
+        Scale::Medium => (8, 1_000_000, "2G", "16G", 60, 30, 4, 1),
         Scale::Paper => (68, 1_000_000, "15G", "40G", 3500, 3500, 8, 2),
     };
     // Small: a reduced TPC-C (items, customers and orders per district a tenth of
@@ -204,6 +241,14 @@ fn main() -> Result<()> {
             items: 10_000,
             customers: 300,
             orders: 300,
+        },
+        // Medium: the spec's cardinalities, ~1 GB (loading more takes longer than
+        // the run on this machine).
+        Scale::Medium => Tpcc {
+            warehouses: a.warehouses.unwrap_or(10),
+            items: 100_000,
+            customers: 3000,
+            orders: 3000,
         },
         Scale::Paper => Tpcc {
             warehouses: a.warehouses.unwrap_or(170),
@@ -220,19 +265,43 @@ fn main() -> Result<()> {
         tables: a.tables.unwrap_or(tables),
         rows: a.rows.unwrap_or(rows),
         threads: 2,
-        buffer_pool: pool.into(),
-        volume_size: vol.into(),
+        buffer_pool: a.buffer_pool.clone().unwrap_or_else(|| pool.into()),
+        volume_size: a.volume_size.clone().unwrap_or_else(|| vol.into()),
         interval: a.interval.unwrap_or(interval),
         lead: a.lead.unwrap_or(lead),
         replicas: a.replicas.unwrap_or(replicas),
         anchor_replicas: a.anchor_replicas.unwrap_or(anchors),
         read_iops: a.read_iops,
+        io_model: match (&a.hdd_group, &a.hdd_device) {
+            (Some(group), Some(device)) => Some(IoModel {
+                group: group.clone(),
+                device: device.clone(),
+                iops: a.hdd_iops,
+                bps: a.hdd_bps,
+            }),
+            _ => None,
+        },
     };
-    let storages = match a.storage {
+    let storage = a.storage.unwrap_or(match a.scale {
+        Scale::Medium => StorageArg::Hdd,
+        _ => StorageArg::Both,
+    });
+    let storages = match storage {
         StorageArg::Plain => vec![Storage::Plain],
         StorageArg::Throttled => vec![Storage::Throttled],
         StorageArg::Both => vec![Storage::Plain, Storage::Throttled],
+        StorageArg::Hdd => vec![Storage::Hdd],
     };
+    if storages.contains(&Storage::Hdd) && plan.io_model.is_none() {
+        bail!(
+            "storage hdd needs the IO model: --hdd-group (a blkio cgroup this run is in) and \
+             --hdd-device; `experiments/run --scale medium` sets both up"
+        );
+    }
+    // The model is off while datasets load; on for the runs (`run::Source::create`).
+    if let Some(m) = &plan.io_model {
+        m.off()?;
+    }
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let repo = repo.canonicalize().unwrap_or(repo);
     let stamp = utc_stamp();
@@ -257,6 +326,11 @@ fn main() -> Result<()> {
                 ];
                 if storage == Storage::Throttled {
                     c.extend([Config::Cold, Config::Dump]);
+                }
+                if storage == Storage::Hdd {
+                    // The native path against dbfork's full configuration: GB-scale runs
+                    // are long.
+                    c = vec![Config::Default, Config::LazyShare];
                 }
                 c
             }
@@ -336,7 +410,7 @@ fn main() -> Result<()> {
          configuration against the scenario's one source. Throttled = every read a replica's server \
          makes on its own volume limited to {} per second from its first instruction \
          (`dbfork clone --read-iops`; native: the same kernel IO limit on the disk of its datadir); \
-         copying (mariadb-backup, background hydration) is not throttled. Output: `{}`.\n\n",
+         copying (mariadb-backup, background hydration) is not throttled.{} Output: `{}`.\n\n",
         scenarios.join(" and "),
         cmd[1..].join(" "),
         wall.as_secs_f64() / 60.0,
@@ -348,6 +422,10 @@ fn main() -> Result<()> {
         plan.replicas,
         plan.anchor_replicas,
         plan.read_iops,
+        plan.io_model.as_ref().map_or(String::new(), |m| format!(
+            " Hdd = {} (off while a dataset loads).",
+            m.describe()
+        )),
         out.strip_prefix(&repo).unwrap_or(&out).display(),
     ));
     for &scenario in &a.scenario {

@@ -329,7 +329,15 @@ impl Source {
         let cfg = dbfork.source_create("src", &plan.volume_size, &plan.buffer_pool, &[])?;
         let instance = Instance::open(cfg.clone()).context("opening the source")?;
         bar.set_message(format!("{}: loading the dataset", plan.scenario.name()));
+        // Loading is setup: the slow-disk model (storage hdd) is off meanwhile.
+        if let Some(m) = &plan.io_model {
+            m.off()?;
+        }
         prepare(plan, &instance)?;
+        if let Some(m) = &plan.io_model {
+            crate::say(bar, format!("slow disk on: {}", m.describe()));
+            m.on()?;
+        }
         guard.source = Some("src".into());
         Ok(Source {
             dbfork,
@@ -424,7 +432,8 @@ pub fn run_one(
                 // Throttled: the server's reads on the disk its datadir is on, from its
                 // first instruction (the start gate), as dbfork does for its replicas.
                 let limit = match storage {
-                    Storage::Plain => None,
+                    // Hdd: the whole run's disk is slow already.
+                    Storage::Plain | Storage::Hdd => None,
                     Storage::Throttled => Some(DiskReadLimit::on_disk_of(
                         rdir.path(),
                         &format!("paperrun-{}-{name}", std::process::id()),
