@@ -77,7 +77,8 @@ struct Args {
     /// workspace; with --quick: none).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Also print all results, per-second series included, as JSON on stdout.
+    /// Print all results, per-second series included, as JSON on stdout instead of
+    /// the report (which still goes to --out).
     #[arg(long)]
     json: bool,
     /// A blkio group (cgroup v1) this run was started in: limited like a slow disk on
@@ -210,8 +211,10 @@ fn main() -> Result<()> {
         commit,
     };
     let md = report::markdown(&plan, &info, &results);
-    println!("{md}");
-    if args.json {
+    // --json: stdout is the JSON document alone (the report goes to --out).
+    if !args.json {
+        println!("{md}");
+    } else {
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
