@@ -81,19 +81,8 @@ struct Args {
     /// the report (which still goes to --out).
     #[arg(long)]
     json: bool,
-    /// A blkio group (cgroup v1) this run was started in: limited like a slow disk on
-    /// --hdd-device while measuring, unlimited while a dataset is prepared.
-    #[arg(long, requires = "hdd_device")]
-    hdd_group: Option<PathBuf>,
-    /// "MAJ:MIN" of the store's disk for --hdd-group.
-    #[arg(long, requires = "hdd_group")]
-    hdd_device: Option<String>,
-    /// IOPS each way of the slow-disk model (a 7200 rpm disk: 150).
-    #[arg(long, default_value_t = 150)]
-    hdd_iops: u32,
-    /// Bytes per second each way of the slow-disk model.
-    #[arg(long, default_value_t = 150 << 20)]
-    hdd_bps: u64,
+    #[command(flatten)]
+    hdd: experiments_support::io_model::HddArgs,
 }
 
 fn plan_of(a: &Args) -> Result<Plan> {
@@ -156,15 +145,7 @@ fn plan_of(a: &Args) -> Result<Plan> {
         window_secs: window,
         warmup_secs: a.warmup_secs.unwrap_or(if q { 0 } else { 30 }),
         base_dir: a.base_dir.clone(),
-        io_model: match (&a.hdd_group, &a.hdd_device) {
-            (Some(group), Some(device)) => Some(experiments_support::io_model::IoModel {
-                group: group.clone(),
-                device: device.clone(),
-                iops: a.hdd_iops,
-                bps: a.hdd_bps,
-            }),
-            _ => None,
-        },
+        io_model: a.hdd.model(),
         dbfork_exe: cleanup_path(experiments_support::Dbfork::locate(a.dbfork.as_deref())?),
     })
 }

@@ -122,19 +122,8 @@ struct Args {
     /// both (plain and throttled); hdd at scale medium.
     #[arg(long, value_enum)]
     storage: Option<StorageArg>,
-    /// A blkio cgroup (v1) this run was started in, limited on --hdd-device while
-    /// measuring and unlimited while a dataset loads (storage hdd).
-    #[arg(long, requires = "hdd_device")]
-    hdd_group: Option<PathBuf>,
-    /// "MAJ:MIN" of the store's disk for --hdd-group.
-    #[arg(long, requires = "hdd_group")]
-    hdd_device: Option<String>,
-    /// Read and write IOPS of the hdd model (each way).
-    #[arg(long, default_value_t = 150)]
-    hdd_iops: u32,
-    /// Bytes per second of the hdd model (each way).
-    #[arg(long, default_value_t = 150 << 20)]
-    hdd_bps: u64,
+    #[command(flatten)]
+    hdd: experiments_support::io_model::HddArgs,
     /// Buffer pool of every instance (default: the scale's).
     #[arg(long)]
     buffer_pool: Option<String>,
@@ -272,15 +261,7 @@ fn main() -> Result<()> {
         replicas: a.replicas.unwrap_or(replicas),
         anchor_replicas: a.anchor_replicas.unwrap_or(anchors),
         read_iops: a.read_iops,
-        io_model: match (&a.hdd_group, &a.hdd_device) {
-            (Some(group), Some(device)) => Some(IoModel {
-                group: group.clone(),
-                device: device.clone(),
-                iops: a.hdd_iops,
-                bps: a.hdd_bps,
-            }),
-            _ => None,
-        },
+        io_model: a.hdd.model(),
     };
     let storage = a.storage.unwrap_or(match a.scale {
         Scale::Medium => StorageArg::Hdd,

@@ -61,3 +61,36 @@ impl IoModel {
         )
     }
 }
+
+/// The command-line options of the slow-disk model, shared by the experiments.
+#[derive(Clone, Debug, clap::Args)]
+pub struct HddArgs {
+    /// A blkio cgroup (v1) this run was started in: limited like a slow disk on
+    /// --hdd-device while measuring, unlimited while a dataset is prepared.
+    #[arg(long, requires = "hdd_device")]
+    pub hdd_group: Option<PathBuf>,
+    /// "MAJ:MIN" of the store's disk for --hdd-group.
+    #[arg(long, requires = "hdd_group")]
+    pub hdd_device: Option<String>,
+    /// Read and write IOPS of the model, each way (a 7200 rpm disk: 150).
+    #[arg(long, default_value_t = 150)]
+    pub hdd_iops: u32,
+    /// Bytes per second of the model, each way.
+    #[arg(long, default_value_t = 150 << 20)]
+    pub hdd_bps: u64,
+}
+
+impl HddArgs {
+    /// The model, if a group and a device were given.
+    pub fn model(&self) -> Option<IoModel> {
+        match (&self.hdd_group, &self.hdd_device) {
+            (Some(group), Some(device)) => Some(IoModel {
+                group: group.clone(),
+                device: device.clone(),
+                iops: self.hdd_iops,
+                bps: self.hdd_bps,
+            }),
+            _ => None,
+        }
+    }
+}
