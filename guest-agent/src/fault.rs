@@ -25,8 +25,10 @@ static MOVING: AtomicUsize = AtomicUsize::new(0);
 
 /// The frames moved last, newest at `LAST_MOVED_AT % RECENT`: a write that faulted on
 /// one while it was read-only may reach the handler only after the move ended (the
-/// thread was preempted in between); it is retried, not passed on.
-const RECENT: usize = 16;
+/// thread was preempted in between); it is retried, not passed on. Sized for a thread
+/// preempted across thousands of moves (about 0.3 s of them on this machine); a fault
+/// later still reaches the server's handler.
+const RECENT: usize = 4096;
 static LAST_MOVED: [AtomicUsize; RECENT] = [const { AtomicUsize::new(0) }; RECENT];
 static LAST_MOVED_AT: AtomicUsize = AtomicUsize::new(0);
 
@@ -79,7 +81,10 @@ impl Moving {
         {
             return None;
         }
-        MOVING.store(addr, Ordering::Release);
+        // One mover at a time: a second would release the first one's held writers.
+        MOVING
+            .compare_exchange(0, addr, Ordering::AcqRel, Ordering::Acquire)
+            .ok()?;
         Some(Moving(addr))
     }
 }

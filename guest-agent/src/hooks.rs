@@ -383,8 +383,11 @@ mmap_hook!(mmap64);
 pub unsafe extern "C" fn munmap(addr: *mut c_void, len: size_t) -> c_int {
     let done = Cell::new(None);
     let r = with_agent(|a| {
-        a.on_unmap(addr as usize, len);
+        // Forgotten under the regions' write lock: no scan runs meanwhile, so none can
+        // record a move into the range between the forgetting and the munmap.
+        let in_pool = a.regions.overlaps(addr as usize, len);
         a.regions.on_munmap(addr as usize, len, || {
+            a.on_unmap(addr as usize, len, in_pool);
             // SAFETY: forwarding.
             let r = unsafe { (real().munmap)(addr, len) };
             done.set(Some(r));

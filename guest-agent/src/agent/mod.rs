@@ -384,9 +384,10 @@ impl Agent {
         }
     }
 
-    /// Before a munmap by the server: the frames in the range are gone.
-    pub fn on_unmap(&self, addr: usize, len: usize) {
-        if self.config.role == Role::Source && self.regions.overlaps(addr, len) {
+    /// Before a munmap by the server (under the regions' write lock): the frames in
+    /// the range are gone; `in_pool`: the range overlapped a buffer-pool region.
+    pub fn on_unmap(&self, addr: usize, len: usize, in_pool: bool) {
+        if self.config.role == Role::Source && in_pool {
             self.source.forget_mapped(addr, len);
         }
         let end = addr.saturating_add(len);

@@ -338,8 +338,8 @@ impl Agent {
         // SAFETY: readable, and nobody can change it while it is read-only.
         let live = unsafe { std::slice::from_raw_parts(addr as *const u8, FRAME_SIZE) };
         if live != copy {
-            // SAFETY: giving back the protection taken above.
-            unsafe { libc::mprotect(p, FRAME_SIZE, libc::PROT_READ | libc::PROT_WRITE) };
+            // SAFETY: the caller's frame, read-only since above, its bytes unchanged.
+            unsafe { self.restore_writable(store, addr, live.to_vec().as_slice()) };
             return false;
         }
         // SAFETY: the frame is held still and the stored frame holds the same bytes.
@@ -350,24 +350,54 @@ impl Agent {
                 true
             }
             Err(e) => {
-                // The old mapping may be gone: private memory with the bytes again.
-                // SAFETY: as above; the range is the caller's frame.
-                let restored = unsafe { self.unmap_frame(store, addr as *mut u8) }.map(|()| {
-                    // SAFETY: mapped again, FRAME_SIZE writable bytes.
-                    unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, FRAME_SIZE) }
-                        .copy_from_slice(copy)
-                });
-                if let Err(r) = restored {
-                    tracing::error!(
-                        "dbfork agent: restoring a frame failed: {}",
-                        error_chain(&r)
-                    );
-                }
+                // SAFETY: as above; the frame held `copy` when the mapping was tried.
+                unsafe { self.restore_writable(store, addr, copy) };
                 Stats::inc(&self.stats.map_errors);
                 self.disable_sharing(&map_failure_reason(&e));
                 false
             }
         }
+    }
+
+    /// Gives the frame at `addr`, read-only or unmapped by a failed move, back to the
+    /// server as writable memory holding `bytes`, before the move's writers are
+    /// released (they would fault again on a frame left read-only, and the server's
+    /// handler would take them for a crash). Tries its protection first (the old
+    /// mapping intact), then fresh private memory with the bytes; retries both, since
+    /// either can fail for a moment (ENOMEM while the map count is high).
+    ///
+    /// # Safety
+    /// `[addr, addr + FRAME_SIZE)` is a buffer-pool frame this move holds (no writer
+    /// runs), whose bytes were `bytes` when it was made read-only.
+    unsafe fn restore_writable(
+        &self,
+        store: &dyn crate::frame_store::FrameStore,
+        addr: usize,
+        bytes: &[u8],
+    ) {
+        let p = addr as *mut libc::c_void;
+        for attempt in 0..1000 {
+            // SAFETY: the caller's frame; a mapping still in place keeps its bytes.
+            if unsafe { libc::mprotect(p, FRAME_SIZE, libc::PROT_READ | libc::PROT_WRITE) } == 0 {
+                return;
+            }
+            // The range is not (all) mapped: private memory with the bytes again.
+            // SAFETY: as above.
+            match unsafe { self.unmap_frame(store, addr as *mut u8) } {
+                Ok(()) => {
+                    // SAFETY: mapped again, FRAME_SIZE writable bytes.
+                    unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, FRAME_SIZE) }
+                        .copy_from_slice(bytes);
+                    return;
+                }
+                Err(e) if attempt == 0 => tracing::error!(
+                    "dbfork agent: restoring a frame failed, retrying: {}",
+                    error_chain(&e)
+                ),
+                Err(_) => std::thread::yield_now(),
+            }
+        }
+        tracing::error!("dbfork agent: a frame could not be restored after a failed move");
     }
 
     /// Declares the stored `frame` (holding the page of `h`) valid from `valid_from`;
@@ -495,7 +525,15 @@ impl Agent {
                     return; // still that copy, revalidated by pass 1
                 }
                 let same = store.read(existing, stored.bytes()).is_ok() && stored.bytes() == bytes;
-                if same && (vf >= valid_from || self.revalidate_one(h, existing, valid_from)) {
+                if same && self.source.maps(addr, existing) && self.untouched(addr) {
+                    // Already a mapping of that copy: nothing to move. Declared valid
+                    // from now if the directory keeps such declarations; otherwise
+                    // offered again below, under the new clone LSN.
+                    if vf >= valid_from || self.revalidate_one(h, existing, valid_from) {
+                        return;
+                    }
+                } else if same && (vf >= valid_from || self.revalidate_one(h, existing, valid_from))
+                {
                     // SAFETY: as below.
                     if can_move
                         && unsafe { self.move_onto(store.as_ref(), addr, mapped(existing), bytes) }
@@ -664,6 +702,46 @@ mod tests {
     /// meanwhile is not moved, and a write racing the move is never lost: it lands
     /// before the copy (no move), is held by the fault handler and retried on the new
     /// mapping, or lands after it.
+    /// A move that fails after making the frame read-only (compare failed) or after
+    /// the old mapping went (a failed MAP_FIXED) gives the server back a writable
+    /// frame with its bytes, before its held writers go on: left read-only, their
+    /// retries would reach the server's handler as a crash.
+    #[test]
+    fn a_failed_move_gives_the_frame_back_writable_with_its_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let arena = Arena::new();
+        std::fs::write(dir.path().join("clone_lsn"), "1000").unwrap();
+        let pages = tablespace(&dir.path().join("t.ibd"), 3, 900);
+        let src = agent(dir.path(), "source", 0);
+        let store = src.store.clone().unwrap();
+        let fs = crate::frame_store::FRAME_SIZE;
+
+        // Read-only, mapping intact.
+        let d = arena.frame();
+        d.bytes().copy_from_slice(&pages[2]);
+        // SAFETY: d is a frame of the arena, live for the test.
+        assert_eq!(
+            unsafe { libc::mprotect(d.0.cast(), fs, libc::PROT_READ) },
+            0
+        );
+        // SAFETY: as above; nothing writes d meanwhile.
+        unsafe { src.restore_writable(store.as_ref(), d.0 as usize, &pages[2]) };
+        d.bytes()[100] ^= 1; // would fault if still read-only
+        d.bytes()[100] ^= 1;
+        assert_eq!(&d.bytes()[..], &pages[2][..]);
+
+        // The mapping gone.
+        let e = arena.frame();
+        e.bytes().copy_from_slice(&pages[1]);
+        // SAFETY: as above; the arena unmaps its whole range at the end either way.
+        assert_eq!(unsafe { libc::munmap(e.0.cast(), fs) }, 0);
+        // SAFETY: as above.
+        unsafe { src.restore_writable(store.as_ref(), e.0 as usize, &pages[1]) };
+        assert_eq!(&e.bytes()[..], &pages[1][..]);
+        e.bytes()[200] = 7;
+        assert_eq!(e.bytes()[200], 7);
+    }
+
     #[test]
     fn clean_private_frames_move_onto_their_stored_copy_and_racing_writes_survive() {
         use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
