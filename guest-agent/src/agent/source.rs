@@ -115,8 +115,6 @@ impl SourceState {
         self.spaces.lock().insert(space_id, format);
     }
 
-    /// The frame already holding this page version, if its valid_from serves at least
-    /// as much as `valid_from` would.
     /// The stored frame of version `lsn` of page `k`, if offered, and its valid_from.
     fn offered_version(&self, k: u64, lsn: u64) -> Option<(Frame, u64)> {
         match self.offered.lock().get(&k) {
@@ -125,11 +123,12 @@ impl SourceState {
         }
     }
 
+    /// The frame already holding this page version, if its valid_from serves at least
+    /// as much as `valid_from` would.
     fn reusable(&self, k: u64, lsn: u64, valid_from: u64) -> Option<Frame> {
-        match self.offered.lock().get(&k) {
-            Some(o) if o.lsn == lsn && o.valid_from >= valid_from => Some(o.frame),
-            _ => None,
-        }
+        self.offered_version(k, lsn)
+            .filter(|&(_, vf)| vf >= valid_from)
+            .map(|(frame, _)| frame)
     }
 
     fn remember(&self, k: u64, lsn: u64, valid_from: u64, frame: Frame) {
@@ -432,28 +431,33 @@ impl Agent {
     /// Whether the frame at `addr` was not written since it was mapped (false if the
     /// page map cannot tell).
     fn untouched(&self, addr: usize) -> bool {
+        self.pagemap()
+            .is_ok_and(|p| p.untouched(addr, FRAME_SIZE).unwrap_or(false))
+    }
+
+    /// This process's page map, opened at the first use.
+    fn pagemap(
+        &self,
+    ) -> std::io::Result<parking_lot::MappedMutexGuard<'_, crate::pagemap::Pagemap>> {
         let mut pm = self.source.pagemap.lock();
         if pm.is_none() {
-            *pm = crate::pagemap::Pagemap::open().ok();
+            *pm = Some(crate::pagemap::Pagemap::open()?);
         }
-        pm.as_ref()
-            .is_some_and(|p| p.untouched(addr, FRAME_SIZE).unwrap_or(false))
+        Ok(parking_lot::MutexGuard::map(pm, |p| {
+            p.as_mut().expect("opened above")
+        }))
     }
 
     /// Revalidates the mapped frames that are still the stored pages: registers them
     /// with `valid_from`. Returns how many.
     fn revalidate_mapped(&self, valid_from: u64) -> u64 {
-        let mut pm = self.source.pagemap.lock();
-        if pm.is_none() {
-            match crate::pagemap::Pagemap::open() {
-                Ok(p) => *pm = Some(p),
-                Err(e) => {
-                    tracing::warn!("dbfork agent: no pagemap, the warm set is copied: {e}");
-                    return 0;
-                }
+        let pm = match self.pagemap() {
+            Ok(pm) => pm,
+            Err(e) => {
+                tracing::warn!("dbfork agent: no pagemap, the warm set is copied: {e}");
+                return 0;
             }
-        }
-        let pm = pm.as_ref().expect("opened above");
+        };
         // Checked under the map's lock: a madvise forgets a frame before it runs, so a
         // frame found here was not dropped back to the stored bytes after a write.
         let fresh: Vec<(u32, u32, DirEntry)> = self
