@@ -145,6 +145,32 @@ impl Drop for Cluster {
     }
 }
 
+/// oltp_write_only on `src` (2 x 5000 rows, loaded by `load`) for `secs`, returned
+/// once writes are really flowing (its binlog position moved).
+fn write_load(c: &Cluster, src: &str, secs: u32) -> workload::sysbench::RunningSysbench {
+    let writer = workload::sysbench::start(
+        &c.inst(src),
+        &workload::sysbench::SysbenchOptions {
+            test: "oltp_write_only".into(),
+            tables: 2,
+            table_size: 5000,
+            threads: 2,
+            secs,
+            report_interval: 0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let inst = c.inst(src);
+    let gtid0 = inst.gtid_binlog_pos().unwrap();
+    assert!(wait_until(Duration::from_secs(30), || inst
+        .gtid_binlog_pos()
+        .unwrap()
+        .to_string()
+        != gtid0.to_string()));
+    writer
+}
+
 fn load(c: &Cluster, src: &str, tables: u32, rows: u64) {
     let opts = workload::sysbench::SysbenchOptions {
         tables,
@@ -163,27 +189,8 @@ fn clones_under_write_load_converge_and_so_does_a_clone_of_a_clone() {
     let Some(c) = Cluster::new() else { return };
     c.source("src");
     load(&c, "src", 2, 5000);
-    let writer = workload::sysbench::start(
-        &c.inst("src"),
-        &workload::sysbench::SysbenchOptions {
-            test: "oltp_write_only".into(),
-            tables: 2,
-            table_size: 5000,
-            threads: 2,
-            secs: 12,
-            report_interval: 0,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    // Clone only once writes are really flowing.
+    let writer = write_load(&c, "src", 12);
     let src = c.inst("src");
-    let gtid0 = src.gtid_binlog_pos().unwrap();
-    assert!(wait_until(Duration::from_secs(30), || src
-        .gtid_binlog_pos()
-        .unwrap()
-        .to_string()
-        != gtid0.to_string()));
     for r in ["r1", "r2", "r3"] {
         let rec = c.clone("src", r, &[]);
         assert!(rec["clone"]["first_query_ms"].as_u64().unwrap() > 0);
@@ -765,26 +772,8 @@ fn on_a_reflink_store_datadirs_are_directories_and_clones_share_extents() {
     );
     assert!(!c.store.path().join("run/src.attach.json").exists());
     load(&c, "src", 2, 5000);
-    let writer = workload::sysbench::start(
-        &c.inst("src"),
-        &workload::sysbench::SysbenchOptions {
-            test: "oltp_write_only".into(),
-            tables: 2,
-            table_size: 5000,
-            threads: 2,
-            secs: 10,
-            report_interval: 0,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let writer = write_load(&c, "src", 10);
     let src = c.inst("src");
-    let gtid0 = src.gtid_binlog_pos().unwrap();
-    assert!(wait_until(Duration::from_secs(30), || src
-        .gtid_binlog_pos()
-        .unwrap()
-        .to_string()
-        != gtid0.to_string()));
     let rec = c.clone("src", "r1", &["--read-iops", "400"]);
     let st = c.store.json(&["status", "r1"]);
     assert_eq!(st["volume"]["layout"], "directory", "{st}");
