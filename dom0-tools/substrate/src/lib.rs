@@ -33,6 +33,13 @@ pub use error::{BoxError, Error, Result};
 pub use page_table::PageTableService;
 pub use run_dir::{RunDir, DEFAULT_STORE};
 
+/// An instance record (JSON) as this version reads it: a record written before the
+/// substrate seam (all of them local instances, the backend's state in the record
+/// itself) gets its `domain`; any other is returned as it is.
+pub fn upgrade_record(v: serde_json::Value) -> serde_json::Value {
+    local::legacy_record::upgrade_record(v)
+}
+
 /// Which substrate hosts a store's domains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -16,6 +16,7 @@ pub mod endpoint;
 pub mod freeze;
 pub mod hydration_order;
 pub mod io_limit;
+pub mod legacy_record;
 pub mod orphans;
 pub mod server;
 pub mod tools;
