@@ -15,15 +15,71 @@
 //! than fault: reads into buffer-pool memory are announced (`begin_read`), a frame
 //! with a read in flight is not moved, and a read waits for a move of its buffer.
 
-use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicUsize, Ordering};
 
 use crate::frame_store::FRAME_SIZE;
 
-/// The start of the frame being moved, 0 when none. One at a time: the background
-/// thread moves frames one after the other.
+/// The frames being moved, as `span(start, frames)`, 0 when none. One run at a time:
+/// the background thread moves consecutive frames together (one mprotect and one
+/// mapping per run instead of per frame: each takes the server's mmap lock and
+/// interrupts its threads on other CPUs to flush their TLBs).
 static MOVING: AtomicUsize = AtomicUsize::new(0);
 
-/// The frames moved last, newest at `LAST_MOVED_AT % RECENT`: a write that faulted on
+/// Bumped when a move ends: threads waiting for one (held writers, reads into the
+/// frames) sleep on it with a futex instead of spinning, since the mover runs at the
+/// lowest priority and a spinning server thread would keep it off the CPU.
+static MOVE_ENDS: AtomicU32 = AtomicU32::new(0);
+/// Threads sleeping on `MOVE_ENDS`: the mover wakes them only if there are any.
+static SLEEPERS: AtomicU32 = AtomicU32::new(0);
+
+/// Sleeps until the move `m` (a packed run) is over. Async-signal-safe: atomics and the
+/// futex system call.
+fn wait_for_move_end(m: usize) {
+    // The futex call sets errno (EAGAIN, EINTR); the interrupted code may be about to
+    // read its own.
+    // SAFETY: errno is this thread's; reading and restoring it is async-signal-safe.
+    let errno = unsafe { *libc::__errno_location() };
+    loop {
+        let seen = MOVE_ENDS.load(Ordering::SeqCst);
+        if MOVING.load(Ordering::SeqCst) != m {
+            // SAFETY: as above.
+            unsafe { *libc::__errno_location() = errno };
+            return;
+        }
+        SLEEPERS.fetch_add(1, Ordering::SeqCst);
+        // SAFETY: FUTEX_WAIT on a static word of this process; it returns at once if the
+        // word is no longer `seen` (the move ended meanwhile), on a wake, or on a signal.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                MOVE_ENDS.as_ptr(),
+                libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+                seen,
+                std::ptr::null::<libc::timespec>(),
+            )
+        };
+        SLEEPERS.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The most frames one move covers (a span keeps the count in the low bits of a
+/// frame-aligned address).
+pub const MAX_RUN: usize = FRAME_SIZE;
+
+/// Packs a run of `frames` frames from the frame-aligned `start` into one word, so the
+/// signal handler reads a run in one atomic load.
+fn span(start: usize, frames: usize) -> usize {
+    debug_assert!(start % FRAME_SIZE == 0 && (1..=MAX_RUN).contains(&frames));
+    start | (frames - 1)
+}
+
+/// `[start, end)` of a packed run.
+fn unspan(s: usize) -> (usize, usize) {
+    let start = s & !(FRAME_SIZE - 1);
+    (start, start + ((s & (FRAME_SIZE - 1)) + 1) * FRAME_SIZE)
+}
+
+/// The runs moved last, newest at `LAST_MOVED_AT % RECENT`: a write that faulted on
 /// one while it was read-only may reach the handler only after the move ended (the
 /// thread was preempted in between); it is retried, not passed on. Sized for a thread
 /// preempted across thousands of moves (about 0.3 s of them on this machine); a fault
@@ -68,24 +124,28 @@ pub fn installed() -> bool {
 /// lock is never taken in the signal handler.
 static READS: parking_lot::Mutex<Vec<(usize, usize)>> = parking_lot::const_mutex(Vec::new());
 
-/// A frame marked as moving; unmarked when dropped, which releases held writers.
+/// A run of frames marked as moving; unmarked when dropped, which releases held
+/// writers.
 pub struct Moving(usize);
 
 impl Moving {
-    /// Marks the frame at `addr` as moving, unless a read into it is in flight.
-    pub fn try_begin(addr: usize) -> Option<Moving> {
+    /// Marks the `frames` frames from `start` (frame-aligned) as moving, unless a read
+    /// into one of them is in flight.
+    pub fn try_begin(start: usize, frames: usize) -> Option<Moving> {
+        if start % FRAME_SIZE != 0 || !(1..=MAX_RUN).contains(&frames) {
+            return None;
+        }
+        let end = start + frames * FRAME_SIZE;
         let reads = READS.lock();
-        if reads
-            .iter()
-            .any(|&(s, e)| s < addr + FRAME_SIZE && e > addr)
-        {
+        if reads.iter().any(|&(s, e)| s < end && e > start) {
             return None;
         }
         // One mover at a time: a second would release the first one's held writers.
+        let s = span(start, frames);
         MOVING
-            .compare_exchange(0, addr, Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(0, s, Ordering::AcqRel, Ordering::Acquire)
             .ok()?;
-        Some(Moving(addr))
+        Some(Moving(s))
     }
 }
 
@@ -94,21 +154,36 @@ impl Drop for Moving {
         let at = LAST_MOVED_AT.fetch_add(1, Ordering::AcqRel) + 1;
         LAST_MOVED[at % RECENT].store(self.0, Ordering::Release);
         LATE_RETRIES.store(0, Ordering::Release);
-        let _ = MOVING.compare_exchange(self.0, 0, Ordering::AcqRel, Ordering::Acquire);
+        let _ = MOVING.compare_exchange(self.0, 0, Ordering::SeqCst, Ordering::SeqCst);
+        MOVE_ENDS.fetch_add(1, Ordering::SeqCst);
+        if SLEEPERS.load(Ordering::SeqCst) > 0 {
+            // SAFETY: FUTEX_WAKE of every thread sleeping on the static word.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_futex,
+                    MOVE_ENDS.as_ptr(),
+                    libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+                    i32::MAX,
+                )
+            };
+        }
     }
 }
 
-/// Whether `addr` lies in a frame moved lately (see `LAST_MOVED`).
+/// Whether `addr` lies in a run moved lately (see `LAST_MOVED`).
 fn moved_lately(addr: usize) -> bool {
     LAST_MOVED.iter().any(|m| {
         let m = m.load(Ordering::Acquire);
-        m != 0 && addr >= m && addr < m + FRAME_SIZE
+        let (start, end) = unspan(m);
+        m != 0 && addr >= start && addr < end
     })
 }
 
+/// The packed run being moved, if it overlaps `[addr, addr + len)`.
 fn moving_covers(addr: usize, len: usize) -> Option<usize> {
     let m = MOVING.load(Ordering::Acquire);
-    (m != 0 && addr < m + FRAME_SIZE && addr.saturating_add(len) > m).then_some(m)
+    let (start, end) = unspan(m);
+    (m != 0 && addr < end && addr.saturating_add(len) > start).then_some(m)
 }
 
 /// A read (or a madvise) into `[addr, addr + len)` in flight; the range cannot start
@@ -142,8 +217,8 @@ pub fn begin_read(addr: usize, len: usize) -> Reading {
                 return Reading(Some((addr, end)));
             }
         }
-        while moving_covers(addr, len).is_some() {
-            std::thread::yield_now();
+        if let Some(m) = moving_covers(addr, len) {
+            wait_for_move_end(m);
         }
     }
 }
@@ -193,16 +268,14 @@ pub unsafe fn install(real: RealSigaction) -> std::io::Result<()> {
 }
 
 /// The SIGSEGV handler: holds a write to the frame being moved, passes anything else
-/// on. Async-signal-safe: it reads atomics, yields, and calls the next handler.
+/// on. Async-signal-safe: it reads atomics, sleeps on a futex, and calls the next
+/// handler.
 extern "C" fn on_segv(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers.
     let addr = unsafe { (*info).si_addr() } as usize;
     if let Some(m) = moving_covers(addr, 1) {
         HELD.fetch_add(1, Ordering::AcqRel);
-        while MOVING.load(Ordering::Acquire) == m {
-            // SAFETY: sched_yield is async-signal-safe and takes no arguments.
-            unsafe { libc::sched_yield() };
-        }
+        wait_for_move_end(m);
         return; // the faulting write runs again, on the new mapping
     }
     // SAFETY: as above.

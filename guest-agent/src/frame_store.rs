@@ -69,6 +69,20 @@ pub trait FrameStore: Send + Sync {
     /// the duration (no other thread may use those bytes while they are replaced).
     unsafe fn map_over(&self, frame: Frame, dst: *mut u8) -> Result<()>;
 
+    /// Maps `frames` over the caller's consecutive frames from `dst` (frame `i` at
+    /// `dst + i * FRAME_SIZE`), as `map_over` each; a store may map neighbours at once.
+    /// On an error any part of the run may be mapped: undo each frame.
+    ///
+    /// # Safety
+    /// As for `map_over`, for `frames.len() * FRAME_SIZE` bytes.
+    unsafe fn map_run_over(&self, frames: &[Frame], dst: *mut u8) -> Result<()> {
+        for (i, &f) in frames.iter().enumerate() {
+            // SAFETY: the caller's contract, frame by frame.
+            unsafe { self.map_over(f, dst.add(i * FRAME_SIZE))? };
+        }
+        Ok(())
+    }
+
     /// Undoes `map_over` (also after it failed halfway): `dst` becomes private memory
     /// again, with undefined contents the caller must refill.
     ///

@@ -197,12 +197,25 @@ impl Pool {
     /// `dst` must be page-aligned, `POOL_PAGE` bytes long, and owned by the caller for
     /// the duration (no other thread may use those bytes while they are replaced).
     pub unsafe fn map_slot_over(&self, dst: *mut u8, off: u64) -> Result<()> {
-        // SAFETY: the caller owns [dst, dst + POOL_PAGE); MAP_FIXED replaces exactly that
-        // range with a private view of the slot, whose bytes never change (lifetime rule).
+        // SAFETY: the caller's contract, for one slot.
+        unsafe { self.map_slots_over(dst, off, 1) }
+    }
+
+    /// Maps `n` consecutive pool slots from `off` copy-on-write over `dst` in one
+    /// mapping, its page tables filled for reading at once (the server's next read of
+    /// the frames then takes no fault).
+    ///
+    /// # Safety
+    /// `dst` must be page-aligned, `n * POOL_PAGE` bytes long, and owned by the caller
+    /// for the duration (no other thread may use those bytes while they are replaced).
+    pub unsafe fn map_slots_over(&self, dst: *mut u8, off: u64, n: usize) -> Result<()> {
+        // SAFETY: the caller owns [dst, dst + n * POOL_PAGE); MAP_FIXED replaces exactly
+        // that range with a private view of the slots, whose bytes never change
+        // (lifetime rule).
         let p = unsafe {
             libc::mmap(
                 dst.cast(),
-                POOL_PAGE,
+                n * POOL_PAGE,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_PRIVATE | libc::MAP_FIXED,
                 self.data.as_raw_fd(),
@@ -212,9 +225,17 @@ impl Pool {
         if p == libc::MAP_FAILED {
             return Err(AgentError::last_os("mapping a pool page over a frame"));
         }
+        // Not MAP_POPULATE: on a writable private mapping it write-faults every page,
+        // making private copies of them all. MADV_POPULATE_READ (Linux 5.14) maps the
+        // shared pages read-only; where it is missing the frames fault in on use.
+        // SAFETY: advice on the range just mapped; it changes no contents.
+        unsafe { libc::madvise(p, n * POOL_PAGE, MADV_POPULATE_READ) };
         Ok(())
     }
 }
+
+/// madvise advice (uapi asm-generic/mman-common.h), not in every libc crate version.
+const MADV_POPULATE_READ: libc::c_int = 22;
 
 /// The slot offset a frame names; every other kind of frame belongs to another store.
 fn slot_offset(frame: Frame) -> Result<u64> {
@@ -256,6 +277,26 @@ impl FrameStore for Pool {
         let off = slot_offset(frame)?;
         // SAFETY: the caller's contract is the same as map_slot_over's.
         unsafe { self.map_slot_over(dst, off) }
+    }
+
+    unsafe fn map_run_over(&self, frames: &[Frame], dst: *mut u8) -> Result<()> {
+        // Slots appended one after the other (the scan copies frames in address order)
+        // are mapped as one range each.
+        let mut i = 0;
+        while i < frames.len() {
+            let first = slot_offset(frames[i])?;
+            let mut n = 1;
+            while i + n < frames.len()
+                && slot_offset(frames[i + n])? == first + (n * POOL_PAGE) as u64
+            {
+                n += 1;
+            }
+            // SAFETY: the caller owns the run; frames i..i + n are its part at
+            // dst + i * POOL_PAGE.
+            unsafe { self.map_slots_over(dst.add(i * POOL_PAGE), first, n)? };
+            i += n;
+        }
+        Ok(())
     }
 
     unsafe fn restore_private(&self, dst: *mut u8) -> Result<()> {

@@ -20,6 +20,14 @@ use crate::frame_store::FRAME_SIZE;
 /// Smallest anonymous mapping treated as a buffer pool candidate.
 pub const MIN_REGION: usize = 4 << 20;
 
+/// What `Regions::visit_frames` reports.
+pub enum Visit<'a> {
+    /// A private copy of the frame at `addr`.
+    Frame { addr: usize, bytes: &'a [u8] },
+    /// The frames visited since the last chunk end may be unmapped once this returns.
+    ChunkEnd,
+}
+
 #[derive(Default)]
 pub struct Regions {
     list: RwLock<Vec<(usize, usize)>>,
@@ -69,6 +77,16 @@ impl Regions {
     /// Calls `frame` with a private copy of each 16 KiB-aligned frame of every region.
     /// The read lock is taken per region chunk, so an munmap waits at most one chunk.
     pub fn for_each_frame(&self, mut frame: impl FnMut(usize, &[u8])) {
+        self.visit_frames(|v| {
+            if let Visit::Frame { addr, bytes } = v {
+                frame(addr, bytes)
+            }
+        })
+    }
+
+    /// As `for_each_frame`, and told when a chunk ends: until then the frames visited
+    /// in it stay mapped (munmap waits), so work on them can be batched up to there.
+    pub fn visit_frames(&self, mut visit: impl FnMut(Visit<'_>)) {
         const CHUNK: usize = 1 << 20;
         let regions: Vec<(usize, usize)> = self.list.read().clone();
         let mut copy = crate::frame_store::AlignedPage::new();
@@ -95,9 +113,13 @@ impl Regions {
                             FRAME_SIZE,
                         )
                     };
-                    frame(at, copy.bytes());
+                    visit(Visit::Frame {
+                        addr: at,
+                        bytes: copy.bytes(),
+                    });
                     at += FRAME_SIZE;
                 }
+                visit(Visit::ChunkEnd);
                 drop(guard);
                 chunk_start = chunk_end;
             }

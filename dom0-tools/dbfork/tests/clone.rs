@@ -218,6 +218,13 @@ fn clones_under_write_load_converge_and_so_does_a_clone_of_a_clone() {
     let st = c.store.json(&["status", "r2"]);
     assert_eq!(st["role"], "replica");
     assert_eq!(st["lag_secs"], 0, "{st}");
+    // r1 was cloned while it replicated without an fsync per transaction, and r1a
+    // still converged above: the consistent point's snapshot holds what r1 committed.
+    let durability: Option<u64> = c
+        .inst("r1")
+        .query_scalar("SELECT @@GLOBAL.innodb_flush_log_at_trx_commit")
+        .unwrap();
+    assert_eq!(durability, Some(2));
 }
 
 #[test]

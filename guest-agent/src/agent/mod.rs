@@ -469,6 +469,20 @@ impl Agent {
         unsafe { store.map_over(frame, dst) }
     }
 
+    /// Maps the stored `frames` over the server's consecutive frames from `dst` (see
+    /// `FrameStore::map_run_over`), each recorded as mapped from the store.
+    ///
+    /// # Safety
+    /// As for `FrameStore::map_run_over`.
+    unsafe fn map_run(&self, store: &dyn FrameStore, frames: &[Frame], dst: *mut u8) -> Result<()> {
+        // Recorded even on failure, as in `map_frame`.
+        self.file_backed
+            .lock()
+            .extend((0..frames.len()).map(|i| dst as usize + i * FRAME_SIZE));
+        // SAFETY: the caller's contract.
+        unsafe { store.map_run_over(frames, dst) }
+    }
+
     /// Makes the frame at `dst` private memory again (see
     /// `FrameStore::restore_private`).
     ///

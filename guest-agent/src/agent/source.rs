@@ -16,6 +16,7 @@ use crate::error::AgentError;
 use crate::fdtable::Ident;
 use crate::frame_store::{FrameRecord, FRAME_SIZE};
 use crate::page::{self, SpaceFormat};
+use crate::scan::Visit;
 use crate::stats::Stats;
 
 /// A page version this source offered: reused instead of offered again.
@@ -140,6 +141,69 @@ impl SourceState {
                 frame,
             },
         );
+    }
+}
+
+/// Frames the scan copied and will move onto their stored copies, consecutive in the
+/// server's memory.
+#[derive(Default)]
+struct PendingRun {
+    start: usize,
+    frames: Vec<Mapped>,
+    /// The frames' bytes as copied, `FRAME_SIZE` each.
+    copies: Vec<u8>,
+}
+
+impl PendingRun {
+    /// The most frames moved at once (1 MiB: a scan chunk).
+    const MAX: usize = 64;
+
+    /// Adds the frame at `addr`; moves the run first if `addr` does not continue it or
+    /// it is full. Returns how many frames that moved.
+    ///
+    /// # Safety
+    /// As for `move_all`, and `addr` is a frame of the same kind.
+    unsafe fn add(
+        &mut self,
+        agent: &Agent,
+        store: &dyn crate::frame_store::FrameStore,
+        addr: usize,
+        m: Mapped,
+        bytes: &[u8],
+    ) -> u64 {
+        let continues = addr == self.start + self.frames.len() * FRAME_SIZE;
+        let moved = if self.frames.is_empty() || (continues && self.frames.len() < Self::MAX) {
+            0
+        } else {
+            // SAFETY: the caller's contract.
+            unsafe { self.move_all(agent, store) }
+        };
+        if self.frames.is_empty() {
+            self.start = addr;
+        }
+        self.frames.push(m);
+        self.copies.extend_from_slice(bytes);
+        moved
+    }
+
+    /// Moves the frames added so far (see `Agent::move_run`) and starts a new run.
+    ///
+    /// # Safety
+    /// The frames added are still mapped in a live buffer-pool region, and
+    /// `crate::fault` is installed.
+    unsafe fn move_all(
+        &mut self,
+        agent: &Agent,
+        store: &dyn crate::frame_store::FrameStore,
+    ) -> u64 {
+        if self.frames.is_empty() {
+            return 0;
+        }
+        // SAFETY: the caller's contract.
+        let moved = unsafe { agent.move_run(store, self.start, &self.frames, &self.copies) };
+        self.frames.clear();
+        self.copies.clear();
+        moved as u64
     }
 }
 
@@ -310,13 +374,12 @@ impl Agent {
     }
 
     /// Moves the server's private frame at `addr` (whose bytes were `copy` a moment
-    /// ago) onto `m.frame`, the stored copy of them: read-only first (a writer waits in
-    /// the fault handler), the bytes compared, then the stored frame mapped over it.
-    /// False, and the frame as it was, if the bytes changed or the mapping failed.
+    /// ago) onto `m.frame`, the stored copy of them (see `move_run`). False, and the
+    /// frame as it was, if the bytes changed or the mapping failed.
     ///
     /// # Safety
-    /// `[addr, addr + FRAME_SIZE)` is a frame of a live buffer-pool region that stays
-    /// mapped meanwhile, and `crate::fault` is installed.
+    /// As for `move_run`.
+    #[cfg(test)]
     unsafe fn move_onto(
         &self,
         store: &dyn crate::frame_store::FrameStore,
@@ -324,38 +387,95 @@ impl Agent {
         m: Mapped,
         copy: &[u8],
     ) -> bool {
-        // A read into the frame in flight (it was evicted and is being reused): the
-        // frame is no longer the page copied; not moved.
-        let Some(moving) = crate::fault::Moving::try_begin(addr) else {
-            return false;
+        // SAFETY: the caller's contract.
+        unsafe { self.move_run(store, addr, &[m], copy) == 1 }
+    }
+
+    /// Moves the server's consecutive private frames from `start` (frame `i` held
+    /// `copies[i * FRAME_SIZE..]` a moment ago) onto `run[i].frame`, the stored copies
+    /// of them: read-only first (a writer waits in the fault handler), the bytes
+    /// compared, then the stored frames mapped over the ones that did not change, as
+    /// few mappings as the store allows. Returns how many moved; the others are left
+    /// as they were, writable, with their bytes.
+    ///
+    /// # Safety
+    /// `[start, start + run.len() * FRAME_SIZE)` are frames of a live buffer-pool
+    /// region that stays mapped meanwhile, and `crate::fault` is installed.
+    unsafe fn move_run(
+        &self,
+        store: &dyn crate::frame_store::FrameStore,
+        start: usize,
+        run: &[Mapped],
+        copies: &[u8],
+    ) -> usize {
+        let n = run.len();
+        let at = |i: usize| start + i * FRAME_SIZE;
+        let copy = |i: usize| &copies[i * FRAME_SIZE..(i + 1) * FRAME_SIZE];
+        // A read into one of the frames in flight (evicted and being reused: no longer
+        // the page copied): the others move one by one.
+        let Some(moving) = crate::fault::Moving::try_begin(start, n) else {
+            return if n > 1 {
+                (0..n)
+                    // SAFETY: the caller's contract, frame by frame.
+                    .map(|i| unsafe { self.move_run(store, at(i), &run[i..=i], copy(i)) })
+                    .sum()
+            } else {
+                0
+            };
         };
-        let p = addr as *mut libc::c_void;
-        // SAFETY: the caller's frame; writes now fault and wait for `moving` to end.
-        if unsafe { libc::mprotect(p, FRAME_SIZE, libc::PROT_READ) } != 0 {
-            return false;
-        }
-        // SAFETY: readable, and nobody can change it while it is read-only.
-        let live = unsafe { std::slice::from_raw_parts(addr as *const u8, FRAME_SIZE) };
-        if live != copy {
-            // SAFETY: the caller's frame, read-only since above, its bytes unchanged.
-            unsafe { self.restore_writable(store, addr, live.to_vec().as_slice()) };
-            return false;
-        }
-        // SAFETY: the frame is held still and the stored frame holds the same bytes.
-        match unsafe { self.map_frame(store, m.frame, addr as *mut u8) } {
-            Ok(()) => {
-                self.source.mapped.lock().insert(addr, m);
-                drop(moving);
-                true
+        let p = start as *mut libc::c_void;
+        // SAFETY: the caller's frames; writes now fault and wait for `moving` to end.
+        if unsafe { libc::mprotect(p, n * FRAME_SIZE, libc::PROT_READ) } != 0 {
+            // Part of the range may be read-only already (one mapping after another).
+            for i in 0..n {
+                // SAFETY: mapped and readable whatever its protection now.
+                let live = unsafe { std::slice::from_raw_parts(at(i) as *const u8, FRAME_SIZE) };
+                // SAFETY: the caller's frame, mapped; a writable one keeps its bytes.
+                unsafe { self.restore_writable(store, at(i), live.to_vec().as_slice()) };
             }
-            Err(e) => {
-                // SAFETY: as above; the frame held `copy` when the mapping was tried.
-                unsafe { self.restore_writable(store, addr, copy) };
-                Stats::inc(&self.stats.map_errors);
-                self.disable_sharing(&map_failure_reason(&e));
-                false
+            return 0;
+        }
+        // SAFETY: readable, and nobody can change them while they are read-only.
+        let live = |i: usize| unsafe { std::slice::from_raw_parts(at(i) as *const u8, FRAME_SIZE) };
+        let mut moved = 0;
+        let mut i = 0;
+        while i < n {
+            if live(i) != copy(i) {
+                // SAFETY: the caller's frame, read-only since above, its bytes unchanged.
+                unsafe { self.restore_writable(store, at(i), live(i).to_vec().as_slice()) };
+                i += 1;
+                continue;
+            }
+            let j = (i + 1..n).find(|&j| live(j) != copy(j)).unwrap_or(n);
+            let frames: Vec<Frame> = run[i..j].iter().map(|m| m.frame).collect();
+            // SAFETY: frames i..j are held still and the stored frames hold their bytes.
+            match unsafe { self.map_run(store, &frames, at(i) as *mut u8) } {
+                Ok(()) => {
+                    let mut mapped = self.source.mapped.lock();
+                    for (k, m) in run.iter().enumerate().take(j).skip(i) {
+                        mapped.insert(at(k), *m);
+                    }
+                    moved += j - i;
+                    i = j;
+                }
+                Err(e) => {
+                    for k in i..j {
+                        // SAFETY: as above; frame k held copy(k) when the mapping was
+                        // tried.
+                        unsafe { self.restore_writable(store, at(k), copy(k)) };
+                    }
+                    for k in j..n {
+                        // SAFETY: read-only since above, its bytes unchanged.
+                        unsafe { self.restore_writable(store, at(k), live(k).to_vec().as_slice()) };
+                    }
+                    Stats::inc(&self.stats.map_errors);
+                    self.disable_sharing(&map_failure_reason(&e));
+                    break;
+                }
             }
         }
+        drop(moving);
+        moved
     }
 
     /// Gives the frame at `addr`, read-only or unmapped by a failed move, back to the
@@ -505,7 +625,20 @@ impl Agent {
         let mut found = 0u64;
         let can_move = self.moves_frames();
         let mut stored = crate::frame_store::AlignedPage::new();
-        self.regions.for_each_frame(|addr, bytes| {
+        // Frames to move, consecutive in memory: moved together at a gap or a chunk's
+        // end (the chunk stays mapped until then).
+        let mut run = PendingRun::default();
+        let mut moved = 0u64;
+        self.regions.visit_frames(|visit| {
+            let (addr, bytes) = match visit {
+                Visit::Frame { addr, bytes } => (addr, bytes),
+                Visit::ChunkEnd => {
+                    // SAFETY: the chunk's frames are still mapped (see `visit_frames`)
+                    // and the handler is installed (`can_move`).
+                    moved += unsafe { run.move_all(self, store.as_ref()) };
+                    return;
+                }
+            };
             let Ok(h) = page::header(bytes) else { return };
             let Some(&format) = spaces.get(&h.space_id) else {
                 return;
@@ -538,11 +671,10 @@ impl Agent {
                     }
                 } else if same && (vf >= valid_from || self.revalidate_one(h, existing, valid_from))
                 {
-                    // SAFETY: as below.
-                    if can_move
-                        && unsafe { self.move_onto(store.as_ref(), addr, mapped(existing), bytes) }
-                    {
-                        Stats::inc(&self.stats.frames_moved);
+                    if can_move {
+                        // SAFETY: as below.
+                        moved +=
+                            unsafe { run.add(self, store.as_ref(), addr, mapped(existing), bytes) };
                     }
                     return;
                 }
@@ -583,12 +715,13 @@ impl Agent {
             }
             // One copy in memory: the source's own frame becomes a mapping of the one
             // just stored, if it did not change since it was copied.
-            // SAFETY: the scan holds the region's lock (no munmap meanwhile) and the
-            // SIGSEGV handler that holds writers is installed.
-            if can_move && unsafe { self.move_onto(store.as_ref(), addr, mapped(frame), bytes) } {
-                Stats::inc(&self.stats.frames_moved);
+            if can_move {
+                // SAFETY: the scan holds the region's lock (no munmap meanwhile) and the
+                // SIGSEGV handler that holds writers is installed.
+                moved += unsafe { run.add(self, store.as_ref(), addr, mapped(frame), bytes) };
             }
         });
+        Stats::add(&self.stats.frames_moved, moved);
         Stats::add(&self.stats.scan_frames_pooled, found);
         tracing::info!(
             valid_from,
@@ -746,6 +879,81 @@ mod tests {
         assert_eq!(e.bytes()[200], 7);
     }
 
+    /// Consecutive frames move in one mapping of consecutive slots; a frame changed
+    /// since its copy stays the server's own, writable, with its new bytes, and splits
+    /// the run around it.
+    #[test]
+    fn a_run_moves_in_one_mapping_and_a_frame_changed_since_its_copy_stays() {
+        install_fault_handler();
+        let dir = tempfile::tempdir().unwrap();
+        let arena = Arena::new();
+        std::fs::write(dir.path().join("clone_lsn"), "1000").unwrap();
+        let pages = tablespace(&dir.path().join("t.ibd"), 9, 900);
+        let src = agent(dir.path(), "source", 0);
+        src.enable_frame_moves();
+        let store = src.store.clone().unwrap();
+        let pm = crate::pagemap::Pagemap::open().unwrap();
+        let fs = crate::frame_store::FRAME_SIZE;
+        let frs: Vec<Frame> = (0..8).map(|_| arena.frame()).collect();
+        let mut run = Vec::new();
+        let mut copies = Vec::new();
+        for (i, fr) in frs.iter().enumerate() {
+            let page = i as u32 + 1;
+            fr.bytes().copy_from_slice(&pages[page as usize]);
+            copies.extend_from_slice(fr.bytes());
+            let rec = crate::frame_store::FrameRecord {
+                space_id: SPACE,
+                page_no: page,
+                lsn: 900,
+                valid_from: 1000,
+            };
+            run.push(Mapped {
+                frame: store.offer(fr.bytes(), rec).unwrap(),
+                space_id: SPACE,
+                page_no: page,
+                lsn: 900,
+            });
+        }
+        frs[3].bytes()[77] ^= 1; // changed after its copy
+        let start = frs[0].0 as usize;
+        // SAFETY: consecutive live frames of the arena.
+        let moved = unsafe { src.move_run(store.as_ref(), start, &run, &copies) };
+        assert_eq!(moved, 7);
+        for (i, fr) in frs.iter().enumerate() {
+            let mut want = pages[i + 1].clone();
+            if i == 3 {
+                want[77] ^= 1;
+            }
+            assert!(fr.bytes() == &want[..], "frame {i}");
+            assert_eq!(
+                pm.untouched(fr.0 as usize, fs).unwrap(),
+                i != 3,
+                "frame {i}"
+            );
+        }
+        frs[3].bytes()[78] = 1; // still writable
+                                // Three mappings: frames 0-2 and 4-7 each one range of the pool, 3 anonymous.
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let end = start + 8 * fs;
+        let ranges: Vec<&str> = maps
+            .lines()
+            .filter(|l| {
+                let (a, b) = l.split_once(' ').unwrap().0.split_once('-').unwrap();
+                let (a, b) = (
+                    usize::from_str_radix(a, 16).unwrap(),
+                    usize::from_str_radix(b, 16).unwrap(),
+                );
+                a < end && b > start
+            })
+            .collect();
+        assert_eq!(ranges.len(), 3, "{ranges:#?}");
+        // The moved frames are the stored copies now: a write changes the server's only.
+        frs[5].bytes()[100] ^= 0xff;
+        let mut stored = vec![0u8; fs];
+        store.read(run[5].frame, &mut stored).unwrap();
+        assert_eq!(&stored[..], &pages[6][..]);
+    }
+
     #[test]
     fn clean_private_frames_move_onto_their_stored_copy_and_racing_writes_survive() {
         use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -811,54 +1019,94 @@ mod tests {
         c.bytes()[7000] = 7; // still writable
         assert!(!pm.untouched(c.0 as usize, fs).unwrap());
 
-        // Racing writes: a writer changes a byte of the frame being moved at a random
-        // moment around the move; the byte must hold the written value afterwards.
-        let addr = AtomicUsize::new(0);
+        // Racing writes: a writer changes a byte of one frame of a run being moved, at a
+        // random moment around the move; the byte must hold the written value
+        // afterwards, and no other byte of the run may change.
+        let run: Vec<Mapped> = (0..4u32)
+            .map(|i| {
+                let page = 1 + i % 2;
+                let rec = crate::frame_store::FrameRecord {
+                    space_id: SPACE,
+                    page_no: page,
+                    lsn: 900,
+                    valid_from: 2000,
+                };
+                Mapped {
+                    frame: store.offer(&pages[page as usize], rec).unwrap(),
+                    space_id: SPACE,
+                    page_no: page,
+                    lsn: 900,
+                }
+            })
+            .collect();
+        let target = AtomicUsize::new(0);
         let done = AtomicBool::new(false);
         let written = AtomicUsize::new(0);
         let rounds = 200;
-        let v = pages[1][9000] ^ 0xa5;
         std::thread::scope(|s| {
             s.spawn(|| {
                 let mut rng = 0x9e3779b97f4a7c15u64;
                 for _ in 0..rounds {
+                    // Bounded: if the mover panics, the scope waits for this thread.
+                    let since = std::time::Instant::now();
                     let at = loop {
-                        let at = addr.swap(0, Ordering::AcqRel);
+                        let at = target.swap(0, Ordering::AcqRel);
                         if at != 0 {
                             break at;
+                        }
+                        if since.elapsed() > std::time::Duration::from_secs(20) {
+                            return;
                         }
                         std::hint::spin_loop();
                     };
                     rng ^= rng << 13;
                     rng ^= rng >> 7;
                     rng ^= rng << 17;
-                    for _ in 0..(rng % 20_000) {
+                    for _ in 0..(rng % 4_000) {
                         std::hint::spin_loop();
                     }
                     // SAFETY: a live frame of the arena; a volatile write as the server's.
-                    unsafe { std::ptr::write_volatile((at + 9000) as *mut u8, v) };
+                    unsafe { std::ptr::write_volatile(at as *mut u8, 0x5a) };
                     written.fetch_add(1, Ordering::AcqRel);
                 }
                 done.store(true, Ordering::Release);
             });
             let mut moved = 0;
+            let mut rng = 0x2545f4914f6cdd1du64;
+            // The same four frames every round: written again (private copies), then
+            // moved again.
+            let frs: Vec<Frame> = (0..4).map(|_| arena.frame()).collect();
             for round in 0..rounds {
-                let fr = arena.frame();
-                fr.bytes().copy_from_slice(&pages[1]);
-                let copy = fr.bytes().to_vec();
-                addr.store(fr.0 as usize, Ordering::Release);
-                // SAFETY: fr is a live frame of the arena.
-                if unsafe { src.move_onto(store.as_ref(), fr.0 as usize, m, &copy) } {
-                    moved += 1;
+                let mut copies = Vec::new();
+                for (i, fr) in frs.iter().enumerate() {
+                    fr.bytes().copy_from_slice(&pages[1 + i % 2]);
+                    copies.extend_from_slice(fr.bytes());
                 }
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                let (victim, offset) = ((rng % 4) as usize, 16 + (rng >> 8) as usize % (fs - 16));
+                target.store(frs[victim].0 as usize + offset, Ordering::Release);
+                // SAFETY: frs are consecutive live frames of the arena.
+                moved += unsafe { src.move_run(store.as_ref(), frs[0].0 as usize, &run, &copies) };
                 while written.load(Ordering::Acquire) <= round {
                     std::hint::spin_loop();
                 }
-                assert_eq!(fr.bytes()[9000], v, "round {round}: the write was lost");
+                for (i, fr) in frs.iter().enumerate() {
+                    let mut want = pages[1 + i % 2].clone();
+                    if i == victim {
+                        want[offset] = 0x5a;
+                    }
+                    assert!(
+                        fr.bytes() == &want[..],
+                        "round {round}, frame {i}: a write was lost or a byte changed"
+                    );
+                }
             }
-            assert!(moved > 0, "no frame moved in {rounds} rounds");
+            assert!(moved > 0, "no frame moved in {rounds} runs");
             eprintln!(
-                "{moved} of {rounds} frames moved, {} writes held by the fault handler",
+                "{moved} of {} frames moved, {} writes held by the fault handler",
+                4 * rounds,
                 crate::fault::held_writes()
             );
         });

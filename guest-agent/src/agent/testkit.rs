@@ -18,12 +18,14 @@ use crate::page::{
 pub struct Arena(*mut u8, std::cell::Cell<usize>);
 const ARENA: usize = crate::scan::MIN_REGION;
 impl Arena {
+    /// A 16 KiB-aligned anonymous region, as InnoDB's buffer-pool chunks are.
     pub fn new() -> Arena {
-        // SAFETY: fresh anonymous mapping owned by this value.
+        // SAFETY: fresh anonymous mapping; the unaligned head and tail are unmapped
+        // below, the rest is owned by this value.
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                ARENA,
+                ARENA + FRAME_SIZE,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
                 -1,
@@ -31,7 +33,19 @@ impl Arena {
             )
         };
         assert_ne!(p, libc::MAP_FAILED);
-        Arena(p.cast(), std::cell::Cell::new(0))
+        let base = p as usize;
+        let start = base.next_multiple_of(FRAME_SIZE);
+        // SAFETY: trimming our own fresh mapping to [start, start + ARENA).
+        unsafe {
+            if start > base {
+                libc::munmap(p, start - base);
+            }
+            let tail = base + ARENA + FRAME_SIZE - (start + ARENA);
+            if tail > 0 {
+                libc::munmap((start + ARENA) as *mut libc::c_void, tail);
+            }
+        }
+        Arena(start as *mut u8, std::cell::Cell::new(0))
     }
     /// Tells an agent this is a buffer pool, as the mmap hook would.
     pub fn show(&self, a: &Agent) {
@@ -45,8 +59,6 @@ impl Arena {
         );
     }
     pub fn frame(&self) -> Frame {
-        // The arena's start is page aligned; frames are 16 KiB aligned within it
-        // relative to that start, which is all mmap needs.
         let i = self.1.get();
         self.1.set(i + 1);
         assert!((i + 1) * FRAME_SIZE <= ARENA);
