@@ -47,6 +47,8 @@ pub struct CloneOpts {
     pub cold_buffer_pool: bool,
     /// Limit the server's reads on its volume to this many per second.
     pub read_iops: Option<u32>,
+    /// Flush the parent's dirty pages before the consistent point.
+    pub flush: bool,
 }
 
 impl Default for CloneOpts {
@@ -60,6 +62,7 @@ impl Default for CloneOpts {
             sharing: true,
             cold_buffer_pool: false,
             read_iops: None,
+            flush: true,
         }
     }
 }
@@ -184,14 +187,24 @@ impl<'a> Cloning<'a> {
         let (ctx, src) = (self.ctx, self.parent.name.clone());
         // Dirty pages flushed first: the replica's crash recovery has less to redo, and
         // clean frames are the ones it can share. Bounded; a busy source is cloned anyway.
+        // Skipped on request, and by the flush itself while the parent takes writes
+        // (see dbinstance::flush).
         let t = Instant::now();
-        match parent_db.flush_dirty_pages(64, FLUSH_TIMEOUT) {
-            Ok(f) if f.dirty_before > 64 => (self.say)(&format!(
+        match self
+            .opts
+            .flush
+            .then(|| parent_db.flush_dirty_pages(64, FLUSH_TIMEOUT))
+        {
+            Some(Ok(f)) if f.skipped_while_writing.is_some() => (self.say)(&format!(
+                "{src} is taking writes: its {} dirty pages are left to the replica's crash recovery (a flush now would delay {src}'s commits)",
+                f.dirty_before
+            )),
+            Some(Ok(f)) if f.dirty_before > 64 => (self.say)(&format!(
                 "flushed {src}'s dirty pages: {} -> {} in {} ms",
                 f.dirty_before, f.dirty_after, f.ms
             )),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(
+            Some(Ok(_)) | None => {}
+            Some(Err(e)) => tracing::warn!(
                 "flushing {src} before the clone: {}",
                 crate::error::chain(&e)
             ),

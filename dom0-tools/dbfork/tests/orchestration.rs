@@ -388,3 +388,39 @@ fn a_stopped_parent_and_taken_names_are_refused_before_anything_is_made() {
         .iter()
         .all(|c| !c.starts_with("attach") && !c.starts_with("start")));
 }
+
+#[test]
+fn a_clone_flushes_its_parent_before_the_hold_unless_told_not_to() {
+    let h = Harness::new();
+    h.source("src");
+    let calls0 = h.fake.world().calls.len();
+    h.clone("src", "r1").unwrap();
+    let calls: Vec<String> = h.fake.world().calls[calls0..].to_vec();
+    let flush = calls
+        .iter()
+        .position(|c| c == "endpoint:flush_dirty_pages src");
+    let hold = calls.iter().position(|c| c == "endpoint:hold_commits src");
+    assert!(flush.is_some() && flush < hold, "{calls:?}");
+
+    let calls0 = h.fake.world().calls.len();
+    h.clone_with(
+        "src",
+        "r2",
+        &CloneOpts {
+            flush: false,
+            ..CloneOpts::default()
+        },
+    )
+    .unwrap();
+    let calls: Vec<String> = h.fake.world().calls[calls0..].to_vec();
+    assert!(
+        calls.iter().any(|c| c == "endpoint:hold_commits src"),
+        "{calls:?}"
+    );
+    assert!(
+        !calls
+            .iter()
+            .any(|c| c.starts_with("endpoint:flush_dirty_pages")),
+        "{calls:?}"
+    );
+}

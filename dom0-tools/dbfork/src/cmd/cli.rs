@@ -91,6 +91,12 @@ pub enum Command {
         /// Start with a cold buffer pool (do not load the source's page dump).
         #[arg(long)]
         no_buffer_pool_load: bool,
+        /// Do not flush the source's dirty pages before the snapshot (the replica's
+        /// crash recovery then redoes more). Without it the flush runs when the source
+        /// is not taking writes (under a write load it could not finish, and its page
+        /// writes would delay the source's commits).
+        #[arg(long)]
+        no_flush: bool,
         /// Limit the replica server's reads on its volume to N per second (the
         /// kernel's IO controller; e.g. 150 models a 7200 rpm disk).
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]

@@ -67,6 +67,7 @@ pub fn run(store: &Path, out: &Output, cmd: Command) -> Result<()> {
             hydrate_first,
             no_sharing,
             no_buffer_pool_load,
+            no_flush,
             read_iops,
             substrate: _,
         } => {
@@ -83,6 +84,7 @@ pub fn run(store: &Path, out: &Output, cmd: Command) -> Result<()> {
                     sharing: !no_sharing,
                     cold_buffer_pool: no_buffer_pool_load,
                     read_iops,
+                    flush: !no_flush,
                 },
                 &say,
             )?;

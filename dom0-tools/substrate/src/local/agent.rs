@@ -46,8 +46,8 @@ pub fn find_library(dbfork_exe: &Path) -> Result<PathBuf> {
     }
 }
 
-/// The family's pool, in shared memory so its pages are shared. The store's inode
-/// number keeps two stores on one host apart.
+/// The family's pool, in shared memory so its pages are shared. The store's tag
+/// (device and inode) keeps two stores on one host apart.
 pub fn pool_path(store_dir: &Path, family: u32) -> PathBuf {
     let tag = orphans::store_tag(store_dir);
     Path::new(orphans::SHM).join(format!("dbfork-{tag}-family-{family}.pool"))

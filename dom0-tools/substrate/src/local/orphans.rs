@@ -1,8 +1,9 @@
 //! Host resources a store owns outside its directory: family pools in /dev/shm (RAM)
-//! and replicas' IO groups, all named `dbfork-<store inode>-...`. `dbfork destroy`
-//! removes them; a store deleted by hand (rm -rf) would leave them forever. Each store
-//! claims its inode in a small owner file (`dbfork-<inode>.store`, holding the store's
-//! path) next to its pools, and a sweep removes what belongs to a store that is gone.
+//! and replicas' IO groups, all named `dbfork-<store tag>-...`, the tag being the
+//! store directory's device and inode (`d<dev>i<ino>`). `dbfork destroy` removes them;
+//! a store deleted by hand (rm -rf) would leave them forever. Each store claims its tag
+//! in a small owner file (`dbfork-<tag>.store`, holding the store's path) next to its
+//! pools, and a sweep removes what belongs to a store that is gone.
 
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
@@ -11,20 +12,38 @@ use std::path::{Path, PathBuf};
 /// Where family pools live (shared memory).
 pub const SHM: &str = "/dev/shm";
 
-/// The inode number that names a store's host resources (0 if it cannot be read).
-pub fn store_tag(store_dir: &Path) -> u64 {
-    std::fs::metadata(store_dir).map(|m| m.ino()).unwrap_or(0)
+/// The tag that names a store's host resources: its directory's device and inode. An
+/// inode number alone repeats across file systems (every fresh XFS gives its first
+/// directories the same numbers), and two stores with one tag would share family pools
+/// and sweep each other's.
+pub fn store_tag(store_dir: &Path) -> String {
+    std::fs::metadata(store_dir)
+        .map(|m| tag(m.dev(), m.ino()))
+        .unwrap_or_else(|_| tag(0, 0))
 }
 
-fn owner_file(shm: &Path, tag: u64) -> PathBuf {
+fn tag(dev: u64, ino: u64) -> String {
+    format!("d{dev}i{ino}")
+}
+
+/// Whether `s` is a tag as `store_tag` makes them (owner files of other forms, such as
+/// the inode-only ones of earlier versions, are never swept).
+fn is_tag(s: &str) -> bool {
+    let digits = |x: &str| !x.is_empty() && x.bytes().all(|b| b.is_ascii_digit());
+    s.strip_prefix('d')
+        .and_then(|r| r.split_once('i'))
+        .is_some_and(|(d, i)| digits(d) && digits(i))
+}
+
+fn owner_file(shm: &Path, tag: &str) -> PathBuf {
     shm.join(format!("dbfork-{tag}.store"))
 }
 
-/// Records that `store_dir` owns the resources named after its inode.
+/// Records that `store_dir` owns the resources named after its tag.
 pub fn claim(shm: &Path, store_dir: &Path) -> std::io::Result<()> {
     let tag = store_tag(store_dir);
     let path = std::fs::canonicalize(store_dir)?;
-    let file = owner_file(shm, tag);
+    let file = owner_file(shm, &tag);
     if std::fs::read(&file).ok().as_deref() == Some(path.as_os_str().as_encoded_bytes()) {
         return Ok(());
     }
@@ -35,15 +54,15 @@ pub fn claim(shm: &Path, store_dir: &Path) -> std::io::Result<()> {
 /// destroyed), so a destroyed store leaves no owner file behind.
 pub fn release(shm: &Path, store_dir: &Path, group_roots: &[PathBuf]) {
     let tag = store_tag(store_dir);
-    let none_left = named_after(shm, tag).is_empty()
-        && group_roots.iter().all(|r| named_after(r, tag).is_empty());
+    let none_left = named_after(shm, &tag).is_empty()
+        && group_roots.iter().all(|r| named_after(r, &tag).is_empty());
     if none_left {
-        let _ = std::fs::remove_file(owner_file(shm, tag));
+        let _ = std::fs::remove_file(owner_file(shm, &tag));
     }
 }
 
-/// Entries of `dir` named after the store with inode `tag` (`dbfork-<tag>-...`).
-fn named_after(dir: &Path, tag: u64) -> Vec<PathBuf> {
+/// Entries of `dir` named after the store tagged `tag` (`dbfork-<tag>-...`).
+fn named_after(dir: &Path, tag: &str) -> Vec<PathBuf> {
     let prefix = format!("dbfork-{tag}-");
     std::fs::read_dir(dir)
         .map(|rd| {
@@ -55,9 +74,9 @@ fn named_after(dir: &Path, tag: u64) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
-/// Whether the store recorded for `tag` still exists with that inode.
-fn owner_alive(tag: u64, store: &Path) -> bool {
-    std::fs::metadata(store).is_ok_and(|m| m.ino() == tag)
+/// Whether the store recorded for `tag` still exists with that device and inode.
+fn owner_alive(tag: &str, store: &Path) -> bool {
+    store_tag(store) == tag
 }
 
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -81,7 +100,7 @@ pub fn sweep(shm: &Path, group_roots: &[PathBuf]) -> Swept {
             .to_str()
             .and_then(|n| n.strip_prefix("dbfork-"))
             .and_then(|n| n.strip_suffix(".store"))
-            .and_then(|n| n.parse::<u64>().ok())
+            .filter(|n| is_tag(n))
         else {
             continue;
         };
@@ -141,6 +160,11 @@ mod tests {
         // Unrelated files in shm are never touched, even with a similar name.
         let other = shm.path().join("dbfork-notanumber.store");
         std::fs::write(&other, "/nonexistent").unwrap();
+        // Nor an inode-only owner file of an earlier version, or its pools.
+        let legacy = shm.path().join("dbfork-131.store");
+        std::fs::write(&legacy, "/nonexistent").unwrap();
+        let legacy_pool = shm.path().join("dbfork-131-family-1.pool");
+        std::fs::write(&legacy_pool, b"pages").unwrap();
         let gone_tag = store_tag(gone.path());
         drop(gone);
 
@@ -148,9 +172,10 @@ mod tests {
         assert_eq!(swept.pools, vec![gone_pool.clone()]);
         assert_eq!(swept.groups, vec![gone_group.clone()]);
         assert!(!gone_pool.exists() && !gone_group.exists());
-        assert!(!owner_file(shm.path(), gone_tag).exists());
+        assert!(!owner_file(shm.path(), &gone_tag).exists());
         assert!(live_pool.exists() && live_group.exists() && other.exists());
-        assert!(owner_file(shm.path(), store_tag(live.path())).exists());
+        assert!(legacy.exists() && legacy_pool.exists());
+        assert!(owner_file(shm.path(), &store_tag(live.path())).exists());
         // Nothing more to do the second time.
         assert_eq!(
             sweep(shm.path(), &[groups.path().to_path_buf()]),
@@ -159,11 +184,27 @@ mod tests {
         // A live store releases its claim only once its pools and groups are gone.
         let roots = [groups.path().to_path_buf()];
         release(shm.path(), live.path(), &roots);
-        assert!(owner_file(shm.path(), store_tag(live.path())).exists());
+        assert!(owner_file(shm.path(), &store_tag(live.path())).exists());
         std::fs::remove_file(&live_pool).unwrap();
         std::fs::remove_dir(&live_group).unwrap();
         release(shm.path(), live.path(), &roots);
-        assert!(!owner_file(shm.path(), store_tag(live.path())).exists());
+        assert!(!owner_file(shm.path(), &store_tag(live.path())).exists());
+    }
+
+    /// Two stores whose directories have the same inode number on different file
+    /// systems (every fresh XFS numbers its first directories alike) get different
+    /// tags, so neither shares nor sweeps the other's family pools.
+    #[test]
+    fn stores_on_different_file_systems_never_share_a_tag() {
+        assert_ne!(tag(7, 131), tag(8, 131));
+        assert_ne!(tag(1, 31), tag(13, 1), "no digits run together");
+        let t = store_tag(Path::new("/"));
+        let root = std::fs::metadata("/").unwrap();
+        assert_eq!(t, format!("d{}i{}", root.dev(), root.ino()));
+        assert!(is_tag(&t) && is_tag("d0i0"));
+        for not in ["131", "notanumber", "d12", "di5", "d1i", "x1i2", "d1i2x"] {
+            assert!(!is_tag(not), "{not}");
+        }
     }
 
     #[test]
@@ -179,10 +220,10 @@ mod tests {
         drop(gone);
         let swept = sweep(shm.path(), &[groups.path().to_path_buf()]);
         assert!(swept.groups.is_empty());
-        assert!(owner_file(shm.path(), tag).exists());
+        assert!(owner_file(shm.path(), &tag).exists());
         std::fs::remove_dir(busy.join("member")).unwrap();
         let swept = sweep(shm.path(), &[groups.path().to_path_buf()]);
         assert_eq!(swept.groups, vec![busy]);
-        assert!(!owner_file(shm.path(), tag).exists());
+        assert!(!owner_file(shm.path(), &tag).exists());
     }
 }
