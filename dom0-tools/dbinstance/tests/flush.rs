@@ -4,14 +4,20 @@ use dbinstance::flush_dirty_pages;
 use experiments_support::testing::InstanceGuard;
 use std::time::Duration;
 
-#[test]
-fn flush_cleans_the_buffer_pool_and_restores_the_settings() {
-    let src = InstanceGuard::source("flush", 33).unwrap();
+/// A source whose buffer pool holds a freshly inserted table, not yet written.
+fn with_dirty_pages(name: &str, server_id: u32) -> InstanceGuard {
+    let src = InstanceGuard::source(name, server_id).unwrap();
     src.exec("CREATE DATABASE d").unwrap();
     src.exec("CREATE TABLE d.t (id INT PRIMARY KEY, v CHAR(200)) ENGINE=InnoDB")
         .unwrap();
     src.exec("INSERT INTO d.t SELECT seq, REPEAT('x', 200) FROM d.seq_1_to_20000")
         .unwrap();
+    src
+}
+
+#[test]
+fn flush_cleans_the_buffer_pool_and_restores_the_settings() {
+    let src = with_dirty_pages("flush", 33);
     let before: Vec<(String, Option<String>)> = [
         "innodb_max_dirty_pages_pct",
         "innodb_io_capacity",
@@ -46,12 +52,7 @@ fn flush_cleans_the_buffer_pool_and_restores_the_settings() {
 #[test]
 fn a_server_taking_writes_is_not_flushed() {
     use std::sync::atomic::{AtomicBool, Ordering};
-    let src = InstanceGuard::source("flushbusy", 34).unwrap();
-    src.exec("CREATE DATABASE d").unwrap();
-    src.exec("CREATE TABLE d.t (id INT PRIMARY KEY, v CHAR(200)) ENGINE=InnoDB")
-        .unwrap();
-    src.exec("INSERT INTO d.t SELECT seq, REPEAT('x', 200) FROM d.seq_1_to_20000")
-        .unwrap();
+    let src = with_dirty_pages("flushbusy", 34);
     let stop = AtomicBool::new(false);
     std::thread::scope(|s| {
         let writer = s.spawn(|| {
