@@ -31,20 +31,21 @@ const WRITE_PROBE: Duration = Duration::from_millis(300);
 /// small transactions a second; an idle server writes none).
 const WRITE_LOAD_BYTES: u64 = 16 << 10;
 
-fn lsn_current(c: &mut mysql::Conn, name: &str) -> Result<u64> {
+/// A numeric global status counter of the server (0 if it does not report it).
+fn status_counter(c: &mut mysql::Conn, name: &str, var: &str) -> Result<u64> {
     use mysql::prelude::Queryable;
-    let row: Option<(String, String)> = c
-        .query_first("SHOW GLOBAL STATUS LIKE 'Innodb_lsn_current'")
-        .map_err(|e| crate::Error::sql(name, "SHOW STATUS Innodb_lsn_current", e))?;
+    let row: Option<(String, String)> =
+        c.query_first(format!("SHOW GLOBAL STATUS LIKE '{var}'"))
+            .map_err(|e| crate::Error::sql(name, format!("SHOW STATUS {var}"), e))?;
     Ok(row.and_then(|r| r.1.parse().ok()).unwrap_or(0))
 }
 
 fn dirty(c: &mut mysql::Conn, name: &str) -> Result<u64> {
-    use mysql::prelude::Queryable;
-    let row: Option<(String, String)> = c
-        .query_first("SHOW GLOBAL STATUS LIKE 'Innodb_buffer_pool_pages_dirty'")
-        .map_err(|e| crate::Error::sql(name, "SHOW STATUS Innodb_buffer_pool_pages_dirty", e))?;
-    Ok(row.and_then(|r| r.1.parse().ok()).unwrap_or(0))
+    status_counter(c, name, "Innodb_buffer_pool_pages_dirty")
+}
+
+fn lsn_current(c: &mut mysql::Conn, name: &str) -> Result<u64> {
+    status_counter(c, name, "Innodb_lsn_current")
 }
 
 /// When to stop waiting for a flush that no longer gets anywhere: under a constant

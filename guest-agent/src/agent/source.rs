@@ -423,26 +423,25 @@ impl Agent {
                 0
             };
         };
+        // SAFETY: the caller's frames stay mapped and readable whatever their protection;
+        // once read-only (below), nobody can change them.
+        let live = |i: usize| unsafe { std::slice::from_raw_parts(at(i) as *const u8, FRAME_SIZE) };
+        // Frame `i` back to the server as it is now: writable, with its current bytes.
+        // SAFETY: the caller's frame, still mapped; no writer runs while it is read-only.
+        let give_back =
+            |i: usize| unsafe { self.restore_writable(store, at(i), live(i).to_vec().as_slice()) };
         let p = start as *mut libc::c_void;
         // SAFETY: the caller's frames; writes now fault and wait for `moving` to end.
         if unsafe { libc::mprotect(p, n * FRAME_SIZE, libc::PROT_READ) } != 0 {
             // Part of the range may be read-only already (one mapping after another).
-            for i in 0..n {
-                // SAFETY: mapped and readable whatever its protection now.
-                let live = unsafe { std::slice::from_raw_parts(at(i) as *const u8, FRAME_SIZE) };
-                // SAFETY: the caller's frame, mapped; a writable one keeps its bytes.
-                unsafe { self.restore_writable(store, at(i), live.to_vec().as_slice()) };
-            }
+            (0..n).for_each(give_back);
             return 0;
         }
-        // SAFETY: readable, and nobody can change them while they are read-only.
-        let live = |i: usize| unsafe { std::slice::from_raw_parts(at(i) as *const u8, FRAME_SIZE) };
         let mut moved = 0;
         let mut i = 0;
         while i < n {
             if live(i) != copy(i) {
-                // SAFETY: the caller's frame, read-only since above, its bytes unchanged.
-                unsafe { self.restore_writable(store, at(i), live(i).to_vec().as_slice()) };
+                give_back(i);
                 i += 1;
                 continue;
             }
@@ -464,10 +463,7 @@ impl Agent {
                         // tried.
                         unsafe { self.restore_writable(store, at(k), copy(k)) };
                     }
-                    for k in j..n {
-                        // SAFETY: read-only since above, its bytes unchanged.
-                        unsafe { self.restore_writable(store, at(k), live(k).to_vec().as_slice()) };
-                    }
+                    (j..n).for_each(give_back);
                     Stats::inc(&self.stats.map_errors);
                     self.disable_sharing(&map_failure_reason(&e));
                     break;
