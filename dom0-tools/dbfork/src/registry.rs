@@ -33,7 +33,7 @@ pub struct CloneReport {
     pub hold_ms: u64,
     pub hot_pages: usize,
     /// Frames the source's agent offered for sharing under this snapshot before the
-    /// replica started, by revalidating what it maps from the family's pool unchanged
+    /// replica started, by revalidating what it maps from the family's frame store unchanged
     /// (0: the warm set offered at the same LSN before still serves); None when no
     /// offer was made or it failed (sharing then starts cold). What it has to copy
     /// follows in the background.
@@ -52,7 +52,7 @@ pub struct PhaseTimes {
     pub flush: u64,
     pub consistent_point: u64,
     /// Waiting for the source's agent to offer its warm set under the new snapshot (its
-    /// copies of frames it does not map from the pool follow in the background).
+    /// copies of frames it does not map from the frame store follow in the background).
     #[serde(default)]
     pub share_scan: u64,
     pub clone_and_attach: u64,
