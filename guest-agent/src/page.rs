@@ -133,6 +133,27 @@ pub fn header(page: &[u8]) -> Result<PageHeader, PageError> {
 
 /// Decodes FSP_SPACE_FLAGS into a page size and checksum format; declines layouts
 /// whose on-disk page is not the in-memory page (compressed formats).
+/// The space and page size of a page being written at byte offset `off` of a data
+/// file whose page 0 is not known yet (a file recovery or the server is filling from
+/// the end): every page names its own number and space in its header, and the offset
+/// divided by the number is the page size. `None` unless that is consistent (a page
+/// other than 0, a power-of-two page size InnoDB uses).
+pub fn space_of_written(head: &[u8], off: u64) -> Option<(u32, u32)> {
+    if head.len() < FIL_PAGE_DATA {
+        return None;
+    }
+    let be = |i: usize| u32::from_be_bytes(head[i..i + 4].try_into().expect("4 bytes"));
+    let page_no = u64::from(be(FIL_PAGE_OFFSET));
+    if page_no == 0 || off % page_no != 0 {
+        return None;
+    }
+    let size = off / page_no;
+    if !size.is_power_of_two() || !(4096..=65536).contains(&size) {
+        return None;
+    }
+    Some((be(FIL_PAGE_SPACE_ID), size as u32))
+}
+
 pub fn space_format(flags: u32) -> Result<(u32, SpaceFormat), PageError> {
     if flags & FCRC32_MARKER != 0 {
         let ssize = flags & FCRC32_SSIZE_MASK;

@@ -113,6 +113,14 @@ pub fn clone(
             name: src.to_string(),
             source: Box::new(source),
         })?;
+    // 0 leaves commits out of the redo log file for up to a second: the snapshot
+    // would miss transactions the GTID read under the hold says it has (1 and 2 both
+    // write the file at commit, which is what a snapshot of the file takes).
+    if parent_db.redo_flush_at_commit()? == 0 {
+        return Err(Error::LazyRedo {
+            name: src.to_string(),
+        });
+    }
     let port = sub.sql_port(opts.port)?;
     let src_size = ctx.store()?.status(&parent.volume)?.size;
     ctx.check_space(src_size)?;
@@ -166,6 +174,7 @@ pub fn clone(
         sharing,
         sharing_off,
         domain,
+        run: Some(crate::registry::RunState::started_now()),
     };
     c.step(Step::Record, |c| c.ctx.registry().save(&rec))?;
     c.undo.commit();
@@ -313,9 +322,8 @@ impl<'a> Cloning<'a> {
                 region_size: store.recommended_region_size(),
             },
         )?;
-        self.undo.push(format!("volume {new}"), move || {
-            Ok(ctx.store()?.delete(new)?)
-        });
+        self.undo
+            .push(format!("volume {new}"), move || Ok(ctx.delete_volume(new)?));
         let domain = ctx.substrate().attach(new, new, None)?;
         {
             let domain = domain.clone();

@@ -53,6 +53,15 @@ impl Ctx {
         })
     }
 
+    /// Deletes an instance's volume and the log of its export process (a stop keeps
+    /// that log; nothing of a deleted volume stays in the store).
+    pub fn delete_volume(&self, name: &str) -> std::result::Result<(), lazyvol::Error> {
+        let store = Store::open(&self.store_dir)?;
+        store.delete(name)?;
+        let _ = std::fs::remove_file(self.run_dir().export_log(name));
+        Ok(())
+    }
+
     pub fn registry(&self) -> Registry {
         Registry::new(&self.store_dir)
     }

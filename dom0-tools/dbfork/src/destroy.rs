@@ -34,7 +34,7 @@ pub fn destroy(ctx: &Ctx, name: &str, with_replicas: bool, say: Say) -> Result<(
     sub.stop(&rec.config, &rec.domain, Stop::Clean(STOP_TIMEOUT))?;
     sub.detach(&rec.volume, &rec.domain)?;
     let store = ctx.store()?;
-    match store.delete(&rec.volume) {
+    match ctx.delete_volume(&rec.volume) {
         Ok(()) | Err(lazyvol::Error::UnknownVolume(_)) => {}
         Err(e) => return Err(e.into()),
     }

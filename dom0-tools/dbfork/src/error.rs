@@ -52,6 +52,10 @@ pub enum Error {
         #[source]
         source: Box<substrate::Error>,
     },
+    #[error("{name} runs, but {problems}; bring it back with `dbfork restart {name}`")]
+    Unhealthy { name: String, problems: String },
+    #[error("{name} runs with innodb_flush_log_at_trx_commit=0: its commits reach the redo log file up to a second late, so a snapshot could miss transactions its GTID position says it has; run SET GLOBAL innodb_flush_log_at_trx_commit=1 on {name} (2 also works) and clone again")]
+    LazyRedo { name: String },
     #[error("{name} has replicas ({replicas}); destroy them first or pass --with-replicas")]
     HasReplicas { name: String, replicas: String },
     #[error("{instance}: {step}")]

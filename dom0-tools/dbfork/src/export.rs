@@ -154,7 +154,10 @@ pub fn run_export(store: &Path, name: &str, addr: &ListenAddr) -> Result<()> {
         .export_described(name, format!("dbfork volume {name}"), device)?
         .serve(addr)?;
     tracing::info!(volume = name, %addr, uri = %addr.uri(name), "exporting");
-    eprintln!("exporting {name} at {}", addr.uri(name));
+    {
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), "exporting {name} at {}", addr.uri(name));
+    }
 
     while !stop.load(Ordering::Relaxed) {
         // Woken within this interval by the signal flag; no work happens here.

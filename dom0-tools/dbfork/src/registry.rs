@@ -72,6 +72,33 @@ pub struct Membership {
     pub role: String,
 }
 
+/// How the instance's server last started and stopped: whether what its agent keeps
+/// across restarts (a replica's written-page set) can be trusted at the next start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunState {
+    /// The host boot (Linux's boot_id) the server last started in.
+    pub boot_id: String,
+    /// `dbfork stop` stopped it and made its agent's state durable since.
+    pub stopped_cleanly: bool,
+}
+
+impl RunState {
+    /// A server that just started in this boot.
+    pub fn started_now() -> Self {
+        RunState {
+            boot_id: boot_id(),
+            stopped_cleanly: false,
+        }
+    }
+}
+
+/// This boot of the host (empty when the kernel does not say: then never "this boot").
+pub fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InstanceRecord {
     pub name: String,
@@ -89,6 +116,9 @@ pub struct InstanceRecord {
     pub sharing_off: Option<String>,
     /// What the substrate remembers about the instance's domain.
     pub domain: DomainState,
+    /// How its server last started and stopped (absent in records of earlier versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<RunState>,
 }
 
 impl InstanceRecord {
@@ -218,6 +248,10 @@ mod tests {
                 directory: false,
                 agent: None,
                 io_limit: None,
+            }),
+            run: Some(RunState {
+                boot_id: "b1".into(),
+                stopped_cleanly: true,
             }),
         }
     }

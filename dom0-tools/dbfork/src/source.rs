@@ -60,7 +60,7 @@ pub fn create(ctx: &Ctx, name: &str, opts: &SourceOptions) -> Result<InstanceRec
         store.create_with_region_size(name, opts.size, opts.region_size)?;
     }
     undo.push(format!("volume {name}"), move || {
-        Ok(ctx.store()?.delete(name)?)
+        Ok(ctx.delete_volume(name)?)
     });
     let mut domain = sub.attach(name, name, Some(opts.fs))?;
     {
@@ -84,6 +84,11 @@ pub fn create(ctx: &Ctx, name: &str, opts: &SourceOptions) -> Result<InstanceRec
     );
     cfg.datadir = sub.datadir(&domain);
     cfg.buffer_pool_size = opts.buffer_pool;
+    // The clone's consistent point reads the GTID position under a commit hold and
+    // snapshots the redo log file: every commit must be in that file when it returns
+    // (1: written and flushed; MariaDB's default, pinned so no my.cnf can change it).
+    cfg.extra
+        .insert("innodb_flush_log_at_trx_commit".into(), "1".into());
     std::fs::create_dir_all(&cfg.run_dir)
         .map_err(Error::io("creating the run dir", &cfg.run_dir))?;
     undo.push(format!("run dir of {name}"), move || {
@@ -133,6 +138,7 @@ pub fn create(ctx: &Ctx, name: &str, opts: &SourceOptions) -> Result<InstanceRec
         sharing,
         sharing_off,
         domain,
+        run: Some(crate::registry::RunState::started_now()),
     };
     ctx.registry().save(&rec)?;
     undo.commit();

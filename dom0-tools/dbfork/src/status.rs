@@ -11,7 +11,16 @@ pub struct InstanceStatus {
     pub role: Role,
     pub family: String,
     pub parent: Option<String>,
+    /// running, stopped (by `dbfork stop`), down (its server died, or the host went
+    /// down, since it last started), or broken (its server runs, but what it needs
+    /// does not serve: see `problems`).
     pub state: String,
+    /// What no longer serves of what the server needs (its disk's export, its mount).
+    pub problems: Vec<String>,
+    /// The end of the server's error log, when it is not running or broken.
+    pub log_tail: Vec<String>,
+    /// The command that brings it back, when it is not running well.
+    pub fix: Option<String>,
     pub port: u16,
     pub socket: String,
     pub volume: lazyvol::VolumeStatus,
@@ -21,7 +30,8 @@ pub struct InstanceStatus {
     /// Why replication will not progress on its own (source gone, SQL error).
     pub replication_problem: Option<String>,
     pub clone: Option<CloneReport>,
-    /// The guest agent's counters (pages pooled, lookups, shared, ...), when sharing is on.
+    /// Its family membership (family_id, domain_id, role) with the guest agent's
+    /// counters (pages pooled, lookups, shared, ...), when sharing is on.
     pub sharing: Option<serde_json::Value>,
     /// Why sharing is off, when it is.
     pub sharing_off: Option<String>,
@@ -65,12 +75,37 @@ pub fn status_of(ctx: &Ctx, rec: &InstanceRecord) -> InstanceStatus {
         .sharing
         .as_ref()
         .and_then(|_| sub.agent_counters(&rec.domain));
+    let sharing = rec.sharing.as_ref().map(|m| {
+        let mut v = counters.clone().unwrap_or_else(|| serde_json::json!({}));
+        if let Some(o) = v.as_object_mut() {
+            o.insert("family_id".into(), m.family_id.into());
+            o.insert("domain_id".into(), m.domain_id.into());
+            o.insert("role".into(), m.role.clone().into());
+        }
+        v
+    });
+    let health = sub.health(&rec.config, &rec.volume, &rec.domain);
+    let stopped_cleanly = rec.run.as_ref().is_some_and(|r| r.stopped_cleanly);
+    let (state, fix) = match (running, health.problems.is_empty(), stopped_cleanly) {
+        (true, true, _) => ("running", None),
+        (true, false, _) => ("broken", Some(format!("dbfork restart {}", rec.name))),
+        (false, _, true) => ("stopped", Some(format!("dbfork start {}", rec.name))),
+        (false, _, false) => ("down", Some(format!("dbfork start {}", rec.name))),
+    };
+    let log_tail = if state == "running" || state == "stopped" {
+        Vec::new()
+    } else {
+        health.log_tail
+    };
     InstanceStatus {
         name: rec.name.clone(),
         role: rec.role,
         family: rec.family.clone(),
         parent: rec.parent().map(str::to_string),
-        state: if running { "running" } else { "stopped" }.to_string(),
+        state: state.to_string(),
+        problems: health.problems,
+        log_tail,
+        fix,
         port: rec.config.port,
         socket: rec.config.socket_path().display().to_string(),
         hydrated_percent,
@@ -84,7 +119,7 @@ pub fn status_of(ctx: &Ctx, rec: &InstanceRecord) -> InstanceStatus {
                 .as_ref()
                 .and_then(|v| v["sharing_off_reason"].as_str().map(str::to_string))
         }),
-        sharing: counters,
+        sharing,
         io_limit: sub.read_limit(&rec.domain),
     }
 }

@@ -35,7 +35,10 @@ impl Drop for Undo<'_> {
             if let Err(e) = f() {
                 let e = e.chain();
                 tracing::error!(step = %what, error = %e, "undo failed; clean up by hand");
-                eprintln!("dbfork: could not undo {what}: {e}");
+                {
+                    use std::io::Write as _;
+                    let _ = writeln!(std::io::stderr(), "dbfork: could not undo {what}: {e}");
+                }
             }
         }
     }

@@ -3,6 +3,11 @@
 /// Parses `4096`, `512K`, `256M`, `1G`, `4GiB`, `2T` (binary multiples; case-insensitive).
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
+    if t.starts_with('-') {
+        return Err(format!(
+            "size {s:?}: must be positive, a number like 4096, 256M or 1G"
+        ));
+    }
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     if num.is_empty() {

@@ -126,3 +126,103 @@ fn prefetch_of_a_closed_clone_hydrates_those_ranges() {
     let after = store.json(&["volume", "status", "c"]);
     assert_eq!(after["hydrated_bytes"], 3 * 65536, "{after}");
 }
+
+/// Runs `dbfork args...` with its stdout a pipe whose reader is already gone.
+fn with_closed_stdout(args: &[&str]) -> std::process::Output {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe(2) writes two fds into the array we own.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: both fds are fresh and owned here; the read end is closed at once.
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    drop(read);
+    let child = std::process::Command::new(DBFORK)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::from(write))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_reader_that_went_away_is_not_a_panic() {
+    let store = TestStore::new();
+    store.ok(&["volume", "create", "a", "--size", "16M"]);
+    let s = store.path().to_str().unwrap();
+    for args in [
+        &["--store", s, "volume", "list"][..],
+        &["--store", s, "--json", "volume", "list"][..],
+        &["--store", s, "volume", "status", "a"][..],
+        &["--store", s, "--json", "volume", "status", "a"][..],
+        &["--store", s, "list"][..],
+        &["--store", s, "--json", "list"][..],
+        &["--store", s, "--json", "status", "ghost"][..],
+        &["--help"][..],
+    ] {
+        let out = with_closed_stdout(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_ne!(out.status.code(), Some(101), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn a_store_that_is_not_a_directory_and_bad_numbers_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let missing = dir.path().join("nothing-here");
+    for (store, want) in [(&file, "not a directory"), (&missing, "no such directory")] {
+        for verb in [&["list"][..], &["status", "x"], &["volume", "list"]] {
+            let out = std::process::Command::new(DBFORK)
+                .arg("--store")
+                .arg(store)
+                .args(verb)
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{verb:?} on {}", store.display());
+            assert!(err.contains(want) && err.contains("--store"), "{err}");
+        }
+    }
+    // The verbs that make a store may find it missing; boot units find nothing to do.
+    let out = std::process::Command::new(DBFORK)
+        .arg("--store")
+        .arg(&missing)
+        .args(["start", "--all"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let store = TestStore::new();
+    for (args, want) in [
+        (
+            &["source", "create", "x", "--size", "-5G"][..],
+            "must be positive",
+        ),
+        (
+            &["volume", "create", "x", "--size", "-1"][..],
+            "must be positive",
+        ),
+        (
+            &["clone", "a", "b", "--rate", "-1"][..],
+            "positive number of MiB/s",
+        ),
+        (&["clone", "a", "b", "--read-iops", "-3"][..], "-3"),
+        (
+            &["source", "create", "x", "--buffer-pool", "-128M"][..],
+            "must be positive",
+        ),
+    ] {
+        let err = store.fails(args);
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(!err.contains("unexpected argument"), "{args:?}: {err}");
+    }
+    assert!(!store.path().join("instances").join("x").exists());
+}

@@ -218,8 +218,13 @@ fn a_failure_at_every_step_of_a_clone_leaves_nothing_and_names_the_step() {
                     }
                     // The checks before anything is made.
                     None => assert!(
-                        ["endpoint", "endpoint:require_binlog", "sql_port"]
-                            .contains(&method.as_str()),
+                        [
+                            "endpoint",
+                            "endpoint:require_binlog",
+                            "endpoint:redo_flush_at_commit",
+                            "sql_port"
+                        ]
+                        .contains(&method.as_str()),
                         "{call}: failed outside a step: {text}"
                     ),
                 }
@@ -423,4 +428,168 @@ fn a_clone_flushes_its_parent_before_the_hold_unless_told_not_to() {
             .any(|c| c.starts_with("endpoint:flush_dirty_pages")),
         "{calls:?}"
     );
+}
+
+fn start(h: &Harness, name: &str) -> dbfork::Result<dbfork::lifecycle::Started> {
+    dbfork::lifecycle::start(&h.ctx, name, &|_| {})
+}
+
+fn stop(h: &Harness, name: &str) -> dbfork::Result<dbfork::lifecycle::Stopped> {
+    dbfork::lifecycle::stop(&h.ctx, name, &|_| {})
+}
+
+#[test]
+fn stop_and_start_bring_an_instance_back_in_its_family_replicating() {
+    use dbfork::lifecycle::{Started, Stopped};
+    let h = Harness::new();
+    h.source("src");
+    let r1 = h.clone("src", "r1").unwrap();
+    let m = r1.sharing.clone().unwrap();
+
+    assert_eq!(stop(&h, "r1").unwrap(), Stopped::Stopped);
+    {
+        let w = h.fake.world();
+        assert!(!w.running.contains_key("r1"));
+        assert!(!w.attached.contains_key("r1"), "a stop releases the volume");
+        // The agent's state is made durable after the server stopped, before the detach.
+        let at = |c: &str| w.calls.iter().position(|x| x == c).unwrap();
+        assert!(at("stop r1") < at("persist_agent_state r1"));
+        assert!(at("persist_agent_state r1") < at("detach r1"));
+    }
+    assert!(
+        h.registry()
+            .load("r1")
+            .unwrap()
+            .run
+            .unwrap()
+            .stopped_cleanly
+    );
+    assert_eq!(stop(&h, "r1").unwrap(), Stopped::AlreadyStopped);
+
+    assert_eq!(start(&h, "r1").unwrap(), Started::Started);
+    let again = h.registry().load("r1").unwrap();
+    assert_eq!(again.sharing, Some(m.clone()), "same family, same domain");
+    assert!(!again.run.unwrap().stopped_cleanly);
+    {
+        let w = h.fake.world();
+        let server = &w.running["r1"];
+        assert!(
+            matches!(
+                server.agent.as_ref().map(|a| &a.role),
+                Some(substrate::AgentRole::Replica { snapshot_lsn })
+                    if *snapshot_lsn == r1.clone.as_ref().unwrap().snapshot_lsn
+            ),
+            "the agent in its role, under its snapshot LSN: {:?}",
+            server.agent
+        );
+        assert!(server.replicating.is_some(), "replication resumed");
+        assert!(w.families[&m.family_id].members.contains(&m.domain_id));
+    }
+    assert_eq!(start(&h, "r1").unwrap(), Started::AlreadyRunning);
+
+    // A source stopped and started keeps its family (its replica stays a member).
+    stop(&h, "src").unwrap();
+    start(&h, "src").unwrap();
+    let src = h.registry().load("src").unwrap();
+    assert!(src.sharing.is_some() && src.sharing_off.is_none());
+    assert!(h.fake.world().running.contains_key("r1"));
+}
+
+#[test]
+fn a_replica_without_its_agent_once_never_shares_again() {
+    let h = Harness::new();
+    h.source("src");
+    let r1 = h.clone("src", "r1").unwrap();
+    let m = r1.sharing.clone().unwrap();
+    h.fake.crash("r1");
+    // The host cannot run the agent at this start: the replica starts without it,
+    // and its written-page set misses what it writes now, so it leaves for good.
+    h.fake.world().sharing_off = Some("agent library gone".into());
+    start(&h, "r1").unwrap();
+    let rec = h.registry().load("r1").unwrap();
+    assert!(rec.sharing.is_none());
+    assert!(
+        rec.sharing_off
+            .as_deref()
+            .unwrap()
+            .starts_with("off for good"),
+        "{:?}",
+        rec.sharing_off
+    );
+    assert!(!h.fake.world().families[&m.family_id]
+        .members
+        .contains(&m.domain_id));
+    // The agent is back on the host: still no agent for this replica.
+    h.fake.world().sharing_off = None;
+    h.fake.crash("r1");
+    start(&h, "r1").unwrap();
+    assert!(h.fake.world().running["r1"].agent.is_none());
+}
+
+#[test]
+fn a_replica_that_ran_when_the_host_went_down_stops_sharing() {
+    let h = Harness::new();
+    h.source("src");
+    h.clone("src", "r1").unwrap();
+    h.clone("src", "r2").unwrap();
+    // r1 was stopped cleanly before the reboot; r2 was running when the host went
+    // down (its record names an earlier boot, not stopped cleanly).
+    stop(&h, "r1").unwrap();
+    let reg = h.registry();
+    for name in ["r1", "r2", "src"] {
+        let mut rec = reg.load(name).unwrap();
+        rec.run.as_mut().unwrap().boot_id = "an-earlier-boot".into();
+        reg.save(&rec).unwrap();
+        h.fake.crash(name);
+    }
+    let out = dbfork::lifecycle::start_all(&h.ctx, &|_| {}).unwrap();
+    let order: Vec<&str> = out.iter().map(|o| o.name.as_str()).collect();
+    assert_eq!(order, ["src", "r1", "r2"], "sources before their replicas");
+    assert!(out.iter().all(|o| o.result.is_ok()), "{out:?}");
+    let w = h.fake.world();
+    assert!(
+        w.running["r1"].agent.is_some(),
+        "its set was synced at its stop"
+    );
+    assert!(w.running["r2"].agent.is_none());
+    assert!(w.running["src"].agent.is_some());
+    drop(w);
+    let r2 = reg.load("r2").unwrap();
+    assert!(r2.sharing.is_none());
+    assert!(r2.sharing_off.unwrap().contains("host went down"));
+}
+
+#[test]
+fn a_clone_of_a_source_whose_commits_skip_the_redo_file_is_refused() {
+    let h = Harness::new();
+    h.source("src");
+    h.fake.world().redo_flush_at_commit = Some(0);
+    let e = h.clone("src", "r1").unwrap_err();
+    let text = dbfork::error::chain(&e);
+    assert!(
+        text.contains("innodb_flush_log_at_trx_commit=0") && text.contains("SET GLOBAL"),
+        "{text}"
+    );
+    h.assert_gone("r1", None);
+    h.fake.world().redo_flush_at_commit = Some(2);
+    h.clone("src", "r1").unwrap();
+}
+
+#[test]
+fn start_of_a_running_instance_whose_disk_is_gone_says_restart() {
+    let h = Harness::new();
+    h.source("src");
+    h.clone("src", "r1").unwrap();
+    // The fake's lost disk takes the server with it; as on the real host, where a
+    // server may keep running on a dead disk, start is refused while it runs.
+    h.fake.lose_disk("r1");
+    let st = dbfork::status::status_of(&h.ctx, &h.registry().load("r1").unwrap());
+    assert_eq!(st.state, "down");
+    assert_eq!(st.fix.as_deref(), Some("dbfork start r1"));
+    start(&h, "r1").unwrap();
+    let st = dbfork::status::status_of(&h.ctx, &h.registry().load("r1").unwrap());
+    assert_eq!(st.state, "running");
+    assert!(st.problems.is_empty() && st.fix.is_none());
+    let sharing = st.sharing.unwrap();
+    assert_eq!(sharing["role"], "replica", "{sharing}");
 }

@@ -81,12 +81,33 @@ pub fn configure_replica(
     drop(sc);
     exec(&mut c, name, "STOP SLAVE")?;
     exec(&mut c, name, "RESET SLAVE ALL")?;
+    // The position is the replica's whole state: durable before this returns, also on
+    // a replica that fsyncs its redo once a second (its disk may die the next moment,
+    // and a replica that comes back without its position would replay from nowhere).
+    let durability: Option<u64> = crate::sql::scalar(
+        &mut c,
+        name,
+        "SELECT @@GLOBAL.innodb_flush_log_at_trx_commit",
+    )?;
+    exec(
+        &mut c,
+        name,
+        "SET GLOBAL innodb_flush_log_at_trx_commit = 1",
+    )?;
     exec(
         &mut c,
         name,
         &format!(
             "SET GLOBAL gtid_slave_pos = {}",
             quote(&gtid_pos.to_string())
+        ),
+    )?;
+    exec(
+        &mut c,
+        name,
+        &format!(
+            "SET GLOBAL innodb_flush_log_at_trx_commit = {}",
+            durability.unwrap_or(1)
         ),
     )?;
     let change = format!(
@@ -102,6 +123,71 @@ pub fn configure_replica(
     exec(&mut c, name, "START SLAVE")?;
     tracing::info!(replica = name, host = %source.host, port = source.port, gtid = %gtid_pos, "replication configured");
     Ok(())
+}
+
+/// Starts a restarted replica's replication again from where it stopped: its position
+/// is InnoDB's own (`gtid_slave_pos`, crash safe), so when its connection settings did
+/// not survive (a crash can leave master.info or relay-log.info torn) they are set
+/// again, to the source at `host:port` with the account the replica stored, and it
+/// fetches from that position.
+///
+/// After its disk or host went down, the replica's binary log (not fsynced per
+/// transaction) may hold transactions its data lost; replaying them from its position
+/// would clash with them in gtid_strict_mode. With `may_reset_binlog` (no replica of
+/// its own reads that log) the log is emptied first; otherwise that is an error that
+/// says so.
+pub fn resume_replica(
+    replica: &Instance,
+    host: &str,
+    port: u16,
+    may_reset_binlog: bool,
+) -> Result<()> {
+    let name = replica.name();
+    let mut c = replica.conn()?;
+    let slave = gtid_var(&mut c, name, "gtid_slave_pos")?;
+    let binlog = gtid_var(&mut c, name, "gtid_binlog_pos")?;
+    let ahead: Vec<String> = binlog
+        .iter()
+        .filter(|b| slave.get(b.domain).is_none_or(|s| b.seq_no > s.seq_no))
+        .map(|b| format!("{}-{}-{}", b.domain, b.server_id, b.seq_no))
+        .collect();
+    if !ahead.is_empty() {
+        if !may_reset_binlog {
+            return Err(Error::InvalidConfig(format!(
+                "{name}'s binary log holds {} beyond its data's position {slave} (its disk or \
+                 host went down before the data was durable), and replicas of {name} read \
+                 that log: destroy them and clone them again, then start {name}",
+                ahead.join(",")
+            )));
+        }
+        tracing::warn!(
+            replica = name,
+            binlog = %binlog,
+            position = %slave,
+            "the binary log is ahead of the data (a crash lost the last writes): emptying it before replication resumes"
+        );
+        exec(&mut c, name, "RESET MASTER")?;
+    }
+    match exec(&mut c, name, "START SLAVE") {
+        Ok(()) => return Ok(()),
+        Err(e) => tracing::warn!(
+            replica = name,
+            "START SLAVE failed ({e}); setting replication up again from its GTID position"
+        ),
+    }
+    let creds = replica.repl_credentials()?;
+    exec(&mut c, name, "STOP SLAVE")?;
+    exec(&mut c, name, "RESET SLAVE ALL")?;
+    let change = format!(
+        "CHANGE MASTER TO MASTER_HOST={}, MASTER_PORT={}, MASTER_USER={}, MASTER_PASSWORD={}, MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1",
+        quote(host),
+        port,
+        quote(&creds.user),
+        quote(&creds.password)
+    );
+    c.query_drop(&change)
+        .map_err(|e| Error::sql(name, "CHANGE MASTER TO (password elided)", e))?;
+    exec(&mut c, name, "START SLAVE")
 }
 
 /// A smallest server_id not in `used` and above all of them (ids only grow, so a

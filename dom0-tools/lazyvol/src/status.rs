@@ -66,10 +66,17 @@ pub(crate) fn read_stats(layout: &Layout, name: &str) -> Option<Stats> {
     })
 }
 
+/// A process that exists and is not a zombie (a killed export whose parent has not
+/// reaped it yet holds nothing open any more).
 fn process_alive(pid: u32) -> bool {
-    // SAFETY: signal 0 only checks that the process exists.
-    let rc = unsafe { libc::kill(pid as libc::pid_t, 0) };
-    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state letter follows the parenthesised command name.
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
 }
 
 fn eta(remaining: u64, rate: u64) -> Option<u64> {

@@ -323,6 +323,7 @@ impl Store {
             meta::write_meta(&self.layout, &m)?;
             let dir = self.layout.directory(name);
             std::fs::remove_dir_all(&dir).ctx(|| format!("removing {}", dir.display()))?;
+            let _ = std::fs::remove_file(self.layout.volume_lock(name));
             return Ok(());
         }
         let _held = self.try_name_lock(name, LockMode::Exclusive)?;
@@ -347,6 +348,9 @@ impl Store {
         m.volumes.remove(name);
         meta::write_meta(&self.layout, &m)?;
         let _ = std::fs::remove_file(self.layout.volume_stats(name));
+        // Its lock file goes too (held here, under the store lock: whoever opens the
+        // name next makes a new one and finds the volume gone).
+        let _ = std::fs::remove_file(self.layout.volume_lock(name));
         self.collect_garbage(&m);
         meta::ensure_reserve(&self.layout);
         Ok(())

@@ -6,8 +6,8 @@ use dbinstance::InstanceConfig;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use substrate::{
-    DomainState, Endpoint, Error, FsType, Kind, Quiesced, ReadLimit, Result, StartRequest, Stop,
-    Substrate, Swept, WarmSet,
+    DomainState, Endpoint, Error, FsType, Health, Kind, Quiesced, ReadLimit, Result, StartRequest,
+    Stop, Substrate, Swept, WarmSet,
 };
 
 type Action = Box<dyn FnMut() + Send>;
@@ -111,6 +111,15 @@ impl<S: Substrate> Substrate for Faulty<S> {
     }
     fn detach(&self, volume: &str, domain: &DomainState) -> Result<()> {
         self.inner.detach(volume, domain)
+    }
+    fn reattach(&self, name: &str, volume: &str, domain: &DomainState) -> Result<DomainState> {
+        self.around("attach", name, || self.inner.reattach(name, volume, domain))
+    }
+    fn health(&self, config: &InstanceConfig, volume: &str, domain: &DomainState) -> Health {
+        self.inner.health(config, volume, domain)
+    }
+    fn persist_agent_state(&self, domain: &DomainState) -> Result<()> {
+        self.inner.persist_agent_state(domain)
     }
     fn datadir(&self, domain: &DomainState) -> PathBuf {
         self.inner.datadir(domain)

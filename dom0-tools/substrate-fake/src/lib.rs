@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use substrate::local::LocalDomain;
 use substrate::{
-    AgentSpec, CommitHold, DomainState, Endpoint, Error, FsType, Kind, Quiesced, ReadLimit, Result,
-    StartRequest, Stop, Substrate, Swept, WarmSet,
+    AgentSpec, CommitHold, DomainState, Endpoint, Error, FsType, Health, Kind, Quiesced, ReadLimit,
+    Result, StartRequest, Stop, Substrate, Swept, WarmSet,
 };
 
 /// A server running in the fake.
@@ -54,6 +54,14 @@ pub struct World {
     /// Sharing is refused with this reason when set.
     pub sharing_off: Option<String>,
     pub sweeps: usize,
+    /// Replication as each replica's datadir remembers it (survives its server).
+    pub replica_of: BTreeMap<String, (ReplicationSource, GtidPos)>,
+    /// Domains whose disk stopped serving (`lose_disk`).
+    pub lost_disks: BTreeSet<String>,
+    /// What every server answers for innodb_flush_log_at_trx_commit (default 1).
+    pub redo_flush_at_commit: Option<u32>,
+    /// Domains whose agent state was made durable, in order.
+    pub persisted: Vec<String>,
     pub released: usize,
     fault: Option<(String, usize)>,
     next_pid: u32,
@@ -108,6 +116,13 @@ impl Fake {
     }
 
     /// Kills a running server, as a crash would (its volume stays attached).
+    /// The domain's disk stops serving (its export process died): its server goes too.
+    pub fn lose_disk(&self, name: &str) {
+        let mut w = self.world();
+        w.lost_disks.insert(name.to_string());
+        w.running.remove(name);
+    }
+
     pub fn crash(&self, name: &str) {
         self.world().running.remove(name);
     }
@@ -177,6 +192,40 @@ impl Substrate for Fake {
             });
         }
         w.attached.remove(volume);
+        Ok(())
+    }
+
+    fn reattach(&self, name: &str, volume: &str, domain: &DomainState) -> Result<DomainState> {
+        self.enter("reattach", name)?;
+        let mut w = self.world();
+        w.lost_disks.remove(name);
+        match w.attached.get(volume) {
+            Some(n) if n == name => Ok(domain.clone()),
+            Some(other) => Err(Error::AlreadyAttached(volume.to_string(), other.clone())),
+            None => {
+                w.attached.insert(volume.to_string(), name.to_string());
+                Ok(domain.clone())
+            }
+        }
+    }
+
+    fn health(&self, _config: &InstanceConfig, volume: &str, domain: &DomainState) -> Health {
+        let name = Self::name_of(domain);
+        let w = self.world();
+        Health {
+            problems: if w.lost_disks.contains(&name) {
+                vec![format!("the export of volume {volume} is gone")]
+            } else {
+                Vec::new()
+            },
+            log_tail: Vec::new(),
+        }
+    }
+
+    fn persist_agent_state(&self, domain: &DomainState) -> Result<()> {
+        let name = Self::name_of(domain);
+        self.enter("persist_agent_state", &name)?;
+        self.world().persisted.push(name);
         Ok(())
     }
 
@@ -440,7 +489,21 @@ impl Endpoint for FakeEndpoint {
         let mut w = self.fake.world();
         let s = w.running.get_mut(&self.name).expect("checked running");
         s.replicating = Some((source.clone(), after.clone()));
+        w.replica_of
+            .insert(self.name.clone(), (source.clone(), after.clone()));
         Ok(())
+    }
+    fn resume_replication(&self, _host: &str, _port: u16, _may_reset: bool) -> Result<()> {
+        self.call("resume_replication")?;
+        let mut w = self.fake.world();
+        let remembered = w.replica_of.get(&self.name).cloned();
+        let s = w.running.get_mut(&self.name).expect("checked running");
+        s.replicating = remembered;
+        Ok(())
+    }
+    fn redo_flush_at_commit(&self) -> Result<u32> {
+        self.call("redo_flush_at_commit")?;
+        Ok(self.fake.world().redo_flush_at_commit.unwrap_or(1))
     }
     fn replication_status(&self) -> Result<Option<ReplicationStatus>> {
         self.call("replication_status")?;

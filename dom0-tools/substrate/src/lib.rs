@@ -227,6 +227,18 @@ pub struct ReadLimit {
     pub reads: Option<u64>,
 }
 
+/// What keeps a domain's server from running, or from running well, as `status` and
+/// `start` tell it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// What no longer serves of what the server needs (its volume's export process,
+    /// its mount, its tree), each a sentence. Empty when all of it serves (or the
+    /// volume is simply not attached: a stopped domain).
+    pub problems: Vec<String>,
+    /// The last lines of the server's error log.
+    pub log_tail: Vec<String>,
+}
+
 /// What a sweep of leftovers removed.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Swept {
@@ -248,6 +260,13 @@ pub trait Substrate {
     /// Takes the volume away from the domain (its server must be stopped). Tolerates
     /// finding it detached already.
     fn detach(&self, volume: &str, domain: &DomainState) -> Result<()>;
+    /// Attaches the volume of a domain that was attached before (after a stop, a crash
+    /// or a host reboot), resuming from what the volume committed: an attach that still
+    /// serves is kept, what is left of one that does not (a dead export process, a lost
+    /// mount) is taken apart first. The server's datadir stays where it was.
+    fn reattach(&self, name: &str, volume: &str, domain: &DomainState) -> Result<DomainState>;
+    /// What no longer serves of the domain's disk, and the end of its server's log.
+    fn health(&self, config: &InstanceConfig, volume: &str, domain: &DomainState) -> Health;
     /// Where the server's datadir is, as the server sees it.
     fn datadir(&self, domain: &DomainState) -> PathBuf;
     /// Holds what writes the domain's volume still, everything it acknowledged on the
@@ -285,6 +304,10 @@ pub trait Substrate {
     fn endpoint(&self, config: &InstanceConfig, domain: &DomainState) -> Result<Box<dyn Endpoint>>;
 
     // ---- page sharing
+    /// Makes durable what the domain's agent keeps across restarts (a replica's
+    /// written-page set), once its server has stopped: a host that goes down after
+    /// this loses none of it.
+    fn persist_agent_state(&self, domain: &DomainState) -> Result<()>;
     /// Whether domains here can run the agent and its page table; the error says why
     /// not.
     fn sharing_available(&self) -> Result<()>;
@@ -328,6 +351,16 @@ pub trait Endpoint {
     fn replication_source(&self) -> Result<ReplicationSource>;
     /// Makes this server a read-only replica of `source` from right after `after`.
     fn replicate_from(&self, source: &ReplicationSource, after: &GtidPos) -> Result<()>;
+    /// Starts replication again from where it stopped (a replica's server restarted:
+    /// servers start with replication held, see dbinstance's `skip_slave_start`), from
+    /// its source at `host:port` with the account it stored when it was set up. A
+    /// binary log that a crash left ahead of the data is emptied when
+    /// `may_reset_binlog` (nothing replicates from it), refused otherwise.
+    fn resume_replication(&self, host: &str, port: u16, may_reset_binlog: bool) -> Result<()>;
+    /// The server's `innodb_flush_log_at_trx_commit` (0 leaves commits out of the redo
+    /// log file for up to a second: a snapshot would miss what its GTID position says
+    /// it has).
+    fn redo_flush_at_commit(&self) -> Result<u32>;
     /// `None` when the server is not a replica.
     fn replication_status(&self) -> Result<Option<ReplicationStatus>>;
 }

@@ -75,6 +75,17 @@ pub fn process_alive(pid: u32) -> bool {
     }
 }
 
+/// A process's command line, argument by argument (`None` when it is gone).
+pub fn cmdline(pid: u32) -> Option<Vec<String>> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    Some(
+        raw.split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect(),
+    )
+}
+
 /// Sends a signal to a process; a process already gone is not an error.
 pub fn signal(pid: u32, sig: i32) {
     // SAFETY: kill(2) has no memory-safety preconditions; a stale pid only makes it fail.

@@ -175,6 +175,9 @@ impl Agent {
         let n = read(buf.bytes(), 0);
         if n >= MIN_HEADER as isize {
             self.identify(fd, &buf.bytes()[..n as usize], path);
+        } else {
+            let err = std::io::Error::last_os_error();
+            tracing::debug!(file = %String::from_utf8_lossy(path), n, %err, "dbfork agent: page 0 unreadable at open");
         }
     }
 
@@ -182,6 +185,7 @@ impl Agent {
         // A zero-filled start (a file being extended before page 0 is written) would
         // decode as space 0 with default flags; wait for the real page 0.
         if page0.iter().take(MIN_HEADER).all(|&b| b == 0) {
+            tracing::debug!(file = %String::from_utf8_lossy(path), "dbfork agent: page 0 zeros at open");
             return;
         }
         match page::space_info(page0) {
@@ -338,24 +342,40 @@ impl Agent {
                 match self.fds.get(fd) {
                     FdState::Identified(id) => id,
                     _ => {
-                        // A write to a data file of unknown space: the written set
-                        // cannot say which pages are now this replica's own.
-                        if self.config.role == Role::Replica {
-                            self.disable_sharing(
-                                "write to a data file that could not be identified",
-                            );
+                        // A data file whose page 0 is not there yet (an empty file the
+                        // server fills page by page): the written page names its space.
+                        match page::space_of_written(head, off as u64) {
+                            Some((space_id, page_size)) => {
+                                self.record_pages_written(space_id, page_size, count, off);
+                            }
+                            // The written set cannot say which pages are now this
+                            // replica's own.
+                            None if self.config.role == Role::Replica => {
+                                let path = std::fs::read_link(format!("/proc/self/fd/{fd}"))
+                                    .map(|p| p.display().to_string())
+                                    .unwrap_or_else(|_| format!("fd {fd}"));
+                                self.written_set_incomplete(&format!(
+                                    "write to a data file that could not be identified ({path} at offset {off})"
+                                ));
+                            }
+                            None => {}
                         }
                         return;
                     }
                 }
             }
         };
+        self.record_pages_written(id.space_id, id.page_size, count, off);
+    }
+
+    /// The pages `count` bytes written at `off` cover: this process's own from now on.
+    fn record_pages_written(&self, space_id: u32, page_size: u32, count: usize, off: i64) {
         Stats::inc(&self.stats.writes_data);
-        let ps = u64::from(id.page_size);
+        let ps = u64::from(page_size);
         let first = off as u64 / ps;
         let last = (off as u64 + count as u64 - 1) / ps;
         let keys: Vec<u64> = (first..=last.min(u64::from(u32::MAX)))
-            .map(|p| key(id.space_id, p as u32))
+            .map(|p| key(space_id, p as u32))
             .collect();
         Stats::add(&self.stats.pages_written, keys.len() as u64);
         self.record_written(&keys);

@@ -105,6 +105,17 @@ impl Agent {
         let Err(e) = self.written.lock().insert(keys) else {
             return;
         };
+        self.written_set_incomplete(&format!(
+            "recording written pages failed: {}",
+            error_chain(&e)
+        ));
+    }
+
+    /// The server wrote pages this replica cannot name (a data file it could not
+    /// identify, a record that failed): sharing stops now, and the poison file keeps
+    /// it off for every later run of this datadir (a restart would otherwise trust a
+    /// set that misses those pages).
+    pub(super) fn written_set_incomplete(&self, why: &str) {
         if let Some(w) = &self.config.writes_file {
             if let Err(pe) = File::create(poison_path(w)) {
                 tracing::error!(
@@ -113,10 +124,7 @@ impl Agent {
                 );
             }
         }
-        self.disable_sharing(&format!(
-            "recording written pages failed: {}",
-            error_chain(&e)
-        ));
+        self.disable_sharing(why);
     }
 
     pub fn written_by_me(&self, space: u32, page: u32) -> bool {
@@ -186,5 +194,60 @@ mod tests {
             .sharing_off_reason
             .unwrap()
             .contains("poisoned"));
+    }
+
+    #[test]
+    fn a_write_to_an_unidentified_data_file_poisons_the_datadir_for_later_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("clone_lsn"), "1000").unwrap();
+        // A data file whose page 0 is zeros when opened (being created): a candidate
+        // the agent cannot name yet.
+        let file = dir.path().join("new.ibd");
+        std::fs::write(&file, vec![0u8; 4 * FRAME_SIZE]).unwrap();
+        let _src = agent(dir.path(), "source", 0); // makes the family's pool
+        let rep = agent(dir.path(), "replica", 1000);
+        let rf = open_tracked(&rep, &file);
+        assert!(rep.sharing_on());
+        // Written past page 0 first: which space it is stays unknown.
+        rep.on_pwrite(rf.as_raw_fd(), FRAME_SIZE, 2 * FRAME_SIZE as i64, &[]);
+        assert!(!rep.sharing_on());
+        let writes = dir.path().join("replica.writes");
+        assert!(
+            poison_path(&writes).exists(),
+            "the datadir must stay unshared"
+        );
+        drop(rep);
+        let again = agent(dir.path(), "replica", 1000);
+        assert!(!again.sharing_on(), "a restart trusted an incomplete set");
+    }
+
+    #[test]
+    fn pages_written_into_a_file_without_page_0_yet_are_named_by_their_headers() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("clone_lsn"), "1000").unwrap();
+        // Empty when opened (recovery or the server fills it page by page, page 0
+        // last): nothing to identify it by at the open.
+        let file = dir.path().join("gtid_slave_pos.ibd");
+        std::fs::write(&file, b"").unwrap();
+        let _src = agent(dir.path(), "source", 0);
+        let rep = agent(dir.path(), "replica", 1000);
+        let rf = open_tracked(&rep, &file);
+        let page = crate::page::testpage::full_crc32_page(SPACE, 3, 1200);
+        rep.on_pwrite(rf.as_raw_fd(), FRAME_SIZE, 3 * FRAME_SIZE as i64, &page);
+        assert!(rep.sharing_on(), "{:?}", rep.snapshot().sharing_off_reason);
+        assert!(rep.written_by_me(SPACE, 3));
+        // Two pages in one write: both recorded.
+        let page = crate::page::testpage::full_crc32_page(SPACE, 5, 1200);
+        rep.on_pwrite(rf.as_raw_fd(), 2 * FRAME_SIZE, 5 * FRAME_SIZE as i64, &page);
+        assert!(rep.written_by_me(SPACE, 5) && rep.written_by_me(SPACE, 6));
+        drop(rep);
+        let again = agent(dir.path(), "replica", 1000);
+        assert!(again.written_by_me(SPACE, 3) && again.written_by_me(SPACE, 6));
+        // A header that does not match where it is written names nothing: poisoned.
+        let rf = open_tracked(&again, &file);
+        let wrong = crate::page::testpage::full_crc32_page(SPACE, 3, 1200);
+        again.on_pwrite(rf.as_raw_fd(), FRAME_SIZE, 7 * FRAME_SIZE as i64, &wrong);
+        assert!(!again.sharing_on());
+        assert!(poison_path(&dir.path().join("replica.writes")).exists());
     }
 }

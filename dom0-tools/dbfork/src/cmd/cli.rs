@@ -70,13 +70,13 @@ pub enum Command {
         /// Name of the new replica.
         new: String,
         /// Background hydration limit in MiB/s (default: unlimited).
-        #[arg(long, value_parser = rate)]
+        #[arg(long, value_parser = rate, allow_hyphen_values = true)]
         rate: Option<u64>,
         /// TCP port of the new server (default: a free one).
         #[arg(long)]
         port: Option<u16>,
         /// Buffer pool of the new server (default: the source's).
-        #[arg(long, value_parser = size)]
+        #[arg(long, value_parser = size, allow_hyphen_values = true)]
         buffer_pool: Option<u64>,
         /// Do not queue the boot files and hot pages for hydration first.
         #[arg(long)]
@@ -99,7 +99,7 @@ pub enum Command {
         no_flush: bool,
         /// Limit the replica server's reads on its volume to N per second (the
         /// kernel's IO controller; e.g. 150 models a 7200 rpm disk).
-        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), allow_hyphen_values = true)]
         read_iops: Option<u32>,
         /// Where the replica runs (default: where this host runs servers).
         #[arg(long, value_enum)]
@@ -114,6 +114,31 @@ pub enum Command {
         #[arg(long)]
         watch: bool,
     },
+    /// Start a stopped instance again (after `stop`, a crash or a host reboot): its
+    /// volume attached again where it left off, its server with its agent in the same
+    /// role, a replica replicating again from where it stopped.
+    Start {
+        /// The instance.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        name: Option<String>,
+        /// Every instance of the store, sources before their replicas (what the boot
+        /// unit runs).
+        #[arg(long)]
+        all: bool,
+    },
+    /// Stop an instance's server cleanly and release its volume (`start` brings it
+    /// back; a source's replicas keep serving reads and reconnect then).
+    Stop {
+        /// The instance.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        name: Option<String>,
+        /// Every instance of the store, replicas before their sources (what the boot
+        /// unit runs at shutdown).
+        #[arg(long)]
+        all: bool,
+    },
+    /// Stop and start an instance (also one whose server lost its disk).
+    Restart { name: String },
     /// Stop an instance, delete its volume and forget it.
     Destroy {
         name: String,
@@ -131,10 +156,10 @@ pub enum SourceCommand {
     Create {
         name: String,
         /// Volume size.
-        #[arg(long, default_value = "2G", value_parser = size)]
+        #[arg(long, default_value = "2G", value_parser = size, allow_hyphen_values = true)]
         size: u64,
         /// InnoDB buffer pool size.
-        #[arg(long, default_value = "128M", value_parser = size)]
+        #[arg(long, default_value = "128M", value_parser = size, allow_hyphen_values = true)]
         buffer_pool: u64,
         /// Filesystem for the datadir.
         #[arg(long, value_enum, default_value = "ext4")]
@@ -144,7 +169,7 @@ pub enum SourceCommand {
         port: Option<u16>,
         /// Region size of the source's volume: the unit a write after a snapshot
         /// copies when it covers a region only in part (power of two, 4K-1M).
-        #[arg(long, value_parser = size, default_value = "64K")]
+        #[arg(long, value_parser = size, allow_hyphen_values = true, default_value = "64K")]
         region_size: u64,
         /// Where the server runs (default: where this host runs servers).
         #[arg(long, value_enum)]
@@ -182,13 +207,13 @@ pub struct DemoArgs {
     #[arg(long)]
     pub keep: bool,
     /// Size of the source's volume.
-    #[arg(long, default_value = "1G", value_parser = size)]
+    #[arg(long, default_value = "1G", value_parser = size, allow_hyphen_values = true)]
     pub size: u64,
     /// Rows per sysbench table (4 tables).
     #[arg(long, default_value_t = 50_000)]
     pub rows: u64,
     /// Background hydration limit of the replicas in MiB/s (default: unlimited).
-    #[arg(long, value_parser = rate)]
+    #[arg(long, value_parser = rate, allow_hyphen_values = true)]
     pub rate: Option<u64>,
 }
 
@@ -212,7 +237,7 @@ pub enum VolumeCommand {
     Create {
         name: String,
         /// Size, e.g. 10G.
-        #[arg(long, value_parser = size)]
+        #[arg(long, value_parser = size, allow_hyphen_values = true)]
         size: u64,
     },
     /// Import a raw image as a new volume (reflinked where the filesystem can, copied otherwise).
@@ -227,10 +252,10 @@ pub enum VolumeCommand {
         #[arg(long)]
         no_hydrate: bool,
         /// Background hydration limit in MiB/s.
-        #[arg(long, value_parser = rate)]
+        #[arg(long, value_parser = rate, allow_hyphen_values = true)]
         rate: Option<u64>,
         /// Hydration region size (power of two, >= 4K).
-        #[arg(long, value_parser = size)]
+        #[arg(long, value_parser = size, allow_hyphen_values = true)]
         region_size: Option<u64>,
     },
     /// Move byte ranges to the front of a clone's hydration queue.

@@ -45,7 +45,7 @@ pub fn run(store: &Path, out: &Output, args: DemoArgs) -> Result<()> {
     }
     let say = |s: &str| {
         if !out.json {
-            println!("{s}");
+            outln!("{s}");
         }
     };
     say(&format!("dbfork demo: store {}", store.display()));
@@ -59,7 +59,7 @@ pub fn run(store: &Path, out: &Output, args: DemoArgs) -> Result<()> {
     } else if reg.exists(SRC) {
         say("cleaning up");
         if let Err(e) = dbfork::destroy::destroy(&ctx, SRC, true, &|_| {}) {
-            eprintln!("dbfork demo: cleanup failed: {}", e.chain());
+            errln!("dbfork demo: cleanup failed: {}", e.chain());
         }
     }
     let report = result?;
@@ -209,7 +209,7 @@ fn demo(ctx: &Ctx, args: &DemoArgs, say: &dyn Fn(&str), out: &Output) -> Result<
                     human(n("shared") * 16384)
                 ));
             }
-            (None, None) => say(&format!("   {r}: page sharing on, no counters yet")),
+            (None, None) => say(&format!("   {r}: page sharing off")),
         }
     }
     Ok(serde_json::json!({

@@ -21,7 +21,7 @@ pub fn run(store: &Path, out: &Output, cmd: Command) -> Result<()> {
     let ctx = Ctx::new(store, requested)?;
     let say = |s: &str| {
         if !out.json {
-            println!("{s}");
+            outln!("{s}");
         }
     };
     match cmd {
@@ -109,14 +109,20 @@ pub fn run(store: &Path, out: &Output, cmd: Command) -> Result<()> {
             if out.json {
                 out.print_json(&serde_json::to_value(&rows)?);
             } else if rows.is_empty() {
-                println!("no instances (create one: dbfork source create NAME)");
+                outln!("no instances (create one: dbfork source create NAME)");
             } else {
-                println!(
+                outln!(
                     "{:<16} {:<8} {:<8} {:>6} {:<12} {:>9} {:>8}",
-                    "NAME", "ROLE", "STATE", "PORT", "PARENT", "HYDRATED", "LAG"
+                    "NAME",
+                    "ROLE",
+                    "STATE",
+                    "PORT",
+                    "PARENT",
+                    "HYDRATED",
+                    "LAG"
                 );
                 for s in rows {
-                    println!(
+                    outln!(
                         "{:<16} {:<8} {:<8} {:>6} {:<12} {:>8.1}% {:>8}",
                         s.name,
                         format!("{:?}", s.role).to_lowercase(),
@@ -149,9 +155,90 @@ pub fn run(store: &Path, out: &Output, cmd: Command) -> Result<()> {
                 out.print_json(&serde_json::json!({"destroyed": name}));
             }
         }
+        Command::Start {
+            name: Some(name), ..
+        } => {
+            let how = dbfork::lifecycle::start(&ctx, &name, &say)?;
+            let already = how == dbfork::lifecycle::Started::AlreadyRunning;
+            if already && !out.json {
+                outln!("{name} is already running");
+            }
+            if out.json {
+                out.print_json(&serde_json::json!({"name": name, "started": !already}));
+            }
+        }
+        Command::Stop {
+            name: Some(name), ..
+        } => {
+            let how = dbfork::lifecycle::stop(&ctx, &name, &say)?;
+            if out.json {
+                out.print_json(&serde_json::json!({
+                    "name": name,
+                    "stopped": how == dbfork::lifecycle::Stopped::Stopped,
+                }));
+            }
+        }
+        Command::Start { name: None, .. } | Command::Stop { name: None, .. } => {
+            let starting = matches!(cmd, Command::Start { .. });
+            let outcomes = if !store.is_dir() {
+                Vec::new() // no store: nothing was ever made here
+            } else if starting {
+                dbfork::lifecycle::start_all(&ctx, &say)?
+            } else {
+                dbfork::lifecycle::stop_all(&ctx, &say)?
+            };
+            all_report(out, &outcomes)?;
+        }
+        Command::Restart { name } => {
+            dbfork::lifecycle::restart(&ctx, &name, &say)?;
+            if out.json {
+                out.print_json(&serde_json::json!({"name": name, "restarted": true}));
+            }
+        }
         Command::Volume(_) | Command::Demo(_) => unreachable!("dispatched in main"),
     }
     Ok(())
+}
+
+/// The outcome of `start --all`/`stop --all`, one line (or object) per instance; a
+/// failure of any makes the command fail after all were tried.
+fn all_report(out: &Output, outcomes: &[dbfork::lifecycle::Outcome]) -> Result<()> {
+    let failed: Vec<&str> = outcomes
+        .iter()
+        .filter(|o| o.result.is_err())
+        .map(|o| o.name.as_str())
+        .collect();
+    if out.json {
+        let rows: Vec<serde_json::Value> = outcomes
+            .iter()
+            .map(|o| match &o.result {
+                Ok(what) => serde_json::json!({"name": o.name, "ok": true, "result": what}),
+                Err(e) => serde_json::json!({
+                    "name": o.name, "ok": false, "error": dbfork::error::chain(e),
+                }),
+            })
+            .collect();
+        out.print_json(&serde_json::Value::Array(rows));
+    } else if outcomes.is_empty() {
+        outln!("no instances in this store");
+    } else {
+        for o in outcomes {
+            match &o.result {
+                Ok(what) => outln!("{}: {what}", o.name),
+                Err(e) => outln!("{}: FAILED: {}", o.name, dbfork::error::chain(e)),
+            }
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "{} of {} failed: {}",
+            failed.len(),
+            outcomes.len(),
+            failed.join(", ")
+        )
+    }
 }
 
 pub fn format_status(s: &InstanceStatus) -> String {
@@ -175,6 +262,18 @@ pub fn format_status(s: &InstanceStatus) -> String {
             _ => String::new(),
         }
     );
+    for p in &s.problems {
+        out += &format!("\n  PROBLEM: {p}");
+    }
+    if !s.log_tail.is_empty() {
+        out += "\n  last lines of its error log:";
+        for l in &s.log_tail {
+            out += &format!("\n    {l}");
+        }
+    }
+    if let Some(f) = &s.fix {
+        out += &format!("\n  bring it back: {f}");
+    }
     if let Some(r) = &s.replication {
         out += &format!(
             "\n  replication: io {}, sql {}, lag {}, applied {}",
@@ -191,7 +290,7 @@ pub fn format_status(s: &InstanceStatus) -> String {
     }
     match (&s.sharing, &s.sharing_off) {
         (_, Some(why)) => out += &format!("\n  page sharing: off ({why})"),
-        (Some(a), None) => {
+        (Some(a), None) if a.get("lookups").is_some() => {
             let n = |k: &str| a[k].as_u64().unwrap_or(0);
             out += &format!(
                 "\n  page sharing: {} pages pooled, {} lookups, {} reads served from shared memory ({})",
@@ -201,7 +300,8 @@ pub fn format_status(s: &InstanceStatus) -> String {
                 human(n("shared") * 16384)
             );
         }
-        (None, None) => out += "\n  page sharing: on (no agent counters yet)",
+        (Some(_), None) => out += "\n  page sharing: on (no agent counters yet)",
+        (None, None) => out += "\n  page sharing: off",
     }
     if let Some(l) = &s.io_limit {
         out += &format!(

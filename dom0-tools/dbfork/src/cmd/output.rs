@@ -10,12 +10,12 @@ impl Output {
         if self.json {
             self.print_json(&json);
         } else {
-            println!("{human}");
+            outln!("{human}");
         }
     }
 
     pub fn print_json(&self, v: &serde_json::Value) {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(v).expect("values serialize")
         );

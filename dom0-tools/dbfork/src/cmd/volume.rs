@@ -108,14 +108,17 @@ pub fn run(store_dir: &Path, out: &Output, cmd: VolumeCommand) -> Result<()> {
             if out.json {
                 out.print_json(&serde_json::to_value(&all)?);
             } else if all.is_empty() {
-                println!("no volumes in {}", store_dir.display());
+                outln!("no volumes in {}", store_dir.display());
             } else {
-                println!(
+                outln!(
                     "{:<24} {:<9} {:>10} {:>9}  DEPENDS ON",
-                    "NAME", "KIND", "SIZE", "HYDRATED"
+                    "NAME",
+                    "KIND",
+                    "SIZE",
+                    "HYDRATED"
                 );
                 for v in all {
-                    println!(
+                    outln!(
                         "{:<24} {:<9} {:>10} {:>8.1}%  {}",
                         v.name,
                         format!("{:?}", v.kind).to_lowercase(),
@@ -136,7 +139,7 @@ pub fn run(store_dir: &Path, out: &Output, cmd: VolumeCommand) -> Result<()> {
             let mut told = String::new();
             volumes::delete(&store, &run_dir, &name, wait, &mut |clone, done, total| {
                 if told != clone && !out.json {
-                    eprintln!("hydrating {clone} so that {name} can go");
+                    errln!("hydrating {clone} so that {name} can go");
                     told = clone.to_string();
                 }
                 if let Some(b) = &bar {

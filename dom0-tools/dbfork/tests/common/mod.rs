@@ -2,6 +2,8 @@
 //! unmount and kill whatever a test started, even when it panics.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;

@@ -88,7 +88,7 @@ pub fn attach(req: &AttachRequest) -> Result<AttachRecord> {
         .ensure()
         .map_err(Error::io("creating the run dir", run_dir.path()))?;
     if let Some(rec) = load_record(&run_dir, req.volume)? {
-        if process_alive(rec.export_pid) {
+        if is_export_of(rec.export_pid, req.volume) {
             return Err(Error::AlreadyAttached(
                 req.volume.to_string(),
                 rec.mountpoint.display().to_string(),
@@ -209,6 +209,49 @@ fn fs_type(dev: &str) -> Result<String> {
     run("blkid", &["-p", "-o", "value", "-s", "TYPE", dev])
 }
 
+/// Whether `pid` is the export process of `volume` (a pid recorded before a reboot or
+/// a crash may belong to anything now).
+pub fn is_export_of(pid: u32, volume: &str) -> bool {
+    process_alive(pid)
+        && crate::process::cmdline(pid).is_some_and(|args| {
+            args.windows(3)
+                .any(|w| w[0] == "export" && w[1] == volume && w[2] == "--nbd")
+        })
+}
+
+/// What no longer serves of an attach, each a sentence (empty: it serves): the export
+/// process, nbdfuse, the loop device, the mount.
+pub fn problems(rec: &AttachRecord) -> Vec<String> {
+    let mut out = Vec::new();
+    if !is_export_of(rec.export_pid, &rec.volume) {
+        out.push(format!(
+            "the export process of volume {} (pid {}) is gone: the server's disk went with it",
+            rec.volume, rec.export_pid
+        ));
+    }
+    if !rec.nbdfuse_pid.is_some_and(process_alive) || !tools::is_mount_point(&rec.fuse_dir) {
+        out.push(format!(
+            "nbdfuse of volume {} is gone (its block device has no backing)",
+            rec.volume
+        ));
+    }
+    if !rec
+        .loop_device
+        .as_deref()
+        .is_some_and(|d| loop_backs(d, &rec.fuse_dir))
+    {
+        out.push(format!("volume {} has no loop device any more", rec.volume));
+    }
+    if !(rec.mounted && tools::is_mount_point(&rec.mountpoint)) {
+        out.push(format!(
+            "volume {} is not mounted at {} any more",
+            rec.volume,
+            rec.mountpoint.display()
+        ));
+    }
+    out
+}
+
 /// Detaches an attached volume: unmount, free the loop device, unmount nbdfuse, stop
 /// the export process (which flushes). Each step tolerates its piece being gone
 /// already, so detach also cleans up after a crash.
@@ -256,7 +299,9 @@ fn detach_record(run_dir: &RunDir, rec: &AttachRecord) -> Result<()> {
         });
     }
     let _ = std::fs::remove_dir(&rec.fuse_dir);
-    if !stop_process(rec.export_pid) {
+    // After a reboot or a crash the recorded pid may be another process's now: only
+    // the volume's own export process is stopped.
+    if is_export_of(rec.export_pid, &rec.volume) && !stop_process(rec.export_pid) {
         tracing::warn!(
             pid = rec.export_pid,
             "export process did not stop; killing it"

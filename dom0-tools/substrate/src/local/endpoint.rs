@@ -53,6 +53,20 @@ impl Endpoint for SqlEndpoint {
             })?;
         Ok(dbinstance::configure_replica(&self.inst, source, after)?)
     }
+    fn resume_replication(&self, host: &str, port: u16, may_reset_binlog: bool) -> Result<()> {
+        Ok(dbinstance::resume_replica(
+            &self.inst,
+            host,
+            port,
+            may_reset_binlog,
+        )?)
+    }
+    fn redo_flush_at_commit(&self) -> Result<u32> {
+        let v: Option<u64> = self
+            .inst
+            .query_scalar("SELECT @@GLOBAL.innodb_flush_log_at_trx_commit")?;
+        Ok(v.unwrap_or(1) as u32)
+    }
     fn replication_status(&self) -> Result<Option<ReplicationStatus>> {
         Ok(dbinstance::replication_status(&self.inst)?)
     }

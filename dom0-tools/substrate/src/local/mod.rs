@@ -23,8 +23,8 @@ pub mod tools;
 
 use crate::error::{BoxError, Error, Result};
 use crate::{
-    DomainState, Endpoint, FsType, Host, Identity, Kind, PageTableService, Quiesced, RunDir,
-    StartRequest, Stop, Substrate, Swept, WarmSet,
+    DomainState, Endpoint, FsType, Health, Host, Identity, Kind, PageTableService, Quiesced,
+    RunDir, StartRequest, Stop, Substrate, Swept, WarmSet,
 };
 use dbinstance::{Instance, InstanceConfig};
 use serde::{Deserialize, Serialize};
@@ -234,6 +234,56 @@ impl Substrate for Local {
         Ok(())
     }
 
+    fn reattach(&self, name: &str, volume: &str, domain: &DomainState) -> Result<DomainState> {
+        // What the next start sets again: the agent and the read limit.
+        let kept = DomainState::Local(LocalDomain {
+            agent: None,
+            io_limit: None,
+            ..local(domain).clone()
+        });
+        if let Some(tree) = self.directory_of(volume)? {
+            if !tree.is_dir() {
+                return Err(Error::io("finding the volume's tree", &tree)(
+                    std::io::Error::from(std::io::ErrorKind::NotFound),
+                ));
+            }
+            return Ok(kept);
+        }
+        if let Some(rec) = attach::load_record(&RunDir::new(self.store()), volume)? {
+            let broken = attach::problems(&rec);
+            if broken.is_empty() && rec.mountpoint == local(domain).mountpoint {
+                return Ok(kept);
+            }
+            tracing::info!(volume, ?broken, "taking apart what is left of an attach");
+            attach::detach(self.store(), volume)?;
+        }
+        self.attach(name, volume, None)
+    }
+
+    fn health(&self, config: &InstanceConfig, volume: &str, domain: &DomainState) -> Health {
+        let d = local(domain);
+        let problems = if d.directory {
+            if d.mountpoint.is_dir() {
+                Vec::new()
+            } else {
+                vec![format!(
+                    "the datadir tree {} is gone",
+                    d.mountpoint.display()
+                )]
+            }
+        } else {
+            match attach::load_record(&RunDir::new(self.store()), volume) {
+                Ok(Some(rec)) => attach::problems(&rec),
+                Ok(None) => Vec::new(),
+                Err(e) => vec![crate::error::chain(&e)],
+            }
+        };
+        Health {
+            problems,
+            log_tail: tools::tail(&config.error_log(), 5),
+        }
+    }
+
     fn datadir(&self, domain: &DomainState) -> PathBuf {
         local(domain).mountpoint.join("data")
     }
@@ -399,6 +449,20 @@ impl Substrate for Local {
         Ok(Box::new(endpoint::SqlEndpoint::new(Instance::open(
             config.clone(),
         )?)))
+    }
+
+    fn persist_agent_state(&self, domain: &DomainState) -> Result<()> {
+        let Some(a) = &local(domain).agent else {
+            return Ok(());
+        };
+        if let Some(writes) = a.env.get("DBFORK_REPLICA_WRITES").map(PathBuf::from) {
+            match std::fs::File::open(&writes) {
+                Ok(f) => f.sync_all().map_err(Error::io("syncing", &writes))?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("opening", &writes)(e)),
+            }
+        }
+        Ok(())
     }
 
     fn sharing_available(&self) -> Result<()> {

@@ -48,10 +48,30 @@ pub(crate) fn spawn_error(program: &str, command: String, source: std::io::Error
     }
 }
 
+/// The last `n` lines of a text file (none when it cannot be read).
+pub fn tail(path: &Path, n: usize) -> Vec<String> {
+    let Ok(bytes) = std::fs::read(path) else {
+        return Vec::new();
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|l| l.to_string())
+        .collect()
+}
+
 /// True if `path` is a mount point (listed in /proc/self/mountinfo).
 pub fn is_mount_point(path: &Path) -> bool {
-    let Ok(canon) = path.canonicalize() else {
-        return false;
+    // A dead FUSE mount cannot be stat'ed (ENOTCONN), so it cannot be canonicalised
+    // either; it is still a mount point (and the one detach must take away).
+    let canon = match path.canonicalize() {
+        Ok(c) => c,
+        Err(_) if path.is_absolute() => path.to_path_buf(),
+        Err(_) => match std::env::current_dir() {
+            Ok(d) => d.join(path),
+            Err(_) => return false,
+        },
     };
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return false;
