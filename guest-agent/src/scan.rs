@@ -10,8 +10,13 @@
 //! before the scan started (the share rule).
 //!
 //! Where the buffer pool is: the server's large anonymous private mappings, seen by the
-//! mmap hook. munmap of such a region takes the write side of a lock the scan holds
-//! while it reads, so the scan never touches memory that is going away.
+//! mmap hook, that InnoDB has read a data-file page into. Size alone does not say it (a
+//! log buffer or a heap arena is as large, and a stale page image there would verify);
+//! what only the buffer pool receives is the server's own page reads. munmap of a region
+//! takes the write side of a lock the scan holds while it reads, so the scan never
+//! touches memory that is going away.
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::RwLock;
 
@@ -28,9 +33,17 @@ pub enum Visit<'a> {
     ChunkEnd,
 }
 
+/// A large anonymous mapping of the server.
+struct Region {
+    start: usize,
+    len: usize,
+    /// The server has read a data-file page into it: a buffer-pool chunk.
+    pool: AtomicBool,
+}
+
 #[derive(Default)]
 pub struct Regions {
-    list: RwLock<Vec<(usize, usize)>>,
+    list: RwLock<Vec<Region>>,
 }
 
 impl Regions {
@@ -39,8 +52,35 @@ impl Regions {
         let anon_private = flags & libc::MAP_ANONYMOUS != 0 && flags & libc::MAP_PRIVATE != 0;
         let rw = prot & (libc::PROT_READ | libc::PROT_WRITE) == libc::PROT_READ | libc::PROT_WRITE;
         if fd == -1 && anon_private && rw && len >= MIN_REGION {
-            self.list.write().push((addr, len));
+            self.list.write().push(Region {
+                start: addr,
+                len,
+                pool: AtomicBool::new(false),
+            });
         }
+    }
+
+    /// The server reads a data-file page into [addr, addr + FRAME_SIZE): the region
+    /// holding it is a buffer-pool chunk, which the clone-time scan may read.
+    pub fn note_page_read(&self, addr: usize) {
+        let end = addr.saturating_add(FRAME_SIZE);
+        if let Some(r) = self
+            .list
+            .read()
+            .iter()
+            .find(|r| addr >= r.start && end <= r.start + r.len)
+        {
+            r.pool.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// How many regions are known buffer-pool chunks.
+    pub fn pool_count(&self) -> usize {
+        self.list
+            .read()
+            .iter()
+            .filter(|r| r.pool.load(Ordering::Relaxed))
+            .count()
     }
 
     /// Runs `unmap` (the real munmap) with every overlapping region forgotten first,
@@ -48,7 +88,7 @@ impl Regions {
     pub fn on_munmap<R>(&self, addr: usize, len: usize, unmap: impl FnOnce() -> R) -> R {
         let mut list = self.list.write();
         let end = addr.saturating_add(len);
-        list.retain(|&(a, l)| a + l <= addr || a >= end);
+        list.retain(|r| r.start + r.len <= addr || r.start >= end);
         unmap()
     }
 
@@ -58,7 +98,7 @@ impl Regions {
         self.list
             .read()
             .iter()
-            .any(|&(a, l)| addr >= a && end <= a + l)
+            .any(|r| addr >= r.start && end <= r.start + r.len)
     }
 
     /// Whether [addr, addr + len) overlaps any recorded region.
@@ -67,14 +107,15 @@ impl Regions {
         self.list
             .read()
             .iter()
-            .any(|&(a, l)| addr < a + l && end > a)
+            .any(|r| addr < r.start + r.len && end > r.start)
     }
 
     pub fn count(&self) -> usize {
         self.list.read().len()
     }
 
-    /// Calls `frame` with a private copy of each 16 KiB-aligned frame of every region.
+    /// Calls `frame` with a private copy of each 16 KiB-aligned frame of every
+    /// buffer-pool chunk (a region the server has read a data-file page into).
     /// The read lock is taken per region chunk, so an munmap waits at most one chunk.
     pub fn for_each_frame(&self, mut frame: impl FnMut(usize, &[u8])) {
         self.visit_frames(|v| {
@@ -88,7 +129,13 @@ impl Regions {
     /// in it stay mapped (munmap waits), so work on them can be batched up to there.
     pub fn visit_frames(&self, mut visit: impl FnMut(Visit<'_>)) {
         const CHUNK: usize = 1 << 20;
-        let regions: Vec<(usize, usize)> = self.list.read().clone();
+        let regions: Vec<(usize, usize)> = self
+            .list
+            .read()
+            .iter()
+            .filter(|r| r.pool.load(Ordering::Relaxed))
+            .map(|r| (r.start, r.len))
+            .collect();
         let mut copy = crate::frame_store::AlignedPage::new();
         for (start, len) in regions {
             let first = start.next_multiple_of(FRAME_SIZE);
@@ -96,7 +143,7 @@ impl Regions {
             let mut chunk_start = first;
             while chunk_start + FRAME_SIZE <= end {
                 let guard = self.list.read();
-                if !guard.iter().any(|&(a, l)| a == start && l == len) {
+                if !guard.iter().any(|r| r.start == start && r.len == len) {
                     break; // unmapped meanwhile
                 }
                 let chunk_end = (chunk_start + CHUNK).min(end);
@@ -184,6 +231,12 @@ mod tests {
         );
         let aligned_start = (p as usize).next_multiple_of(FRAME_SIZE);
         let marked_frame = aligned_start + FRAME_SIZE * 3;
+        // Not a buffer-pool chunk until the server reads a page into it.
+        let mut seen = 0;
+        r.for_each_frame(|_, _| seen += 1);
+        assert_eq!(seen, 0, "a mapping no page was read into is not scanned");
+        r.note_page_read(aligned_start);
+        assert_eq!(r.pool_count(), 1);
         // SAFETY: writing inside our mapping.
         unsafe { *((marked_frame + 5) as *mut u8) = 9 };
         let mut seen = 0;

@@ -273,6 +273,8 @@ impl Agent {
             Stats::inc(&self.stats.reads_outside_pool);
             return real();
         }
+        // A page of a data file read into this region: it is a buffer-pool chunk.
+        self.regions.note_page_read(buf as usize);
         let page_no = match u32::try_from(off as u64 / FRAME_SIZE as u64) {
             Ok(p) => p,
             Err(_) => return real(),

@@ -733,6 +733,37 @@ mod tests {
     use super::Mapped;
     use crate::directory::MemoryDirectory;
 
+    /// The clone-time scan reads only the buffer pool's own chunks: a page image in a
+    /// large anonymous mapping no page was ever read into (a log buffer, a heap arena
+    /// holding a stale copy) is never offered, whatever its checksum says; once the
+    /// server reads a page into a mapping, that mapping is scanned.
+    #[test]
+    fn the_scan_reads_only_mappings_the_server_read_pages_into() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("clone_lsn"), "1000").unwrap();
+        let file = dir.path().join("t.ibd");
+        let pages = tablespace(&file, 3, 900);
+        let src = agent(dir.path(), "source", 0);
+        let (pool, other) = (Arena::new(), Arena::new());
+        pool.show_unread(&src);
+        other.show_unread(&src);
+        let f = open_tracked(&src, &file);
+        // A stale, checksum-valid image of page 2 in the other mapping.
+        other.frame().bytes().copy_from_slice(&pages[2]);
+        // The server reads page 1 into the pool: the pool is known from now on.
+        read(&src, &f, &pool.frame(), 1);
+        std::fs::write(dir.path().join("clone_lsn"), "2000").unwrap();
+        src.scan_if_new_clone_lsn();
+        let s = src.snapshot();
+        assert_eq!(s.scans, 1);
+        assert_eq!(
+            s.scan_frames_pooled + s.frames_revalidated,
+            1,
+            "only the pool's page 1, never the stale page 2: {s:?}"
+        );
+        assert_eq!(src.regions.pool_count(), 1);
+    }
+
     #[test]
     fn a_re_read_page_version_maps_its_existing_slot() {
         let dir = tempfile::tempdir().unwrap();

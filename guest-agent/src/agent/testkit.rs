@@ -47,8 +47,15 @@ impl Arena {
         }
         Arena(start as *mut u8, std::cell::Cell::new(0))
     }
-    /// Tells an agent this is a buffer pool, as the mmap hook would.
+    /// Tells an agent this is a buffer pool, as the mmap hook would and as the server's
+    /// first page read into it does.
     pub fn show(&self, a: &Agent) {
+        self.show_unread(a);
+        a.regions.note_page_read(self.0 as usize);
+    }
+    /// Tells an agent of this mapping, as the mmap hook would, with no page read into
+    /// it yet (any large anonymous mapping of the server).
+    pub fn show_unread(&self, a: &Agent) {
         let rw = libc::PROT_READ | libc::PROT_WRITE;
         a.on_mmap(
             self.0 as usize,
