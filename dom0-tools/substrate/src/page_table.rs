@@ -162,6 +162,19 @@ impl PageTableService {
         }
     }
 
+    /// Every entry of `family` (checks from outside and debugging; walks the table).
+    pub fn family_entries(&self, family: u32) -> Result<Vec<pagetable::admin::EntryDump>> {
+        let mut c = AdminClient::connect(self.admin_socket())?;
+        match c.call(&AdminRequest::FamilyEntries {
+            family: FamilyId(family),
+        })? {
+            pagetable::admin::AdminReply::Entries { entries } => Ok(entries),
+            other => Err(Error::SharingUnavailable(format!(
+                "unexpected reply from pagetabled: {other:?}"
+            ))),
+        }
+    }
+
     /// The daemon's pid, when it runs.
     pub fn pid(&self) -> Option<u32> {
         std::fs::read_to_string(self.pid_file())

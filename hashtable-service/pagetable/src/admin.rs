@@ -58,6 +58,11 @@ pub enum AdminRequest {
         domain: DomainId,
     },
     Stats,
+    /// Every entry of a family, for checks from outside (it walks the whole table:
+    /// tests and debugging, not the serving path).
+    FamilyEntries {
+        family: FamilyId,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,7 +71,21 @@ pub enum AdminReply {
     Ok,
     Removed { entries: usize },
     Stats(StatsReport),
+    Entries { entries: Vec<EntryDump> },
     Error { message: String },
+}
+
+/// One entry of a family as `FamilyEntries` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryDump {
+    pub space_id: u32,
+    pub page_no: u32,
+    /// The domain whose memory the frame is.
+    pub owner: u32,
+    pub lsn: u64,
+    pub valid_from: u64,
+    /// For a `local` frame: its byte offset in the family's pool file.
+    pub pool_offset: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

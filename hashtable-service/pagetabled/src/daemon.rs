@@ -260,6 +260,25 @@ impl Daemon {
                 AdminReply::Removed { entries }
             }
             AdminRequest::Stats => AdminReply::Stats(self.stats()),
+            AdminRequest::FamilyEntries { family } => AdminReply::Entries {
+                entries: self
+                    .table
+                    .dump()
+                    .into_iter()
+                    .filter(|(k, _)| k.family == family)
+                    .map(|(k, e)| pagetable::admin::EntryDump {
+                        space_id: k.space_id,
+                        page_no: k.page_no,
+                        owner: e.owner.0,
+                        lsn: e.lsn,
+                        valid_from: e.valid_from,
+                        pool_offset: match e.frame {
+                            pagetable::Frame::LocalPool { offset } => Some(offset),
+                            _ => None,
+                        },
+                    })
+                    .collect(),
+            },
         })
     }
 
