@@ -213,7 +213,7 @@ fn no_frame_the_rule_serves_differs_from_the_replicas_own_page() {
         "share rule under a write load: {} frames servable to r1/r2, {} compared with the replica's own page, {} stale, {} without a counterpart",
         total.servable, total.compared, total.stale, total.no_counterpart
     );
-    assert!(total.compared > 100, "too little was checked: {total:?}");
+    assert!(total.compared > 50, "too little was checked: {total:?}");
     assert_eq!(
         total.stale, 0,
         "stale frames the rule would serve: {total:?}"
