@@ -45,6 +45,21 @@ fn a_family_stopped_and_started_keeps_its_data_replication_and_sharing() {
         .unwrap();
     assert_eq!(durability, Some(1));
     load(&c, "src", 1, 3000);
+    // Set to 0 by hand, the source is refused as a parent, with the fix named.
+    c.inst("src")
+        .exec("SET GLOBAL innodb_flush_log_at_trx_commit = 0")
+        .unwrap();
+    let e = c.store.fails(&["clone", "src", "r1"]);
+    assert!(
+        e.contains("innodb_flush_log_at_trx_commit=0") && e.contains("SET GLOBAL"),
+        "{e}"
+    );
+    c.inst("src")
+        .exec("SET GLOBAL innodb_flush_log_at_trx_commit = 1")
+        .unwrap();
+    // status --json shows a sharing source's membership, not null.
+    let st = c.store.json(&["status", "src"]);
+    assert_eq!(st["sharing"]["role"], "source", "{st}");
     c.clone("src", "r1", &[]);
     let shared = Registry::new(c.store.path()).load("r1").unwrap().sharing;
     assert!(shared.is_some());
@@ -109,7 +124,18 @@ fn a_dead_export_or_server_is_named_and_brought_back() {
     let Some(c) = Cluster::new() else { return };
     c.source("src");
     load(&c, "src", 1, 2000);
-    c.clone("src", "r1", &[]);
+    // Slow hydration: the export dies mid-hydration.
+    c.clone("src", "r1", &["--rate", "4"]);
+    let hydrated = |c: &Cluster| {
+        c.store.json(&["volume", "status", "r1"])["hydrated_bytes"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = hydrated(&c);
+    assert_eq!(
+        c.store.json(&["status", "r1"])["volume"]["independent"],
+        false
+    );
 
     // The export process dies: its server lost its disk. Status names it and the fix;
     // no dead pid is shown as holding the volume.
@@ -132,6 +158,13 @@ fn a_dead_export_or_server_is_named_and_brought_back() {
     }
     c.store.ok(&["restart", "r1"]);
     assert_eq!(c.store.json(&["status", "r1"])["state"], "running");
+    // What it had hydrated stayed, and hydration goes on from there.
+    let after = hydrated(&c);
+    assert!(after >= before, "hydrated {before} before, {after} after");
+    assert!(
+        wait_until(Duration::from_secs(60), || hydrated(&c) > after),
+        "hydration did not resume"
+    );
     replicates(&c, "src", "r1", "after-export-death");
 
     // The server dies (kill -9): down, with its log's last lines and the fix.
@@ -213,6 +246,13 @@ fn reboot(c: &Cluster) {
     }
 }
 
+/// The instances an `--all` verb went through, in order; every one of them succeeded.
+fn all_names(out: &serde_json::Value) -> Vec<&str> {
+    let rows = out.as_array().unwrap();
+    assert!(rows.iter().all(|o| o["ok"] == true), "{out}");
+    rows.iter().map(|o| o["name"].as_str().unwrap()).collect()
+}
+
 #[test]
 fn a_host_reboot_is_survived_by_start_all() {
     let Some(c) = Cluster::new() else { return };
@@ -225,17 +265,7 @@ fn a_host_reboot_is_survived_by_start_all() {
     let before = checksums(&c, "src");
     reboot(&c);
     let out = c.store.json(&["start", "--all"]);
-    let names: Vec<&str> = out
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| o["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["src", "r1", "r2"], "{out}");
-    assert!(
-        out.as_array().unwrap().iter().all(|o| o["ok"] == true),
-        "{out}"
-    );
+    assert_eq!(all_names(&out), ["src", "r1", "r2"], "{out}");
     assert_eq!(checksums(&c, "src"), before);
     let reg = Registry::new(c.store.path());
     // The cleanly stopped replica keeps sharing; the one the host took down cannot
@@ -255,13 +285,7 @@ fn a_host_reboot_is_survived_by_start_all() {
     replicates(&c, "src", "r2", "after-reboot");
     // And everything stops cleanly for the next shutdown, replicas first.
     let out = c.store.json(&["stop", "--all"]);
-    let names: Vec<&str> = out
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| o["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["r2", "r1", "src"], "{out}");
+    assert_eq!(all_names(&out), ["r2", "r1", "src"], "{out}");
     for n in ["src", "r1", "r2"] {
         assert_eq!(c.store.json(&["status", n])["state"], "stopped");
     }
@@ -324,7 +348,7 @@ fn a_failed_create_and_a_full_destroy_leave_only_the_store_itself() {
         "create",
         "huge",
         "--buffer-pool",
-        "1M",
+        "0",
         "--volume-engine",
         "lazy",
     ]);
