@@ -271,9 +271,11 @@ impl<'a> Parser<'a> {
             Some('\n' | ';') => {
                 self.bump();
             }
-            Some(c) => return Err(self.error(format!(
+            Some(c) => {
+                return Err(self.error(format!(
                 "unexpected {c:?} after the value of {key}: one setting per line (or `;` between)"
-            ))),
+            )))
+            }
         }
         Ok((key, append, value))
     }

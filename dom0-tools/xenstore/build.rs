@@ -1,0 +1,6 @@
+//! Links libxenstore (Debian: libxen-dev). Dynamic linking keeps the LGPL library
+//! replaceable, as its licence asks of a program under another licence.
+fn main() {
+    println!("cargo:rustc-link-lib=dylib=xenstore");
+    println!("cargo:rerun-if-changed=build.rs");
+}
