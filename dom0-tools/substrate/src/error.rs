@@ -17,6 +17,12 @@ pub enum Error {
     },
     #[error("this host cannot run local domains: {0}")]
     HostLacks(String),
+    #[error("{name}'s guest side")]
+    Guest {
+        name: String,
+        #[source]
+        source: guest_channel::Error,
+    },
 
     // --- host tools
     #[error("`{program}` is not installed (install the Debian package {package}, or run scripts/install-deps)")]

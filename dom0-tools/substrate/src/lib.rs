@@ -20,6 +20,7 @@ pub mod local;
 pub mod page_table;
 pub mod process;
 mod run_dir;
+pub mod xen;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

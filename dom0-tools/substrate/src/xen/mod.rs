@@ -1,0 +1,4 @@
+//! The Xen substrate, built piece by piece (issue 14; docs/xen.md says what is done).
+//! Here so far: `guest`, the database of a domU reached through its guest side.
+
+pub mod guest;

@@ -1,0 +1,159 @@
+//! The dbfork side of a guest. It holds what dom0 must not: a session to the guest's
+//! own MariaDB (root over its Unix socket) and the replication account it stored, and
+//! it answers dom0's requests over the guest's channel (`guest-channel`). On Xen,
+//! vchan-socket-proxy bridges the domU's vchan to the Unix socket this listens on.
+//!
+//! One request at a time per connection; a malformed request gets an error reply and
+//! the connection goes on; a connection that ends releases what it held (commits held
+//! for a consistent point), so a dom0 that dies mid-clone never leaves the guest's
+//! database blocked.
+
+use dbinstance::{ConsistentPoint, GtidPos, Instance, ReplCredentials, ReplicationSource};
+use guest_channel::{read_line, write_message, Reply, Request, Source, MAX_REQUEST, VERSION};
+use std::io::{Read, Write};
+use std::time::Duration;
+
+/// The longest flush dom0 may ask for.
+const MAX_FLUSH: Duration = Duration::from_secs(600);
+
+/// One connection's state: the commits it holds, if any.
+struct Session<'a> {
+    inst: &'a Instance,
+    hold: Option<ConsistentPoint>,
+}
+
+/// Serves one connection until it ends.
+pub fn serve(stream: impl Read + Write, inst: &Instance) -> guest_channel::Result<()> {
+    let mut reader = std::io::BufReader::new(stream);
+    let mut s = Session { inst, hold: None };
+    loop {
+        let reply = match read_line(&mut reader, MAX_REQUEST) {
+            Ok(None) => return Ok(()),
+            Ok(Some(line)) => match Request::decode(&line) {
+                Ok(req) => s.handle(req),
+                Err(e) => error(&e),
+            },
+            Err(guest_channel::Error::TooLong { max }) => {
+                // The rest of that line is read away as lines come; answer and go on.
+                error(&guest_channel::Error::TooLong { max })
+            }
+            Err(e) => return Err(e),
+        };
+        write_message(reader.get_mut(), &reply)?;
+    }
+}
+
+fn error(e: &dyn std::error::Error) -> Reply {
+    let mut message = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let t = s.to_string();
+        if !message.ends_with(&t) {
+            message.push_str(": ");
+            message.push_str(&t);
+        }
+        src = s.source();
+    }
+    Reply::Error { message }
+}
+
+impl Session<'_> {
+    fn handle(&mut self, req: Request) -> Reply {
+        match self.answer(req) {
+            Ok(r) => r,
+            Err(e) => error(&e),
+        }
+    }
+
+    fn answer(&mut self, req: Request) -> dbinstance::Result<Reply> {
+        let inst = self.inst;
+        Ok(match req {
+            Request::Hello { .. } => Reply::Hello { version: VERSION },
+            Request::RequireBinlog => {
+                inst.require_binlog()?;
+                Reply::Ok
+            }
+            Request::FlushDirtyPages { target, timeout_ms } => Reply::Flushed {
+                report: dbinstance::flush_dirty_pages(
+                    inst,
+                    target,
+                    Duration::from_millis(timeout_ms).min(MAX_FLUSH),
+                )?,
+            },
+            Request::WarmSet => Reply::WarmSet {
+                hot: dbinstance::dump_buffer_pool(inst)?,
+                spaces: dbinstance::tablespace_files(inst)?.into_values().collect(),
+            },
+            Request::RotateBinlog => {
+                inst.exec("FLUSH BINARY LOGS")?;
+                Reply::Ok
+            }
+            Request::HoldCommits => {
+                if self.hold.is_some() {
+                    return Ok(Reply::Error {
+                        message: "commits are held already (release them first)".into(),
+                    });
+                }
+                let cp = ConsistentPoint::begin(inst)?;
+                let reply = Reply::Held {
+                    gtid: cp.gtid().to_string(),
+                    lsn: cp.lsn(),
+                };
+                self.hold = Some(cp);
+                reply
+            }
+            Request::ReleaseCommits => match self.hold.take() {
+                Some(cp) => Reply::Released {
+                    hold_ms: cp.finish()?,
+                },
+                None => Reply::Error {
+                    message: "no commits are held".into(),
+                },
+            },
+            Request::ReplicationSource => {
+                let s = ReplicationSource::of(inst)?;
+                Reply::Source {
+                    source: Source {
+                        host: s.host,
+                        port: s.port,
+                        user: s.user,
+                        password: s.password,
+                    },
+                }
+            }
+            Request::ReplicateFrom { source, after } => {
+                let after: GtidPos = after.parse()?;
+                inst.store_repl_credentials(&ReplCredentials {
+                    user: source.user.clone(),
+                    password: source.password.clone(),
+                })?;
+                let source = ReplicationSource {
+                    host: source.host,
+                    port: source.port,
+                    user: source.user,
+                    password: source.password,
+                };
+                dbinstance::configure_replica(inst, &source, &after)?;
+                Reply::Ok
+            }
+            Request::ResumeReplication {
+                host,
+                port,
+                may_reset_binlog,
+            } => {
+                dbinstance::resume_replica(inst, &host, port, may_reset_binlog)?;
+                Reply::Ok
+            }
+            Request::RedoFlushAtCommit => {
+                let v: Option<u64> =
+                    inst.query_scalar("SELECT @@GLOBAL.innodb_flush_log_at_trx_commit")?;
+                Reply::Durability {
+                    value: v.unwrap_or(1) as u32,
+                }
+            }
+            Request::ReplicationStatus => Reply::Replication {
+                status: dbinstance::replication_status(inst)?.map(Into::into),
+            },
+        })
+    }
+}

@@ -1,0 +1,173 @@
+//! dom0's endpoint talking to a guest side over a real socket, against real MariaDB
+//! servers: the consistent point holds commits until released (and until the channel
+//! closes, whatever dom0 did), the warm set and durability are read, replication is set
+//! up and reported through the channel, and garbage on the channel gets an error while
+//! the guest side keeps serving.
+
+use dbinstance::sql::{exec, scalar};
+use dbinstance::Instance;
+use experiments_support::testing::InstanceGuard;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use substrate::xen::guest::GuestEndpoint;
+use substrate::Endpoint;
+
+/// A guest side for `inst` on a socket in `dir`, serving every connection.
+fn guest_side(inst: &Instance, dir: &Path) -> PathBuf {
+    let socket = dir.join("guest.sock");
+    let listener = UnixListener::bind(&socket).unwrap();
+    let inst = Instance::open(inst.config().clone()).unwrap();
+    std::thread::spawn(move || {
+        let inst = std::sync::Arc::new(inst);
+        for conn in listener.incoming() {
+            let inst = inst.clone();
+            std::thread::spawn(move || {
+                let _ = dbfork_guestd::serve(conn.unwrap(), &inst);
+            });
+        }
+    });
+    socket
+}
+
+/// Waits until an INSERT starting with `needle` waits for the backup lock.
+fn wait_blocked(src: &Instance, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut c = src.conn().unwrap();
+    loop {
+        let state: Option<String> = scalar(
+            &mut c,
+            "t",
+            &format!(
+                "SELECT STATE FROM information_schema.PROCESSLIST WHERE INFO LIKE '{needle}%' AND STATE LIKE '%backup lock%'"
+            ),
+        )
+        .unwrap();
+        if state.is_some() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{needle} never waited for the backup lock"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn insert_later(
+    src: &Instance,
+    sql: &'static str,
+) -> std::thread::JoinHandle<dbinstance::Result<()>> {
+    let mut c = src.conn().unwrap();
+    std::thread::spawn(move || {
+        exec(&mut c, "w", "SET SESSION lock_wait_timeout = 60")?;
+        exec(&mut c, "w", sql)
+    })
+}
+
+fn raw_call(r: &mut BufReader<UnixStream>, line: &[u8]) -> serde_json::Value {
+    r.get_mut().write_all(line).unwrap();
+    let mut reply = String::new();
+    r.read_line(&mut reply).unwrap();
+    serde_json::from_str(&reply).unwrap()
+}
+
+#[test]
+fn dom0_reaches_a_guests_database_only_through_its_channel() {
+    let src = InstanceGuard::source("gsrc", 31).unwrap();
+    src.exec("CREATE DATABASE d").unwrap();
+    src.exec("CREATE TABLE d.t (id INT PRIMARY KEY) ENGINE=InnoDB")
+        .unwrap();
+    src.exec("INSERT INTO d.t VALUES (1),(2)").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = guest_side(&src, dir.path());
+    let ep = GuestEndpoint::connect("gsrc", &socket).unwrap();
+
+    ep.require_binlog().unwrap();
+    assert_eq!(ep.redo_flush_at_commit().unwrap(), 1);
+    let warm = ep.warm_set().unwrap();
+    assert!(!warm.hot.is_empty() && !warm.spaces.is_empty());
+    assert!(
+        warm.spaces.values().any(|t| t.name == "d/t"),
+        "{:?}",
+        warm.spaces
+    );
+    ep.rotate_binlog().unwrap();
+    assert_eq!(ep.replication_status().unwrap(), None);
+
+    // The consistent point: commits wait while held, go on when released.
+    let hold = ep.hold_commits().unwrap();
+    assert_eq!(hold.gtid(), &src.gtid_binlog_pos().unwrap());
+    assert!(hold.lsn() > 0);
+    let ins = insert_later(&src, "INSERT INTO d.t VALUES (3)");
+    wait_blocked(&src, "INSERT INTO d.t VALUES (3");
+    hold.release().unwrap();
+    ins.join().unwrap().unwrap();
+
+    // A dom0 that goes away holding commits: the guest lets them go.
+    {
+        let mut raw = BufReader::new(UnixStream::connect(&socket).unwrap());
+        let r = raw_call(&mut raw, b"{\"op\":\"hello\",\"version\":1}\n");
+        assert_eq!(r["result"], "hello");
+        let r = raw_call(&mut raw, b"{\"op\":\"hold_commits\"}\n");
+        assert_eq!(r["result"], "held", "{r}");
+        let ins = insert_later(&src, "INSERT INTO d.t VALUES (4)");
+        wait_blocked(&src, "INSERT INTO d.t VALUES (4");
+        drop(raw);
+        ins.join().unwrap().unwrap();
+    }
+
+    // Garbage is answered with an error, and the channel goes on serving.
+    {
+        let mut raw = BufReader::new(UnixStream::connect(&socket).unwrap());
+        for bad in [
+            &b"garbage\n"[..],
+            b"{\"op\":\"drop_database\"}\n",
+            b"{\"op\":\"flush_dirty_pages\",\"target\":-1,\"timeout_ms\":1}\n",
+            b"{\"op\":\"release_commits\"}\n",
+        ] {
+            let r = raw_call(&mut raw, bad);
+            assert_eq!(r["result"], "error", "{r}");
+        }
+        let mut huge = vec![b'x'; guest_channel::MAX_REQUEST + 10];
+        huge.push(b'\n');
+        raw.get_mut().write_all(&huge).unwrap();
+        raw.get_mut()
+            .write_all(b"{\"op\":\"hello\",\"version\":1}\n")
+            .unwrap();
+        let mut answers = Vec::new();
+        while answers
+            .last()
+            .map(|a: &serde_json::Value| a["result"] != "hello")
+            .unwrap_or(true)
+        {
+            let mut line = String::new();
+            raw.read_line(&mut line).unwrap();
+            answers.push(serde_json::from_str(&line).unwrap());
+            assert!(answers.len() <= 3, "{answers:?}");
+        }
+        assert_eq!(answers[0]["result"], "error");
+    }
+
+    // A replica set up and watched through its own channel.
+    let rep = InstanceGuard::source("grep", 32).unwrap();
+    let rdir = tempfile::tempdir().unwrap();
+    let rep_ep = GuestEndpoint::connect("grep", &guest_side(&rep, rdir.path())).unwrap();
+    let source = ep.replication_source().unwrap();
+    rep_ep
+        .replicate_from(&source, &src.gtid_binlog_pos().unwrap())
+        .unwrap();
+    src.exec("CREATE DATABASE e").unwrap();
+    src.exec("CREATE TABLE e.t (id INT PRIMARY KEY) ENGINE=InnoDB")
+        .unwrap();
+    src.exec("INSERT INTO e.t VALUES (1),(2),(3)").unwrap();
+    dbinstance::wait_caught_up(&rep, &src, Duration::from_secs(60)).unwrap();
+    let n: Option<i64> = rep.query_scalar("SELECT COUNT(*) FROM e.t").unwrap();
+    assert_eq!(n, Some(3));
+    let st = rep_ep.replication_status().unwrap().expect("a replica");
+    assert!(st.sql_running && st.broken().is_none(), "{st:?}");
+    rep_ep
+        .resume_replication(&source.host, source.port, true)
+        .unwrap();
+}
