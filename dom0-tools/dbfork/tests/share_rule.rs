@@ -168,6 +168,11 @@ fn no_frame_the_rule_serves_differs_from_the_replicas_own_page() {
     c.inst("src")
         .exec("CHECKSUM TABLE sbtest.sbtest3, sbtest.sbtest4")
         .unwrap();
+    // Their pages clean before the load: what the first clone's offer has to serve
+    // does not depend on when the page cleaner ran.
+    let f = dbinstance::flush_dirty_pages(&c.inst("src"), 0, std::time::Duration::from_secs(60))
+        .unwrap();
+    assert!(f.dirty_after < 50, "{f:?}");
     let writer = write_load(&c, "src", 30);
     c.clone("src", "r1", &[]);
     // A second snapshot while the load goes on: frames of the first offer are read
@@ -213,7 +218,7 @@ fn no_frame_the_rule_serves_differs_from_the_replicas_own_page() {
         "share rule under a write load: {} frames servable to r1/r2, {} compared with the replica's own page, {} stale, {} without a counterpart",
         total.servable, total.compared, total.stale, total.no_counterpart
     );
-    assert!(total.compared > 50, "too little was checked: {total:?}");
+    assert!(total.compared > 200, "too little was checked: {total:?}");
     assert_eq!(
         total.stale, 0,
         "stale frames the rule would serve: {total:?}"
