@@ -27,7 +27,11 @@ fn prepare_and_run_read_only_and_write_only() {
     assert!(r.qps > r.tps, "{r:?}");
     assert!(r.latency_p95_ms > 0.0 && r.latency_p95_ms.is_finite());
     assert!(r.intervals.len() >= 2, "{r:?}");
-    assert!(r.intervals.iter().all(|i| i.threads == 2));
+    // Every interval reports the run's threads; the last one may end as they finish
+    // (on a loaded machine sysbench reports it with fewer).
+    let (last, rest) = r.intervals.split_last().unwrap();
+    assert!(rest.iter().all(|i| i.threads == 2), "{r:?}");
+    assert!(last.threads <= 2, "{r:?}");
 
     let before = src.gtid_binlog_pos().unwrap();
     let w = SysbenchOptions {
