@@ -172,6 +172,10 @@ fn a_dead_export_or_server_is_named_and_brought_back() {
     kill_and_wait(pid as u32);
     let st = c.store.json(&["status", "r1"]);
     assert_eq!(st["state"], "down", "{st}");
+    assert!(
+        st["problems"].to_string().contains("killed or crashed"),
+        "{st}"
+    );
     assert_eq!(st["fix"], "dbfork start r1");
     assert!(!st["log_tail"].as_array().unwrap().is_empty(), "{st}");
     let text = c.store.ok(&["status", "r1"]);

@@ -278,6 +278,19 @@ impl Substrate for Local {
                 Err(e) => vec![crate::error::chain(&e)],
             }
         };
+        let mut problems = problems;
+        // A server that shut down removed its pid file; one that is still there names
+        // a server that was killed or crashed.
+        if let Some(pid) = std::fs::read_to_string(config.pid_file())
+            .ok()
+            .and_then(|t| t.trim().parse::<u32>().ok())
+        {
+            if !crate::process::process_alive(pid) {
+                problems.push(format!(
+                    "mariadbd (pid {pid}) ended without shutting down: killed or crashed (see the last lines of its error log)"
+                ));
+            }
+        }
         Health {
             problems,
             log_tail: tools::tail(&config.error_log(), 5),
