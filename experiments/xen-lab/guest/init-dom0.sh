@@ -12,6 +12,11 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev 2>/dev/null
 mkdir -p /dev/pts /dev/shm
+# What udev makes on a full system; the hotplug scripts' locking stats /dev/stdin.
+ln -sf /proc/self/fd /dev/fd
+ln -sf /proc/self/fd/0 /dev/stdin
+ln -sf /proc/self/fd/1 /dev/stdout
+ln -sf /proc/self/fd/2 /dev/stderr
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /run
 mount -t tmpfs tmpfs /tmp
@@ -149,6 +154,87 @@ if xl list >/tmp/xl-list.out 2>&1; then
 else
     fail only-dom0-left "xl list exited non-zero: $(oneline /tmp/xl-list.out)"
 fi
+
+# --- a replica's database disk: a dbfork lazy clone exported by dbfork in dom0 -------
+# connected by block-dbfork (dom0's kernel NBD client), served by blkback, read by the
+# domU through blkfront; the domU's config is the one dbfork's xlcfg derived (run).
+modprobe xen-blkback 2>/dev/null
+modprobe nbd nbds_max=16 2>/dev/null
+export DBFORK_STORE=/var/lib/dbfork
+mkdir -p /run/dbfork "$DBFORK_STORE"
+DISK_MARKER="XENLAB-DISK-MARKER-$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')"
+ve_err=""
+printf '%s\n' "$DISK_MARKER" >/tmp/db.raw && truncate -s 16M /tmp/db.raw
+step() { # step NAME COMMAND...: runs it unless an earlier step failed
+    name=$1
+    shift
+    [ -z "$ve_err" ] || return 0
+    "$@" >/tmp/step.out 2>&1 || ve_err="$name: $(oneline /tmp/step.out)"
+}
+step import dbfork volume import db /tmp/db.raw
+step snapshot dbfork volume snapshot db s1
+step clone dbfork volume clone s1 r1
+EXPORT_PID=""
+if [ -z "$ve_err" ]; then
+    dbfork volume export r1 --nbd unix:/run/dbfork/r1.nbd >/tmp/export.log 2>&1 &
+    EXPORT_PID=$!
+    i=0
+    while [ ! -S /run/dbfork/r1.nbd ] && [ "$i" -lt 30 ]; do sleep 1; i=$((i + 1)); done
+    [ -S /run/dbfork/r1.nbd ] || ve_err="the export made no socket: $(oneline /tmp/export.log)"
+fi
+if [ -z "$ve_err" ]; then pass volume-export; else fail volume-export "$ve_err"; fi
+
+RDOMU=xenlab-replica
+RCFG=/etc/xen/$RDOMU.cfg
+if grep -q "script=block-dbfork" "$RCFG" && grep -q "^name = \"$RDOMU\"" "$RCFG" &&
+    grep -q "^lab_comment" "$RCFG"; then
+    pass replica-config
+else
+    fail replica-config "$(oneline "$RCFG")"
+fi
+
+rcreated=0
+if xl create "$RCFG" >/tmp/xl-rcreate.out 2>&1; then
+    pass replica-create
+    rcreated=1
+else
+    fail replica-create "xl create exited non-zero: $(oneline /tmp/xl-rcreate.out) $(tail -n 3 /var/log/xen/xl-$RDOMU.log 2>/dev/null | tr '\n' ' ' | cut -c1-300)"
+    echo "  hotplug log: $(tail -n 8 /var/log/xen/xen-hotplug.log 2>/dev/null | tr '\n' '|' | cut -c1-600)"
+fi
+
+RLOG=/var/log/xen/console/guest-$RDOMU.log
+seen=0
+i=0
+if [ "$rcreated" = 1 ]; then
+    while [ "$i" -lt "$CONSOLE_WAIT" ]; do
+        if grep -q "XENLAB-DISK $DISK_MARKER" "$RLOG" 2>/dev/null; then seen=1; break; fi
+        xl list "$RDOMU" >/dev/null 2>&1 || break
+        sleep 1
+        i=$((i + 1))
+    done
+fi
+if [ "$seen" = 1 ]; then
+    pass replica-disk-read
+    echo "  the domU read $DISK_MARKER from /dev/xvdb (after ${i}s)"
+else
+    fail replica-disk-read "XENLAB-DISK $DISK_MARKER not in $RLOG after ${i}s; log tail: $(tail -n 4 "$RLOG" 2>/dev/null | tr -d '\r' | tr '\n' '|' | cut -c1-300)"
+fi
+
+if xl destroy "$RDOMU" >/tmp/xl-rdestroy.out 2>&1; then
+    pass replica-destroy
+else
+    fail replica-destroy "xl destroy exited non-zero: $(oneline /tmp/xl-rdestroy.out)"
+fi
+# block-dbfork's remove disconnected the NBD device; the export still serves.
+connected() { for d in /sys/block/nbd*; do [ -e "$d/pid" ] && echo "${d##*/}"; done; }
+i=0
+while [ -n "$(connected)" ] && [ "$i" -lt 20 ]; do sleep 1; i=$((i + 1)); done
+if [ -z "$(connected)" ] && [ -n "$EXPORT_PID" ] && kill -0 "$EXPORT_PID" 2>/dev/null; then
+    pass replica-disk-released
+else
+    fail replica-disk-released "connected NBD devices: '$(connected)'; export alive: $( [ -n "$EXPORT_PID" ] && kill -0 "$EXPORT_PID" 2>/dev/null && echo yes || echo no)"
+fi
+[ -n "$EXPORT_PID" ] && kill "$EXPORT_PID" 2>/dev/null
 
 echo "XENLAB-DOM0-DONE uptime=$(cut -d' ' -f1 /proc/uptime)"
 sync

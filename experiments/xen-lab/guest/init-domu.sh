@@ -12,6 +12,13 @@ for arg in $cmdline; do
     case "$arg" in xenlab.marker=*) marker=${arg#xenlab.marker=} ;; esac
 done
 echo "$marker hypervisor=$(cat /sys/hypervisor/type 2>/dev/null) uptime=$(cut -d' ' -f1 /proc/uptime)" >/dev/hvc0
+# A database disk (the replica's): its first line, read through blkfront, on the console.
+insmod /xen-blkfront.ko 2>/dev/null
+i=0
+while [ ! -b /dev/xvdb ] && [ "$i" -lt 20 ]; do sleep 1; i=$((i + 1)); done
+if [ -b /dev/xvdb ]; then
+    echo "XENLAB-DISK $(head -c 64 /dev/xvdb | head -n 1)" >/dev/hvc0
+fi
 i=0
 while true; do
     i=$((i + 1))
