@@ -17,6 +17,9 @@ pub enum Error {
     },
     #[error("this host cannot run local domains: {0}")]
     HostLacks(String),
+    #[cfg(feature = "xen")]
+    #[error("xenstore")]
+    Xenstore(#[from] xenstore::Error),
     #[error("{name}'s guest side")]
     Guest {
         name: String,

@@ -155,6 +155,19 @@ else
     fail only-dom0-left "xl list exited non-zero: $(oneline /tmp/xl-list.out)"
 fi
 
+# --- dbfork's toolstack binding: xl create/domid/destroy, deaths via @releaseDomain ---
+TS_TEST_NAME=a_domain_is_created_found_destroyed_and_its_death_seen
+if [ ! -x /usr/local/bin/xen-domains-test ]; then
+    fail toolstack-binding "/usr/local/bin/xen-domains-test missing"
+elif DBFORK_XEN_LAB=1 XEN_LAB_DOMU_CONFIG="$CFG" XEN_LAB_DOMU_NAME="$DOMU" \
+    /usr/local/bin/xen-domains-test --exact "$TS_TEST_NAME" --test-threads 1 \
+    >/tmp/ts.out 2>&1 && grep -q "1 passed" /tmp/ts.out; then
+    pass toolstack-binding
+else
+    fail toolstack-binding "$(grep -E 'panicked|assert|rror|FAILED|passed' /tmp/ts.out | head -n 6 | tr '\n' ' ' | cut -c1-300)"
+fi
+xl destroy "$DOMU" >/dev/null 2>&1
+
 # --- a replica's database disk: a dbfork lazy clone exported by dbfork in dom0 -------
 # connected by block-dbfork (dom0's kernel NBD client), served by blkback, read by the
 # domU through blkfront; the domU's config is the one dbfork's xlcfg derived (run).
