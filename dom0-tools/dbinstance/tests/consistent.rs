@@ -1,34 +1,10 @@
 //! BACKUP STAGE BLOCK_COMMIT holds commits on a real server, and always lets go.
 
-use std::time::{Duration, Instant};
-
-use dbinstance::sql::{exec, scalar};
+use dbinstance::sql::exec;
 use dbinstance::{ConsistentPoint, Error, GtidPos, Instance};
-use experiments_support::testing::{test_config, InstanceGuard};
-
-/// Polls until a session runs `needle` and waits for the backup lock.
-fn wait_for_blocked(src: &Instance, needle: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut c = src.conn().unwrap();
-    loop {
-        let state: Option<String> = scalar(
-            &mut c,
-            "t",
-            &format!(
-                "SELECT STATE FROM information_schema.PROCESSLIST WHERE INFO LIKE '{needle}%' AND STATE LIKE '%backup lock%'"
-            ),
-        )
-        .unwrap();
-        if let Some(s) = state {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "INSERT never waited for the backup lock"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+use experiments_support::testing::{
+    test_config, wait_for_backup_lock as wait_for_blocked, InstanceGuard,
+};
 
 fn count(src: &Instance) -> i64 {
     src.query_scalar("SELECT COUNT(*) FROM d.t")

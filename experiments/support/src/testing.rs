@@ -224,3 +224,29 @@ impl Drop for InstanceGuard {
         self.dir.take();
     }
 }
+
+/// Waits (up to 30 s) until a session of `src` running a statement that starts with
+/// `needle` waits for the backup lock (BACKUP STAGE BLOCK_COMMIT holds it); returns
+/// that session's state. Panics when it never does: the hold did not hold.
+pub fn wait_for_backup_lock(src: &Instance, needle: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut c = src.conn().expect("a connection to the source");
+    loop {
+        let state: Option<String> = dbinstance::sql::scalar(
+            &mut c,
+            "t",
+            &format!(
+                "SELECT STATE FROM information_schema.PROCESSLIST WHERE INFO LIKE '{needle}%' AND STATE LIKE '%backup lock%'"
+            ),
+        )
+        .expect("reading the process list");
+        if let Some(s) = state {
+            return s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{needle} never waited for the backup lock"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -4,13 +4,13 @@
 //! up and reported through the channel, and garbage on the channel gets an error while
 //! the guest side keeps serving.
 
-use dbinstance::sql::{exec, scalar};
+use dbinstance::sql::exec;
 use dbinstance::Instance;
-use experiments_support::testing::InstanceGuard;
+use experiments_support::testing::{wait_for_backup_lock, InstanceGuard};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use substrate::xen::guest::GuestEndpoint;
 use substrate::Endpoint;
 
@@ -29,30 +29,6 @@ fn guest_side(inst: &Instance, dir: &Path) -> PathBuf {
         }
     });
     socket
-}
-
-/// Waits until an INSERT starting with `needle` waits for the backup lock.
-fn wait_blocked(src: &Instance, needle: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut c = src.conn().unwrap();
-    loop {
-        let state: Option<String> = scalar(
-            &mut c,
-            "t",
-            &format!(
-                "SELECT STATE FROM information_schema.PROCESSLIST WHERE INFO LIKE '{needle}%' AND STATE LIKE '%backup lock%'"
-            ),
-        )
-        .unwrap();
-        if state.is_some() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{needle} never waited for the backup lock"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn insert_later(
@@ -101,7 +77,7 @@ fn dom0_reaches_a_guests_database_only_through_its_channel() {
     assert_eq!(hold.gtid(), &src.gtid_binlog_pos().unwrap());
     assert!(hold.lsn() > 0);
     let ins = insert_later(&src, "INSERT INTO d.t VALUES (3)");
-    wait_blocked(&src, "INSERT INTO d.t VALUES (3");
+    wait_for_backup_lock(&src, "INSERT INTO d.t VALUES (3");
     hold.release().unwrap();
     ins.join().unwrap().unwrap();
 
@@ -113,7 +89,7 @@ fn dom0_reaches_a_guests_database_only_through_its_channel() {
         let r = raw_call(&mut raw, b"{\"op\":\"hold_commits\"}\n");
         assert_eq!(r["result"], "held", "{r}");
         let ins = insert_later(&src, "INSERT INTO d.t VALUES (4)");
-        wait_blocked(&src, "INSERT INTO d.t VALUES (4");
+        wait_for_backup_lock(&src, "INSERT INTO d.t VALUES (4");
         drop(raw);
         ins.join().unwrap().unwrap();
     }
