@@ -62,6 +62,10 @@ pub enum Request {
     /// channel closes, whichever comes first.
     HoldCommits,
     ReleaseCommits,
+    /// Freezes the file system holding the datadir (FIFREEZE) until `ThawFs` or until
+    /// the channel closes: what a snapshot of the disk at dom0 must see still.
+    FreezeFs,
+    ThawFs,
     ReplicationSource,
     ReplicateFrom {
         source: Source,
@@ -106,6 +110,9 @@ pub enum Reply {
     },
     Released {
         hold_ms: u64,
+    },
+    Frozen {
+        mountpoint: String,
     },
     Source {
         source: Source,

@@ -16,16 +16,68 @@ use std::time::Duration;
 /// The longest flush dom0 may ask for.
 const MAX_FLUSH: Duration = Duration::from_secs(600);
 
-/// One connection's state: the commits it holds, if any.
+/// One connection's state: the commits it holds and the file system it froze, if any
+/// (both let go when the connection ends).
 struct Session<'a> {
     inst: &'a Instance,
     hold: Option<ConsistentPoint>,
+    frozen: Option<Frozen>,
+}
+
+/// A file system frozen with FIFREEZE (fsfreeze); thawed when dropped.
+struct Frozen {
+    mountpoint: std::path::PathBuf,
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        if let Err(e) = fsfreeze("-u", &self.mountpoint) {
+            tracing::error!("thawing {}: {e}", self.mountpoint.display());
+        }
+    }
+}
+
+fn fsfreeze(flag: &str, mountpoint: &std::path::Path) -> Result<(), String> {
+    let out = std::process::Command::new("fsfreeze")
+        .arg(flag)
+        .arg(mountpoint)
+        .output()
+        .map_err(|e| format!("running fsfreeze (util-linux): {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "fsfreeze {flag} {}: {}",
+            mountpoint.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// The mount point of the file system holding `path` (the longest mount point that
+/// is a prefix of its canonical form).
+fn mountpoint_of(path: &std::path::Path) -> Result<std::path::PathBuf, String> {
+    let canon = path
+        .canonicalize()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let info = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| format!("reading /proc/self/mountinfo: {e}"))?;
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|m| std::path::PathBuf::from(m.replace("\\040", " ")))
+        .filter(|m| canon.starts_with(m))
+        .max_by_key(|m| m.as_os_str().len())
+        .ok_or_else(|| format!("no mount holds {}", canon.display()))
 }
 
 /// Serves one connection until it ends.
 pub fn serve(stream: impl Read + Write, inst: &Instance) -> guest_channel::Result<()> {
     let mut reader = std::io::BufReader::new(stream);
-    let mut s = Session { inst, hold: None };
+    let mut s = Session {
+        inst,
+        hold: None,
+        frozen: None,
+    };
     loop {
         let reply = match read_line(&mut reader, MAX_REQUEST) {
             Ok(None) => return Ok(()),
@@ -108,6 +160,44 @@ impl Session<'_> {
                 },
                 None => Reply::Error {
                     message: "no commits are held".into(),
+                },
+            },
+            Request::FreezeFs => {
+                if let Some(f) = &self.frozen {
+                    return Ok(Reply::Error {
+                        message: format!(
+                            "{} is frozen already (thaw it first)",
+                            f.mountpoint.display()
+                        ),
+                    });
+                }
+                let mp = match mountpoint_of(&inst.config().datadir) {
+                    Ok(mp) => mp,
+                    Err(message) => return Ok(Reply::Error { message }),
+                };
+                if mp == std::path::Path::new("/") {
+                    return Ok(Reply::Error {
+                        message:
+                            "the datadir is on the root file system: freezing it would freeze \
+                                  the guest itself; put the datadir on its own disk"
+                                .into(),
+                    });
+                }
+                if let Err(message) = fsfreeze("-f", &mp) {
+                    return Ok(Reply::Error { message });
+                }
+                let reply = Reply::Frozen {
+                    mountpoint: mp.display().to_string(),
+                };
+                self.frozen = Some(Frozen { mountpoint: mp });
+                reply
+            }
+            Request::ThawFs => match self.frozen.take() {
+                // Thawed by the drop, which logs a failure; a failed thaw leaves the
+                // file system frozen, which the next FreezeFs would say.
+                Some(_) => Reply::Ok,
+                None => Reply::Error {
+                    message: "no file system is frozen".into(),
                 },
             },
             Request::ReplicationSource => {

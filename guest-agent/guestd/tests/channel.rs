@@ -147,3 +147,120 @@ fn dom0_reaches_a_guests_database_only_through_its_channel() {
         .resume_replication(&source.host, source.port, true)
         .unwrap();
 }
+
+/// An ext4 file system in a loop image, mounted; taken apart on drop (thawed first: a
+/// frozen file system cannot be unmounted).
+struct LoopFs {
+    mnt: PathBuf,
+    dev: String,
+    _dir: tempfile::TempDir,
+}
+
+impl LoopFs {
+    fn new() -> Option<LoopFs> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIP: mounting a file system needs root");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("fs.img");
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(512 << 20)
+            .unwrap();
+        let run = |cmd: &str, args: &[&str]| {
+            let out = std::process::Command::new(cmd).args(args).output().unwrap();
+            assert!(
+                out.status.success(),
+                "{cmd} {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
+        run("mkfs.ext4", &["-q", "-F", img.to_str().unwrap()]);
+        let dev = run("losetup", &["--find", "--show", img.to_str().unwrap()]);
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        let fs = LoopFs {
+            mnt,
+            dev,
+            _dir: dir,
+        };
+        run("mount", &[&fs.dev, fs.mnt.to_str().unwrap()]);
+        Some(fs)
+    }
+    /// Whether it is frozen now: a second freeze of a frozen file system is refused.
+    fn frozen(&self) -> bool {
+        let st = std::process::Command::new("fsfreeze")
+            .args(["-f", self.mnt.to_str().unwrap()])
+            .output()
+            .unwrap();
+        if st.status.success() {
+            let _ = std::process::Command::new("fsfreeze")
+                .args(["-u", self.mnt.to_str().unwrap()])
+                .status();
+            false
+        } else {
+            true
+        }
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        let m = self.mnt.to_str().unwrap().to_string();
+        let _ = std::process::Command::new("fsfreeze")
+            .args(["-u", &m])
+            .status();
+        let _ = std::process::Command::new("umount").arg(&m).status();
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &self.dev])
+            .status();
+    }
+}
+
+#[test]
+fn the_guest_freezes_its_datadirs_file_system_until_thawed_or_gone() {
+    let Some(fs) = LoopFs::new() else { return };
+    let (mut cfg, dir) = experiments_support::testing::test_config("gfz", 33).unwrap();
+    cfg.datadir = fs.mnt.join("data");
+    let db = InstanceGuard::init_and_start(cfg, dir).unwrap();
+    let sdir = tempfile::tempdir().unwrap();
+    let socket = guest_side(&db, sdir.path());
+    let ep = GuestEndpoint::connect("gfz", &socket).unwrap();
+
+    assert!(!fs.frozen());
+    let freeze = ep.freeze_fs().unwrap();
+    assert_eq!(
+        Path::new(&freeze.mountpoint),
+        fs.mnt.canonicalize().unwrap()
+    );
+    assert!(fs.frozen(), "the datadir's file system is not frozen");
+    // A second freeze on the same channel is refused, the first stays.
+    assert!(ep.freeze_fs().is_err());
+    assert!(fs.frozen());
+    drop(freeze);
+    assert!(!fs.frozen(), "thaw did not thaw");
+
+    // A dom0 that goes away with the file system frozen: the guest thaws it.
+    let mut raw = BufReader::new(UnixStream::connect(&socket).unwrap());
+    assert_eq!(
+        raw_call(&mut raw, b"{\"op\":\"hello\",\"version\":1}\n")["result"],
+        "hello"
+    );
+    let r = raw_call(&mut raw, b"{\"op\":\"freeze_fs\"}\n");
+    assert_eq!(r["result"], "frozen", "{r}");
+    assert!(fs.frozen());
+    drop(raw);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while fs.frozen() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still frozen after dom0 left"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The server is fine: it writes again.
+    db.exec("CREATE DATABASE after_thaw").unwrap();
+}

@@ -56,6 +56,19 @@ fn call(channel: &Channel, name: &str, req: &Request) -> Result<Reply> {
 }
 
 impl GuestEndpoint {
+    /// Freezes the file system of the guest's datadir until the guard drops (around a
+    /// snapshot of its disk at dom0); the guest also thaws it if the channel closes.
+    pub fn freeze_fs(&self) -> Result<GuestFreeze> {
+        match self.call(&Request::FreezeFs)? {
+            Reply::Frozen { mountpoint } => Ok(GuestFreeze {
+                name: self.name.clone(),
+                channel: self.channel.clone(),
+                mountpoint,
+            }),
+            other => Err(self.unexpected("freeze_fs", other)),
+        }
+    }
+
     fn expect_ok(&self, req: &Request, asked: &'static str) -> Result<()> {
         match self.call(req)? {
             Reply::Ok => Ok(()),
@@ -169,6 +182,27 @@ impl Endpoint for GuestEndpoint {
                     source,
                 }),
             other => Err(self.unexpected("replication_status", other)),
+        }
+    }
+}
+
+/// The guest's datadir file system, frozen until dropped.
+pub struct GuestFreeze {
+    name: String,
+    channel: Channel,
+    /// Where the guest froze it (for messages).
+    pub mountpoint: String,
+}
+
+impl Drop for GuestFreeze {
+    fn drop(&mut self) {
+        if let Err(e) = call(&self.channel, &self.name, &Request::ThawFs) {
+            tracing::warn!(
+                "thawing {}'s {}: {}",
+                self.name,
+                self.mountpoint,
+                crate::error::chain(&e)
+            );
         }
     }
 }
