@@ -45,12 +45,33 @@ pub fn tail_lines(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// How much of a log's end is read for its last lines: logs grow for as long as a
+/// server lives, and a status line must not read all of one.
+const LOG_END: u64 = 64 * 1024;
+
+/// The end of a (log) file, at most `LOG_END` bytes, starting at a line; `None` when
+/// it cannot be read.
+pub fn read_end(path: &Path) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    let start = len.saturating_sub(LOG_END);
+    f.seek(SeekFrom::Start(start)).ok()?;
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes).ok()?;
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    // Read from the middle of a line: that line is cut, and dropped.
+    Some(match (start > 0, text.find('\n')) {
+        (true, Some(i)) => text[i + 1..].to_string(),
+        _ => text,
+    })
+}
+
 /// The last `n` lines of a (log) file; empty when it cannot be read.
-pub(crate) fn tail_of_file(path: &Path, n: usize) -> String {
-    match std::fs::read(path) {
-        Ok(bytes) => tail_lines(&String::from_utf8_lossy(&bytes), n),
-        Err(_) => String::new(),
-    }
+pub fn tail_of_file(path: &Path, n: usize) -> String {
+    read_end(path)
+        .map(|t| tail_lines(&t, n))
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -93,6 +114,22 @@ mod tests {
             text.contains("boom") && text.contains("shell failed"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_end_of_a_long_file_is_read_from_a_whole_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("log");
+        let mut text = String::new();
+        for i in 0..20_000 {
+            text.push_str(&format!("line {i}\n"));
+        }
+        std::fs::write(&p, &text).unwrap();
+        let end = read_end(&p).unwrap();
+        assert!(end.len() as u64 <= LOG_END);
+        assert!(end.starts_with("line "), "{:?}", &end[..20]);
+        assert_eq!(tail_of_file(&p, 2), "line 19998\nline 19999");
+        assert_eq!(read_end(&dir.path().join("none")), None);
     }
 
     #[test]

@@ -30,11 +30,9 @@ pub fn spawn(store: &Path, volume: &str, dbfork_exe: &Path) -> Result<(u32, Path
         UnixStream::connect(&socket).is_ok()
     })?;
     let Some(pid) = up else {
-        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-        let tail: Vec<&str> = log.lines().rev().take(5).collect();
         return Err(Error::ExportFailed {
             volume: volume.to_string(),
-            log: tail.into_iter().rev().collect::<Vec<_>>().join(" | "),
+            log: dbinstance::tools::tail_of_file(&log_path, 5).replace('\n', " | "),
         });
     };
     Ok((pid, socket))

@@ -293,7 +293,14 @@ impl Substrate for Local {
         }
         Health {
             problems,
-            log_tail: tools::tail(&config.error_log(), 5),
+            log_tail: {
+                let end = dbinstance::tools::read_end(&config.error_log()).unwrap_or_default();
+                let lines: Vec<&str> = end.lines().filter(|l| !l.trim().is_empty()).collect();
+                lines[lines.len().saturating_sub(5)..]
+                    .iter()
+                    .map(|l| l.to_string())
+                    .collect()
+            },
         }
     }
 

@@ -48,19 +48,6 @@ pub(crate) fn spawn_error(program: &str, command: String, source: std::io::Error
     }
 }
 
-/// The last `n` lines of a text file (none when it cannot be read).
-pub fn tail(path: &Path, n: usize) -> Vec<String> {
-    let Ok(bytes) = std::fs::read(path) else {
-        return Vec::new();
-    };
-    let text = String::from_utf8_lossy(&bytes);
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    lines[lines.len().saturating_sub(n)..]
-        .iter()
-        .map(|l| l.to_string())
-        .collect()
-}
-
 /// True if `path` is a mount point (listed in /proc/self/mountinfo).
 pub fn is_mount_point(path: &Path) -> bool {
     // A dead FUSE mount cannot be stat'ed (ENOTCONN), so it cannot be canonicalised
