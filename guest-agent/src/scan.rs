@@ -61,16 +61,21 @@ impl Regions {
     }
 
     /// The server reads a data-file page into [addr, addr + FRAME_SIZE): the region
-    /// holding it is a buffer-pool chunk, which the clone-time scan may read.
-    pub fn note_page_read(&self, addr: usize) {
+    /// holding it is a buffer-pool chunk, which the clone-time scan may read. Whether
+    /// such a region holds it (one look for both, on every page read).
+    pub fn note_page_read(&self, addr: usize) -> bool {
         let end = addr.saturating_add(FRAME_SIZE);
-        if let Some(r) = self
+        match self
             .list
             .read()
             .iter()
             .find(|r| addr >= r.start && end <= r.start + r.len)
         {
-            r.pool.store(true, Ordering::Relaxed);
+            Some(r) => {
+                r.pool.store(true, Ordering::Relaxed);
+                true
+            }
+            None => false,
         }
     }
 

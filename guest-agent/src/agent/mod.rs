@@ -269,12 +269,11 @@ impl Agent {
         Stats::inc(&self.stats.reads_page_sized);
         // Only buffer-pool frames are ever remapped: a heap buffer that happens to be
         // aligned could be handed back to malloc with a file page under it.
-        if self.config.role != Role::Off && !self.regions.contains(buf as usize, FRAME_SIZE) {
+        // A page of a data file read into a region makes it a buffer-pool chunk.
+        if self.config.role != Role::Off && !self.regions.note_page_read(buf as usize) {
             Stats::inc(&self.stats.reads_outside_pool);
             return real();
         }
-        // A page of a data file read into this region: it is a buffer-pool chunk.
-        self.regions.note_page_read(buf as usize);
         let page_no = match u32::try_from(off as u64 / FRAME_SIZE as u64) {
             Ok(p) => p,
             Err(_) => return real(),
