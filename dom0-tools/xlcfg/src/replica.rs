@@ -39,95 +39,23 @@ pub struct Replica {
 
 pub fn replica_config(src: &XlConfig, spec: &ReplicaSpec<'_>) -> Result<Replica> {
     let mut notes = Vec::new();
-    let kind = src
-        .get_str("type")
-        .or_else(|| src.get_str("builder").filter(|b| b == "hvm"))
-        .unwrap_or_else(|| "pv".into());
-    match kind.as_str() {
-        "pv" => {}
-        "pvh" => notes.push(
-            "type = \"pvh\" is carried over as it is; dbfork's Xen lab runs PV guests only, so PVH replicas are untested"
-                .into(),
-        ),
-        "hvm" => {
-            return Err(Error::Unsupported {
-                what: "an HVM guest (type = \"hvm\")".into(),
-                fix: "dbfork forks PV domUs (type = \"pv\", or \"pvh\"): its replica's database disk is a \
-                      dom0 block device through blkback, which an HVM guest's emulated disks would \
-                      read through a device model; run the source as a PV guest"
-                    .into(),
-            })
-        }
-        other => {
-            return Err(Error::Unsupported {
-                what: format!("type = {other:?}"),
-                fix: "xl knows pv, pvh and hvm; dbfork forks pv (and carries pvh over)".into(),
-            })
-        }
-    }
-    if src
-        .get("pci")
-        .is_some_and(|p| p.as_list().is_some_and(|l| !l.is_empty()))
-    {
-        return Err(Error::Unsupported {
-            what: "PCI passthrough (pci = [...])".into(),
-            fix: "a device passed through to the source cannot be given to its replica as well; \
-                  remove pci from the source's config or fork a source without it"
-                .into(),
-        });
-    }
-
+    check_forkable(src, &mut notes)?;
     let mut cfg = src.clone();
     cfg.set("name", Value::Str(spec.name.to_string()));
     if cfg.remove("uuid") {
         notes.push("uuid removed: xl gives the replica its own".into());
     }
-
-    // Disks: the database disk becomes the clone; every other disk is shared with the
-    // source, which only a read-only one can be.
-    let disks = entries(src, "disk")?;
-    let mut found = false;
-    let mut out = Vec::with_capacity(disks.len());
-    for text in &disks {
-        let d = DiskSpec::parse(text)?;
-        if d.vdev() == spec.database_vdev {
-            found = true;
-            let clone = DiskSpec {
-                target: Some(spec.database_target.to_string()),
-                format: None,
-                vdev: d.vdev.clone(),
-                access: Some("rw".into()),
-                other: vec![("script".into(), Some(HOTPLUG_SCRIPT.into()))],
-            };
-            out.push(Value::Str(clone.render()));
-        } else if d.writable() {
-            return Err(Error::Unsupported {
-                what: format!("disk {} of the source is writable", d.vdev()),
-                fix: "a replica shares every disk but the database's with its source, and two \
-                      domains must not write one disk: make it read-only in the source's config \
-                      (access=ro), or move what the guest writes there onto the database disk"
-                    .into(),
-            });
-        } else {
-            out.push(Value::Str(text.clone()));
-        }
-    }
-    if !found {
-        return Err(Error::Entry {
-            key: "disk".into(),
-            what: format!(
-                "no disk with vdev {} in the source's config: name the database disk's vdev (one of: {})",
-                spec.database_vdev,
-                disks
-                    .iter()
-                    .filter_map(|t| DiskSpec::parse(t).ok())
-                    .map(|d| d.vdev().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        });
-    }
-    cfg.set("disk", Value::List(out));
+    // Every disk but the database's is shared with the source, which only a read-only
+    // one can be.
+    cfg.set(
+        "disk",
+        Value::List(database_disk_on(
+            src,
+            spec.database_vdev,
+            spec.database_target,
+            true,
+        )?),
+    );
 
     // Network: the same networks, fresh addresses; a fixed interface name would clash.
     let vifs = entries(src, "vif")?;
@@ -176,6 +104,143 @@ pub fn replica_config(src: &XlConfig, spec: &ReplicaSpec<'_>) -> Result<Replica>
     cfg.set("dbfork_parent", Value::Str(spec.parent.to_string()));
     cfg.set("dbfork_family", Value::Str(spec.family.to_string()));
     Ok(Replica { config: cfg, notes })
+}
+
+/// What makes a source domU's config for dbfork: the operator's, with its database
+/// disk served by dbfork.
+#[derive(Debug, Clone)]
+pub struct SourceSpec<'a> {
+    /// The domain's name (the dbfork instance's).
+    pub name: &'a str,
+    /// The guest device of the database disk (`xvdb`).
+    pub database_vdev: &'a str,
+    /// What the hotplug script is given as the disk's target (the volume's export).
+    pub database_target: &'a str,
+}
+
+/// A source domU's config from the operator's: its database disk through dbfork's
+/// hotplug script, its name the instance's, dbfork's keys added; everything else as
+/// written. Refused for what its replicas could not be (HVM, PCI passthrough; a
+/// writable disk besides the database's is refused at clone time, where it matters).
+pub fn source_config(src: &XlConfig, spec: &SourceSpec<'_>) -> Result<Replica> {
+    let mut notes = Vec::new();
+    check_forkable(src, &mut notes)?;
+    let mut cfg = src.clone();
+    if src.get_str("name").as_deref() != Some(spec.name) {
+        notes.push(format!(
+            "name set to {:?}: the domain is named after its dbfork instance",
+            spec.name
+        ));
+        cfg.set("name", Value::Str(spec.name.to_string()));
+    }
+    cfg.set(
+        "disk",
+        Value::List(database_disk_on(
+            src,
+            spec.database_vdev,
+            spec.database_target,
+            false,
+        )?),
+    );
+    cfg.set("dbfork_role", Value::Str("source".into()));
+    cfg.set("dbfork_family", Value::Str(spec.name.to_string()));
+    Ok(Replica { config: cfg, notes })
+}
+
+/// Refuses guests dbfork does not fork (HVM, PCI passthrough); notes what it carries
+/// over untested (PVH).
+fn check_forkable(src: &XlConfig, notes: &mut Vec<String>) -> Result<()> {
+    let kind = src
+        .get_str("type")
+        .or_else(|| src.get_str("builder").filter(|b| b == "hvm"))
+        .unwrap_or_else(|| "pv".into());
+    match kind.as_str() {
+        "pv" => {}
+        "pvh" => notes.push(
+            "type = \"pvh\" is carried over as it is; dbfork's Xen lab runs PV guests only, so PVH replicas are untested"
+                .into(),
+        ),
+        "hvm" => {
+            return Err(Error::Unsupported {
+                what: "an HVM guest (type = \"hvm\")".into(),
+                fix: "dbfork forks PV domUs (type = \"pv\", or \"pvh\"): its replica's database disk is a \
+                      dom0 block device through blkback, which an HVM guest's emulated disks would \
+                      read through a device model; run the source as a PV guest"
+                    .into(),
+            })
+        }
+        other => {
+            return Err(Error::Unsupported {
+                what: format!("type = {other:?}"),
+                fix: "xl knows pv, pvh and hvm; dbfork forks pv (and carries pvh over)".into(),
+            })
+        }
+    }
+    if src
+        .get("pci")
+        .is_some_and(|p| p.as_list().is_some_and(|l| !l.is_empty()))
+    {
+        return Err(Error::Unsupported {
+            what: "PCI passthrough (pci = [...])".into(),
+            fix: "a device passed through to the source cannot be given to its replica as well; \
+                  remove pci from the source's config or fork a source without it"
+                .into(),
+        });
+    }
+    Ok(())
+}
+
+/// The config's disks with the one at `vdev` replaced by `target` through dbfork's
+/// hotplug script. With `shared_others`, every other disk is one the new domain shares
+/// with the source, so a writable one is refused.
+fn database_disk_on(
+    src: &XlConfig,
+    vdev: &str,
+    target: &str,
+    shared_others: bool,
+) -> Result<Vec<Value>> {
+    let disks = entries(src, "disk")?;
+    let mut found = false;
+    let mut out = Vec::with_capacity(disks.len());
+    for text in &disks {
+        let d = DiskSpec::parse(text)?;
+        if d.vdev() == vdev {
+            found = true;
+            let db = DiskSpec {
+                target: Some(target.to_string()),
+                format: None,
+                vdev: d.vdev.clone(),
+                access: Some("rw".into()),
+                other: vec![("script".into(), Some(HOTPLUG_SCRIPT.into()))],
+            };
+            out.push(Value::Str(db.render()));
+        } else if shared_others && d.writable() {
+            return Err(Error::Unsupported {
+                what: format!("disk {} of the source is writable", d.vdev()),
+                fix: "a replica shares every disk but the database's with its source, and two \
+                      domains must not write one disk: make it read-only in the source's config \
+                      (access=ro), or move what the guest writes there onto the database disk"
+                    .into(),
+            });
+        } else {
+            out.push(Value::Str(text.clone()));
+        }
+    }
+    if !found {
+        return Err(Error::Entry {
+            key: "disk".into(),
+            what: format!(
+                "no disk with vdev {vdev} in the source's config: name the database disk's vdev (one of: {})",
+                disks
+                    .iter()
+                    .filter_map(|t| DiskSpec::parse(t).ok())
+                    .map(|d| d.vdev().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        });
+    }
+    Ok(out)
 }
 
 /// The strings of a list setting (absent: none); anything else is an error naming the

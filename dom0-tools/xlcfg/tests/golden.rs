@@ -121,3 +121,64 @@ fn replicas_of_debians_example_configs_match_their_golden_files() {
         );
     }
 }
+
+/// A source's config keeps everything but its database disk (now dbfork's) and gains
+/// dbfork's keys; a source with a writable OS disk is accepted (its replicas are
+/// refused at clone time), HVM and PCI passthrough are refused at once.
+#[test]
+fn source_configs_serve_the_database_disk_through_dbfork() {
+    use xlcfg::replica::{source_config, SourceSpec};
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let spec = |name| SourceSpec {
+        name,
+        database_vdev: "xvdb",
+        database_target: "nbd+unix:///db?socket=/s/db.nbd",
+    };
+    let read = |f: &str| XlConfig::parse(&std::fs::read_to_string(dir.join(f)).unwrap()).unwrap();
+
+    let src = read("pv-writable-os.cfg");
+    let out = source_config(&src, &spec("db")).unwrap();
+    let again = XlConfig::parse(&out.config.render()).unwrap();
+    assert_eq!(again.get_str("name").as_deref(), Some("db"));
+    assert!(
+        out.notes.iter().any(|n| n.contains("name set")),
+        "{:?}",
+        out.notes
+    );
+    let disks: Vec<String> = again
+        .get("disk")
+        .unwrap()
+        .as_list()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(disks[0], "/srv/xen/rw-os.img,raw,xvda,rw");
+    assert!(
+        disks[1].contains("script=block-dbfork") && disks[1].contains("nbd+unix:///db"),
+        "{disks:?}"
+    );
+    assert_eq!(again.get_str("dbfork_role").as_deref(), Some("source"));
+    assert_eq!(again.get("bootloader"), src.get("bootloader"));
+
+    // Named after the instance already: no note.
+    let same = source_config(&src, &spec("rw-os")).unwrap();
+    assert!(same.notes.is_empty(), "{:?}", same.notes);
+
+    for refused in ["hvm.cfg", "pv-pci.cfg"] {
+        let e = source_config(&read(refused), &spec("db")).unwrap_err();
+        assert!(
+            matches!(e, xlcfg::Error::Unsupported { .. }),
+            "{refused}: {e}"
+        );
+    }
+    let e = source_config(
+        &src,
+        &SourceSpec {
+            database_vdev: "xvdz",
+            ..spec("db")
+        },
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("xvda, xvdb"), "{e}");
+}
