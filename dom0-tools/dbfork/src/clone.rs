@@ -26,7 +26,7 @@ use crate::volumes;
 use dbinstance::{GtidPos, InstanceConfig};
 use lazyvol::CloneOptions;
 use std::time::{Duration, Instant};
-use substrate::{DomainState, Endpoint, StartRequest, Stop, WarmSet};
+use substrate::{DomainState, Endpoint, NewDomain, StartRequest, Stop, WarmSet};
 
 /// How long a clone lets the parent flush dirty pages before going ahead.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -49,6 +49,9 @@ pub struct CloneOpts {
     pub read_iops: Option<u32>,
     /// Flush the parent's dirty pages before the consistent point.
     pub flush: bool,
+    /// Memory and vCPUs of a new domU (default: the parent's).
+    pub memory_mib: Option<u64>,
+    pub vcpus: Option<u32>,
 }
 
 impl Default for CloneOpts {
@@ -63,6 +66,8 @@ impl Default for CloneOpts {
             cold_buffer_pool: false,
             read_iops: None,
             flush: true,
+            memory_mib: None,
+            vcpus: None,
         }
     }
 }
@@ -324,7 +329,17 @@ impl<'a> Cloning<'a> {
         )?;
         self.undo
             .push(format!("volume {new}"), move || Ok(ctx.delete_volume(new)?));
-        let domain = ctx.substrate().attach(new, new, None)?;
+        let domain = ctx.substrate().attach(
+            new,
+            new,
+            &NewDomain::CloneOf {
+                parent_name: &self.parent.name,
+                family: &self.parent.family,
+                parent: &self.parent.domain,
+                memory_mib: self.opts.memory_mib,
+                vcpus: self.opts.vcpus,
+            },
+        )?;
         {
             let domain = domain.clone();
             self.undo.push(format!("attach of {new}"), move || {

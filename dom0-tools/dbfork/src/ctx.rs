@@ -10,6 +10,10 @@ use substrate::{Host, Kind, RunDir, Substrate};
 pub struct Ctx {
     pub store_dir: PathBuf,
     substrate: Box<dyn Substrate>,
+    /// The host, to make the backend of a domain recorded on another substrate.
+    host: Option<Host>,
+    /// That backend, made when first needed.
+    other: std::sync::OnceLock<Box<dyn Substrate>>,
 }
 
 impl Ctx {
@@ -28,10 +32,9 @@ impl Ctx {
             store_dir: store_dir.to_path_buf(),
             dbfork_exe: dbfork_exe.to_path_buf(),
         };
-        Ok(Self::with_substrate(
-            store_dir,
-            substrate::detect(substrate, &host)?,
-        ))
+        let mut ctx = Self::with_substrate(store_dir, substrate::detect(substrate, &host)?);
+        ctx.host = Some(host);
+        Ok(ctx)
     }
 
     /// The store with a given substrate (a test double, or one already made).
@@ -39,11 +42,35 @@ impl Ctx {
         Ctx {
             store_dir: store_dir.to_path_buf(),
             substrate,
+            host: None,
+            other: std::sync::OnceLock::new(),
         }
     }
 
+    /// The substrate new domains are made on.
     pub fn substrate(&self) -> &dyn Substrate {
         self.substrate.as_ref()
+    }
+
+    /// The backend of a recorded domain: the one its state names (a store can hold
+    /// local instances and domUs).
+    pub fn substrate_for(&self, domain: &substrate::DomainState) -> Result<&dyn Substrate> {
+        if domain.kind() == self.substrate.kind() {
+            return Ok(self.substrate.as_ref());
+        }
+        let Some(host) = &self.host else {
+            // A context made around one given substrate (a test double) has no other.
+            return Ok(self.substrate.as_ref());
+        };
+        if self.other.get().is_none() {
+            let made = substrate::for_domain(domain, host)?;
+            let _ = self.other.set(made);
+        }
+        match self.other.get() {
+            Some(s) if s.kind() == domain.kind() => Ok(s.as_ref()),
+            // Substrates are two: a store's other one is the one made above.
+            _ => Ok(self.substrate.as_ref()),
+        }
     }
 
     pub fn store(&self) -> Result<Store> {

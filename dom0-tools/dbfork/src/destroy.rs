@@ -14,8 +14,8 @@ const STOP_TIMEOUT: std::time::Duration = dbinstance::instance::DEFAULT_STOP_TIM
 /// replicas is refused.
 pub fn destroy(ctx: &Ctx, name: &str, with_replicas: bool, say: Say) -> Result<()> {
     let reg = ctx.registry();
-    let sub = ctx.substrate();
     let rec = reg.load(name)?;
+    let sub = ctx.substrate_for(&rec.domain)?;
     let children = reg.children(name)?;
     if !children.is_empty() {
         if !with_replicas {

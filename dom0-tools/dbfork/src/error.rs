@@ -46,6 +46,8 @@ pub enum Error {
     // ---- instance verbs
     #[error("{0} is not running; start it first (its datadir must be live to clone)")]
     NotRunning(String),
+    #[error("a Xen source's database disk is a block volume: leave --volume-engine out (or say lazy); reflink volumes are directories on dom0's file system, which a domU cannot mount")]
+    ReflinkNotADisk,
     #[error("{name} cannot be a replication source")]
     NotASource {
         name: String,

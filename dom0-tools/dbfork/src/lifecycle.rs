@@ -42,8 +42,8 @@ pub enum Stopped {
 /// Starts a stopped instance (after `stop`, a crash or a host reboot).
 pub fn start(ctx: &Ctx, name: &str, say: Say) -> Result<Started> {
     let reg = ctx.registry();
-    let sub = ctx.substrate();
     let mut rec = reg.load(name)?;
+    let sub = ctx.substrate_for(&rec.domain)?;
     if sub.running(&rec.config, &rec.domain) {
         let health = sub.health(&rec.config, &rec.volume, &rec.domain);
         if health.problems.is_empty() {
@@ -106,12 +106,18 @@ pub fn start(ctx: &Ctx, name: &str, say: Say) -> Result<Started> {
         // down: the replica then keeps retrying until it is back.
         let parent = reg.load(parent)?;
         let feeds_replicas = !reg.children(name)?.is_empty();
+        // Where replicas reach the parent: as its server says (a domU's address is
+        // its guest's), or as recorded when it cannot say (it is down).
+        let (host, port) = ctx
+            .substrate_for(&parent.domain)
+            .ok()
+            .filter(|s| s.running(&parent.config, &parent.domain))
+            .and_then(|s| s.endpoint(&parent.config, &parent.domain).ok())
+            .and_then(|db| db.replication_source().ok())
+            .map(|src| (src.host, src.port))
+            .unwrap_or_else(|| (parent.config.bind_address.clone(), parent.config.port));
         sub.endpoint(&rec.config, &rec.domain)?
-            .resume_replication(
-                &parent.config.bind_address,
-                parent.config.port,
-                !feeds_replicas,
-            )
+            .resume_replication(&host, port, !feeds_replicas)
             .map_err(|e| Error::from(e).doing(name, "resuming replication"))?;
     }
     say(&format!(
@@ -190,8 +196,8 @@ fn written_set_untrusted(rec: &InstanceRecord) -> Option<String> {
 /// keep running and reconnect when it is back.
 pub fn stop(ctx: &Ctx, name: &str, say: Say) -> Result<Stopped> {
     let reg = ctx.registry();
-    let sub = ctx.substrate();
     let mut rec = reg.load(name)?;
+    let sub = ctx.substrate_for(&rec.domain)?;
     let was_running = sub.running(&rec.config, &rec.domain);
     let lost = sub.health(&rec.config, &rec.volume, &rec.domain).problems;
     // A server whose disk is gone cannot shut down cleanly (it would wait to write):

@@ -293,7 +293,9 @@ mod tests {
         std::fs::write(reg.record_path("r1"), serde_json::to_vec(&old).unwrap()).unwrap();
 
         let rec = reg.load("r1").unwrap();
-        let DomainState::Local(d) = &rec.domain;
+        let DomainState::Local(d) = &rec.domain else {
+            panic!("a local domain expected");
+        };
         assert_eq!(d.mountpoint, Path::new("/s/mnt/r1"));
         assert_eq!(d.io_limit.as_ref().unwrap().read_iops, 150);
         let agent = d.agent.as_ref().unwrap();

@@ -7,7 +7,7 @@ use crate::registry::{InstanceRecord, Role};
 use crate::sharing;
 use crate::undo::Undo;
 use dbinstance::InstanceConfig;
-use substrate::{FsType, StartRequest, Stop};
+use substrate::{FsType, NewDomain, StartRequest, Stop};
 
 /// What a source's datadir lives on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -33,6 +33,10 @@ pub struct SourceOptions {
     /// Region size of a block volume.
     pub region_size: u64,
     pub engine: VolumeEngine,
+    /// The domU's xl config (a Xen source).
+    pub domain_config: Option<std::path::PathBuf>,
+    /// The guest device of the database disk in that config.
+    pub database_vdev: String,
 }
 
 pub fn create(ctx: &Ctx, name: &str, opts: &SourceOptions) -> Result<InstanceRecord> {
@@ -49,9 +53,12 @@ pub fn create(ctx: &Ctx, name: &str, opts: &SourceOptions) -> Result<InstanceRec
         tracing::info!(?swept, "removed what deleted stores left on this host");
     }
 
+    // A domU's disk is a block volume (a directory on dom0's file system is no disk).
+    let block_only = sub.kind() == substrate::Kind::Xen;
     let directory = match opts.engine {
-        VolumeEngine::Auto => store.supports_reflink(),
+        VolumeEngine::Auto => store.supports_reflink() && !block_only,
         VolumeEngine::Lazy => false,
+        VolumeEngine::Reflink if block_only => return Err(Error::ReflinkNotADisk),
         VolumeEngine::Reflink => true,
     };
     if directory {
@@ -62,7 +69,15 @@ pub fn create(ctx: &Ctx, name: &str, opts: &SourceOptions) -> Result<InstanceRec
     undo.push(format!("volume {name}"), move || {
         Ok(ctx.delete_volume(name)?)
     });
-    let mut domain = sub.attach(name, name, Some(opts.fs))?;
+    let mut domain = sub.attach(
+        name,
+        name,
+        &NewDomain::Source {
+            fs: opts.fs,
+            domain_config: opts.domain_config.as_deref(),
+            database_vdev: &opts.database_vdev,
+        },
+    )?;
     {
         let domain = domain.clone();
         undo.push(format!("attach of {name}"), move || {

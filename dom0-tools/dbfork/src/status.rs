@@ -37,11 +37,20 @@ pub struct InstanceStatus {
     pub sharing_off: Option<String>,
     /// The read limit on the volume, with the reads counted against it so far.
     pub io_limit: Option<substrate::ReadLimit>,
+    /// Where it runs (local or xen) and where its volume is attached (a mount point,
+    /// or a domU's disk).
+    pub substrate: String,
+    pub attached_at: String,
 }
 
 pub fn status_of(ctx: &Ctx, rec: &InstanceRecord) -> InstanceStatus {
-    let sub = ctx.substrate();
-    let running = sub.running(&rec.config, &rec.domain);
+    // A domain whose backend this dbfork cannot make (a domU's, in a build without
+    // Xen) is shown as down, with why.
+    let (sub, unavailable) = match ctx.substrate_for(&rec.domain) {
+        Ok(s) => (Some(s), None),
+        Err(e) => (None, Some(e.chain())),
+    };
+    let running = sub.is_some_and(|s| s.running(&rec.config, &rec.domain));
     let volume = live_volume_status(ctx, &rec.volume).unwrap_or_else(|| lazyvol::VolumeStatus {
         name: rec.volume.clone(),
         kind: lazyvol::VolumeKind::Volume,
@@ -60,8 +69,9 @@ pub fn status_of(ctx: &Ctx, rec: &InstanceRecord) -> InstanceStatus {
     });
     let replication = match (running, rec.role) {
         (true, Role::Replica) => sub
-            .endpoint(&rec.config, &rec.domain)
-            .and_then(|db| db.replication_status())
+            .ok_or(())
+            .and_then(|s| s.endpoint(&rec.config, &rec.domain).map_err(|_| ()))
+            .and_then(|db| db.replication_status().map_err(|_| ()))
             .ok()
             .flatten(),
         _ => None,
@@ -74,7 +84,7 @@ pub fn status_of(ctx: &Ctx, rec: &InstanceRecord) -> InstanceStatus {
     let counters = rec
         .sharing
         .as_ref()
-        .and_then(|_| sub.agent_counters(&rec.domain));
+        .and_then(|_| sub?.agent_counters(&rec.domain));
     let sharing = rec.sharing.as_ref().map(|m| {
         let mut v = counters.clone().unwrap_or_else(|| serde_json::json!({}));
         if let Some(o) = v.as_object_mut() {
@@ -84,7 +94,13 @@ pub fn status_of(ctx: &Ctx, rec: &InstanceRecord) -> InstanceStatus {
         }
         v
     });
-    let health = sub.health(&rec.config, &rec.volume, &rec.domain);
+    let health = match (sub, unavailable) {
+        (Some(s), _) => s.health(&rec.config, &rec.volume, &rec.domain),
+        (None, why) => substrate::Health {
+            problems: why.into_iter().collect(),
+            log_tail: Vec::new(),
+        },
+    };
     let stopped_cleanly = rec.run.as_ref().is_some_and(|r| r.stopped_cleanly);
     let (state, fix) = match (running, health.problems.is_empty(), stopped_cleanly) {
         (true, true, _) => ("running", None),
@@ -120,7 +136,9 @@ pub fn status_of(ctx: &Ctx, rec: &InstanceRecord) -> InstanceStatus {
                 .and_then(|v| v["sharing_off_reason"].as_str().map(str::to_string))
         }),
         sharing,
-        io_limit: sub.read_limit(&rec.domain),
+        io_limit: sub.and_then(|s| s.read_limit(&rec.domain)),
+        substrate: rec.domain.kind().to_string(),
+        attached_at: rec.domain.attached_at(),
     }
 }
 

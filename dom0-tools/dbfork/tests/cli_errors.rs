@@ -66,17 +66,31 @@ fn errors_name_the_problem() {
     let err = store.fails(&["volume", "export", "a", "--nbd", "ftp:x"]);
     assert!(err.contains("unix:PATH"), "{err}");
 
-    // The Xen substrate is named, and refused until it is built, before anything is made.
+    // A Xen source needs a dom0 (and says so before anything is made); a domain config
+    // is refused for a local source, with what it is for; a clone runs where its
+    // parent runs.
     for args in [
         &["source", "create", "x", "--substrate", "xen"][..],
-        &["clone", "a", "x", "--substrate", "xen"][..],
+        &["source", "create", "x", "--domain-config", "/etc/xen/x.cfg"][..],
     ] {
         let err = store.fails(args);
         assert!(
-            err.contains("xen substrate is not built yet") && err.contains("--substrate local"),
+            err.contains("not a Xen dom0") && err.contains("--substrate local"),
             "{err}"
         );
     }
+    let err = store.fails(&[
+        "source",
+        "create",
+        "x",
+        "--substrate",
+        "local",
+        "--domain-config",
+        "/etc/xen/x.cfg",
+    ]);
+    assert!(err.contains("--substrate xen"), "{err}");
+    let err = store.fails(&["clone", "a", "x", "--substrate", "xen"]);
+    assert!(err.contains("a"), "{err}");
 
     // --json errors are JSON too.
     let out = store.run(&["--json", "volume", "status", "ghost"]);

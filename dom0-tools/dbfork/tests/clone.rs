@@ -423,7 +423,9 @@ fn a_replica_can_start_cold_unshared_and_with_its_reads_limited() {
     ];
     c.clone("src", "slow", &flags);
     let rec = Registry::new(c.store.path()).load("slow").unwrap();
-    let DomainState::Local(domain) = &rec.domain;
+    let DomainState::Local(domain) = &rec.domain else {
+        panic!("a local domain expected");
+    };
     let l = domain.io_limit.clone().expect("the read limit is recorded");
     assert_eq!(l.read_iops, 400);
     let attach: serde_json::Value = serde_json::from_str(
@@ -601,7 +603,10 @@ fn on_a_reflink_store_datadirs_are_directories_and_clones_share_extents() {
     assert_eq!(st["hydrated_percent"], 100.0, "{st}");
     assert!(rec["sharing"].is_object(), "{rec}");
     // The read limit is on the disk the store's file system is on.
-    let DomainState::Local(domain) = &Registry::new(c.store.path()).load("r1").unwrap().domain;
+    let DomainState::Local(domain) = &Registry::new(c.store.path()).load("r1").unwrap().domain
+    else {
+        panic!("a local domain expected");
+    };
     let limit = domain.io_limit.clone().expect("a read limit");
     assert_eq!(
         limit.device,

@@ -36,6 +36,8 @@ impl Harness {
                 port: None,
                 region_size: lazyvol::DEFAULT_REGION_SIZE,
                 engine: dbfork::source::VolumeEngine::Lazy,
+                domain_config: None,
+                database_vdev: "xvdb".into(),
             },
         )
         .unwrap()
@@ -269,6 +271,8 @@ fn a_failed_source_create_leaves_nothing() {
                 port: None,
                 region_size: lazyvol::DEFAULT_REGION_SIZE,
                 engine: dbfork::source::VolumeEngine::Lazy,
+                domain_config: None,
+                database_vdev: "xvdb".into(),
             },
         )
         .unwrap_err();

@@ -6,8 +6,8 @@ use dbinstance::InstanceConfig;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use substrate::{
-    DomainState, Endpoint, Error, FsType, Health, Kind, Quiesced, ReadLimit, Result, StartRequest,
-    Stop, Substrate, Swept, WarmSet,
+    DomainState, Endpoint, Error, Health, Kind, NewDomain, Quiesced, ReadLimit, Result,
+    StartRequest, Stop, Substrate, Swept, WarmSet,
 };
 
 type Action = Box<dyn FnMut() + Send>;
@@ -106,8 +106,8 @@ impl<S: Substrate> Substrate for Faulty<S> {
     fn preflight(&self) -> Result<()> {
         self.inner.preflight()
     }
-    fn attach(&self, name: &str, volume: &str, format: Option<FsType>) -> Result<DomainState> {
-        self.around("attach", name, || self.inner.attach(name, volume, format))
+    fn attach(&self, name: &str, volume: &str, what: &NewDomain<'_>) -> Result<DomainState> {
+        self.around("attach", name, || self.inner.attach(name, volume, what))
     }
     fn detach(&self, volume: &str, domain: &DomainState) -> Result<()> {
         self.inner.detach(volume, domain)

@@ -2,6 +2,7 @@
 //! injects faults into a real one. See README.md.
 
 mod faulty;
+pub mod xen;
 pub use faulty::Faulty;
 
 use dbinstance::{FlushReport, GtidPos, InstanceConfig, PageId, ReplicationSource};
@@ -12,8 +13,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use substrate::local::LocalDomain;
 use substrate::{
-    AgentSpec, CommitHold, DomainState, Endpoint, Error, FsType, Health, Kind, Quiesced, ReadLimit,
-    Result, StartRequest, Stop, Substrate, Swept, WarmSet,
+    AgentSpec, CommitHold, DomainState, Endpoint, Error, Health, Kind, NewDomain, Quiesced,
+    ReadLimit, Result, StartRequest, Stop, Substrate, Swept, WarmSet,
 };
 
 /// A server running in the fake.
@@ -142,7 +143,7 @@ impl Fake {
     }
 
     fn name_of(domain: &DomainState) -> String {
-        let DomainState::Local(d) = domain;
+        let d = fake_state(domain);
         d.mountpoint
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -167,7 +168,7 @@ impl Substrate for Fake {
         self.enter("preflight", "-")
     }
 
-    fn attach(&self, name: &str, volume: &str, _format: Option<FsType>) -> Result<DomainState> {
+    fn attach(&self, name: &str, volume: &str, _what: &NewDomain<'_>) -> Result<DomainState> {
         self.enter("attach", name)?;
         let mut w = self.world();
         if let Some(d) = w.attached.get(volume) {
@@ -230,8 +231,7 @@ impl Substrate for Fake {
     }
 
     fn datadir(&self, domain: &DomainState) -> PathBuf {
-        let DomainState::Local(d) = domain;
-        d.mountpoint.join("data")
+        fake_state(domain).mountpoint.join("data")
     }
 
     fn quiesce(
@@ -316,7 +316,9 @@ impl Substrate for Fake {
             commits: 0,
         };
         w.running.insert(name, server);
-        let DomainState::Local(d) = domain;
+        let DomainState::Local(d) = domain else {
+            panic!("the fake keeps its domains as local state");
+        };
         d.mountpoint = self.root.join("mnt").join(&req.config.name);
         Ok(())
     }
@@ -540,5 +542,13 @@ impl CommitHold for FakeHold {
     }
     fn release(self: Box<Self>) -> Result<u64> {
         Ok(1)
+    }
+}
+
+/// The fake keeps its domains' state in the local substrate's shape.
+fn fake_state(domain: &DomainState) -> &LocalDomain {
+    match domain {
+        DomainState::Local(d) => d,
+        DomainState::Xen(_) => panic!("the fake keeps its domains as local state"),
     }
 }

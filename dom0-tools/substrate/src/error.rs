@@ -15,6 +15,22 @@ pub enum Error {
         substrate: &'static str,
         hint: &'static str,
     },
+    #[error("{what} is not for the {substrate} substrate: {fix}")]
+    NotForSubstrate {
+        what: String,
+        substrate: crate::Kind,
+        fix: &'static str,
+    },
+    #[error("this host cannot run Xen domains: {0}")]
+    XenHostLacks(String),
+    #[error("xl config {}", file.display())]
+    XlConfig {
+        file: PathBuf,
+        #[source]
+        source: xlcfg::Error,
+    },
+    #[error("domain {name}: {what}")]
+    Domain { name: String, what: String },
     #[error("this host cannot run local domains: {0}")]
     HostLacks(String),
     #[cfg(feature = "xen")]

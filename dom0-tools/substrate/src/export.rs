@@ -37,3 +37,13 @@ pub fn spawn(store: &Path, volume: &str, dbfork_exe: &Path) -> Result<(u32, Path
     };
     Ok((pid, socket))
 }
+
+/// Whether `pid` is the export process of `volume` (a pid recorded before a reboot or
+/// a crash may belong to anything now).
+pub fn is_export_of(pid: u32, volume: &str) -> bool {
+    crate::process::process_alive(pid)
+        && crate::process::cmdline(pid).is_some_and(|args| {
+            args.windows(3)
+                .any(|w| w[0] == "export" && w[1] == volume && w[2] == "--nbd")
+        })
+}

@@ -71,30 +71,27 @@ pub struct Host {
 /// Picks the backend: the one asked for, or the one this host calls for.
 pub fn detect(requested: Option<Kind>, host: &Host) -> Result<Box<dyn Substrate>> {
     match requested {
-        Some(Kind::Xen) => Err(xen_not_built()),
-        Some(Kind::Local) => Ok(Box::new(local::Local::new(host.clone()))),
-        None => {
-            if is_xen_dom0() {
-                tracing::info!(
-                    "this host is a Xen dom0, but the xen substrate is not built yet: \
-                     servers run as dom0 processes (local)"
-                );
-            }
-            Ok(Box::new(local::Local::new(host.clone())))
-        }
+        Some(Kind::Xen) => xen_backend(host),
+        Some(Kind::Local) | None => Ok(Box::new(local::Local::new(host.clone()))),
     }
 }
 
-fn xen_not_built() -> Error {
-    Error::NotBuilt {
+#[cfg(feature = "xen")]
+fn xen_backend(host: &Host) -> Result<Box<dyn Substrate>> {
+    Ok(Box::new(xen::Xen::new(host.clone())))
+}
+
+#[cfg(not(feature = "xen"))]
+fn xen_backend(_host: &Host) -> Result<Box<dyn Substrate>> {
+    Err(Error::NotBuilt {
         substrate: "xen",
-        hint: "replicas as domUs come with the Xen substrate; use --substrate local \
-               (server processes on this host) until then",
-    }
+        hint: "this dbfork was built without the `xen` feature (it links libxenstore); \
+               build it with the default features on a host with libxen-dev",
+    })
 }
 
 /// A Xen dom0 says so in its capabilities file.
-fn is_xen_dom0() -> bool {
+pub fn is_xen_dom0() -> bool {
     std::fs::read_to_string("/proc/xen/capabilities").is_ok_and(|c| c.contains("control_d"))
 }
 
@@ -109,12 +106,14 @@ pub fn for_domain(state: &DomainState, host: &Host) -> Result<Box<dyn Substrate>
 #[serde(tag = "substrate", rename_all = "lowercase")]
 pub enum DomainState {
     Local(local::LocalDomain),
+    Xen(xen::XenDomain),
 }
 
 impl DomainState {
     pub fn kind(&self) -> Kind {
         match self {
             DomainState::Local(_) => Kind::Local,
+            DomainState::Xen(_) => Kind::Xen,
         }
     }
 
@@ -122,6 +121,39 @@ impl DomainState {
     pub fn attached_at(&self) -> String {
         match self {
             DomainState::Local(d) => d.mountpoint.display().to_string(),
+            DomainState::Xen(d) => format!("domU {} as {}", d.vm, d.vdev),
+        }
+    }
+}
+
+/// What a new domain's volume is for.
+#[derive(Debug, Clone, Copy)]
+pub enum NewDomain<'a> {
+    /// A new source's: the volume is formatted with `fs`. On Xen the domain is the
+    /// operator's domU, described by `domain_config` (an xl config) whose disk at
+    /// `database_vdev` becomes the volume.
+    Source {
+        fs: FsType,
+        domain_config: Option<&'a Path>,
+        database_vdev: &'a str,
+    },
+    /// A clone of the instance `parent_name` (of `family`), whose domain is `parent`;
+    /// on Xen with this much memory and this many vCPUs (default: the parent's).
+    CloneOf {
+        parent_name: &'a str,
+        family: &'a str,
+        parent: &'a DomainState,
+        memory_mib: Option<u64>,
+        vcpus: Option<u32>,
+    },
+}
+
+impl NewDomain<'_> {
+    /// The filesystem to format the volume with (a new source's).
+    pub fn format(&self) -> Option<FsType> {
+        match self {
+            NewDomain::Source { fs, .. } => Some(*fs),
+            NewDomain::CloneOf { .. } => None,
         }
     }
 }
@@ -256,8 +288,8 @@ pub trait Substrate {
 
     // ---- volumes and domains
     /// Makes `volume` (served by its export process) the data disk of a new domain
-    /// `name`, formatted first when `format` is given.
-    fn attach(&self, name: &str, volume: &str, format: Option<FsType>) -> Result<DomainState>;
+    /// `name`, as `what` says (a new source's, formatted; or a clone's).
+    fn attach(&self, name: &str, volume: &str, what: &NewDomain<'_>) -> Result<DomainState>;
     /// Takes the volume away from the domain (its server must be stopped). Tolerates
     /// finding it detached already.
     fn detach(&self, volume: &str, domain: &DomainState) -> Result<()>;

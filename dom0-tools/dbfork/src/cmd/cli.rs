@@ -101,9 +101,15 @@ pub enum Command {
         /// kernel's IO controller; e.g. 150 models a 7200 rpm disk).
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), allow_hyphen_values = true)]
         read_iops: Option<u32>,
-        /// Where the replica runs (default: where this host runs servers).
+        /// Where the replica runs (default: where its parent runs).
         #[arg(long, value_enum)]
         substrate: Option<SubstrateArg>,
+        /// Memory of the replica's domU (Xen; default: the parent's).
+        #[arg(long, value_parser = size, allow_hyphen_values = true)]
+        memory: Option<u64>,
+        /// vCPUs of the replica's domU (Xen; default: the parent's).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..), allow_hyphen_values = true)]
+        vcpus: Option<u32>,
     },
     /// List managed instances.
     List,
@@ -171,9 +177,17 @@ pub enum SourceCommand {
         /// copies when it covers a region only in part (power of two, 4K-1M).
         #[arg(long, value_parser = size, allow_hyphen_values = true, default_value = "64K")]
         region_size: u64,
-        /// Where the server runs (default: where this host runs servers).
+        /// Where the server runs: local (a process on this host; the default) or xen
+        /// (a domU; the default with --domain-config).
         #[arg(long, value_enum)]
         substrate: Option<SubstrateArg>,
+        /// The source domU's xl config (Xen): dbfork serves its database disk (see
+        /// --database-vdev) from the new volume and keeps the rest as written.
+        #[arg(long, value_name = "FILE")]
+        domain_config: Option<PathBuf>,
+        /// The guest device of the database disk in --domain-config.
+        #[arg(long, default_value = "xvdb", requires = "domain_config")]
+        database_vdev: String,
         /// What the datadir lives on: a directory on the store's file system where it
         /// shares extents (reflink: in-kernel IO, instant complete clones), or a block
         /// volume cloned lazily over NBD (lazy: any store). auto picks reflink where the

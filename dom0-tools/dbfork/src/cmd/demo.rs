@@ -89,6 +89,8 @@ fn demo(ctx: &Ctx, args: &DemoArgs, say: &dyn Fn(&str), out: &Output) -> Result<
             port: None,
             region_size: lazyvol::DEFAULT_REGION_SIZE,
             engine: Default::default(),
+            domain_config: None,
+            database_vdev: "xvdb".into(),
         },
     )?;
     let src = Instance::open(src_rec.config.clone())?;

@@ -14,8 +14,22 @@ use std::time::Duration;
 
 pub fn run(store: &Path, out: &Output, cmd: Command) -> Result<()> {
     let requested = match &cmd {
-        Command::Source(SourceCommand::Create { substrate, .. })
-        | Command::Clone { substrate, .. } => substrate.map(Into::into),
+        Command::Source(SourceCommand::Create {
+            substrate,
+            domain_config,
+            ..
+        }) => substrate
+            .map(Into::into)
+            .or(domain_config.as_ref().map(|_| substrate::Kind::Xen)),
+        // A clone runs where its parent runs.
+        Command::Clone {
+            substrate, source, ..
+        } => substrate.map(Into::into).or_else(|| {
+            dbfork::registry::Registry::new(store)
+                .load(source)
+                .ok()
+                .map(|r| r.domain.kind())
+        }),
         _ => None,
     };
     let ctx = Ctx::new(store, requested)?;
@@ -33,6 +47,8 @@ pub fn run(store: &Path, out: &Output, cmd: Command) -> Result<()> {
             port,
             region_size,
             substrate: _,
+            domain_config,
+            database_vdev,
             volume_engine,
         }) => {
             let rec = dbfork::source::create(
@@ -45,6 +61,8 @@ pub fn run(store: &Path, out: &Output, cmd: Command) -> Result<()> {
                     port,
                     region_size,
                     engine: volume_engine.into(),
+                    domain_config,
+                    database_vdev,
                 },
             )?;
             out.done(
@@ -70,6 +88,8 @@ pub fn run(store: &Path, out: &Output, cmd: Command) -> Result<()> {
             no_flush,
             read_iops,
             substrate: _,
+            memory,
+            vcpus,
         } => {
             let rec = dbfork::clone::clone(
                 &ctx,
@@ -85,6 +105,8 @@ pub fn run(store: &Path, out: &Output, cmd: Command) -> Result<()> {
                     cold_buffer_pool: no_buffer_pool_load,
                     read_iops,
                     flush: !no_flush,
+                    memory_mib: memory.map(|m| m.div_ceil(1 << 20)),
+                    vcpus,
                 },
                 &say,
             )?;

@@ -209,15 +209,7 @@ fn fs_type(dev: &str) -> Result<String> {
     run("blkid", &["-p", "-o", "value", "-s", "TYPE", dev])
 }
 
-/// Whether `pid` is the export process of `volume` (a pid recorded before a reboot or
-/// a crash may belong to anything now).
-pub fn is_export_of(pid: u32, volume: &str) -> bool {
-    process_alive(pid)
-        && crate::process::cmdline(pid).is_some_and(|args| {
-            args.windows(3)
-                .any(|w| w[0] == "export" && w[1] == volume && w[2] == "--nbd")
-        })
-}
+pub use crate::export::is_export_of;
 
 /// What no longer serves of an attach, each a sentence (empty: it serves): the export
 /// process, nbdfuse, the loop device, the mount.

@@ -23,7 +23,7 @@ pub mod tools;
 
 use crate::error::{BoxError, Error, Result};
 use crate::{
-    DomainState, Endpoint, FsType, Health, Host, Identity, Kind, PageTableService, Quiesced,
+    DomainState, Endpoint, Health, Host, Identity, Kind, NewDomain, PageTableService, Quiesced,
     RunDir, StartRequest, Stop, Substrate, Swept, WarmSet,
 };
 use dbinstance::{Instance, InstanceConfig};
@@ -133,11 +133,56 @@ impl Local {
             iops,
         )
     }
+
+    /// The volume attached at the domain's mount point (formatted first when `format`
+    /// is given), or its tree when it is a directory volume.
+    fn attach_volume(
+        &self,
+        name: &str,
+        volume: &str,
+        format: Option<crate::FsType>,
+    ) -> Result<DomainState> {
+        if let Some(tree) = self.directory_of(volume)? {
+            // On the store's own file system already: nothing to export or mount (and
+            // nothing to format: the store's file system is the datadir's).
+            return Ok(DomainState::Local(LocalDomain {
+                mountpoint: tree,
+                directory: true,
+                agent: None,
+                io_limit: None,
+            }));
+        }
+        let mp = self.mountpoint(name);
+        std::fs::create_dir_all(&mp).map_err(Error::io("creating the mount point", &mp))?;
+        let attached = attach::attach(&attach::AttachRequest {
+            store: self.store(),
+            volume,
+            mountpoint: &mp,
+            mkfs: format,
+            read_only: false,
+            dbfork_exe: &self.host.dbfork_exe,
+        });
+        match attached {
+            Ok(_) => Ok(DomainState::Local(LocalDomain {
+                mountpoint: mp,
+                directory: false,
+                agent: None,
+                io_limit: None,
+            })),
+            Err(e) => {
+                let _ = std::fs::remove_dir(&mp);
+                Err(e)
+            }
+        }
+    }
 }
 
+/// The local part of a domain's state. The orchestration picks a domain's backend by
+/// the state's own kind (`for_domain`), so a local backend is never handed another's.
 fn local(domain: &DomainState) -> &LocalDomain {
     match domain {
         DomainState::Local(d) => d,
+        other => unreachable!("the local substrate was handed a {} domain", other.kind()),
     }
 }
 
@@ -186,39 +231,19 @@ impl Substrate for Local {
         Ok(())
     }
 
-    fn attach(&self, name: &str, volume: &str, format: Option<FsType>) -> Result<DomainState> {
-        if let Some(tree) = self.directory_of(volume)? {
-            // On the store's own file system already: nothing to export or mount (and
-            // nothing to format: the store's file system is the datadir's).
-            return Ok(DomainState::Local(LocalDomain {
-                mountpoint: tree,
-                directory: true,
-                agent: None,
-                io_limit: None,
-            }));
+    fn attach(&self, name: &str, volume: &str, what: &NewDomain<'_>) -> Result<DomainState> {
+        if let NewDomain::Source {
+            domain_config: Some(cfg),
+            ..
+        } = what
+        {
+            return Err(Error::NotForSubstrate {
+                what: format!("a domain config ({})", cfg.display()),
+                substrate: Kind::Local,
+                fix: "local servers are host processes; --domain-config is for --substrate xen",
+            });
         }
-        let mp = self.mountpoint(name);
-        std::fs::create_dir_all(&mp).map_err(Error::io("creating the mount point", &mp))?;
-        let attached = attach::attach(&attach::AttachRequest {
-            store: self.store(),
-            volume,
-            mountpoint: &mp,
-            mkfs: format,
-            read_only: false,
-            dbfork_exe: &self.host.dbfork_exe,
-        });
-        match attached {
-            Ok(_) => Ok(DomainState::Local(LocalDomain {
-                mountpoint: mp,
-                directory: false,
-                agent: None,
-                io_limit: None,
-            })),
-            Err(e) => {
-                let _ = std::fs::remove_dir(&mp);
-                Err(e)
-            }
-        }
+        self.attach_volume(name, volume, what.format())
     }
 
     fn detach(&self, volume: &str, domain: &DomainState) -> Result<()> {
@@ -257,7 +282,7 @@ impl Substrate for Local {
             tracing::info!(volume, ?broken, "taking apart what is left of an attach");
             attach::detach(self.store(), volume)?;
         }
-        self.attach(name, volume, None)
+        self.attach_volume(name, volume, None)
     }
 
     fn health(&self, config: &InstanceConfig, volume: &str, domain: &DomainState) -> Health {
@@ -361,7 +386,9 @@ impl Substrate for Local {
     }
 
     fn start(&self, req: &StartRequest<'_>, domain: &mut DomainState) -> Result<()> {
-        let DomainState::Local(d) = domain;
+        let DomainState::Local(d) = domain else {
+            unreachable!("the local substrate was handed a {} domain", domain.kind());
+        };
         let inst = Instance::open(req.config.clone())?;
         // Sharing is an optimisation: whatever keeps the agent from being set up
         // before the server exists makes sharing unavailable, not the start fail.
@@ -529,7 +556,7 @@ impl Substrate for Local {
 }
 
 /// Whether `tool` is on PATH (or in the sbin directories root's PATH may lack).
-fn on_path(tool: &str) -> bool {
+pub(crate) fn on_path(tool: &str) -> bool {
     std::env::var_os("PATH")
         .map(|p| {
             std::env::split_paths(&p)

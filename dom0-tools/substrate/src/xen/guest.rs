@@ -19,6 +19,7 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(900);
 
 type Channel = Arc<Mutex<Client<UnixStream>>>;
 
+#[derive(Clone)]
 pub struct GuestEndpoint {
     name: String,
     channel: Channel,

@@ -1,8 +1,15 @@
-//! The Xen substrate, built piece by piece (issue 14; docs/xen.md says what is done).
-//! Here so far: `guest`, the database of a domU reached through its guest side;
-//! `toolstack`, domains created and destroyed with `xl` and their deaths seen through
-//! xenstore.
+//! The Xen substrate: domains are PV domUs, dbfork runs in dom0 (docs/xen.md).
+//! `backend` is the `Substrate`; `domain` what it remembers of a domU and hands it;
+//! `control` the Xen mechanisms it drives (xl, xenstore, the channel proxy) behind a
+//! trait; `guest` the database of a domU reached through its guest side;
+//! `toolstack` the `xl` command and deaths seen through xenstore.
 
+pub mod backend;
+pub mod control;
+pub mod domain;
 pub mod guest;
 #[cfg(feature = "xen")]
 pub mod toolstack;
+
+pub use backend::Xen;
+pub use domain::XenDomain;

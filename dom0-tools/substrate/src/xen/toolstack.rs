@@ -61,10 +61,30 @@ impl Xl {
         })
     }
 
+    /// Creates the domain `name` from `config` paused (`xl create -p`) and returns its
+    /// domid: what dom0 hands the guest is in place before its first instruction.
+    pub fn create_paused(&self, config: &Path, name: &str) -> Result<u32> {
+        let cfg = config.display().to_string();
+        self.ok(&["create", "-p", &cfg])?;
+        self.domid(name)?.ok_or_else(|| Error::ToolFailed {
+            command: format!("xl create -p {cfg}"),
+            status: "0".into(),
+            stderr: format!("no domain {name} after it returned"),
+        })
+    }
+
+    pub fn unpause(&self, domid: u32) -> Result<()> {
+        self.ok(&["unpause", &domid.to_string()]).map(|_| ())
+    }
+
     /// The domid of `name`, `None` when there is no such domain.
     pub fn domid(&self, name: &str) -> Result<Option<u32>> {
         let out = self.run(&["domid", name])?;
         if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            if !err.contains("invalid domain identifier") {
+                tracing::warn!("xl domid {name}: {}", err.trim());
+            }
             return Ok(None);
         }
         let text = String::from_utf8_lossy(&out.stdout);
@@ -84,6 +104,11 @@ impl Xl {
             return Ok(());
         }
         self.ok(&["destroy", name]).map(|_| ())
+    }
+
+    /// Asks `name` to shut down (its guest shuts down on its own time).
+    pub fn request_shutdown(&self, name: &str) -> Result<()> {
+        self.ok(&["shutdown", name]).map(|_| ())
     }
 
     /// Asks `name` to shut down and waits up to `timeout`; destroys it if it did not.

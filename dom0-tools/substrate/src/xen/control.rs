@@ -1,0 +1,166 @@
+//! The Xen mechanisms the backend drives, behind one narrow trait so that its logic
+//! (what is created, written, waited for and torn down, in which order) is tested
+//! without a hypervisor: `xl` for domains, xenstore for what dom0 hands a guest and
+//! what the guest reports, and the channel proxy that makes a domU's vchan a Unix
+//! socket in dom0.
+
+use crate::error::{Error, Result};
+use std::path::Path;
+use std::time::Duration;
+
+/// What the Xen backend asks of the host's Xen.
+pub trait DomainControl {
+    /// Creates the domain `name` from `config`, paused (nothing of it runs until
+    /// `unpause`), and returns its domid.
+    fn create_paused(&self, config: &Path, name: &str) -> Result<u32>;
+    fn unpause(&self, domid: u32) -> Result<()>;
+    /// The domid of `name`, `None` when there is no such domain.
+    fn domid(&self, name: &str) -> Result<Option<u32>>;
+    /// Asks `name` to shut down, waits up to `timeout`, destroys it if it is still there.
+    fn shutdown(&self, name: &str, timeout: Duration) -> Result<()>;
+    /// Destroys `name` at once; a domain that is gone is fine.
+    fn destroy(&self, name: &str) -> Result<()>;
+    /// Writes `value` at `KEY` of the domain's dbfork directory, readable by that domain
+    /// (and dom0) only.
+    fn write_for_guest(&self, domid: u32, key: &str, value: &str) -> Result<()>;
+    /// What the domain wrote at `path` under its own directory (`data/...`).
+    fn read_from_guest(&self, domid: u32, path: &str) -> Result<Option<String>>;
+    /// Starts dom0's end of the domain's channel: a Unix socket at `socket` whose
+    /// connections reach the guest side's vchan. Returns the proxy's pid.
+    fn open_channel(&self, domid: u32, socket: &Path, log: &Path) -> Result<u32>;
+    /// The end of the domain's console log, for messages.
+    fn console_tail(&self, name: &str, lines: usize) -> Vec<String>;
+}
+
+#[cfg(feature = "xen")]
+pub use real::XenControl;
+
+#[cfg(feature = "xen")]
+mod real {
+    use super::*;
+    use crate::process::{spawn_helper, STARTUP_TIMEOUT};
+    use crate::xen::domain::{GUEST_KEYS, GUEST_VCHAN};
+    use crate::xen::toolstack::{DeathWatch, Xl};
+    use std::path::PathBuf;
+    use std::process::Command;
+    use xenstore::{Perm, Xenstore};
+
+    /// The host's Xen: `xl`, xenstored, Debian's vchan-socket-proxy, xenconsoled's logs.
+    pub struct XenControl {
+        xl: Xl,
+        xs: std::sync::OnceLock<Xenstore>,
+    }
+
+    /// Where Debian's xen-utils install the channel proxy.
+    pub const VCHAN_SOCKET_PROXY: &str = "/usr/lib/xen-4.17/bin/vchan-socket-proxy";
+    /// Where xenconsoled writes guests' consoles (when started with --log=guest).
+    const CONSOLE_LOGS: &str = "/var/log/xen/console";
+
+    impl Default for XenControl {
+        fn default() -> Self {
+            XenControl {
+                xl: Xl::default(),
+                xs: std::sync::OnceLock::new(),
+            }
+        }
+    }
+
+    impl XenControl {
+        fn xs(&self) -> Result<&Xenstore> {
+            if let Some(xs) = self.xs.get() {
+                return Ok(xs);
+            }
+            let xs = Xenstore::open()?;
+            Ok(self.xs.get_or_init(|| xs))
+        }
+    }
+
+    impl DomainControl for XenControl {
+        fn create_paused(&self, config: &Path, name: &str) -> Result<u32> {
+            self.xl.create_paused(config, name)
+        }
+        fn unpause(&self, domid: u32) -> Result<()> {
+            self.xl.unpause(domid)
+        }
+        fn domid(&self, name: &str) -> Result<Option<u32>> {
+            self.xl.domid(name)
+        }
+        fn shutdown(&self, name: &str, timeout: Duration) -> Result<()> {
+            let Some(domid) = self.xl.domid(name)? else {
+                return Ok(());
+            };
+            // Watching before asking: the death cannot slip between the two.
+            let mut deaths = DeathWatch::new()?;
+            if let Err(e) = self.xl.request_shutdown(name) {
+                tracing::warn!("xl shutdown {name}: {e}; destroying it");
+                return self.xl.destroy(name);
+            }
+            let deadline = std::time::Instant::now() + timeout;
+            loop {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if deaths.deaths(left)?.contains(&domid) || self.xl.domid(name)?.is_none() {
+                    return Ok(());
+                }
+                if left.is_zero() {
+                    tracing::warn!("{name} did not shut down within {timeout:?}; destroying it");
+                    return self.xl.destroy(name);
+                }
+            }
+        }
+        fn destroy(&self, name: &str) -> Result<()> {
+            self.xl.destroy(name)
+        }
+        fn write_for_guest(&self, domid: u32, key: &str, value: &str) -> Result<()> {
+            let xs = self.xs()?;
+            let dir = format!("/local/domain/{domid}/{GUEST_KEYS}");
+            let path = format!("{dir}/{key}");
+            xs.write(&path, value.as_bytes())?;
+            // dom0 owns both; the domain may read them, nobody else sees them.
+            let perms = [
+                Perm {
+                    domid: 0,
+                    read: false,
+                    write: false,
+                },
+                Perm {
+                    domid,
+                    read: true,
+                    write: false,
+                },
+            ];
+            xs.set_permissions(&dir, &perms)?;
+            xs.set_permissions(&path, &perms)?;
+            Ok(())
+        }
+        fn read_from_guest(&self, domid: u32, path: &str) -> Result<Option<String>> {
+            Ok(self
+                .xs()?
+                .read_string(&format!("/local/domain/{domid}/{path}"))?)
+        }
+        fn open_channel(&self, domid: u32, socket: &Path, log: &Path) -> Result<u32> {
+            let _ = std::fs::remove_file(socket);
+            let mut cmd = Command::new(VCHAN_SOCKET_PROXY);
+            cmd.args(["-m", "client", &domid.to_string()])
+                .arg(format!("/local/domain/{domid}/{GUEST_VCHAN}"))
+                .arg(socket);
+            let what = format!("{VCHAN_SOCKET_PROXY} -m client {domid}");
+            spawn_helper(cmd, &what, log, STARTUP_TIMEOUT, || socket.exists())?.ok_or_else(|| {
+                Error::Domain {
+                    name: format!("domid {domid}"),
+                    what: format!(
+                        "the channel proxy did not come up: {}",
+                        dbinstance::tools::tail_of_file(log, 3).replace('\n', " | ")
+                    ),
+                }
+            })
+        }
+        fn console_tail(&self, name: &str, lines: usize) -> Vec<String> {
+            let log = PathBuf::from(CONSOLE_LOGS).join(format!("guest-{name}.log"));
+            dbinstance::tools::tail_of_file(&log, lines)
+                .lines()
+                .map(|l| l.trim_end_matches('\r').to_string())
+                .filter(|l| !l.trim().is_empty())
+                .collect()
+        }
+    }
+}
