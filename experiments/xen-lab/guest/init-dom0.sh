@@ -249,55 +249,9 @@ else
 fi
 [ -n "$EXPORT_PID" ] && kill "$EXPORT_PID" 2>/dev/null
 
-# --- the guest side in a domU, reached only through that domU's vchan ------------------
-GDOMU=xenlab-guest
-cat >/etc/xen/$GDOMU.cfg <<EOF
-name = "$GDOMU"
-type = "pv"
-kernel = "/var/lib/xen-lab/vmlinuz"
-ramdisk = "/var/lib/xen-lab/guest.cpio.gz"
-extra = "console=hvc0 quiet"
-memory = 1100
-vcpus = 1
-on_crash = "preserve"
-EOF
-gc_err=""
-if ! xl create /etc/xen/$GDOMU.cfg >/tmp/xl-g.out 2>&1; then
-    gc_err="xl create: $(oneline /tmp/xl-g.out)"
-fi
-GLOG=/var/log/xen/console/guest-$GDOMU.log
-i=0
-while [ -z "$gc_err" ] && ! grep -q "XENLAB-GUEST-READY" "$GLOG" 2>/dev/null; do
-    if grep -q "XENLAB-GUEST-FAIL" "$GLOG" 2>/dev/null || [ "$i" -ge 240 ]; then
-        gc_err="the guest domU did not get ready in ${i}s: $(grep -aE 'panic|Initramfs|init|FAIL|No space|Out of memory' "$GLOG" 2>/dev/null | head -n 6 | tr -d '\r' | tr '\n' '|' | cut -c1-600)"
-    fi
-    sleep 1
-    i=$((i + 1))
-done
-PROXY_PID=""
-if [ -z "$gc_err" ]; then
-    gid=$(xl domid $GDOMU)
-    /usr/lib/xen-4.17/bin/vchan-socket-proxy -m client "$gid" "/local/domain/$gid/data/dbfork" \
-        /run/dbfork/guest.chan >/tmp/proxy.log 2>&1 &
-    PROXY_PID=$!
-    i=0
-    while [ ! -S /run/dbfork/guest.chan ] && [ "$i" -lt 30 ]; do sleep 1; i=$((i + 1)); done
-    [ -S /run/dbfork/guest.chan ] || gc_err="no channel socket: $(oneline /tmp/proxy.log)"
-fi
-GC_TEST_NAME=a_domus_guest_side_answers_through_its_channel
-if [ -z "$gc_err" ]; then
-    if DBFORK_XEN_LAB=1 XEN_LAB_GUEST_CHANNEL=/run/dbfork/guest.chan \
-        /usr/local/bin/guest-channel-test --exact "$GC_TEST_NAME" --test-threads 1 \
-        >/tmp/gc.out 2>&1 && grep -q "1 passed" /tmp/gc.out; then
-        pass guest-channel
-    else
-        fail guest-channel "$(grep -E 'panicked|assert|rror|FAILED|passed' /tmp/gc.out | head -n 6 | tr '\n' ' ' | cut -c1-300) proxy: $(oneline /tmp/proxy.log) guest: $(tail -n 3 "$GLOG" | tr -d '\r' | tr '\n' '|' | cut -c1-200)"
-    fi
-else
-    fail guest-channel "$gc_err"
-fi
-[ -n "$PROXY_PID" ] && kill "$PROXY_PID" 2>/dev/null
-xl destroy $GDOMU >/dev/null 2>&1
+# --- the fork run: MariaDB domUs, dbfork source create / clone / destroy -----------------
+# shellcheck source-path=SCRIPTDIR source=fork-dom0.sh
+. /var/lib/xen-lab/fork-dom0.sh
 
 echo "XENLAB-DOM0-DONE uptime=$(cut -d' ' -f1 /proc/uptime)"
 sync

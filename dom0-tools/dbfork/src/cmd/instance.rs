@@ -65,11 +65,22 @@ pub fn run(store: &Path, out: &Output, cmd: Command) -> Result<()> {
                     database_vdev,
                 },
             )?;
+            let where_ = match rec.domain.kind() {
+                substrate::Kind::Local => format!(
+                    "on port {} (socket {})",
+                    rec.config.port,
+                    rec.config.socket_path().display()
+                ),
+                // A domU's socket is inside it; its disk is what dom0 serves.
+                substrate::Kind::Xen => format!(
+                    "in {} on port {}",
+                    rec.domain.attached_at(),
+                    rec.config.port
+                ),
+            };
             out.done(
                 &format!(
-                    "source {name} running on port {} (socket {}), datadir {}",
-                    rec.config.port,
-                    rec.config.socket_path().display(),
+                    "source {name} running {where_}, datadir {}",
                     rec.config.datadir.display()
                 ),
                 serde_json::to_value(&rec)?,

@@ -77,25 +77,32 @@ impl Xl {
         self.ok(&["unpause", &domid.to_string()]).map(|_| ())
     }
 
-    /// The domid of `name`, `None` when there is no such domain.
+    /// The domid of `name`, `None` when there is no such domain. xl says "maybe this
+    /// domain does not exist" now and then for one that does (seen while another
+    /// domain boots on a busy dom0), so a miss is asked again before it counts.
     pub fn domid(&self, name: &str) -> Result<Option<u32>> {
-        let out = self.run(&["domid", name])?;
-        if !out.status.success() {
-            let err = String::from_utf8_lossy(&out.stderr);
-            if !err.contains("invalid domain identifier") {
-                tracing::warn!("xl domid {name}: {}", err.trim());
+        for attempt in 0..3 {
+            if attempt > 0 {
+                std::thread::sleep(Duration::from_millis(300));
             }
-            return Ok(None);
+            let out = self.run(&["domid", name])?;
+            if !out.status.success() {
+                let err = String::from_utf8_lossy(&out.stderr);
+                tracing::debug!("xl domid {name}: {}", err.trim());
+                continue;
+            }
+            let text = String::from_utf8_lossy(&out.stdout);
+            return text
+                .trim()
+                .parse()
+                .map(Some)
+                .map_err(|_| Error::ToolFailed {
+                    command: format!("xl domid {name}"),
+                    status: out.status.to_string(),
+                    stderr: format!("printed {:?}, not a domid", text.trim()),
+                });
         }
-        let text = String::from_utf8_lossy(&out.stdout);
-        text.trim()
-            .parse()
-            .map(Some)
-            .map_err(|_| Error::ToolFailed {
-                command: format!("xl domid {name}"),
-                status: out.status.to_string(),
-                stderr: format!("printed {:?}, not a domid", text.trim()),
-            })
+        Ok(None)
     }
 
     /// Destroys `name` at once (as a crash would); a domain that is gone is fine.

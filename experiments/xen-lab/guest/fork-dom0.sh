@@ -1,0 +1,221 @@
+# shellcheck shell=sh
+# The lab's fork run, sourced by init-dom0.sh (its pass/fail/oneline) in dom0.
+# A source domU with MariaDB on a dbfork volume (`dbfork source create --domain-config`),
+# a sysbench dataset and write load from dom0 over the domUs' bridge, a replica domU
+# by `dbfork clone`, then: the replica answers, a write on the source arrives, the
+# replica's export is killed mid-hydration (status says so, a restart brings it back),
+# CHECKSUM TABLE equality after catch-up, the replica destroyed with the source
+# unharmed, the source destroyed with nothing left. Each step prints its time.
+
+export DBFORK_STORE=/var/lib/dbfork-lab
+SRC=labsrc
+SRC_IP=10.99.16.2
+SB="sysbench oltp_write_only --db-driver=mysql --mysql-host=$SRC_IP --mysql-user=lab --mysql-password=lab --mysql-db=sbtest --tables=2 --table-size=2000"
+now() { cut -d' ' -f1 /proc/uptime; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN{printf "%.1f", b-a}'; }
+sql() { # sql HOST STATEMENT
+    mariadb -h "$1" -ulab -plab --connect-timeout=10 -N -B -e "$2"
+}
+# The address a domU's guest side reported on its console.
+ip_of() { grep -a -o 'DBFORK-GUEST-READY domid=[0-9]* ip=[0-9.]*' "/var/log/xen/console/guest-$1.log" 2>/dev/null | tail -n 1 | sed 's/.*ip=//'; }
+checksums() { # checksums HOST: the two sysbench tables' checksums, one line
+    sql "$1" "CHECKSUM TABLE sbtest.sbtest1, sbtest.sbtest2" 2>/dev/null | awk '{print $2}' | tr '\n' ' '
+}
+record_field() { # record_field NAME KEY: a number from an instance's record
+    grep -o "\"$2\": *[0-9]*" "$DBFORK_STORE/instances/$1/record.json" 2>/dev/null | grep -o '[0-9]*$' | head -n 1
+}
+
+# What a failed step leaves to read: the domU's console, xl's log, the hotplug log.
+dump_domain() { # dump_domain NAME
+    echo "  --- xl list: $(xl list 2>&1 | awk 'NR > 1 {print $1 "(" $2 ")"}' | tr '\n' ' ')"
+    echo "  --- console of $1:"
+    tail -n 170 "/var/log/xen/console/guest-$1.log" 2>/dev/null | tr -d '\r' | sed 's/^/  | /'
+    echo "  --- xl log of $1:"
+    tail -n 15 "/var/log/xen/xl-$1.log" 2>/dev/null | sed 's/^/  | /'
+    echo "  --- hotplug log:"
+    tail -n 10 /var/log/xen/xen-hotplug.log 2>/dev/null | sed 's/^/  | /'
+}
+# A step that needs the one before it is skipped (and fails) when that one failed.
+SKIP=""
+
+# --- the dom0 side: a store disk, the domUs' bridge, the disk backends -----------------
+fs_err=""
+for m in virtio_pci virtio_blk xen-blkback xen-netback bridge; do modprobe "$m" 2>/dev/null; done
+modprobe nbd nbds_max=16 2>/dev/null
+i=0
+while [ ! -b /dev/vdb ] && [ "$i" -lt 50 ]; do sleep 0.2; i=$((i + 1)); done
+[ -b /dev/vda ] || fs_err="$fs_err no OS disk /dev/vda;"
+if [ -b /dev/vdb ]; then
+    mkfs.ext4 -q -F /dev/vdb >/tmp/mkfs.out 2>&1 || fs_err="$fs_err mkfs: $(oneline /tmp/mkfs.out);"
+    mkdir -p "$DBFORK_STORE" && mount /dev/vdb "$DBFORK_STORE" || fs_err="$fs_err mount failed;"
+else
+    fs_err="$fs_err no store disk /dev/vdb;"
+fi
+ip link add xenbr0 type bridge && ip addr add 10.99.0.1/16 dev xenbr0 && ip link set xenbr0 up ||
+    fs_err="$fs_err bridge xenbr0;"
+cp /var/lib/xen-lab/source-db.cfg /etc/xen/$SRC.cfg
+if [ -z "$fs_err" ]; then pass fork-setup; else fail fork-setup "$fs_err"; fi
+
+# --- the source domU -------------------------------------------------------------------
+t=$(now)
+if dbfork source create $SRC --domain-config /etc/xen/$SRC.cfg --size 1G --buffer-pool 64M \
+    >/tmp/src.out 2>&1; then
+    pass source-create
+    echo "  dbfork source create took $(since "$t") s: $(oneline /tmp/src.out)"
+else
+    fail source-create "$(oneline /tmp/src.out)"
+    dump_domain $SRC
+    SKIP="no source"
+fi
+if sql $SRC_IP "SELECT @@server_id, @@version, @@innodb_flush_log_at_trx_commit" >/tmp/q.out 2>&1; then
+    pass source-answers
+    echo "  $SRC at $SRC_IP: server_id, version, trx_commit = $(oneline /tmp/q.out)"
+else
+    fail source-answers "$(oneline /tmp/q.out)"
+fi
+t=$(now)
+if $SB prepare >/tmp/sb.out 2>&1; then
+    pass sysbench-prepare
+    echo "  2 tables x 2000 rows in $(since "$t") s"
+else
+    fail sysbench-prepare "$(oneline /tmp/sb.out)"
+fi
+if [ -n "$SKIP" ]; then
+    for c in clone-under-load replica-answers replica-listed write-arrives export-killed \
+        replica-restarted checksum-equal replica-destroy source-unharmed source-destroy; do
+        fail "$c" "skipped: $SKIP"
+    done
+    return 0
+fi
+$SB --threads=1 --time=1200 --report-interval=5 run >/tmp/load.out 2>&1 &
+LOAD_PID=$!
+GTID_BEFORE=$(sql $SRC_IP "SELECT @@gtid_binlog_pos" 2>/dev/null)
+sleep 5
+kill -0 $LOAD_PID 2>/dev/null || echo "  (the write load ended at once: $(oneline /tmp/load.out))"
+
+# --- the replica, by dbfork clone, under the write load --------------------------------
+t=$(now)
+if dbfork clone $SRC r1 --rate 1 >/tmp/clone.out 2>&1; then
+    pass clone-under-load
+    echo "  dbfork clone took $(since "$t") s: $(tail -n 1 /tmp/clone.out | cut -c1-300)"
+else
+    fail clone-under-load "$(oneline /tmp/clone.out)"
+    dump_domain r1
+    for c in replica-answers replica-listed write-arrives export-killed replica-restarted \
+        checksum-equal replica-destroy source-unharmed source-destroy; do
+        fail "$c" "skipped: no replica"
+    done
+    kill $LOAD_PID 2>/dev/null
+    dbfork destroy $SRC >/dev/null 2>&1
+    return 0
+fi
+R_IP=$(ip_of r1)
+# A read-only replica with its own server_id and the source's data.
+if [ -n "$R_IP" ] && sql "$R_IP" "SELECT @@server_id, (SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_VARIABLES WHERE VARIABLE_NAME = 'READ_ONLY'), COUNT(*) FROM sbtest.sbtest1" >/tmp/q.out 2>&1 &&
+    [ "$(cut -f2 /tmp/q.out)" = ON ] && [ "$(cut -f1 /tmp/q.out)" != 1 ]; then
+    pass replica-answers
+    echo "  r1 at $R_IP: server_id, read_only, rows = $(oneline /tmp/q.out)"
+else
+    fail replica-answers "ip '$R_IP': server_id, read_only, rows = $(oneline /tmp/q.out 2>/dev/null) $(sql "$R_IP" "SHOW GLOBAL VARIABLES LIKE 'read_only'" 2>&1 | tr '\n' ' ')"
+    dump_domain r1
+fi
+dbfork list >/tmp/list.out 2>&1
+dbfork status r1 --json >/tmp/st.json 2>&1
+if grep -q "^$SRC .*running" /tmp/list.out && grep -q "^r1 .*replica .*running" /tmp/list.out &&
+    grep -q '"substrate": "xen"' /tmp/st.json; then
+    pass replica-listed
+    echo "  $(tr -s ' ' </tmp/list.out | tr '\n' '|')"
+else
+    fail replica-listed "list: $(oneline /tmp/list.out) status: $(oneline /tmp/st.json)"
+fi
+
+# --- a write on the source arrives -----------------------------------------------------
+TOKEN="mark-$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')"
+sql $SRC_IP "CREATE DATABASE IF NOT EXISTS lab; CREATE TABLE IF NOT EXISTS lab.marks (v VARCHAR(64)); INSERT INTO lab.marks VALUES ('$TOKEN')" >/tmp/q.out 2>&1
+t=$(now)
+arrived=0
+for i in $(seq 1 120); do
+    [ "$(sql "$R_IP" "SELECT COUNT(*) FROM lab.marks WHERE v = '$TOKEN'" 2>/dev/null)" = 1 ] && { arrived=1; break; }
+    sleep 1
+done
+if [ $arrived = 1 ]; then
+    pass write-arrives
+    echo "  $TOKEN on r1 $(since "$t") s after its insert on $SRC"
+else
+    fail write-arrives "$TOKEN not on r1 after 120 s: $(oneline /tmp/q.out) $(sql "$R_IP" 'SHOW SLAVE STATUS\G' 2>&1 | grep -E 'Running|Error' | tr -s ' ' | tr '\n' ' ' | cut -c1-300)"
+fi
+
+# --- the replica's export killed during hydration --------------------------------------
+dbfork status r1 --json >/tmp/st.json 2>&1
+hyd=$(grep -o '"hydrated_percent": *[0-9.]*' /tmp/st.json | grep -o '[0-9.]*$')
+EXPORT_PID=$(record_field r1 export_pid)
+ek_err=""
+if [ -z "$EXPORT_PID" ] || ! kill -0 "$EXPORT_PID" 2>/dev/null; then
+    ek_err="no live export pid for r1 in its record ('$EXPORT_PID')"
+elif awk -v h="$hyd" 'BEGIN{exit !(h >= 100)}'; then
+    ek_err="r1 was hydrated already (${hyd}%): the kill would not be mid-hydration"
+else
+    kill -9 "$EXPORT_PID"
+    # The domU keeps running; dbfork says what broke and how to bring it back.
+    sleep 3
+    dbfork status r1 >/tmp/st.out 2>&1
+    xl list r1 >/dev/null 2>&1 || ek_err="the r1 domU died with its export"
+    grep -q "broken" /tmp/st.out && grep -q "export process of volume r1" /tmp/st.out &&
+        grep -q "dbfork restart r1" /tmp/st.out || ek_err="$ek_err status does not say: $(oneline /tmp/st.out)"
+fi
+if [ -z "$ek_err" ]; then
+    pass export-killed
+    echo "  killed r1's export (pid $EXPORT_PID) at ${hyd}% hydrated: $(grep -E 'state|export' /tmp/st.out | tr -s ' ' | tr '\n' '|' | cut -c1-300)"
+else
+    fail export-killed "$ek_err"
+fi
+t=$(now)
+if dbfork restart r1 >/tmp/rs.out 2>&1 && R_IP=$(ip_of r1) && sql "$R_IP" "SELECT 1" >/dev/null 2>&1; then
+    pass replica-restarted
+    echo "  dbfork restart r1 took $(since "$t") s: $(oneline /tmp/rs.out)"
+else
+    fail replica-restarted "$(oneline /tmp/rs.out) console: $(tail -n 4 /var/log/xen/console/guest-r1.log 2>/dev/null | tr -d '\r' | tr '\n' '|' | cut -c1-300)"
+fi
+
+# --- CHECKSUM TABLE equality after the load stops and the replica catches up ----------
+kill $LOAD_PID 2>/dev/null
+wait $LOAD_PID 2>/dev/null
+echo "  write load (sysbench oltp_write_only, 1 thread, from dom0): source gtid $GTID_BEFORE before the clone, $(sql $SRC_IP "SELECT @@gtid_binlog_pos" 2>/dev/null) when it stopped; last report: $(grep -a '^\[' /tmp/load.out | tail -n 1 | tr -s ' ')"
+t=$(now)
+SRC_SUMS=$(checksums $SRC_IP)
+equal=0
+for i in $(seq 1 300); do
+    [ -n "$SRC_SUMS" ] && [ "$(checksums "$R_IP")" = "$SRC_SUMS" ] && { equal=1; break; }
+    sleep 1
+done
+if [ $equal = 1 ]; then
+    pass checksum-equal
+    echo "  CHECKSUM TABLE equal on $SRC and r1 ($SRC_SUMS) $(since "$t") s after the load stopped"
+else
+    fail checksum-equal "source '$SRC_SUMS', replica '$(checksums "$R_IP")'"
+fi
+
+# --- teardown: the replica first, the source unharmed -------------------------------
+t=$(now)
+nbd_connected() { for d in /sys/block/nbd*; do [ -e "$d/pid" ] && echo "${d##*/}"; done; }
+if dbfork destroy r1 >/tmp/d.out 2>&1 && ! xl list r1 >/dev/null 2>&1 &&
+    [ ! -d "$DBFORK_STORE/instances/r1" ] && [ "$(nbd_connected | wc -l)" = 1 ]; then
+    pass replica-destroy
+    echo "  dbfork destroy r1 took $(since "$t") s"
+else
+    fail replica-destroy "$(oneline /tmp/d.out) domU listed: $(xl list r1 >/dev/null 2>&1 && echo yes || echo no), NBD devices connected: $(nbd_connected | tr '\n' ' ')"
+fi
+if [ "$(checksums $SRC_IP)" = "$SRC_SUMS" ] && sql $SRC_IP "INSERT INTO lab.marks VALUES ('after')" 2>/tmp/q.out &&
+    dbfork status $SRC >/tmp/st.out 2>&1 && grep -q "running" /tmp/st.out; then
+    pass source-unharmed
+else
+    fail source-unharmed "checksums '$(checksums $SRC_IP)' (were '$SRC_SUMS'), $(oneline /tmp/q.out) $(oneline /tmp/st.out)"
+fi
+t=$(now)
+if dbfork destroy $SRC >/tmp/d.out 2>&1 && [ "$(xl list | awk 'NR > 1 {print $1}' | tr '\n' ' ')" = "Domain-0 " ] &&
+    [ -z "$(nbd_connected)" ] && [ -z "$(ls "$DBFORK_STORE/instances" 2>/dev/null)" ]; then
+    pass source-destroy
+    echo "  dbfork destroy $SRC took $(since "$t") s; only Domain-0 left, no NBD device connected"
+else
+    fail source-destroy "$(oneline /tmp/d.out) domains: $(xl list | awk 'NR > 1 {print $1}' | tr '\n' ' ') nbd: $(nbd_connected | tr '\n' ' ')"
+fi
