@@ -33,7 +33,7 @@ pub trait DomainControl {
 }
 
 #[cfg(feature = "xen")]
-pub use real::XenControl;
+pub use real::{guest_dir, guest_perms, XenControl};
 
 #[cfg(feature = "xen")]
 mod real {
@@ -75,6 +75,29 @@ mod real {
         }
     }
 
+    /// The directory dom0 writes a domain's keys in.
+    pub fn guest_dir(domid: u32) -> String {
+        format!("/local/domain/{domid}/{GUEST_KEYS}")
+    }
+
+    /// Who may read what dom0 hands a domain: dom0 owns it (the owner may do
+    /// anything, so the default for everyone else is nothing), and that domain may
+    /// read it; no other domain sees it, none may write it.
+    pub fn guest_perms(domid: u32) -> [Perm; 2] {
+        [
+            Perm {
+                domid: 0,
+                read: false,
+                write: false,
+            },
+            Perm {
+                domid,
+                read: true,
+                write: false,
+            },
+        ]
+    }
+
     impl DomainControl for XenControl {
         fn create_paused(&self, config: &Path, name: &str) -> Result<u32> {
             self.xl.create_paused(config, name)
@@ -112,22 +135,10 @@ mod real {
         }
         fn write_for_guest(&self, domid: u32, key: &str, value: &str) -> Result<()> {
             let xs = self.xs()?;
-            let dir = format!("/local/domain/{domid}/{GUEST_KEYS}");
+            let dir = guest_dir(domid);
             let path = format!("{dir}/{key}");
             xs.write(&path, value.as_bytes())?;
-            // dom0 owns both; the domain may read them, nobody else sees them.
-            let perms = [
-                Perm {
-                    domid: 0,
-                    read: false,
-                    write: false,
-                },
-                Perm {
-                    domid,
-                    read: true,
-                    write: false,
-                },
-            ];
+            let perms = guest_perms(domid);
             xs.set_permissions(&dir, &perms)?;
             xs.set_permissions(&path, &perms)?;
             Ok(())
@@ -162,5 +173,22 @@ mod real {
                 .filter(|l| !l.trim().is_empty())
                 .collect()
         }
+    }
+}
+
+#[cfg(all(test, feature = "xen"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_guests_keys_are_dom0s_and_readable_by_that_domain_only() {
+        assert_eq!(guest_dir(7), "/local/domain/7/dbfork");
+        let [owner, reader] = guest_perms(7);
+        // The first entry is the owner and everyone's default.
+        assert_eq!((owner.domid, owner.read, owner.write), (0, false, false));
+        assert_eq!((reader.domid, reader.read, reader.write), (7, true, false));
+        // What the guest side reads and writes under its own directory.
+        assert_eq!(crate::xen::domain::GUEST_STATE, "data/dbfork-state");
+        assert_eq!(crate::xen::domain::GUEST_VCHAN, "data/dbfork");
     }
 }
