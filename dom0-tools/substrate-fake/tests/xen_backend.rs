@@ -13,8 +13,10 @@ use substrate::{DomainState, FsType, Host, NewDomain, StartRequest, Stop, Substr
 use substrate_fake::xen::{FakeXen, GuestBehaviour};
 
 /// A stand-in for `dbfork volume export NAME --nbd unix:PATH`: listens on PATH until
-/// killed (the backend checks an export by its command line and its socket).
-const FAKE_EXPORT: &str = r#"#!/usr/bin/env python3
+/// killed (the backend checks an export by its command line and its socket). Debian's
+/// python3 by its path: a python3 found on PATH may be a wrapper (pyenv's shim) whose
+/// pid is not the listener's, so killing the recorded pid would leave the socket served.
+const FAKE_EXPORT: &str = r#"#!/usr/bin/python3
 import os, socket, sys, time
 path = sys.argv[sys.argv.index("--nbd") + 1].removeprefix("unix:")
 if os.path.exists(path):
