@@ -74,6 +74,12 @@ impl Xen {
         RunDir::new(&self.host.store_dir)
     }
 
+    /// Starts `volume`'s export process; its pid.
+    fn spawn_export(&self, volume: &str) -> Result<u32> {
+        crate::export::spawn(&self.host.store_dir, volume, &self.host.dbfork_exe)
+            .map(|(pid, _)| pid)
+    }
+
     /// The xl config file written for the next `xl create` of `vm`.
     fn config_file(&self, vm: &str) -> PathBuf {
         self.run_dir().path().join(format!("{vm}.xl.cfg"))
@@ -187,6 +193,13 @@ fn xen_mut(domain: &mut DomainState) -> &mut XenDomain {
     }
 }
 
+/// The domain's export process, if it still serves `volume` (a pid recorded before a
+/// crash or a reboot may name anything now).
+fn live_export(d: &XenDomain, volume: &str) -> Option<u32> {
+    d.export_pid
+        .filter(|p| crate::export::is_export_of(*p, volume))
+}
+
 fn stop_proxy(d: &XenDomain) {
     if let Some(pid) = d.proxy_pid {
         let is_proxy = crate::process::cmdline(pid)
@@ -251,19 +264,17 @@ impl Substrate for Xen {
                 })?;
                 let text = std::fs::read_to_string(file)
                     .map_err(Error::io("reading the domain config", file))?;
-                let cfg = XlConfig::parse(&text).map_err(|source| Error::XlConfig {
+                let in_file = |source| Error::XlConfig {
                     file: file.to_path_buf(),
                     source,
-                })?;
+                };
+                let cfg = XlConfig::parse(&text).map_err(in_file)?;
                 let spec = SourceSpec {
                     name,
                     database_vdev,
                     database_target: &target,
                 };
-                let derived = source_config(&cfg, &spec).map_err(|source| Error::XlConfig {
-                    file: file.to_path_buf(),
-                    source,
-                })?;
+                let derived = source_config(&cfg, &spec).map_err(in_file)?;
                 (derived, database_vdev.to_string(), Some(fs))
             }
             NewDomain::CloneOf {
@@ -280,10 +291,11 @@ impl Substrate for Xen {
                         fix: "a clone runs where its parent runs; leave --substrate out",
                     });
                 };
-                let cfg = XlConfig::parse(&p.xl_config).map_err(|source| Error::XlConfig {
+                let in_record = |source| Error::XlConfig {
                     file: PathBuf::from(format!("{parent_name}'s recorded config")),
                     source,
-                })?;
+                };
+                let cfg = XlConfig::parse(&p.xl_config).map_err(in_record)?;
                 let spec = ReplicaSpec {
                     name,
                     parent: parent_name,
@@ -293,18 +305,14 @@ impl Substrate for Xen {
                     memory_mib,
                     vcpus,
                 };
-                let derived = replica_config(&cfg, &spec).map_err(|source| Error::XlConfig {
-                    file: PathBuf::from(format!("{parent_name}'s recorded config")),
-                    source,
-                })?;
+                let derived = replica_config(&cfg, &spec).map_err(in_record)?;
                 (derived, p.vdev.clone(), None)
             }
         };
         for note in &derived.notes {
             tracing::info!("{name}'s xl config: {note}");
         }
-        let (export_pid, _) =
-            crate::export::spawn(&self.host.store_dir, volume, &self.host.dbfork_exe)?;
+        let export_pid = self.spawn_export(volume)?;
         Ok(DomainState::Xen(XenDomain {
             vm: name.to_string(),
             xl_config: derived.config.render(),
@@ -320,10 +328,7 @@ impl Substrate for Xen {
         let d = xen(domain);
         stop_proxy(d);
         self.forget_channel(d);
-        if let Some(pid) = d
-            .export_pid
-            .filter(|p| crate::export::is_export_of(*p, volume))
-        {
+        if let Some(pid) = live_export(d, volume) {
             if !crate::process::stop_process(pid) {
                 return Err(Error::Domain {
                     name: d.vm.clone(),
@@ -338,13 +343,8 @@ impl Substrate for Xen {
     fn reattach(&self, _name: &str, volume: &str, domain: &DomainState) -> Result<DomainState> {
         let mut d = xen(domain).clone();
         d.proxy_pid = None;
-        if !d
-            .export_pid
-            .is_some_and(|p| crate::export::is_export_of(p, volume))
-        {
-            let (pid, _) =
-                crate::export::spawn(&self.host.store_dir, volume, &self.host.dbfork_exe)?;
-            d.export_pid = Some(pid);
+        if live_export(&d, volume).is_none() {
+            d.export_pid = Some(self.spawn_export(volume)?);
         }
         Ok(DomainState::Xen(d))
     }
@@ -353,13 +353,9 @@ impl Substrate for Xen {
         let d = xen(domain);
         let mut problems = Vec::new();
         let running = matches!(self.control.domid(&d.vm), Ok(Some(_)));
-        let serving = d
-            .export_pid
-            .is_some_and(|p| crate::export::is_export_of(p, volume));
-        if d.export_pid.is_some() && !serving {
+        if let Some(pid) = d.export_pid.filter(|_| live_export(d, volume).is_none()) {
             problems.push(format!(
-                "the export process of volume {volume} (pid {}) is gone: the domU's database disk went with it",
-                d.export_pid.unwrap_or_default()
+                "the export process of volume {volume} (pid {pid}) is gone: the domU's database disk went with it"
             ));
         }
         if running && !d.proxy_pid.is_some_and(crate::process::process_alive) {
@@ -423,10 +419,7 @@ impl Substrate for Xen {
             return Err(Error::SharingUnavailable(XEN_SHARING.into()));
         }
         let d = xen_mut(domain);
-        if !d
-            .export_pid
-            .is_some_and(|p| crate::export::is_export_of(p, req.volume))
-        {
+        if live_export(d, req.volume).is_none() {
             return Err(Error::NotAttached(req.volume.to_string()));
         }
         if let Some(domid) = self.control.domid(&d.vm)? {

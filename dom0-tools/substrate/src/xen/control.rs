@@ -40,7 +40,7 @@ mod real {
     use super::*;
     use crate::process::{spawn_helper, STARTUP_TIMEOUT};
     use crate::xen::domain::{GUEST_KEYS, GUEST_VCHAN};
-    use crate::xen::toolstack::{DeathWatch, Xl};
+    use crate::xen::toolstack::Xl;
     use std::path::PathBuf;
     use std::process::Command;
     use xenstore::{Perm, Xenstore};
@@ -109,26 +109,7 @@ mod real {
             self.xl.domid(name)
         }
         fn shutdown(&self, name: &str, timeout: Duration) -> Result<()> {
-            let Some(domid) = self.xl.domid(name)? else {
-                return Ok(());
-            };
-            // Watching before asking: the death cannot slip between the two.
-            let mut deaths = DeathWatch::new()?;
-            if let Err(e) = self.xl.request_shutdown(name) {
-                tracing::warn!("xl shutdown {name}: {e}; destroying it");
-                return self.xl.destroy(name);
-            }
-            let deadline = std::time::Instant::now() + timeout;
-            loop {
-                let left = deadline.saturating_duration_since(std::time::Instant::now());
-                if deaths.deaths(left)?.contains(&domid) || self.xl.domid(name)?.is_none() {
-                    return Ok(());
-                }
-                if left.is_zero() {
-                    tracing::warn!("{name} did not shut down within {timeout:?}; destroying it");
-                    return self.xl.destroy(name);
-                }
-            }
+            self.xl.shutdown(name, timeout)
         }
         fn destroy(&self, name: &str) -> Result<()> {
             self.xl.destroy(name)

@@ -113,28 +113,30 @@ impl Xl {
         self.ok(&["destroy", name]).map(|_| ())
     }
 
-    /// Asks `name` to shut down (its guest shuts down on its own time).
-    pub fn request_shutdown(&self, name: &str) -> Result<()> {
-        self.ok(&["shutdown", name]).map(|_| ())
-    }
-
-    /// Asks `name` to shut down and waits up to `timeout`; destroys it if it did not.
+    /// Asks `name` to shut down and waits up to `timeout` for its death, seen through
+    /// `@releaseDomain`; destroys it if it did not go.
     pub fn shutdown(&self, name: &str, timeout: Duration) -> Result<()> {
-        if self.domid(name)?.is_none() {
+        let Some(domid) = self.domid(name)? else {
             return Ok(());
-        }
+        };
+        // Watching before asking: the death cannot slip between the two.
+        let mut deaths = DeathWatch::new()?;
         // Without -w: xl returns once the guest was asked; the wait is ours, bounded.
-        if self.ok(&["shutdown", name]).is_ok() {
-            let deadline = Instant::now() + timeout;
-            while Instant::now() < deadline {
-                if self.domid(name)?.is_none() {
-                    return Ok(());
-                }
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            tracing::warn!("{name} did not shut down within {timeout:?}; destroying it");
+        if let Err(e) = self.ok(&["shutdown", name]) {
+            tracing::warn!("xl shutdown {name}: {e}; destroying it");
+            return self.destroy(name);
         }
-        self.destroy(name)
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if deaths.deaths(left)?.contains(&domid) || self.domid(name)?.is_none() {
+                return Ok(());
+            }
+            if left.is_zero() {
+                tracing::warn!("{name} did not shut down within {timeout:?}; destroying it");
+                return self.destroy(name);
+            }
+        }
     }
 }
 
