@@ -14,9 +14,12 @@ fn the_hook_sees_the_servers_own_pid_before_it_runs() {
     drop(inst);
     let seen = Mutex::new(None);
     let hook = |pid: u32| {
-        // The process exists and is still the gate (no server socket yet).
-        let cmd = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap();
-        *seen.lock().unwrap() = Some((pid, cmd));
+        // The process exists and is still the gate (no server socket yet). Its
+        // executable, not its cmdline: spawn may return while the exec is still laying
+        // out the new arguments (a vfork parent wakes once the old memory is released,
+        // and the exe link is set before that), so cmdline can read empty here.
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+        *seen.lock().unwrap() = Some((pid, exe));
         Ok(())
     };
     let opts = Launch {
@@ -30,8 +33,9 @@ fn the_hook_sees_the_servers_own_pid_before_it_runs() {
     let inst = Instance::open(cfg).unwrap();
     launch(&inst, &opts).unwrap();
     let guard = InstanceGuard::adopt(inst, Some(dir));
-    let (pid, cmd) = seen.lock().unwrap().clone().unwrap();
-    assert!(cmd.starts_with("/bin/sh"), "hook ran after exec: {cmd:?}");
+    let (pid, exe) = seen.lock().unwrap().clone().unwrap();
+    let shell = std::fs::canonicalize("/bin/sh").unwrap();
+    assert_eq!(exe, shell, "hook ran after the exec of the server");
     assert_eq!(guard.pid(), Some(pid as i32), "exec must keep the pid");
     let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
     let environ = String::from_utf8_lossy(&environ);
