@@ -28,6 +28,8 @@ pub enum AgentError {
         "the frame store's record of {frame:?} is missing or does not match the directory entry"
     )]
     RecordMismatch { frame: pagetable::Frame },
+    #[error("shared frame")]
+    Unshare(#[from] crate::unshare::UnshareError),
     #[error("frame {0:?} does not belong to this frame store")]
     ForeignFrame(pagetable::Frame),
 }

@@ -267,19 +267,33 @@ pub unsafe fn install(real: RealSigaction) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The SIGSEGV handler: holds a write to the frame being moved, passes anything else
+/// Unit tests: installs the handler once per test process (no preload there, so
+/// `libc::sigaction` is libc's).
+#[cfg(test)]
+pub(crate) fn install_for_tests() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    // SAFETY: libc::sigaction is libc's sigaction (no preload in unit tests).
+    ONCE.call_once(|| unsafe { install(libc::sigaction) }.unwrap());
+}
+
+/// The SIGSEGV handler: unshares a frame mapped from grants on its first write
+/// (`crate::unshare`), holds a write to the frame being moved, passes anything else
 /// on. Async-signal-safe: it reads atomics, sleeps on a futex, and calls the next
 /// handler.
 extern "C" fn on_segv(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers.
     let addr = unsafe { (*info).si_addr() } as usize;
+    // SAFETY: as above.
+    let code = unsafe { (*info).si_code };
+    // A replica's first write to a frame mapped from another domain's grants.
+    if crate::unshare::on_fault(addr, code) {
+        return;
+    }
     if let Some(m) = moving_covers(addr, 1) {
         HELD.fetch_add(1, Ordering::AcqRel);
         wait_for_move_end(m);
         return; // the faulting write runs again, on the new mapping
     }
-    // SAFETY: as above.
-    let code = unsafe { (*info).si_code };
     if code == SEGV_ACCERR
         && moved_lately(addr)
         && LATE_RETRIES.fetch_add(1, Ordering::AcqRel) < MAX_LATE_RETRIES

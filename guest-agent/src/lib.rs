@@ -9,12 +9,14 @@ pub mod error;
 pub mod fault;
 pub mod fdtable;
 pub mod frame_store;
+pub mod grant;
 pub mod page;
 pub mod pagemap;
 pub mod pool;
 pub mod scan;
 pub mod share;
 pub mod stats;
+pub mod unshare;
 
 #[cfg(all(feature = "preload", not(test)))]
 mod hooks;

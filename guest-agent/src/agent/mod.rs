@@ -233,6 +233,14 @@ impl Agent {
         // keeps its buffer from starting one until it is done.
         let _reading = (self.moves_frames() && self.regions.overlaps(buf as usize, count))
             .then(|| crate::fault::begin_read(buf as usize, count));
+        // A frame mapped from another domain's grants is read-only too, for good: it
+        // becomes private memory before the kernel writes into it.
+        if let Err(e) = crate::unshare::before_io(buf as usize, count) {
+            tracing::error!("dbfork agent: {}", error_chain(&e));
+            // SAFETY: errno is this thread's.
+            unsafe { *libc::__errno_location() = libc::ENOMEM };
+            return -1;
+        }
         match self.fds.get(fd) {
             FdState::Untracked => real(),
             FdState::Candidate => {

@@ -855,12 +855,6 @@ mod tests {
         assert_eq!(&frames[0].bytes()[..], &pages[1][..]);
     }
 
-    fn install_fault_handler() {
-        static ONCE: std::sync::Once = std::sync::Once::new();
-        // SAFETY: libc::sigaction is libc's sigaction (no preload in unit tests).
-        ONCE.call_once(|| unsafe { crate::fault::install(libc::sigaction) }.unwrap());
-    }
-
     /// At a new snapshot the scan copies a clean private frame into the store and then
     /// maps the stored copy over it (one copy in memory); a frame the server changes
     /// meanwhile is not moved, and a write racing the move is never lost: it lands
@@ -911,7 +905,7 @@ mod tests {
     /// the run around it.
     #[test]
     fn a_run_moves_in_one_mapping_and_a_frame_changed_since_its_copy_stays() {
-        install_fault_handler();
+        crate::fault::install_for_tests();
         let dir = tempfile::tempdir().unwrap();
         let arena = Arena::new();
         std::fs::write(dir.path().join("clone_lsn"), "1000").unwrap();
@@ -984,7 +978,7 @@ mod tests {
     #[test]
     fn clean_private_frames_move_onto_their_stored_copy_and_racing_writes_survive() {
         use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-        install_fault_handler();
+        crate::fault::install_for_tests();
         let dir = tempfile::tempdir().unwrap();
         let arena = Arena::new();
         std::fs::write(dir.path().join("clone_lsn"), "1000").unwrap();
