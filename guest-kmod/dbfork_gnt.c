@@ -141,52 +141,84 @@ static long set_pool(struct gnt_file *f, void __user *arg)
 	return 0;
 }
 
+/* Pins the page at addr and grants it under ref, recorded in f. */
+static int grant_page(struct gnt_file *f, u64 addr, domid_t domid, grant_ref_t ref)
+{
+	struct gnt_entry *e;
+	struct page *page;
+	int ret;
+
+	e = kzalloc(sizeof(*e), GFP_KERNEL);
+	if (!e)
+		return -ENOMEM;
+	/* The page the process uses now (write faults in a private copy first). */
+	ret = pin_user_pages_fast(addr, 1, FOLL_WRITE | FOLL_LONGTERM, &page);
+	if (ret != 1) {
+		kfree(e);
+		return ret < 0 ? ret : -EFAULT;
+	}
+	gnttab_grant_foreign_access_ref(ref, domid, xen_page_to_gfn(page), 1);
+	e->ref = ref;
+	e->page = page;
+	list_add_tail(&e->link, &f->grants);
+	f->count++;
+	return 0;
+}
+
+/* Ends the grants of refs [first, first + n) of f, none of which anybody was told. */
+static void undo_grants(struct gnt_file *f, grant_ref_t first, unsigned int n)
+{
+	struct gnt_entry *e, *next;
+
+	list_for_each_entry_safe(e, next, &f->grants, link) {
+		if (e->ref < first || e->ref >= first + n)
+			continue;
+		list_del(&e->link);
+		f->count--;
+		/* Unpublished, so unmapped: this cannot fail; if it did, keep it. */
+		if (!try_end(e)) {
+			list_add_tail(&e->link, &f->grants);
+			f->count++;
+		}
+	}
+}
+
 static long grant(struct gnt_file *f, void __user *arg)
 {
 	struct dbfork_gnt_grant g;
-	struct gnt_entry *e;
-	struct page *page;
+	grant_ref_t first;
+	unsigned int i;
 	int ret;
 
 	if (copy_from_user(&g, arg, sizeof(g)))
 		return -EFAULT;
 	if (!f->pool_set)
 		return -ENXIO;
+	if (g.pad || !g.count || g.count > DBFORK_GNT_MAX_RUN)
+		return -EINVAL;
 	if (!PAGE_ALIGNED(g.addr) || g.addr < f->pool_start ||
-	    g.addr > f->pool_end - PAGE_SIZE)
+	    g.addr > f->pool_end - (u64)g.count * PAGE_SIZE)
 		return -EINVAL;
 	if (g.domid >= DOMID_FIRST_RESERVED)
 		return -EINVAL;
-	if (f->count >= MAX_GRANTS_PER_FILE)
+	if (f->count + g.count > MAX_GRANTS_PER_FILE)
 		return -ENOSPC;
-	e = kzalloc(sizeof(*e), GFP_KERNEL);
-	if (!e)
-		return -ENOMEM;
-	/* The page the process uses now (write faults in a private copy first). */
-	ret = pin_user_pages_fast(g.addr, 1, FOLL_WRITE | FOLL_LONGTERM, &page);
-	if (ret != 1) {
-		kfree(e);
-		return ret < 0 ? ret : -EFAULT;
-	}
-	ret = gnttab_grant_foreign_access(g.domid, xen_page_to_gfn(page), 1);
-	if (ret < 0) {
-		unpin_user_page(page);
-		kfree(e);
+	ret = gnttab_alloc_grant_reference_seq(g.count, &first);
+	if (ret < 0)
 		return ret;
-	}
-	e->ref = ret;
-	e->page = page;
-	g.ref = e->ref;
-	if (copy_to_user(arg, &g, sizeof(g))) {
-		/* Nobody was told the reference, so nobody maps it: ends at once. */
-		if (!try_end(e)) {
-			list_add_tail(&e->link, &f->grants);
-			f->count++;
+	for (i = 0; i < g.count; i++) {
+		ret = grant_page(f, g.addr + (u64)i * PAGE_SIZE, g.domid, first + i);
+		if (ret < 0) {
+			undo_grants(f, first, i);
+			gnttab_free_grant_reference_seq(first + i, g.count - i);
+			return ret;
 		}
+	}
+	g.ref = first;
+	if (copy_to_user(arg, &g, sizeof(g))) {
+		undo_grants(f, first, g.count);
 		return -EFAULT;
 	}
-	list_add_tail(&e->link, &f->grants);
-	f->count++;
 	return 0;
 }
 

@@ -10,6 +10,7 @@
 //! Xen pages are 4 KiB: a 16 KiB frame is four grants.
 
 mod gntdev;
+pub mod issuer;
 #[cfg(test)]
 mod tests;
 
@@ -28,6 +29,17 @@ pub const GRANTS_PER_FRAME: usize = FRAME_SIZE / XEN_PAGE;
 pub struct GrantRef {
     pub domid: u16,
     pub gref: u32,
+}
+
+impl GrantRef {
+    /// The grants of a frame granted by `domid` as one run from `first` (dbfork_gnt
+    /// grants a frame's pages under consecutive references, so one names it).
+    pub fn frame(domid: u16, first: u32) -> [GrantRef; GRANTS_PER_FRAME] {
+        std::array::from_fn(|i| GrantRef {
+            domid,
+            gref: first.wrapping_add(i as u32),
+        })
+    }
 }
 
 /// What maps other domains' grants into this process.
