@@ -27,6 +27,6 @@ pub use hotpages::{
 pub use instance::{running_pid, Instance, ReplCredentials, StartPlan, REPL_USER};
 pub use preflight::free_port;
 pub use replication::{
-    checksum_all_tables, configure_replica, next_server_id, replication_status, resume_replica,
-    wait_caught_up, ReplicationSource, ReplicationStatus,
+    checksum_all_tables, configure_replica, connect_to_source, next_server_id, replication_status,
+    resume_replica, wait_caught_up, ReplicationSource, ReplicationStatus, REACH_SOURCE_FOR,
 };

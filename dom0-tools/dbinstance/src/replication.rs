@@ -36,6 +36,77 @@ impl ReplicationSource {
     }
 }
 
+/// How long a new replica keeps trying to reach its source while the network does not
+/// answer (a domU that just booted may lose its first packets while its interface
+/// joins the bridge). A refusal or an error from the server is not retried.
+pub const REACH_SOURCE_FOR: Duration = Duration::from_secs(30);
+
+/// Whether a connection attempt failed for want of a network path (worth another
+/// try), not because the source refused or answered with an error.
+fn network_did_not_answer(e: &mysql::Error) -> bool {
+    use std::io::ErrorKind::{HostUnreachable, NetworkUnreachable, TimedOut};
+    let kind = |k: std::io::ErrorKind| matches!(k, TimedOut | HostUnreachable | NetworkUnreachable);
+    match e {
+        mysql::Error::IoError(io) => kind(io.kind()),
+        mysql::Error::DriverError(mysql::DriverError::ConnectTimeout) => true,
+        mysql::Error::DriverError(mysql::DriverError::CouldNotConnect(Some((_, _, k)))) => kind(*k),
+        _ => false,
+    }
+}
+
+/// Connects to `source` as replica `name` will, trying again for up to `reach_for`
+/// while the network does not answer.
+pub fn connect_to_source(
+    name: &str,
+    source: &ReplicationSource,
+    reach_for: Duration,
+) -> Result<mysql::Conn> {
+    // Each attempt gets at most half the window, so a silent network is asked twice.
+    let per_attempt = (reach_for / 2).clamp(Duration::from_millis(500), Duration::from_secs(5));
+    let opts = mysql::OptsBuilder::new()
+        .ip_or_hostname(Some(source.host.clone()))
+        .tcp_port(source.port)
+        .user(Some(source.user.clone()))
+        .pass(Some(source.password.clone()))
+        .prefer_socket(false)
+        .tcp_connect_timeout(Some(per_attempt));
+    let started = Instant::now();
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match mysql::Conn::new(opts.clone()) {
+            Ok(c) => return Ok(c),
+            Err(e) if network_did_not_answer(&e) && started.elapsed() < reach_for => {
+                tracing::warn!(
+                    "{name}: replication source {}:{} did not answer ({e}); trying again",
+                    source.host,
+                    source.port
+                );
+                // A pause between attempts, not synchronisation: nothing to wait on.
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            Err(e) => {
+                let tried = if attempts > 1 {
+                    format!(
+                        " ({attempts} attempts in {} s)",
+                        started.elapsed().as_secs()
+                    )
+                } else {
+                    String::new()
+                };
+                return Err(Error::sql(
+                    name,
+                    format!(
+                        "connect to replication source {}:{} as {}{tried}",
+                        source.host, source.port, source.user
+                    ),
+                    e,
+                ));
+            }
+        }
+    }
+}
+
 /// Makes `replica` replicate from `source` starting right after `gtid_pos`, and sets
 /// it read_only. Any replication config the datadir inherited (a clone of a replica
 /// carries its parent's) is discarded first.
@@ -49,22 +120,7 @@ pub fn configure_replica(
     let own_id: Option<u32> = crate::sql::scalar(&mut c, name, "SELECT @@GLOBAL.server_id")?;
     // Reach the source as the replica will: bad credentials or a dead source fail
     // here with a clear error instead of as a retrying IO thread.
-    let opts = mysql::OptsBuilder::new()
-        .ip_or_hostname(Some(source.host.clone()))
-        .tcp_port(source.port)
-        .user(Some(source.user.clone()))
-        .pass(Some(source.password.clone()))
-        .prefer_socket(false);
-    let mut sc = mysql::Conn::new(opts).map_err(|e| {
-        Error::sql(
-            name,
-            format!(
-                "connect to replication source {}:{} as {}",
-                source.host, source.port, source.user
-            ),
-            e,
-        )
-    })?;
+    let mut sc = connect_to_source(name, source, REACH_SOURCE_FOR)?;
     let source_id: Option<u32> =
         crate::sql::scalar(&mut sc, "source", "SELECT @@GLOBAL.server_id")?;
     if own_id == source_id {

@@ -100,6 +100,8 @@ if dbfork clone $SRC r1 --rate 1 >/tmp/clone.out 2>&1; then
     echo "  dbfork clone took $(since "$t") s: $(tail -n 1 /tmp/clone.out | cut -c1-300)"
 else
     fail clone-under-load "$(oneline /tmp/clone.out)"
+    echo "  --- dbfork clone said:"
+    tail -n 20 /tmp/clone.out | fold -w 200 | sed 's/^/  | /'
     dump_domain r1
     for c in replica-answers replica-listed write-arrives export-killed replica-restarted \
         checksum-equal replica-destroy source-unharmed source-destroy; do
