@@ -6,6 +6,7 @@
 # /run inside it, and switches to db-init.sh there.
 export PATH=/bin
 mount -t proc proc /proc
+read -r cmdline </proc/cmdline
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 say() { echo "$*" >/dev/hvc0; }
@@ -27,4 +28,10 @@ chmod 0755 /newroot/run/dbfork-lab/*
 mount --move /dev /newroot/dev
 mount --move /proc /newroot/proc
 mount --move /sys /newroot/sys
-exec switch_root /newroot /run/dbfork-lab/db-init.sh
+# The lab's grant domU starts into grant-init.sh instead (dbfork_lab_init= in its
+# config's extra).
+next=db-init.sh
+for a in $cmdline; do
+    case "$a" in dbfork_lab_init=*) next=${a#dbfork_lab_init=} ;; esac
+done
+exec switch_root /newroot "/run/dbfork-lab/$next"

@@ -253,6 +253,10 @@ fi
 # shellcheck source-path=SCRIPTDIR source=fork-dom0.sh
 . /var/lib/xen-lab/fork-dom0.sh
 
+# --- the grant check: dbfork_gnt in a domU, gntdev and the agent's replica side in dom0 --
+# shellcheck source-path=SCRIPTDIR source=grant-dom0.sh
+. /var/lib/xen-lab/grant-dom0.sh
+
 echo "XENLAB-DOM0-DONE uptime=$(cut -d' ' -f1 /proc/uptime)"
 sync
 busybox poweroff -f
