@@ -498,7 +498,11 @@ mod tests {
             }]
         );
         // Frames of another store are refused, not misread as an offset.
-        let grant = Frame::XenGrant { domid: 1, gref: 2 };
+        let grant = Frame::XenGrant {
+            issuer: 1,
+            grantee: 3,
+            gref: 2,
+        };
         assert!(matches!(
             store.record(grant),
             Err(AgentError::ForeignFrame(_))

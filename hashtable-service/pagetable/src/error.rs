@@ -25,8 +25,14 @@ pub enum Error {
     },
     #[error("page size {0} is not a power of two between 512 and 65536")]
     InvalidPageSize(u32),
-    #[error("frame {0:?} is out of the representable range (offsets and gfns below 2^58)")]
+    #[error("frame {0:?} is out of the representable range (offsets and gfns below 2^58; grants: domids below 2^15, references below 2^28)")]
     FrameOutOfRange(Frame),
+    #[error("{domain} registered {frame:?}, a grant it did not issue (it is Xen domain {caller:?}): a domain registers only its own grants")]
+    ForeignGrant {
+        domain: DomainId,
+        frame: Frame,
+        caller: Option<u16>,
+    },
     #[error("protocol: {0}")]
     Protocol(#[from] crate::wire::DecodeError),
     #[error("daemon refused the request: {0}")]

@@ -56,8 +56,33 @@ pub enum Frame {
     LocalPool { offset: u64 },
     /// `xen` with memory sharing: guest frame number in the owner's physmap.
     XenGfn { gfn: u64 },
-    /// `xen` PV: a grant reference issued by `domid`.
-    XenGrant { domid: u16, gref: u32 },
+    /// `xen` PV: the frame `issuer` granted read-only to `grantee` (Xen domids), its
+    /// pages under consecutive references from `gref` (guest-kmod's dbfork_gnt). Only
+    /// `grantee` can map it, so only `grantee` is ever given it by a lookup, and only
+    /// `issuer` may register it. Domids are below 2^15 and references below 2^28
+    /// (`MAX_GRANT_REF`): the three fit one record.
+    XenGrant {
+        issuer: u16,
+        grantee: u16,
+        gref: u32,
+    },
+}
+
+/// Xen domids in a `Frame::XenGrant` are below this (DOMID_FIRST_RESERVED is 0x7ff0).
+pub const MAX_XEN_DOMID: u16 = 1 << 15;
+/// Grant references in a `Frame::XenGrant` are below this (a grant table of 2^28
+/// entries would take 256 Ki frames; Xen's limit is far lower).
+pub const MAX_GRANT_REF: u32 = 1 << 28;
+
+impl Frame {
+    /// Whether the Xen domain `domid` (None: not a Xen domain) can use this frame: a
+    /// grant only by its grantee; other frames by anyone in the family.
+    pub fn usable_by(&self, domid: Option<u16>) -> bool {
+        match self {
+            Frame::XenGrant { grantee, .. } => domid == Some(*grantee),
+            _ => true,
+        }
+    }
 }
 
 /// One frame that holds a copy of a page.

@@ -5,7 +5,7 @@
 //! a u32 (see `store`).
 
 use crate::error::{Error, Result};
-use crate::ids::{DomainId, Entry, Frame};
+use crate::ids::{DomainId, Entry, Frame, MAX_GRANT_REF, MAX_XEN_DOMID};
 
 const TAG_SHIFT: u32 = 62;
 const SIZE_SHIFT: u32 = 59;
@@ -18,6 +18,9 @@ const FRAME_MASK: u64 = !((0b111 << SIZE_SHIFT) | SHARED_BIT);
 const TAG_LOCAL: u64 = 0;
 const TAG_GFN: u64 = 1;
 const TAG_GRANT: u64 = 2;
+/// A grant's payload: issuer (15 bits), grantee (15 bits), first reference (28 bits).
+const GRANT_GRANTEE_SHIFT: u32 = 28;
+const GRANT_ISSUER_SHIFT: u32 = 43;
 
 /// A `Frame` in one u64: two tag bits on top, four bits left free for a record's
 /// page size and flag, the payload below.
@@ -25,12 +28,34 @@ pub(crate) fn pack_frame(frame: Frame) -> Result<u64> {
     let (tag, payload) = match frame {
         Frame::LocalPool { offset } => (TAG_LOCAL, offset),
         Frame::XenGfn { gfn } => (TAG_GFN, gfn),
-        Frame::XenGrant { domid, gref } => (TAG_GRANT, (u64::from(domid) << 32) | u64::from(gref)),
+        Frame::XenGrant {
+            issuer,
+            grantee,
+            gref,
+        } => {
+            if issuer >= MAX_XEN_DOMID || grantee >= MAX_XEN_DOMID || gref >= MAX_GRANT_REF {
+                return Err(Error::FrameOutOfRange(frame));
+            }
+            let payload = (u64::from(issuer) << GRANT_ISSUER_SHIFT)
+                | (u64::from(grantee) << GRANT_GRANTEE_SHIFT)
+                | u64::from(gref);
+            (TAG_GRANT, payload)
+        }
     };
     if payload > PAYLOAD_MASK {
         return Err(Error::FrameOutOfRange(frame));
     }
     Ok((tag << TAG_SHIFT) | payload)
+}
+
+/// Whether the packed frame `bits` is usable by the Xen domain `xen` (None: not a
+/// Xen domain): `Frame::usable_by` without unpacking.
+pub(crate) fn usable_by(bits: u64, xen: Option<u16>) -> bool {
+    if (bits >> TAG_SHIFT) & 0b11 != TAG_GRANT {
+        return true;
+    }
+    let grantee = ((bits & PAYLOAD_MASK) >> GRANT_GRANTEE_SHIFT) as u16 & (MAX_XEN_DOMID - 1);
+    xen == Some(grantee)
 }
 
 pub(crate) fn unpack_frame(bits: u64) -> Frame {
@@ -40,8 +65,9 @@ pub(crate) fn unpack_frame(bits: u64) -> Frame {
         TAG_GFN => Frame::XenGfn { gfn: payload },
         // pack_frame never produces tag 3; treat it like a grant rather than panic.
         _ => Frame::XenGrant {
-            domid: (payload >> 32) as u16,
-            gref: payload as u32,
+            issuer: ((payload >> GRANT_ISSUER_SHIFT) as u16) & (MAX_XEN_DOMID - 1),
+            grantee: ((payload >> GRANT_GRANTEE_SHIFT) as u16) & (MAX_XEN_DOMID - 1),
+            gref: (payload as u32) & (MAX_GRANT_REF - 1),
         },
     }
 }
@@ -233,15 +259,40 @@ mod tests {
             },
             Frame::XenGfn { gfn: 12345 },
             Frame::XenGrant {
-                domid: u16::MAX,
-                gref: u32::MAX,
+                issuer: MAX_XEN_DOMID - 1,
+                grantee: 1,
+                gref: MAX_GRANT_REF - 1,
+            },
+            Frame::XenGrant {
+                issuer: 0,
+                grantee: MAX_XEN_DOMID - 1,
+                gref: 0,
             },
         ] {
-            assert_eq!(unpack_frame(pack_frame(f).unwrap()), f);
+            let bits = pack_frame(f).unwrap();
+            assert_eq!(unpack_frame(bits), f);
+            for xen in [None, Some(0), Some(1), Some(MAX_XEN_DOMID - 1)] {
+                assert_eq!(usable_by(bits, xen), f.usable_by(xen), "{f:?} {xen:?}");
+            }
         }
         for f in [
             Frame::XenGfn { gfn: 1 << 58 },
             Frame::LocalPool { offset: u64::MAX },
+            Frame::XenGrant {
+                issuer: MAX_XEN_DOMID,
+                grantee: 1,
+                gref: 0,
+            },
+            Frame::XenGrant {
+                issuer: 1,
+                grantee: u16::MAX,
+                gref: 0,
+            },
+            Frame::XenGrant {
+                issuer: 1,
+                grantee: 2,
+                gref: MAX_GRANT_REF,
+            },
         ] {
             assert!(matches!(pack_frame(f), Err(Error::FrameOutOfRange(_))));
         }
@@ -265,7 +316,8 @@ mod tests {
                     offset: PAYLOAD_MASK,
                 },
                 Frame::XenGrant {
-                    domid: u16::MAX,
+                    issuer: MAX_XEN_DOMID - 1,
+                    grantee: 3,
                     gref: 9,
                 },
             ] {

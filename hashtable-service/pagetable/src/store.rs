@@ -22,7 +22,7 @@ use hashbrown::HashTable;
 use parking_lot::RwLock;
 
 use crate::ids::Entry;
-use crate::packed::{serving, Record};
+use crate::packed::{serving, usable_by, Record};
 
 const SHARD_BITS: u32 = 4;
 const SHARDS: usize = 1 << SHARD_BITS;
@@ -171,21 +171,26 @@ impl Store {
         self.hasher.hash_one((frame, 1u8))
     }
 
-    /// The entry that may serve `page` to a snapshot at `max_lsn` (`packed::serving`).
-    pub(crate) fn serving(&self, page: u64, max_lsn: u64) -> Option<Entry> {
+    /// The entry that may serve `page` to a snapshot at `max_lsn` (`packed::serving`),
+    /// among the frames the caller can use (`xen`: its Xen domid; a grant serves only
+    /// its grantee). Leaving frames out only loses hits: each record that passes both
+    /// bounds of the rule holds the page's version at the snapshot on its own.
+    pub(crate) fn serving(&self, page: u64, max_lsn: u64, xen: Option<u16>) -> Option<Entry> {
         let h = self.page_hash(page);
         let g = self.shards[shard_of(h)].0.read();
         let first = g
             .arena
             .get(*g.index.find(h, |&s| g.arena.get(s).page == page)?);
+        let usable = |r: &Record| usable_by(r.frame(), xen);
         if !first.shared() {
-            return serving(std::iter::once(first), max_lsn).map(|r| r.unpack());
+            return serving(std::iter::once(first).filter(usable), max_lsn).map(|r| r.unpack());
         }
         let candidates = g
             .index
             .iter_hash(h)
             .map(|&slot| g.arena.get(slot))
-            .filter(|r| r.page == page);
+            .filter(|r| r.page == page)
+            .filter(usable);
         serving(candidates, max_lsn).map(|r| r.unpack())
     }
 

@@ -272,10 +272,24 @@ impl PageTable {
             .map(|_| ())
     }
 
-    /// Registers frames of `domain`. Re-registering a frame moves it to the new key
-    /// (or updates its LSN). The whole batch is validated first; only the quota can
-    /// stop it midway, and then the entries before the failing one stay registered.
+    /// Registers frames of `domain`, a caller that is not a Xen domain (it registers no
+    /// grants). See `register_many_as`.
     pub fn register_many(&self, domain: DomainId, regs: &[Registration]) -> Result<usize> {
+        self.register_many_as(domain, None, regs)
+    }
+
+    /// Registers frames of `domain`, whose connection comes from Xen domain `xen` (None:
+    /// not a Xen domain; the caller's identity comes from its connection, never from
+    /// a message). A grant frame must be one `xen` issued. Re-registering a frame moves
+    /// it to the new key (or updates its LSN). The whole batch is validated first; only
+    /// the quota can stop it midway, and then the entries before the failing one stay
+    /// registered.
+    pub fn register_many_as(
+        &self,
+        domain: DomainId,
+        xen: Option<u16>,
+        regs: &[Registration],
+    ) -> Result<usize> {
         let dom = self.domain(domain)?;
         let family = dom.family.id;
         let mut records = Vec::with_capacity(regs.len());
@@ -285,6 +299,15 @@ impl PageTable {
                     domain,
                     family: r.key.family,
                 });
+            }
+            if let Frame::XenGrant { issuer, .. } = r.frame {
+                if xen != Some(issuer) {
+                    return Err(Error::ForeignGrant {
+                        domain,
+                        frame: r.frame,
+                        caller: xen,
+                    });
+                }
             }
             records.push(Record::new(
                 r.key.page_bits(),
@@ -344,7 +367,7 @@ impl PageTable {
             .domains
             .get(&domain)
             .ok_or(Error::UnknownDomain(domain))?;
-        lookup_in(&dom, key, max_lsn)
+        lookup_in(&dom, None, key, max_lsn)
     }
 
     /// `lookup` for a batch of keys of one family; results in the order of `keys`.
@@ -358,7 +381,7 @@ impl PageTable {
             .domains
             .get(&domain)
             .ok_or(Error::UnknownDomain(domain))?;
-        lookup_many_in(&dom, keys, max_lsn)
+        lookup_many_in(&dom, None, keys, max_lsn)
     }
 
     /// A handle for repeated lookups by one domain: it skips the domain map (a shard
@@ -366,8 +389,15 @@ impl PageTable {
     /// stops working (`UnknownDomain`) once the domain leaves its family; get a new
     /// one if the domain is added again.
     pub fn handle(&self, domain: DomainId) -> Result<DomainHandle> {
+        self.handle_as(domain, None)
+    }
+
+    /// `handle` for a connection from Xen domain `xen`: its lookups return only grants
+    /// issued to `xen` (and frames that are not grants).
+    pub fn handle_as(&self, domain: DomainId, xen: Option<u16>) -> Result<DomainHandle> {
         Ok(DomainHandle {
             dom: self.domain(domain)?,
+            xen,
         })
     }
 
@@ -498,7 +528,14 @@ impl PageTable {
     }
 }
 
-fn lookup_in(dom: &DomainState, key: PageKey, max_lsn: u64) -> Result<Option<Entry>> {
+/// `xen`: the caller's Xen domid (None: not a Xen domain); a grant serves only its
+/// grantee.
+fn lookup_in(
+    dom: &DomainState,
+    xen: Option<u16>,
+    key: PageKey,
+    max_lsn: u64,
+) -> Result<Option<Entry>> {
     let fam = &dom.family;
     if fam.id != key.family {
         return Err(Error::NotInFamily {
@@ -506,14 +543,19 @@ fn lookup_in(dom: &DomainState, key: PageKey, max_lsn: u64) -> Result<Option<Ent
             family: key.family,
         });
     }
-    let found = fam.store.serving(key.page_bits(), max_lsn);
+    let found = fam.store.serving(key.page_bits(), max_lsn, xen);
     let c = &fam.counters;
     c.lookups.add(1);
     if found.is_some() { &c.hits } else { &c.misses }.add(1);
     Ok(found)
 }
 
-fn lookup_many_in(dom: &DomainState, keys: &[PageKey], max_lsn: u64) -> Result<Vec<Option<Entry>>> {
+fn lookup_many_in(
+    dom: &DomainState,
+    xen: Option<u16>,
+    keys: &[PageKey],
+    max_lsn: u64,
+) -> Result<Vec<Option<Entry>>> {
     let fam = &dom.family;
     if let Some(k) = keys.iter().find(|k| k.family != fam.id) {
         return Err(Error::NotInFamily {
@@ -523,7 +565,7 @@ fn lookup_many_in(dom: &DomainState, keys: &[PageKey], max_lsn: u64) -> Result<V
     }
     let out: Vec<Option<Entry>> = keys
         .iter()
-        .map(|k| fam.store.serving(k.page_bits(), max_lsn))
+        .map(|k| fam.store.serving(k.page_bits(), max_lsn, xen))
         .collect();
     let hits = out.iter().filter(|e| e.is_some()).count() as u64;
     let c = &fam.counters;
@@ -536,6 +578,8 @@ fn lookup_many_in(dom: &DomainState, keys: &[PageKey], max_lsn: u64) -> Result<V
 /// See `PageTable::handle`.
 pub struct DomainHandle {
     dom: Arc<DomainState>,
+    /// The Xen domid the handle's connection comes from (None: not a Xen domain).
+    xen: Option<u16>,
 }
 
 impl DomainHandle {
@@ -556,11 +600,11 @@ impl DomainHandle {
 
     /// `PageTable::lookup` for this handle's domain.
     pub fn lookup(&self, key: PageKey, max_lsn: u64) -> Result<Option<Entry>> {
-        lookup_in(self.check()?, key, max_lsn)
+        lookup_in(self.check()?, self.xen, key, max_lsn)
     }
 
     /// `PageTable::lookup_many` for this handle's domain.
     pub fn lookup_many(&self, keys: &[PageKey], max_lsn: u64) -> Result<Vec<Option<Entry>>> {
-        lookup_many_in(self.check()?, keys, max_lsn)
+        lookup_many_in(self.check()?, self.xen, keys, max_lsn)
     }
 }

@@ -20,7 +20,7 @@
 //! Invalid. 0x84  removed u32
 //! Error    0xff  code u16, len u16, len bytes UTF-8 message
 //! frame:   u8 tag; 1 = LocalPool offset u64, 2 = XenGfn gfn u64,
-//!          3 = XenGrant domid u16 gref u32
+//!          3 = XenGrant issuer u16 grantee u16 gref u32
 //! ```
 //!
 //! Decoding never panics and never allocates more than the message length implies.
@@ -29,8 +29,9 @@ use std::io::{Read, Write};
 
 use crate::ids::{DomainId, Entry, FamilyId, Frame};
 
-/// Version 2 added `valid_from` to registrations and lookup replies.
-pub const VERSION: u8 = 2;
+/// Version 2 added `valid_from` to registrations and lookup replies; version 3 the
+/// grantee of a grant frame.
+pub const VERSION: u8 = 3;
 /// Largest body accepted, in bytes. A full batch of registrations is ~150 KiB.
 pub const MAX_MESSAGE: usize = 256 * 1024;
 /// Most items in one batch; the client splits larger batches.
@@ -193,9 +194,14 @@ fn put_frame(b: &mut Vec<u8>, f: Frame) {
             b.push(2);
             b.extend_from_slice(&gfn.to_le_bytes());
         }
-        Frame::XenGrant { domid, gref } => {
+        Frame::XenGrant {
+            issuer,
+            grantee,
+            gref,
+        } => {
             b.push(3);
-            b.extend_from_slice(&domid.to_le_bytes());
+            b.extend_from_slice(&issuer.to_le_bytes());
+            b.extend_from_slice(&grantee.to_le_bytes());
             b.extend_from_slice(&gref.to_le_bytes());
         }
     }
@@ -361,7 +367,8 @@ impl<'a> Cursor<'a> {
             }),
             2 => Ok(Frame::XenGfn { gfn: self.u64()? }),
             3 => Ok(Frame::XenGrant {
-                domid: self.u16()?,
+                issuer: self.u16()?,
+                grantee: self.u16()?,
                 gref: self.u32()?,
             }),
             t => Err(DecodeError::FrameTag(t)),

@@ -27,7 +27,8 @@ fn frame() -> impl Strategy<Value = Frame> {
     prop_oneof![
         4 => (0u64..6).prop_map(|o| Frame::LocalPool { offset: o * 16384 }),
         1 => (0u64..3).prop_map(|gfn| Frame::XenGfn { gfn }),
-        1 => (0u16..2, 0u32..2).prop_map(|(domid, gref)| Frame::XenGrant { domid, gref }),
+        // Domain d of the model is Xen domid d: grants by and to domains 1..5.
+        2 => (1u16..6, 1u16..6, 0u32..2).prop_map(|(issuer, grantee, gref)| Frame::XenGrant { issuer, grantee, gref }),
     ]
 }
 
@@ -120,6 +121,7 @@ fn kind<T>(r: &Result<T, Error>) -> &'static str {
         Err(Error::AlreadyInFamily { .. }) => "already in family",
         Err(Error::QuotaExceeded { .. }) => "quota",
         Err(Error::InvalidPageSize(_)) => "page size",
+        Err(Error::ForeignGrant { .. }) => "foreign grant",
         Err(_) => "other",
     }
 }
@@ -144,11 +146,12 @@ impl Model {
 
     /// The table's lookup rule spelled out: the newest entry with lsn <= max_lsn (ties:
     /// largest valid_from, then smallest (owner, frame)), a hit only if its
-    /// valid_from >= max_lsn.
-    fn best(&self, k: PageKey, max_lsn: u64) -> Option<Entry> {
+    /// valid_from >= max_lsn. Only frames the caller can use count (`xen`: its Xen
+    /// domid; a grant serves only its grantee).
+    fn best(&self, k: PageKey, max_lsn: u64, xen: Option<u16>) -> Option<Entry> {
         self.held
             .iter()
-            .filter(|(_, h)| h.key == k && h.lsn <= max_lsn)
+            .filter(|((_, frame), h)| h.key == k && h.lsn <= max_lsn && frame.usable_by(xen))
             .max_by_key(|(holder, h)| (h.lsn, h.valid_from, std::cmp::Reverse(**holder)))
             .filter(|(_, h)| h.valid_from >= max_lsn)
             .map(|((owner, frame), h)| entry(*owner, *frame, h))
@@ -159,11 +162,15 @@ impl Model {
         d: DomainId,
         regs: &[Registration],
         quota: usize,
+        xen: Option<u16>,
     ) -> Result<usize, &'static str> {
         let f = *self.member_of.get(&d).ok_or("unknown domain")?;
         for r in regs {
             if r.key.family != f {
                 return Err("not in family");
+            }
+            if matches!(r.frame, Frame::XenGrant { issuer, .. } if xen != Some(issuer)) {
+                return Err("foreign grant");
             }
             if !valid_size(r.page_size) {
                 return Err("page size");
@@ -290,8 +297,11 @@ fn apply(t: &PageTable, m: &mut Model, op: &Op) -> Result<(), TestCaseError> {
         }
         Op::Register(d, regs) => {
             let d = DomainId(*d);
-            let r = t.register_many(d, regs);
-            match m.register(d, regs, QUOTA) {
+            // Every other batch comes over a Xen domain's connection (domain d is Xen
+            // domid d), the others from a local process, which may register no grant.
+            let xen = (regs.len() % 2 == 0).then_some(d.0 as u16);
+            let r = t.register_many_as(d, xen, regs);
+            match m.register(d, regs, QUOTA, xen) {
                 Ok(n) => prop_assert_eq!(r.unwrap(), n),
                 Err(want) => prop_assert_eq!(kind(&r), want),
             }
@@ -299,16 +309,22 @@ fn apply(t: &PageTable, m: &mut Model, op: &Op) -> Result<(), TestCaseError> {
         Op::Lookup(d, k, max_lsn) => {
             let d = DomainId(*d);
             // Both paths must agree with the model; alternate between them.
-            let r = if max_lsn % 2 == 0 {
-                t.lookup(d, *k, *max_lsn)
-            } else {
-                t.handle(d).and_then(|h| h.lookup(*k, *max_lsn))
+            let (r, xen) = match max_lsn % 3 {
+                0 => (t.lookup(d, *k, *max_lsn), None),
+                1 => (t.handle(d).and_then(|h| h.lookup(*k, *max_lsn)), None),
+                _ => {
+                    let xen = Some(d.0 as u16);
+                    (
+                        t.handle_as(d, xen).and_then(|h| h.lookup(*k, *max_lsn)),
+                        xen,
+                    )
+                }
             };
             match m.member_of.get(&d).copied() {
                 None => prop_assert_eq!(kind(&r), "unknown domain"),
                 Some(f) if f != k.family => prop_assert_eq!(kind(&r), "not in family"),
                 Some(f) => {
-                    let want = m.best(*k, *max_lsn);
+                    let want = m.best(*k, *max_lsn, xen);
                     m.count_lookup(f, want.is_some() as u64, 1);
                     prop_assert_eq!(r.unwrap(), want);
                 }
@@ -323,7 +339,7 @@ fn apply(t: &PageTable, m: &mut Model, op: &Op) -> Result<(), TestCaseError> {
                     prop_assert_eq!(kind(&r), "not in family")
                 }
                 Some(f) => {
-                    let want: Vec<_> = keys.iter().map(|k| m.best(*k, *max_lsn)).collect();
+                    let want: Vec<_> = keys.iter().map(|k| m.best(*k, *max_lsn, None)).collect();
                     let hits = want.iter().filter(|e| e.is_some()).count() as u64;
                     m.count_lookup(f, hits, keys.len() as u64);
                     prop_assert_eq!(r.unwrap(), want);
@@ -420,15 +436,17 @@ proptest! {
                 let (t, bad) = (&t, &bad_lookup);
                 s.spawn(move || {
                     let d = DomainId(i as u32 + 1);
-                    let h = t.handle(d).unwrap();
+                    let xen = Some(d.0 as u16);
+                    let h = t.handle_as(d, xen).unwrap();
                     for op in plan {
                         match op {
-                            DomOp::Register(r) => { let _ = t.register_many(d, r); }
+                            DomOp::Register(r) => { let _ = t.register_many_as(d, xen, r); }
                             DomOp::Invalidate(f) => { t.invalidate(d, *f).unwrap(); }
                             DomOp::Clear => { t.clear_domain(d).unwrap(); }
                             DomOp::Lookup(k, max) => {
                                 if let Some(e) = h.lookup(*k, *max).unwrap() {
-                                    if e.lsn > *max || e.valid_from < *max || e.owner.0 == 0 || e.owner.0 > 5 {
+                                    if e.lsn > *max || e.valid_from < *max || e.owner.0 == 0 || e.owner.0 > 5
+                                        || !e.frame.usable_by(xen) {
                                         *bad.lock().unwrap() = Some(format!("{k:?} {max} -> {e:?}"));
                                     }
                                 }
@@ -462,7 +480,7 @@ proptest! {
             m.families.get_mut(&fam).unwrap().0.insert(d);
             for op in plan {
                 match op {
-                    DomOp::Register(r) => { let _ = m.register(d, r, QUOTA); }
+                    DomOp::Register(r) => { let _ = m.register(d, r, QUOTA, Some(d.0 as u16)); }
                     DomOp::Invalidate(f) => {
                         if m.held.remove(&(d, *f)).is_some() {
                             m.families.get_mut(&fam).unwrap().1.invalidations += 1;
@@ -768,7 +786,7 @@ proptest! {
                     page_size: 16384,
                 };
                 t.register(d, reg).unwrap();
-                m.register(d, &[reg], usize::MAX).unwrap();
+                m.register(d, &[reg], usize::MAX, None).unwrap();
             } else {
                 let was = m.held.remove(&(d, frame)).is_some();
                 prop_assert_eq!(t.invalidate(d, frame).unwrap(), was);
@@ -777,7 +795,7 @@ proptest! {
             for page in 0..2 {
                 let key = PageKey::new(f, 0, page);
                 for s in 0..13 {
-                    prop_assert_eq!(t.lookup(DomainId(1), key, s).unwrap(), m.best(key, s));
+                    prop_assert_eq!(t.lookup(DomainId(1), key, s).unwrap(), m.best(key, s, None));
                 }
             }
         }

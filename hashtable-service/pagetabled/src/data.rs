@@ -161,7 +161,7 @@ impl Session {
                         page_size: r.page_size,
                     })
                     .collect();
-                t.register_many(domain, &regs)
+                t.register_many_as(domain, xen_domid(self.peer), &regs)
                     .map(|n| Reply::Registered { count: n as u32 })
             }
             Request::Lookup {
@@ -205,8 +205,19 @@ impl Session {
                 other => return other,
             }
         }
-        let h = self.handle.insert(t.handle(domain)?);
+        let h = self
+            .handle
+            .insert(t.handle_as(domain, xen_domid(self.peer))?);
         h.lookup_many(keys, max_lsn)
+    }
+}
+
+/// The Xen domid a connection comes from, as the transport reports it (never from a
+/// message): grants are registered and served by it.
+fn xen_domid(peer: PeerIdentity) -> Option<u16> {
+    match peer {
+        PeerIdentity::Xen { domid } => u16::try_from(domid).ok(),
+        PeerIdentity::Unix { .. } => None,
     }
 }
 
@@ -218,7 +229,9 @@ fn code_of(e: &Error) -> ErrorCode {
         Error::QuotaExceeded { .. } | Error::TableFull { .. } | Error::PageCrowded { .. } => {
             ErrorCode::QuotaExceeded
         }
-        Error::InvalidPageSize(_) | Error::FrameOutOfRange(_) => ErrorCode::InvalidArgument,
+        Error::InvalidPageSize(_) | Error::FrameOutOfRange(_) | Error::ForeignGrant { .. } => {
+            ErrorCode::InvalidArgument
+        }
         _ => ErrorCode::Internal,
     }
 }
@@ -298,7 +311,11 @@ mod tests {
                 false
             )
         );
-        let frame = Frame::XenGrant { domid: 5, gref: 9 };
+        let frame = Frame::XenGrant {
+            issuer: 5,
+            grantee: 6,
+            gref: 9,
+        };
         let reg = WireRegistration {
             space_id: 3,
             page_no: 4,
@@ -335,6 +352,102 @@ mod tests {
         assert!(refused_with(
             &stranger.answer(&d, lookup(1)),
             ErrorCode::NotInFamily
+        ));
+    }
+
+    fn register_grant(s: &mut Session, d: &Daemon, issuer: u16, grantee: u16) -> (Reply, bool) {
+        let reg = WireRegistration {
+            space_id: 3,
+            page_no: 4,
+            frame: Frame::XenGrant {
+                issuer,
+                grantee,
+                gref: 40 + u32::from(grantee),
+            },
+            lsn: 100,
+            valid_from: 1000,
+            page_size: 16384,
+        };
+        s.answer(
+            d,
+            Request::Register {
+                family: FamilyId(1),
+                items: vec![reg],
+            },
+        )
+    }
+
+    fn found_frame(s: &mut Session, d: &Daemon) -> Option<Frame> {
+        match s.answer(d, lookup(1)) {
+            (Reply::Found(found), false) => found[0].map(|e| e.frame),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A replica may map only grants the source issued to its own domid, and a
+    /// domain registers only grants it issued itself (its domid from the connection).
+    #[test]
+    fn a_grant_serves_only_its_grantee_and_only_its_issuer_registers_it() {
+        let d = two_families_of_xen_guests();
+        // A third member of family 1: domain 12, Xen domid 8.
+        for req in [
+            AdminRequest::FamilyAdd {
+                family: FamilyId(1),
+                domain: DomainId(12),
+            },
+            AdminRequest::BindDomid {
+                domid: 8,
+                domain: DomainId(12),
+            },
+        ] {
+            admin(&d, req);
+        }
+        let mut source = Session::new(xen(5));
+        let (mut r6, mut r8) = (Session::new(xen(6)), Session::new(xen(8)));
+        assert_eq!(
+            register_grant(&mut source, &d, 5, 6),
+            (Reply::Registered { count: 1 }, false)
+        );
+        assert_eq!(
+            found_frame(&mut r6, &d),
+            Some(Frame::XenGrant {
+                issuer: 5,
+                grantee: 6,
+                gref: 46
+            })
+        );
+        assert_eq!(found_frame(&mut r8, &d), None, "granted to 6, not to 8");
+        // Once the source grants the page to 8 as well, each gets its own grant.
+        register_grant(&mut source, &d, 5, 8);
+        assert!(matches!(
+            found_frame(&mut r8, &d),
+            Some(Frame::XenGrant { grantee: 8, .. })
+        ));
+        assert!(matches!(
+            found_frame(&mut r6, &d),
+            Some(Frame::XenGrant { grantee: 6, .. })
+        ));
+        // A grant another domain issued cannot be registered: not by a guest naming
+        // someone else as issuer, nor by a local process.
+        assert!(refused_with(
+            &register_grant(&mut r6, &d, 5, 6),
+            ErrorCode::InvalidArgument
+        ));
+        let local = PeerIdentity::Unix {
+            pid: std::process::id(),
+            uid: 0,
+            gid: 0,
+        };
+        admin(
+            &d,
+            AdminRequest::BindPid {
+                pid: std::process::id(),
+                domain: DomainId(11),
+            },
+        );
+        assert!(refused_with(
+            &register_grant(&mut Session::new(local), &d, 5, 6),
+            ErrorCode::InvalidArgument
         ));
     }
 

@@ -5,7 +5,13 @@ fn frame() -> impl Strategy<Value = Frame> {
     prop_oneof![
         any::<u64>().prop_map(|offset| Frame::LocalPool { offset }),
         any::<u64>().prop_map(|gfn| Frame::XenGfn { gfn }),
-        (any::<u16>(), any::<u32>()).prop_map(|(domid, gref)| Frame::XenGrant { domid, gref }),
+        (any::<u16>(), any::<u16>(), any::<u32>()).prop_map(|(issuer, grantee, gref)| {
+            Frame::XenGrant {
+                issuer,
+                grantee,
+                gref,
+            }
+        }),
     ]
 }
 
