@@ -47,17 +47,8 @@ fn wait_for_move_end(m: usize) {
             return;
         }
         SLEEPERS.fetch_add(1, Ordering::SeqCst);
-        // SAFETY: FUTEX_WAIT on a static word of this process; it returns at once if the
-        // word is no longer `seen` (the move ended meanwhile), on a wake, or on a signal.
-        unsafe {
-            libc::syscall(
-                libc::SYS_futex,
-                MOVE_ENDS.as_ptr(),
-                libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
-                seen,
-                std::ptr::null::<libc::timespec>(),
-            )
-        };
+        // Returns at once if the move ended meanwhile (the word is no longer `seen`).
+        crate::futex::wait(&MOVE_ENDS, seen);
         SLEEPERS.fetch_sub(1, Ordering::SeqCst);
     }
 }
@@ -157,15 +148,7 @@ impl Drop for Moving {
         let _ = MOVING.compare_exchange(self.0, 0, Ordering::SeqCst, Ordering::SeqCst);
         MOVE_ENDS.fetch_add(1, Ordering::SeqCst);
         if SLEEPERS.load(Ordering::SeqCst) > 0 {
-            // SAFETY: FUTEX_WAKE of every thread sleeping on the static word.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_futex,
-                    MOVE_ENDS.as_ptr(),
-                    libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
-                    i32::MAX,
-                )
-            };
+            crate::futex::wake_all(&MOVE_ENDS);
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod error;
 pub mod fault;
 pub mod fdtable;
 pub mod frame_store;
+mod futex;
 pub mod grant;
 pub mod page;
 pub mod pagemap;

@@ -160,16 +160,7 @@ fn wait_unshared(word: &AtomicUsize) {
         if word.load(Ordering::SeqCst) & STATE_MASK != UNSHARING {
             break;
         }
-        // SAFETY: FUTEX_WAIT on a static word; returns at once if it changed meanwhile.
-        unsafe {
-            libc::syscall(
-                libc::SYS_futex,
-                ENDS.as_ptr(),
-                libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
-                seen,
-                std::ptr::null::<libc::timespec>(),
-            )
-        };
+        crate::futex::wait(&ENDS, seen);
     }
     // SAFETY: as above.
     unsafe { *libc::__errno_location() = errno };
@@ -178,15 +169,7 @@ fn wait_unshared(word: &AtomicUsize) {
 fn end_unshare(word: &AtomicUsize, value: usize) {
     word.store(value, Ordering::SeqCst);
     ENDS.fetch_add(1, Ordering::SeqCst);
-    // SAFETY: FUTEX_WAKE of every thread sleeping on the static word.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            ENDS.as_ptr(),
-            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
-            i32::MAX,
-        )
-    };
+    crate::futex::wake_all(&ENDS);
 }
 
 /// Copies the shared frame at `frame` into fresh anonymous memory and moves that over

@@ -6,7 +6,7 @@ use std::os::unix::io::AsRawFd;
 use std::path::Path;
 
 use super::{GrantDevice, GrantRef, GRANTS_PER_FRAME, XEN_PAGE};
-use crate::error::{AgentError, Result};
+use crate::error::Result;
 
 /// Linux's gntdev (`/dev/xen/gntdev`): maps grants of other domains.
 pub struct Gntdev {
@@ -57,19 +57,7 @@ impl Gntdev {
     }
 
     pub fn open_at(path: &Path) -> Result<Gntdev> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(|e| {
-                AgentError::io(
-                    format!(
-                        "opening {} (a Xen domain with the xen_gntdev module loaded?)",
-                        path.display()
-                    ),
-                    e,
-                )
-            })?;
+        let file = super::open_device(path, "a Xen domain with the xen_gntdev module loaded?")?;
         Ok(Gntdev { file })
     }
 

@@ -72,20 +72,11 @@ impl DbforkGnt {
     }
 
     pub fn open_at(path: &Path) -> Result<DbforkGnt> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(|e| {
-                AgentError::io(
-                    format!(
-                        "opening {} (load dbfork's guest module: insmod dbfork_gnt.ko, \
-                         built from guest-kmod/ for this domU's kernel)",
-                        path.display()
-                    ),
-                    e,
-                )
-            })?;
+        let file = super::open_device(
+            path,
+            "load dbfork's guest module: insmod dbfork_gnt.ko, built from guest-kmod/ for \
+             this domU's kernel",
+        )?;
         let gnt = DbforkGnt {
             file,
             domid_of_self: None,

@@ -161,3 +161,12 @@ fn bad_frame(refs: &[GrantRef], dst: *mut u8) -> AgentError {
 }
 
 pub use gntdev::{Gntdev, GNTDEV_PATH};
+
+/// Opens a character device for reading and writing; an error says `fix`.
+fn open_device(path: &std::path::Path, fix: &str) -> Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| AgentError::io(format!("opening {} ({fix})", path.display()), e))
+}
