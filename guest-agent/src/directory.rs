@@ -164,8 +164,12 @@ pub struct PageTableDirectory {
     store: Arc<dyn FrameStore>,
     /// Frames below this position of the offer log are registered with the daemon.
     synced: u64,
-    /// page key -> (lsn, valid_from, frame) of the registered frame per page version.
-    latest: HashMap<u64, (u64, u64, Frame)>,
+    /// (page key, audience) -> (lsn, valid_from, frame) of the registered frame per
+    /// page version and audience (`audience`: a Xen source publishes each slot once
+    /// per replica domain, and one grantee's frame never supersedes another's).
+    latest: HashMap<(u64, u32), (u64, u64, Frame)>,
+    /// The store's `epoch` the registrations belong to.
+    epoch: u64,
     /// Frames revalidated for a newer clone LSN than their record: the `valid_from` to
     /// register them with, also after a reconnect (the record keeps the old one).
     revalidated: HashMap<Frame, u64>,
@@ -181,6 +185,7 @@ const SYNC_BATCH: usize = 1024;
 
 impl PageTableDirectory {
     pub fn new(path: &Path, store: Arc<dyn FrameStore>) -> Self {
+        let epoch = store.epoch();
         PageTableDirectory {
             path: path.to_owned(),
             client: None,
@@ -188,6 +193,7 @@ impl PageTableDirectory {
             store,
             synced: 0,
             latest: HashMap::new(),
+            epoch,
             revalidated: HashMap::new(),
             generation: 0,
             last_ping: None,
@@ -265,6 +271,12 @@ impl PageTableDirectory {
     /// Registers the frames offered since the last sync. Returns how many.
     pub fn sync(&mut self) -> Result<u64> {
         let mut total = 0;
+        let epoch = self.store.epoch();
+        if epoch != self.epoch {
+            // Frames offered before are in the log again under new references.
+            self.epoch = epoch;
+            self.synced = 0;
+        }
         loop {
             self.client()?;
             let offered = self.store.offered_since(self.synced, SYNC_BATCH)?;
@@ -279,7 +291,10 @@ impl PageTableDirectory {
                 if let Some(&vf) = self.revalidated.get(&f.frame) {
                     r.valid_from = r.valid_from.max(vf);
                 }
-                let k = (u64::from(r.space_id) << 32) | u64::from(r.page_no);
+                let k = (
+                    (u64::from(r.space_id) << 32) | u64::from(r.page_no),
+                    audience(f.frame),
+                );
                 match self.latest.get(&k) {
                     Some(&(lsn, vf, _)) if lsn == r.lsn && vf > r.valid_from => continue,
                     // The same frame again (a batch sent before) is not its own successor.
@@ -341,6 +356,14 @@ impl PageTableDirectory {
     }
 }
 
+/// Who a frame is published for: its grantee for a grant, everyone otherwise.
+fn audience(frame: Frame) -> u32 {
+    match frame {
+        Frame::XenGrant { grantee, .. } => u32::from(grantee),
+        _ => u32::MAX,
+    }
+}
+
 /// The daemon's answer for a registration it has no room for (it sends quota, full
 /// table and crowded page alike as QuotaExceeded): retrying the same frame cannot help.
 fn refused_for_capacity(e: &pagetable::Error) -> bool {
@@ -371,7 +394,10 @@ impl PageDirectory for PageTableDirectory {
             })
             .collect();
         for &(space, page, e) in entries {
-            let k = (u64::from(space) << 32) | u64::from(page);
+            let k = (
+                (u64::from(space) << 32) | u64::from(page),
+                audience(e.frame),
+            );
             if let Some(l) = self.latest.get_mut(&k) {
                 if l.2 == e.frame {
                     l.1 = l.1.max(e.valid_from);
@@ -398,6 +424,15 @@ impl PageDirectory for PageTableDirectory {
         };
         self.check_generation();
         let Some(entry) = found else { return Ok(None) };
+        if !self.store.records_visible() {
+            // The entry came from the family's source over its own channel; the bytes
+            // are checked once mapped.
+            return Ok(Some(DirEntry {
+                frame: entry.frame,
+                lsn: entry.lsn,
+                valid_from: entry.valid_from,
+            }));
+        }
         // The store's record is the agent's own account of the frame; the daemon's
         // entry must agree with it (a stale or foreign entry is an error, not a hit),
         // but for a valid_from the source may have raised since (revalidation: both

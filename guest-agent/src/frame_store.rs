@@ -5,9 +5,9 @@
 //! read path) only sees this trait and the `Frame` references it hands out.
 //!
 //! Implementations: `pool::Pool` (the `local` substrate: a shared-memory file mapped
-//! copy-on-write). A Xen implementation (the source grants its frames, a replica maps
-//! grants) is planned; the trait is shaped for it: `offer` returns the `Frame` the page
-//! table stores (`Frame::XenGrant` there), and mapping may fail and is then undone.
+//! copy-on-write) and `grant::store` (`xen`: the source grants its pool to each replica
+//! domain, a replica maps the grants issued to it); mapping may fail and is then
+//! undone.
 //!
 //! Every store keeps DESIGN.md invariant 2: a stored frame's bytes never change while
 //! anybody can map it; whoever writes a mapped frame writes a private copy.
@@ -60,6 +60,20 @@ pub trait FrameStore: Send + Sync {
     /// stopping at the first one not completely offered yet. Directories index the
     /// store with it and re-register from it after the page table daemon restarts.
     fn offered_since(&self, from: u64, max: usize) -> Result<Vec<StoredFrame>>;
+
+    /// Changes when frames offered before appear in the offer log under new references
+    /// (a Xen source granted its pool to one more replica): a directory that saw an
+    /// older epoch registers the log again from its start.
+    fn epoch(&self) -> u64 {
+        0
+    }
+
+    /// Whether `record` can tell what a frame holds. A Xen replica cannot see the
+    /// source's records: the page table's entry and the check of the mapped bytes
+    /// stand for them.
+    fn records_visible(&self) -> bool {
+        true
+    }
 
     /// Maps `frame` over the caller's frame at `dst`, copy-on-write: the caller reads
     /// the stored bytes, and a later write by the caller changes only its own copy.

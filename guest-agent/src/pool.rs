@@ -116,6 +116,11 @@ impl Pool {
         self
     }
 
+    /// The cap in slots (`with_limit`), if any.
+    pub fn max_slots(&self) -> Option<u64> {
+        self.max_slots
+    }
+
     pub fn fd(&self) -> i32 {
         self.data.as_raw_fd()
     }

@@ -164,3 +164,17 @@ impl DbforkGnt {
         }
     }
 }
+
+impl super::store::GrantIssuer for DbforkGnt {
+    fn set_pool(&self, addr: usize, len: usize) -> Result<()> {
+        DbforkGnt::set_pool(self, addr, len)
+    }
+
+    fn grant_frame(&self, addr: usize, domid: u16) -> Result<u32> {
+        self.grant_run(addr, GRANTS_PER_FRAME, domid)
+    }
+
+    fn describe(&self) -> String {
+        format!("{DBFORK_GNT_PATH} (interface {IFACE_VERSION})")
+    }
+}

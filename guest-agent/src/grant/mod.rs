@@ -11,6 +11,9 @@
 
 mod gntdev;
 pub mod issuer;
+pub mod store;
+#[cfg(test)]
+mod store_tests;
 #[cfg(test)]
 mod tests;
 

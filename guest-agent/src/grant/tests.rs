@@ -163,7 +163,7 @@ fn grant_mapped_at(addr: usize) -> bool {
 /// The unshare table and the fault handler are process-wide: one test at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn setup() -> std::sync::MutexGuard<'static, ()> {
+pub(super) fn setup() -> std::sync::MutexGuard<'static, ()> {
     let g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     unshare::init(4096);
     crate::fault::install_for_tests();

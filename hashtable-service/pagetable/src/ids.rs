@@ -75,12 +75,14 @@ pub const MAX_XEN_DOMID: u16 = 1 << 15;
 pub const MAX_GRANT_REF: u32 = 1 << 28;
 
 impl Frame {
-    /// Whether the Xen domain `domid` (None: not a Xen domain) can use this frame: a
-    /// grant only by its grantee; other frames by anyone in the family.
+    /// Whether the Xen domain `domid` (None: a local process) can use this frame: a
+    /// grant only its grantee, a local pool's frame only local processes (a domU cannot
+    /// map dom0's files), a guest frame number any Xen domain.
     pub fn usable_by(&self, domid: Option<u16>) -> bool {
         match self {
+            Frame::LocalPool { .. } => domid.is_none(),
+            Frame::XenGfn { .. } => domid.is_some(),
             Frame::XenGrant { grantee, .. } => domid == Some(*grantee),
-            _ => true,
         }
     }
 }

@@ -51,11 +51,15 @@ pub(crate) fn pack_frame(frame: Frame) -> Result<u64> {
 /// Whether the packed frame `bits` is usable by the Xen domain `xen` (None: not a
 /// Xen domain): `Frame::usable_by` without unpacking.
 pub(crate) fn usable_by(bits: u64, xen: Option<u16>) -> bool {
-    if (bits >> TAG_SHIFT) & 0b11 != TAG_GRANT {
-        return true;
+    match (bits >> TAG_SHIFT) & 0b11 {
+        TAG_LOCAL => xen.is_none(),
+        TAG_GFN => xen.is_some(),
+        _ => {
+            let grantee =
+                ((bits & PAYLOAD_MASK) >> GRANT_GRANTEE_SHIFT) as u16 & (MAX_XEN_DOMID - 1);
+            xen == Some(grantee)
+        }
     }
-    let grantee = ((bits & PAYLOAD_MASK) >> GRANT_GRANTEE_SHIFT) as u16 & (MAX_XEN_DOMID - 1);
-    xen == Some(grantee)
 }
 
 pub(crate) fn unpack_frame(bits: u64) -> Frame {

@@ -563,7 +563,7 @@ fn handle_stops_working_when_its_domain_leaves() {
     let key = PageKey::new(f, 1, 1);
     let reg = Registration {
         key,
-        frame: Frame::XenGfn { gfn: 5 },
+        frame: Frame::LocalPool { offset: 5 * 16384 },
         lsn: 3,
         valid_from: 3,
         page_size: 4096,
@@ -573,7 +573,7 @@ fn handle_stops_working_when_its_domain_leaves() {
     assert_eq!((h.domain(), h.family()), (DomainId(1), f));
     assert_eq!(
         h.lookup(key, 3).unwrap().unwrap().frame,
-        Frame::XenGfn { gfn: 5 }
+        Frame::LocalPool { offset: 5 * 16384 }
     );
     assert!(matches!(
         h.lookup_many(&[PageKey::new(FamilyId(2), 1, 1)], 3),
