@@ -26,6 +26,15 @@ pub enum AdminRequest {
     UnbindPid {
         pid: u32,
     },
+    /// Connections from `pid` come from Xen domain `domid` and act as `domain`: a dom0
+    /// process that carries that one domain's channel and nothing else (the
+    /// vchan-socket-proxy dbfork starts for it), so the domid comes from the channel,
+    /// never from a message. Removed with `unbind_pid`.
+    BindChannel {
+        pid: u32,
+        domid: u32,
+        domain: DomainId,
+    },
     /// Connections from Xen domain `domid` act as `domain` (the `xen` substrate's
     /// `bind_pid`: the peer identity is the domid the hypervisor reports for the
     /// connection). The binding lasts until it is unbound or the domain is removed;
@@ -224,6 +233,14 @@ mod tests {
         let s = serde_json::to_string(&r).unwrap();
         assert_eq!(s, r#"{"op":"bind_pid","pid":42,"domain":7}"#);
         assert_eq!(serde_json::from_str::<AdminRequest>(&s).unwrap(), r);
+        let c = AdminRequest::BindChannel {
+            pid: 42,
+            domid: 3,
+            domain: DomainId(7),
+        };
+        let s = serde_json::to_string(&c).unwrap();
+        assert_eq!(s, r#"{"op":"bind_channel","pid":42,"domid":3,"domain":7}"#);
+        assert_eq!(serde_json::from_str::<AdminRequest>(&s).unwrap(), c);
         assert!(serde_json::from_str::<AdminRequest>(r#"{"op":"bind_pid","pid":1}"#).is_err());
         assert!(serde_json::from_str::<AdminRequest>(r#"{"op":"format_disk"}"#).is_err());
         let x = AdminRequest::BindDomid {

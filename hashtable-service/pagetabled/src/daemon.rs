@@ -120,8 +120,22 @@ impl Daemon {
 
     /// The domain `pid` acts as, if the admin bound it and it is the same process.
     pub fn domain_of_pid(&self, pid: u32) -> Option<DomainId> {
+        self.binding_of_pid(pid).map(|b| b.domain)
+    }
+
+    fn binding_of_pid(&self, pid: u32) -> Option<PidBinding> {
         let b = *self.bindings.lock().get(&pid)?;
-        (process_start_time(pid) == Some(b.start_time)).then_some(b.domain)
+        (process_start_time(pid) == Some(b.start_time)).then_some(b)
+    }
+
+    /// The Xen domain a connection's peer comes from: the domid the transport reports,
+    /// or the one whose channel a bound dom0 process carries. None for a local process.
+    pub fn xen_domid_of_peer(&self, peer: PeerIdentity) -> Option<u16> {
+        let domid = match peer {
+            PeerIdentity::Xen { domid } => Some(domid),
+            PeerIdentity::Unix { pid, .. } => self.binding_of_pid(pid)?.xen_domid,
+        }?;
+        u16::try_from(domid).ok()
     }
 
     /// The domain a connection's peer acts as: the admin's binding of its pid (local
@@ -187,24 +201,34 @@ impl Daemon {
         }
     }
 
+    fn bind_pid(&self, pid: u32, domain: DomainId, xen_domid: Option<u32>) -> Result<(), String> {
+        let start_time =
+            process_start_time(pid).ok_or_else(|| format!("no process with pid {pid}"))?;
+        let mut b = self.bindings.lock();
+        // Forget processes that are gone, so the map does not grow forever.
+        b.retain(|p, v| process_start_time(*p) == Some(v.start_time));
+        b.insert(
+            pid,
+            PidBinding {
+                pid,
+                start_time,
+                domain,
+                xen_domid,
+            },
+        );
+        Ok(())
+    }
+
     fn admin_locked(&self, req: &AdminRequest) -> Result<AdminReply, String> {
         let t = &self.table;
         let err = |e: pagetable::Error| e.to_string();
         Ok(match *req {
             AdminRequest::BindPid { pid, domain } => {
-                let start_time =
-                    process_start_time(pid).ok_or_else(|| format!("no process with pid {pid}"))?;
-                let mut b = self.bindings.lock();
-                // Forget processes that are gone, so the map does not grow forever.
-                b.retain(|p, v| process_start_time(*p) == Some(v.start_time));
-                b.insert(
-                    pid,
-                    PidBinding {
-                        pid,
-                        start_time,
-                        domain,
-                    },
-                );
+                self.bind_pid(pid, domain, None)?;
+                AdminReply::Ok
+            }
+            AdminRequest::BindChannel { pid, domid, domain } => {
+                self.bind_pid(pid, domain, Some(domid))?;
                 AdminReply::Ok
             }
             AdminRequest::UnbindPid { pid } => {

@@ -114,6 +114,9 @@ fn refusal(code: ErrorCode, message: String) -> Reply {
 
 struct Session {
     domain: Option<DomainId>,
+    /// The Xen domain the connection comes from (`Daemon::xen_domid_of_peer`), fixed
+    /// with `domain` at the first message.
+    xen: Option<u16>,
     /// Cached for lookups (no domain-map lock); refreshed when it goes stale.
     handle: Option<DomainHandle>,
     peer: PeerIdentity,
@@ -123,6 +126,7 @@ impl Session {
     fn new(peer: PeerIdentity) -> Session {
         Session {
             domain: None,
+            xen: None,
             handle: None,
             peer,
         }
@@ -136,6 +140,7 @@ impl Session {
                 Some(d) => {
                     daemon.domain_attached(d);
                     self.domain = Some(d);
+                    self.xen = daemon.xen_domid_of_peer(self.peer);
                     d
                 }
                 None => {
@@ -161,7 +166,7 @@ impl Session {
                         page_size: r.page_size,
                     })
                     .collect();
-                t.register_many_as(domain, xen_domid(self.peer), &regs)
+                t.register_many_as(domain, self.xen, &regs)
                     .map(|n| Reply::Registered { count: n as u32 })
             }
             Request::Lookup {
@@ -205,19 +210,8 @@ impl Session {
                 other => return other,
             }
         }
-        let h = self
-            .handle
-            .insert(t.handle_as(domain, xen_domid(self.peer))?);
+        let h = self.handle.insert(t.handle_as(domain, self.xen)?);
         h.lookup_many(keys, max_lsn)
-    }
-}
-
-/// The Xen domid a connection comes from, as the transport reports it (never from a
-/// message): grants are registered and served by it.
-fn xen_domid(peer: PeerIdentity) -> Option<u16> {
-    match peer {
-        PeerIdentity::Xen { domid } => u16::try_from(domid).ok(),
-        PeerIdentity::Unix { .. } => None,
     }
 }
 
@@ -447,6 +441,35 @@ mod tests {
         );
         assert!(refused_with(
             &register_grant(&mut Session::new(local), &d, 5, 6),
+            ErrorCode::InvalidArgument
+        ));
+        assert_eq!(
+            found_frame(&mut Session::new(local), &d),
+            None,
+            "no grant for it"
+        );
+
+        // A dom0 process bound as the carrier of domain 6's channel (its vchan proxy)
+        // speaks for domain 6: it is served 6's grants and registers 6's own.
+        admin(
+            &d,
+            AdminRequest::BindChannel {
+                pid: std::process::id(),
+                domid: 6,
+                domain: DomainId(11),
+            },
+        );
+        let mut proxy = Session::new(local);
+        assert!(matches!(
+            found_frame(&mut proxy, &d),
+            Some(Frame::XenGrant { grantee: 6, .. })
+        ));
+        assert_eq!(
+            register_grant(&mut proxy, &d, 6, 8),
+            (Reply::Registered { count: 1 }, false)
+        );
+        assert!(refused_with(
+            &register_grant(&mut proxy, &d, 5, 8),
             ErrorCode::InvalidArgument
         ));
     }

@@ -18,6 +18,10 @@ pub struct PidBinding {
     /// recycled pid never inherits a dead process's domain.
     pub start_time: u64,
     pub domain: DomainId,
+    /// Set when the process carries one Xen domain's channel (`bind_channel`): its
+    /// connections come from that domain.
+    #[serde(default)]
+    pub xen_domid: Option<u32>,
 }
 
 /// A Xen guest's connections act as `domain`. No start time: a domid is recycled
@@ -103,6 +107,7 @@ mod tests {
                 pid: 3,
                 start_time: 4,
                 domain: DomainId(2),
+                xen_domid: Some(9),
             }],
             domid_bindings: vec![DomidBinding {
                 domid: 5,
