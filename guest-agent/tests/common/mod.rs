@@ -18,6 +18,7 @@ pub fn missing_facility() -> Option<String> {
     None
 }
 
+#[allow(unused_macros)]
 macro_rules! require_mariadb {
     () => {
         if let Some(why) = common::missing_facility() {
@@ -26,6 +27,7 @@ macro_rules! require_mariadb {
         }
     };
 }
+#[allow(unused_imports)]
 pub(crate) use require_mariadb;
 
 /// The cdylib under test. `cargo test` builds only the rlib for integration tests,
