@@ -34,6 +34,38 @@ pub struct Config {
     /// (a restarted replica must not be served pages it changed). Required for a
     /// replica; belongs with the replica's datadir and lives as long as it does.
     pub writes_file: Option<PathBuf>,
+    /// `DBFORK_XEN_DOMID`: this Xen domain's id. Set, frames are shared through Xen
+    /// grants (`grant::store`): the source grants its pool, a replica maps the grants
+    /// issued to it; the pool is the source's alone.
+    pub xen_domid: Option<u16>,
+    /// `DBFORK_XEN_GRANTEES_FILE` (Xen source): the replica domains to grant to, one
+    /// domid per line; the guest side rewrites it as replicas come.
+    pub grantees_file: Option<PathBuf>,
+}
+
+/// Xen domids of guests are below DOMID_FIRST_RESERVED.
+const DOMID_FIRST_RESERVED: u16 = 0x7ff0;
+
+/// The grantees file: one domid per line (blank lines ignored).
+pub fn parse_grantees(text: &str) -> Result<Vec<u16>> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            parse_domid(l).ok_or_else(|| AgentError::Config {
+                var: "DBFORK_XEN_GRANTEES_FILE",
+                msg: format!("line {}: {:?} is not a domain id", i + 1, l.trim()),
+            })
+        })
+        .collect()
+}
+
+/// A domid as the environment or the grantees file gives it.
+pub fn parse_domid(v: &str) -> Option<u16> {
+    v.trim()
+        .parse::<u16>()
+        .ok()
+        .filter(|&d| d < DOMID_FIRST_RESERVED)
 }
 
 impl Config {
@@ -65,6 +97,13 @@ impl Config {
                 msg: format!("{v:?}: {e}"),
             })?),
         };
+        let xen_domid = match get("DBFORK_XEN_DOMID").filter(|v| !v.is_empty()) {
+            None => None,
+            Some(v) => Some(parse_domid(&v).ok_or_else(|| AgentError::Config {
+                var: "DBFORK_XEN_DOMID",
+                msg: format!("{v:?} is not a domain id (0..{DOMID_FIRST_RESERVED:#x})"),
+            })?),
+        };
         let cfg = Config {
             role,
             pagetable_socket: path("DBFORK_PAGETABLE_SOCKET"),
@@ -74,8 +113,11 @@ impl Config {
             stats_path: path("DBFORK_AGENT_STATS"),
             clone_lsn_file: path("DBFORK_CLONE_LSN_FILE"),
             writes_file: path("DBFORK_REPLICA_WRITES"),
+            xen_domid,
+            grantees_file: path("DBFORK_XEN_GRANTEES_FILE"),
         };
-        if cfg.role != Role::Off && cfg.pool_path.is_none() {
+        let xen_replica = cfg.role == Role::Replica && cfg.xen_domid.is_some();
+        if cfg.role != Role::Off && !xen_replica && cfg.pool_path.is_none() {
             return Err(AgentError::Config {
                 var: "DBFORK_POOL_PATH",
                 msg: "required for the source and replica roles".into(),
@@ -92,6 +134,29 @@ impl Config {
                 var: "DBFORK_REPLICA_WRITES",
                 msg: "required for the replica role (pages it wrote, across restarts)".into(),
             });
+        }
+        if cfg.role != Role::Off && cfg.xen_domid.is_some() && cfg.pagetable_socket.is_none() {
+            return Err(AgentError::Config {
+                var: "DBFORK_PAGETABLE_SOCKET",
+                msg: "required for Xen domains (grants are found only through the page table)"
+                    .into(),
+            });
+        }
+        if cfg.role == Role::Source && cfg.xen_domid.is_some() {
+            if cfg.pool_max_bytes.is_none() {
+                return Err(AgentError::Config {
+                    var: "DBFORK_POOL_MAX_BYTES",
+                    msg:
+                        "required for a Xen source (the pool is granted from a window of that size)"
+                            .into(),
+                });
+            }
+            if cfg.grantees_file.is_none() {
+                return Err(AgentError::Config {
+                    var: "DBFORK_XEN_GRANTEES_FILE",
+                    msg: "required for a Xen source (which replica domains to grant to)".into(),
+                });
+            }
         }
         if cfg.role == Role::Source && cfg.clone_lsn_file.is_none() {
             return Err(AgentError::Config {
@@ -139,5 +204,44 @@ mod tests {
         .unwrap();
         assert_eq!(r.snapshot_lsn, Some(12345));
         assert!(cfg(&[("DBFORK_SNAPSHOT_LSN", "12x")]).is_err());
+    }
+
+    #[test]
+    fn xen_domains_share_through_grants() {
+        let replica = [
+            ("DBFORK_AGENT_ROLE", "replica"),
+            ("DBFORK_SNAPSHOT_LSN", "12345"),
+            ("DBFORK_REPLICA_WRITES", "/w"),
+            ("DBFORK_XEN_DOMID", "6"),
+        ];
+        let e = cfg(&replica).unwrap_err();
+        assert!(e.to_string().contains("DBFORK_PAGETABLE_SOCKET"), "{e}");
+        let mut replica = replica.to_vec();
+        replica.push(("DBFORK_PAGETABLE_SOCKET", "/run/pt.sock"));
+        // A Xen replica has no pool of its own.
+        assert_eq!(cfg(&replica).unwrap().xen_domid, Some(6));
+        for bad in ["0x7ff0", "65535", "-1", "six"] {
+            let e = cfg(&[("DBFORK_XEN_DOMID", bad)]).unwrap_err();
+            assert!(e.to_string().contains("DBFORK_XEN_DOMID"), "{e}");
+        }
+        let source = [
+            ("DBFORK_AGENT_ROLE", "source"),
+            ("DBFORK_POOL_PATH", "/p"),
+            ("DBFORK_CLONE_LSN_FILE", "/c"),
+            ("DBFORK_XEN_DOMID", "5"),
+            ("DBFORK_PAGETABLE_SOCKET", "/run/pt.sock"),
+        ];
+        let e = cfg(&source).unwrap_err();
+        assert!(e.to_string().contains("DBFORK_POOL_MAX_BYTES"), "{e}");
+        let mut capped = source.to_vec();
+        capped.push(("DBFORK_POOL_MAX_BYTES", "1048576"));
+        let e = cfg(&capped).unwrap_err();
+        assert!(e.to_string().contains("DBFORK_XEN_GRANTEES_FILE"), "{e}");
+        assert_eq!(parse_grantees("6\n\n 8 \n").unwrap(), vec![6, 8]);
+        let e = parse_grantees("6\nseven\n").unwrap_err();
+        assert!(e.to_string().contains("line 2"), "{e}");
+        capped.push(("DBFORK_XEN_GRANTEES_FILE", "/g"));
+        let s = cfg(&capped).unwrap();
+        assert_eq!((s.xen_domid, s.grantees_file), (Some(5), Some("/g".into())));
     }
 }

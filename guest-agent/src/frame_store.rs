@@ -68,6 +68,20 @@ pub trait FrameStore: Send + Sync {
         0
     }
 
+    /// The family's replica domains that may map this store's frames, as the guest side
+    /// last named them (a Xen source grants every frame to each; a local pool is open
+    /// to every process of the family and ignores this).
+    fn admit(&self, _domains: &[u16]) -> Result<()> {
+        Ok(())
+    }
+
+    /// Whether a frame mapped by `map_over` faults on the caller's first write and
+    /// needs the agent's SIGSEGV handler to become private (a grant mapping is
+    /// read-only; a local pool's private mapping copies on write by itself).
+    fn writes_fault(&self) -> bool {
+        false
+    }
+
     /// Whether `record` can tell what a frame holds. A Xen replica cannot see the
     /// source's records: the page table's entry and the check of the mapped bytes
     /// stand for them.

@@ -130,6 +130,13 @@ fn init() -> Agent {
             Ok(()) => agent.enable_frame_moves(),
             Err(e) => tracing::warn!("dbfork agent: no fault handler, frames are not moved: {e}"),
         }
+    } else if agent.needs_fault_handler() {
+        // A replica's frames mapped from grants are read-only: its first write to one
+        // makes it private in this handler. Without it nothing may be shared.
+        // SAFETY: real().sigaction is libc's.
+        if let Err(e) = unsafe { crate::fault::install(real().sigaction) } {
+            agent.disable_sharing(&format!("no fault handler for shared frames: {e}"));
+        }
     }
     if agent.config.stats_path.is_some() || agent.config.role != crate::config::Role::Off {
         // The server routes signals to one sigwait thread and blocks them everywhere

@@ -65,6 +65,8 @@ pub struct Agent {
     /// again or unmapped): a madvise that drops such a page would bring back the
     /// stored bytes, where the server expects the zeros of anonymous memory.
     file_backed: Mutex<BTreeSet<usize>>,
+    /// The grantees file as last admitted (Xen source).
+    grantees_seen: Mutex<Option<String>>,
 }
 
 /// A page's key in the agent's maps and in the written-page file.
@@ -90,6 +92,7 @@ impl Agent {
             off_reason: Mutex::new(None),
             moves_frames: AtomicBool::new(false),
             file_backed: Mutex::new(BTreeSet::new()),
+            grantees_seen: Mutex::new(None),
         };
         if config.role == Role::Off {
             return agent;
@@ -397,12 +400,48 @@ impl Agent {
         if self.config.role != Role::Source || !self.sharing_on() {
             return;
         }
+        self.admit_grantees();
         if let Some(d) = self.dir.lock().as_mut() {
             if let Err(e) = d.sync() {
                 tracing::debug!("dbfork agent: directory sync: {}", error_chain(&e));
             }
         }
         self.scan_if_new_clone_lsn();
+    }
+
+    /// Source: hands the replica domains the guest side names to the frame store (a Xen
+    /// source grants them its frames), when the file changed.
+    fn admit_grantees(&self) {
+        let (Some(path), Some(store)) = (&self.config.grantees_file, &self.store) else {
+            return;
+        };
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            // Not written yet: no replica so far.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) => {
+                tracing::warn!("dbfork agent: reading {}: {e}", path.display());
+                return;
+            }
+        };
+        let mut last = self.grantees_seen.lock();
+        if last.as_deref() == Some(text.as_str()) {
+            return;
+        }
+        match crate::config::parse_grantees(&text).and_then(|ids| store.admit(&ids)) {
+            Ok(()) => *last = Some(text),
+            Err(e) => tracing::warn!(
+                "dbfork agent: replica domains from {}: {}",
+                path.display(),
+                error_chain(&e)
+            ),
+        }
+    }
+
+    /// Whether the frames this process maps fault on its first write to them (then the
+    /// agent's SIGSEGV handler must be installed to make them private).
+    pub fn needs_fault_handler(&self) -> bool {
+        self.sharing_on() && self.store.as_ref().is_some_and(|s| s.writes_fault())
     }
 
     /// After a successful mmap by the server: remember buffer-pool candidates (the
@@ -571,14 +610,32 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// The family's frame store for this process: today the local pool at
-/// `DBFORK_POOL_PATH` (created by the source, opened read-only by replicas).
+/// How much a Xen replica maps from grants at most, without DBFORK_POOL_MAX_BYTES (it
+/// sizes the table of shared frames the fault handler reads: 16 bytes per frame).
+const XEN_REPLICA_DEFAULT_MAP: u64 = 4 << 30;
+
+/// The family's frame store for this process: the local pool at `DBFORK_POOL_PATH`
+/// (created by the source, opened read-only by replicas), or with `DBFORK_XEN_DOMID`
+/// the Xen stores (the source's pool granted to its replicas, a replica's grants).
 fn open_family_store(config: &Config) -> Result<Arc<dyn FrameStore>> {
-    let path = config.pool_path.as_ref().expect("checked by Config");
-    let create = config.role == crate::config::Role::Source;
-    Ok(Arc::new(
-        crate::pool::Pool::open(path, create)?.with_limit(config.pool_max_bytes),
-    ))
+    use crate::grant::store::{XenReplicaStore, XenSourceStore};
+    let pool = |create: bool| -> Result<crate::pool::Pool> {
+        let path = config.pool_path.as_ref().expect("checked by Config");
+        Ok(crate::pool::Pool::open(path, create)?.with_limit(config.pool_max_bytes))
+    };
+    Ok(match (config.xen_domid, config.role) {
+        (Some(domid), Role::Source) => {
+            let issuer = crate::grant::issuer::DbforkGnt::open()?.with_own_domid(domid);
+            Arc::new(XenSourceStore::open(pool(true)?, Box::new(issuer), domid)?)
+        }
+        (Some(domid), _) => {
+            let cap = config.pool_max_bytes.unwrap_or(XEN_REPLICA_DEFAULT_MAP);
+            crate::unshare::init(usize::try_from(cap / FRAME_SIZE as u64).unwrap_or(usize::MAX));
+            let dev = crate::grant::Gntdev::open()?;
+            Arc::new(XenReplicaStore::new(Box::new(dev), domid))
+        }
+        (None, role) => Arc::new(pool(role == Role::Source)?),
+    })
 }
 
 #[cfg(test)]
@@ -586,6 +643,47 @@ mod tests {
     use super::testkit::*;
     use super::*;
     use std::os::unix::io::AsRawFd;
+
+    /// A Xen domain whose grant devices are missing (this host is no domU) runs its
+    /// server unshared and says which device and what to do.
+    #[test]
+    fn a_xen_domain_without_its_grant_devices_shares_nothing_and_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |f: &str| dir.path().join(f).display().to_string();
+        let common = [
+            ("DBFORK_XEN_DOMID", "6".to_string()),
+            ("DBFORK_PAGETABLE_SOCKET", p("pt.sock")),
+        ];
+        let replica = [
+            ("DBFORK_AGENT_ROLE", "replica".to_string()),
+            ("DBFORK_SNAPSHOT_LSN", "1000".to_string()),
+            ("DBFORK_REPLICA_WRITES", p("writes")),
+        ];
+        let source = [
+            ("DBFORK_AGENT_ROLE", "source".to_string()),
+            ("DBFORK_POOL_PATH", p("pool")),
+            ("DBFORK_POOL_MAX_BYTES", "1048576".to_string()),
+            ("DBFORK_CLONE_LSN_FILE", p("clone_lsn")),
+            ("DBFORK_XEN_GRANTEES_FILE", p("grantees")),
+        ];
+        for (role, device) in [
+            (&replica[..], "/dev/xen/gntdev"),
+            (&source[..], "/dev/dbfork_gnt"),
+        ] {
+            if std::path::Path::new(device).exists() {
+                eprintln!("SKIP: {device} exists here (a Xen domain): the lab covers it");
+                continue;
+            }
+            let env: std::collections::HashMap<&str, String> =
+                common.iter().chain(role).cloned().collect();
+            let config = Config::from_lookup(|k| env.get(k).cloned()).unwrap();
+            let agent = Agent::new(config);
+            assert!(!agent.sharing_on());
+            assert!(!agent.needs_fault_handler());
+            let why = agent.snapshot().sharing_off_reason.unwrap_or_default();
+            assert!(why.contains(device), "{why}");
+        }
+    }
 
     #[test]
     fn unaligned_or_odd_sized_reads_pass_through_untouched() {

@@ -253,6 +253,10 @@ impl FrameStore for XenSourceStore {
         self.epoch.load(Ordering::Acquire)
     }
 
+    fn admit(&self, domains: &[u16]) -> Result<()> {
+        domains.iter().try_for_each(|&d| self.add_grantee(d))
+    }
+
     unsafe fn map_over(&self, frame: Frame, dst: *mut u8) -> Result<()> {
         let local = self.local(frame)?;
         // SAFETY: the caller's contract.
@@ -316,6 +320,10 @@ impl FrameStore for XenReplicaStore {
 
     fn records_visible(&self) -> bool {
         false
+    }
+
+    fn writes_fault(&self) -> bool {
+        true
     }
 
     fn read(&self, frame: Frame, dst: &mut [u8]) -> Result<()> {
