@@ -298,6 +298,35 @@ pub fn mark_private(frame: usize) {
     }
 }
 
+/// The server unmaps `[addr, addr + len)`: its shared frames there are gone with the
+/// mapping (and their grants with them). They are forgotten without a copy, so that
+/// whatever is mapped at those addresses later is never taken for a shared frame.
+pub fn forget(addr: usize, len: usize) {
+    if shared_now() == 0 || len == 0 {
+        return;
+    }
+    let Some(t) = table() else { return };
+    let end = addr.saturating_add(len);
+    // Frames that start inside the range (the pool's frames are never split).
+    let first = addr.next_multiple_of(FRAME_SIZE);
+    for frame in (first..end).step_by(FRAME_SIZE) {
+        if frame + FRAME_SIZE > end {
+            break;
+        }
+        let Some((word, w)) = slot(t, frame) else {
+            continue;
+        };
+        if w != 0
+            && w & STATE_MASK == SHARED
+            && word
+                .compare_exchange(w, frame | PRIVATE, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            SHARED_NOW.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
 /// si_code of a SIGSEGV on a mapped page without the access right.
 const SEGV_ACCERR: libc::c_int = 2;
 

@@ -458,6 +458,7 @@ impl Agent {
         if self.config.role == Role::Source && in_pool {
             self.source.forget_mapped(addr, len);
         }
+        crate::unshare::forget(addr, len);
         let end = addr.saturating_add(len);
         let mut fb = self.file_backed.lock();
         let gone: Vec<usize> = fb

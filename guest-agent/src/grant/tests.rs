@@ -317,6 +317,43 @@ fn a_read_into_a_shared_frame_unshares_it_first() {
     assert_eq!(unshare::shared_now(), 0);
 }
 
+#[test]
+fn frames_the_server_unmaps_are_forgotten_not_copied() {
+    let _g = setup();
+    let dev = MemfdGrants::new(4, 8);
+    let pool = Pool::new(2);
+    for f in 0..2 {
+        // SAFETY: our own pool frames.
+        unsafe { map_over(&dev, &dev.refs(4 * f as u32), pool.frame(f)) }.unwrap();
+    }
+    let (shared, before_io) = (unshare::shared_now(), unshare::unshared_before_io());
+    // The server unmaps frame 0 (through the agent's munmap hook).
+    let agent = crate::agent::Agent::new(crate::config::Config::from_lookup(|_| None).unwrap());
+    agent.on_unmap(pool.frame(0) as usize, FRAME_SIZE, true);
+    // SAFETY: frame 0 is ours; the server's munmap.
+    assert_eq!(unsafe { libc::munmap(pool.frame(0).cast(), FRAME_SIZE) }, 0);
+    assert!(!unshare::is_shared(pool.frame(0) as usize));
+    assert!(unshare::is_shared(pool.frame(1) as usize));
+    assert_eq!(unshare::shared_now(), shared - 1);
+    // Something else mapped there later is left alone by a read into it.
+    // SAFETY: a fresh private mapping at the freed address.
+    let p = unsafe {
+        libc::mmap(
+            pool.frame(0).cast(),
+            FRAME_SIZE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+            -1,
+            0,
+        )
+    };
+    assert_eq!(p, pool.frame(0).cast());
+    unshare::before_io(pool.frame(0) as usize, FRAME_SIZE).unwrap();
+    assert_eq!(unshare::unshared_before_io(), before_io, "nothing copied");
+    // SAFETY: frame 1 is ours.
+    unsafe { restore_private(pool.frame(1)) }.unwrap();
+}
+
 static NEXT_RAN: AtomicUsize = AtomicUsize::new(0);
 
 /// The server's own SIGSEGV handler in the chaining test: makes the faulting page
