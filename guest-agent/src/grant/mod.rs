@@ -128,20 +128,8 @@ pub unsafe fn copy_from(dev: &dyn GrantDevice, refs: &[GrantRef], dst: *mut u8) 
 /// # Safety
 /// As for `map_over`.
 pub unsafe fn restore_private(dst: *mut u8) -> Result<()> {
-    // SAFETY: the caller owns the frame; MAP_FIXED replaces exactly FRAME_SIZE bytes.
-    let p = unsafe {
-        libc::mmap(
-            dst.cast(),
-            FRAME_SIZE,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
-            -1,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        return Err(AgentError::last_os("making a shared frame private"));
-    }
+    // SAFETY: the caller owns the frame (this function's contract).
+    unsafe { crate::pool::anon_over(dst, FRAME_SIZE) }?;
     crate::unshare::mark_private(dst as usize);
     Ok(())
 }

@@ -86,19 +86,9 @@ impl GrantDevice for FakeGntdev {
             };
             let _ = to;
             // SAFETY: the caller owns dst's pages; one Xen page of the pool file.
-            let p = unsafe {
-                libc::mmap(
-                    dst.add(i * XEN_PAGE).cast(),
-                    XEN_PAGE,
-                    libc::PROT_READ,
-                    libc::MAP_SHARED | libc::MAP_FIXED,
-                    self.pool.as_raw_fd(),
-                    off as libc::off_t,
-                )
-            };
-            if p == libc::MAP_FAILED {
-                return Err(io::Error::last_os_error());
-            }
+            unsafe {
+                super::tests::map_page_read_only(self.pool.as_raw_fd(), off, dst.add(i * XEN_PAGE))
+            }?;
         }
         Ok(())
     }
@@ -166,29 +156,6 @@ fn grant(grantee: u16, gref: u32) -> Frame {
         grantee,
         gref,
     }
-}
-
-/// FRAME_SIZE-aligned private frames standing in for a replica's buffer pool.
-fn frames(n: usize) -> usize {
-    // SAFETY: a new private mapping, ours alone (leaked: tests are short-lived and the
-    // addresses must not be reused while the unshare table knows them).
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            (n + 1) * FRAME_SIZE,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    assert_ne!(p, libc::MAP_FAILED);
-    (p as usize + FRAME_SIZE - 1) & !(FRAME_SIZE - 1)
-}
-
-fn bytes(addr: usize) -> Vec<u8> {
-    // SAFETY: a frame of `frames`, readable.
-    unsafe { std::slice::from_raw_parts(addr as *const u8, FRAME_SIZE) }.to_vec()
 }
 
 #[test]
@@ -280,11 +247,12 @@ fn a_replica_maps_only_what_was_granted_to_it_and_its_writes_stay_its_own() {
     let (to6, to8) = (log[0].frame, log[1].frame);
     let r6 = f.replica(6);
     assert!(!r6.records_visible());
-    let buf = frames(2);
+    let frames = super::tests::Pool::new(2);
+    let buf = frames.frame(0) as usize;
 
     // SAFETY (each map below): frames of our own buffer-pool stand-in.
     unsafe { r6.map_over(to6, buf as *mut u8) }.unwrap();
-    assert_eq!(bytes(buf), page(1));
+    assert_eq!(frames.bytes(0), page(1));
     assert!(unshare::is_shared(buf));
     let foreign = unsafe { r6.map_over(to8, (buf + FRAME_SIZE) as *mut u8) };
     assert!(
@@ -303,7 +271,7 @@ fn a_replica_maps_only_what_was_granted_to_it_and_its_writes_stay_its_own() {
     // SAFETY: byte 10 of the mapped frame, ours.
     unsafe { std::ptr::write_volatile((buf + 10) as *mut u8, 0xAA) };
     assert!(!unshare::is_shared(buf));
-    assert_eq!(bytes(buf)[10], 0xAA);
+    assert_eq!(frames.bytes(0)[10], 0xAA);
     let mut slot = crate::frame_store::AlignedPage::new();
     f.source.read(to6, slot.bytes()).unwrap();
     assert_eq!(

@@ -76,21 +76,15 @@ impl GrantDevice for MemfdGrants {
             if r.domid != self.domid || r.gref >= self.pages {
                 return Err(io::Error::from_raw_os_error(libc::EINVAL));
             }
-            // SAFETY: the caller owns dst's pages; each Xen page mapped on its own, as
-            // grant refs need not be consecutive.
-            let p = unsafe {
-                libc::mmap(
-                    dst.add(i * XEN_PAGE).cast(),
-                    XEN_PAGE,
-                    libc::PROT_READ,
-                    libc::MAP_SHARED | libc::MAP_FIXED,
+            // Each Xen page on its own, as grant refs need not be consecutive.
+            // SAFETY: the caller owns dst's pages.
+            unsafe {
+                map_page_read_only(
                     self.fd.as_raw_fd(),
-                    i64::from(r.gref) * XEN_PAGE as i64,
+                    u64::from(r.gref) * XEN_PAGE as u64,
+                    dst.add(i * XEN_PAGE),
                 )
-            };
-            if p == libc::MAP_FAILED {
-                return Err(io::Error::last_os_error());
-            }
+            }?;
         }
         Ok(())
     }
@@ -100,8 +94,31 @@ impl GrantDevice for MemfdGrants {
     }
 }
 
+/// Maps the Xen page at `off` of file `fd` read-only and shared at `dst`: how gntdev
+/// maps a read-only grant (a write faults, a pread into it fails with EFAULT).
+///
+/// # Safety
+/// The caller owns the page at `dst`.
+pub(super) unsafe fn map_page_read_only(fd: i32, off: u64, dst: *mut u8) -> io::Result<()> {
+    // SAFETY: the caller's contract; one page at a fixed address.
+    let p = unsafe {
+        libc::mmap(
+            dst.cast(),
+            XEN_PAGE,
+            libc::PROT_READ,
+            libc::MAP_SHARED | libc::MAP_FIXED,
+            fd,
+            off as libc::off_t,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// A run of `frames` private frames standing in for the buffer pool.
-struct Pool {
+pub(super) struct Pool {
     base: *mut u8,
     frames: usize,
 }
@@ -112,7 +129,7 @@ unsafe impl Send for Pool {}
 unsafe impl Sync for Pool {}
 
 impl Pool {
-    fn new(frames: usize) -> Pool {
+    pub(super) fn new(frames: usize) -> Pool {
         let len = (frames + 1) * FRAME_SIZE;
         // SAFETY: a new private mapping, ours alone.
         let p = unsafe {
@@ -130,13 +147,13 @@ impl Pool {
         Pool { base, frames }
     }
 
-    fn frame(&self, i: usize) -> *mut u8 {
+    pub(super) fn frame(&self, i: usize) -> *mut u8 {
         assert!(i < self.frames);
         // SAFETY: inside the mapping made by `new`.
         unsafe { self.base.add(i * FRAME_SIZE) }
     }
 
-    fn bytes(&self, i: usize) -> Vec<u8> {
+    pub(super) fn bytes(&self, i: usize) -> Vec<u8> {
         // SAFETY: FRAME_SIZE readable bytes of the pool.
         unsafe { std::slice::from_raw_parts(self.frame(i), FRAME_SIZE) }.to_vec()
     }
