@@ -288,7 +288,7 @@ impl PageTableDirectory {
             let mut superseded = Vec::new();
             for f in &offered {
                 let mut r = f.record;
-                if let Some(&vf) = self.revalidated.get(&f.frame) {
+                if let Some(&vf) = self.revalidated.get(&self.store.own_frame(f.frame)) {
                     r.valid_from = r.valid_from.max(vf);
                 }
                 let k = (
@@ -381,26 +381,27 @@ impl PageDirectory for PageTableDirectory {
             *vf = (*vf).max(e.valid_from);
         }
         // Frames registered already get the new valid_from now (re-registering a frame
-        // updates its entry); the rest when the log reaches them.
-        let regs: Vec<WireRegistration> = entries
-            .iter()
-            .map(|&(space_id, page_no, e)| WireRegistration {
-                space_id,
-                page_no,
-                frame: e.frame,
-                lsn: e.lsn,
-                valid_from: e.valid_from,
-                page_size: FRAME_SIZE as u32,
-            })
-            .collect();
-        for &(space, page, e) in entries {
-            let k = (
-                (u64::from(space) << 32) | u64::from(page),
-                audience(e.frame),
-            );
-            if let Some(l) = self.latest.get_mut(&k) {
-                if l.2 == e.frame {
-                    l.1 = l.1.max(e.valid_from);
+        // updates its entry), under each frame the store publishes them as; the rest
+        // when the log reaches them (`sync` maps the log's frames back to the store's).
+        let mut regs = Vec::with_capacity(entries.len());
+        for &(space_id, page_no, e) in entries {
+            for frame in self.store.published(e.frame) {
+                regs.push(WireRegistration {
+                    space_id,
+                    page_no,
+                    frame,
+                    lsn: e.lsn,
+                    valid_from: e.valid_from,
+                    page_size: FRAME_SIZE as u32,
+                });
+                let k = (
+                    (u64::from(space_id) << 32) | u64::from(page_no),
+                    audience(frame),
+                );
+                if let Some(l) = self.latest.get_mut(&k) {
+                    if l.2 == frame {
+                        l.1 = l.1.max(e.valid_from);
+                    }
                 }
             }
         }

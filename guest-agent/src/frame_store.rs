@@ -68,6 +68,18 @@ pub trait FrameStore: Send + Sync {
         0
     }
 
+    /// The frames under which the store's own frame `own` (what `offer` returned) is
+    /// in the page table: itself for a local pool; one grant per replica domain granted
+    /// so far for a Xen source.
+    fn published(&self, own: Frame) -> Vec<Frame> {
+        vec![own]
+    }
+
+    /// The store's own frame behind a frame of its offer log (`published`'s inverse).
+    fn own_frame(&self, published: Frame) -> Frame {
+        published
+    }
+
     /// The family's replica domains that may map this store's frames, as the guest side
     /// last named them (a Xen source grants every frame to each; a local pool is open
     /// to every process of the family and ignores this).

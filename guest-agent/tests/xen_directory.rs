@@ -199,6 +199,23 @@ fn grants_reach_only_their_grantee_and_a_late_replica_gets_the_earlier_frames() 
         );
     }
 
+    // The source finds page 1 unchanged after a newer snapshot (2000) and says so
+    // about its own frame: every grant of that frame serves the newer snapshot, also
+    // one made later.
+    assert_eq!(r6.lookup(7, 1, 2000).unwrap(), None);
+    let entry = dbfork_agent::directory::DirEntry {
+        frame: Frame::LocalPool {
+            offset: FRAME_SIZE as u64,
+        },
+        lsn: 101,
+        valid_from: 2000,
+    };
+    assert!(dir.revalidate(&[(7, 1, entry)]).unwrap());
+    assert_eq!(
+        grantee_of(r6.lookup(7, 1, 2000).unwrap()),
+        Some((5, 6, 101))
+    );
+
     // Replica 8 comes: the frames offered before are granted to it too, and 6 keeps
     // its own (one grantee's frame of a page version never supersedes another's).
     source.add_grantee(8).unwrap();
@@ -219,5 +236,10 @@ fn grants_reach_only_their_grantee_and_a_late_replica_gets_the_earlier_frames() 
         );
     }
     // The share rule still applies: a snapshot newer than valid_from gets nothing.
-    assert_eq!(r6.lookup(7, 1, 1001).unwrap(), None);
+    assert_eq!(r6.lookup(7, 2, 1001).unwrap(), None);
+    assert_eq!(
+        grantee_of(r8.lookup(7, 1, 2000).unwrap()),
+        Some((5, 8, 101)),
+        "revalidated before 8's grant was made"
+    );
 }

@@ -253,6 +253,28 @@ impl FrameStore for XenSourceStore {
         self.epoch.load(Ordering::Acquire)
     }
 
+    fn published(&self, own: Frame) -> Vec<Frame> {
+        let Ok(slot) = self.slot_of(own) else {
+            return Vec::new();
+        };
+        let book = self.book.lock();
+        book.grantees
+            .iter()
+            .filter_map(|&grantee| {
+                let gref = *book.by_slot.get(&(slot, grantee))?;
+                Some(Frame::XenGrant {
+                    issuer: self.own,
+                    grantee,
+                    gref,
+                })
+            })
+            .collect()
+    }
+
+    fn own_frame(&self, published: Frame) -> Frame {
+        self.local(published).unwrap_or(published)
+    }
+
     fn admit(&self, domains: &[u16]) -> Result<()> {
         domains.iter().try_for_each(|&d| self.add_grantee(d))
     }
