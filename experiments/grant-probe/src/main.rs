@@ -16,9 +16,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
-use dbfork_agent::frame_store::FRAME_SIZE;
+use std::path::Path;
+use std::sync::Arc;
+
+use dbfork_agent::directory::{PageDirectory, PageTableDirectory};
+use dbfork_agent::frame_store::{FrameRecord, FrameStore, FRAME_SIZE};
 use dbfork_agent::grant::issuer::{DbforkGnt, Revoked};
+use dbfork_agent::grant::store::{XenReplicaStore, XenSourceStore};
 use dbfork_agent::grant::{self, Gntdev, GrantRef, GRANTS_PER_FRAME};
+use dbfork_agent::pool::Pool;
 use dbfork_agent::unshare;
 use xenstore::Xenstore;
 
@@ -126,6 +132,8 @@ fn source(to: u16, n: usize) -> Result<()> {
     xs.write(&ask, b"0:none")?;
     xs.watch(&ask, "ask")?;
     xs.write(&format!("{DIR}/refs"), refs.as_bytes())?;
+    // The pool shared through the page table (request "share"), kept until quit.
+    let mut shared: Option<(Arc<XenSourceStore>, PageTableDirectory)> = None;
     let mut last = 0u64;
     loop {
         if xs.next_event(Duration::from_secs(600))?.is_none() {
@@ -167,7 +175,15 @@ fn source(to: u16, n: usize) -> Result<()> {
                 Ok(refs) => format!("refs={refs}"),
                 Err(e) => format!("error {e:#}"),
             },
+            "share" => match share_through_pagetable(&xs, seed, to) {
+                Ok((store, dir, n)) => {
+                    shared = Some((store, dir));
+                    format!("registered={n}")
+                }
+                Err(e) => format!("error {e:#}"),
+            },
             "quit" => {
+                drop(shared.take());
                 xs.write(&format!("{DIR}/answer"), format!("{seq}:bye").as_bytes())?;
                 // Closing the device ends the grants left, later for mapped ones.
                 drop(gnt);
@@ -180,6 +196,56 @@ fn source(to: u16, n: usize) -> Result<()> {
             format!("{seq}:{answer}").as_bytes(),
         )?;
     }
+}
+
+/// Frames the source offers to its Xen frame store in the page-table check.
+const SHARE_FRAMES: usize = 8;
+/// Inside the domU: the guest end of its channel to dom0's page table (a client-mode
+/// vchan-socket-proxy that grant-init.sh starts).
+const GUEST_PAGETABLE: &str = "/run/pt.sock";
+
+/// The bytes of frame `f` the source shares through the page table.
+fn shared_byte(seed: u32, f: usize, i: usize) -> u8 {
+    pattern(seed ^ 0x5a5a, f, i)
+}
+
+fn shared_record(f: usize) -> FrameRecord {
+    FrameRecord {
+        space_id: 7,
+        page_no: f as u32,
+        lsn: 100 + f as u64,
+        valid_from: 1000,
+    }
+}
+
+/// In the domU: the agent's Xen source store over a pool in /run, granting to `to`,
+/// its frames registered with dom0's page table through this domain's channel.
+fn share_through_pagetable(
+    xs: &Xenstore,
+    seed: u32,
+    to: u16,
+) -> Result<(Arc<XenSourceStore>, PageTableDirectory, u64)> {
+    let own: u16 = xs
+        .read_string("domid")?
+        .context("no domid in xenstore")?
+        .trim()
+        .parse()
+        .context("domid")?;
+    let pool = Pool::open(Path::new("/run/grant-probe-pool"), true)?
+        .with_limit(Some((SHARE_FRAMES * FRAME_SIZE) as u64));
+    let gnt = DbforkGnt::open()?.with_own_domid(own);
+    let store = Arc::new(XenSourceStore::open(pool, Box::new(gnt), own)?);
+    let mut page = vec![0u8; FRAME_SIZE];
+    for f in 0..SHARE_FRAMES {
+        for (i, b) in page.iter_mut().enumerate() {
+            *b = shared_byte(seed, f, i);
+        }
+        store.offer(&page, shared_record(f))?;
+    }
+    store.add_grantee(to)?;
+    let mut dir = PageTableDirectory::new(Path::new(GUEST_PAGETABLE), store.clone());
+    let n = dir.sync()?;
+    Ok((store, dir, n))
 }
 
 // --- dom0's side ---------------------------------------------------------------------
@@ -518,6 +584,9 @@ fn map(from: u16) -> Result<()> {
     })();
     c.report("grant-mapper-killed-leaks-none", r);
 
+    let r = pagetable_check(&mut src, from, refs.seed);
+    c.report("grant-pagetable-shared", r);
+
     // The source goes first: it closes the device with its frames mapped here; the
     // module ends those grants once they are unmapped, and stays loaded until then.
     let r = (|| {
@@ -546,6 +615,164 @@ fn map(from: u16) -> Result<()> {
     c.report("grant-source-closes-first", r);
     println!("{} checks failed", c.failed);
     std::process::exit(if c.failed == 0 { 0 } else { 1 });
+}
+
+/// dom0's page table for the check: pagetabled, and the dom0 end of the source
+/// domU's channel to it (a server-mode vchan-socket-proxy bound as that domain's
+/// channel). Both stopped on drop.
+struct LabPageTable {
+    daemon: std::process::Child,
+    proxy: Option<std::process::Child>,
+    data: std::path::PathBuf,
+    admin: std::path::PathBuf,
+}
+
+const PT_DIR: &str = "/run/grant-probe-pt";
+const VCHAN_SOCKET_PROXY: &str = "/usr/lib/xen-4.17/bin/vchan-socket-proxy";
+
+impl LabPageTable {
+    fn start() -> Result<LabPageTable> {
+        std::fs::create_dir_all(PT_DIR)?;
+        let dir = Path::new(PT_DIR);
+        let (data, admin) = (dir.join("data.sock"), dir.join("admin.sock"));
+        let daemon = std::process::Command::new("pagetabled")
+            .arg("serve")
+            .arg("--socket")
+            .arg(&data)
+            .arg("--admin-socket")
+            .arg(&admin)
+            .stderr(std::fs::File::create(dir.join("pagetabled.log"))?)
+            .spawn()
+            .context("starting pagetabled")?;
+        let pt = LabPageTable {
+            daemon,
+            proxy: None,
+            data,
+            admin,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while pagetable::admin::AdminClient::connect(&pt.admin).is_err() {
+            if Instant::now() > deadline {
+                bail!("pagetabled did not come up (see {PT_DIR}/pagetabled.log)");
+            }
+            // A poll of a daemon's socket, with a deadline: nothing to wait on.
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(pt)
+    }
+
+    fn admin(&self, req: pagetable::admin::AdminRequest) -> Result<()> {
+        let reply = pagetable::admin::AdminClient::connect(&self.admin)?.call(&req)?;
+        if reply != pagetable::admin::AdminReply::Ok {
+            bail!("pagetabled answered {reply:?} to {req:?}");
+        }
+        Ok(())
+    }
+
+    /// The dom0 end of domain `domid`'s channel to the page table.
+    fn open_channel(&mut self, domid: u16) -> Result<u32> {
+        let child = std::process::Command::new(VCHAN_SOCKET_PROXY)
+            .args(["-m", "server", &domid.to_string()])
+            .arg(format!("/local/domain/{domid}/dbfork/pagetable"))
+            .arg(&self.data)
+            .stdout(std::fs::File::create(Path::new(PT_DIR).join("proxy.log"))?)
+            .stderr(std::fs::File::create(Path::new(PT_DIR).join("proxy.err"))?)
+            .spawn()
+            .context("starting the channel's vchan-socket-proxy")?;
+        let pid = child.id();
+        self.proxy = Some(child);
+        Ok(pid)
+    }
+}
+
+impl Drop for LabPageTable {
+    fn drop(&mut self) {
+        for c in self
+            .proxy
+            .iter_mut()
+            .chain(std::iter::once(&mut self.daemon))
+        {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The agent's Xen frame stores end to end: the source domU's store registers its
+/// grants with dom0's pagetabled through its vchan channel; dom0, bound as domain 0's
+/// channel, finds each through a lookup and maps it through gntdev.
+fn pagetable_check(src: &mut Source, from: u16, seed: u32) -> Result<String> {
+    use pagetable::admin::AdminRequest;
+    use pagetable::{DomainId, FamilyId};
+    let mut pt = LabPageTable::start()?;
+    pt.admin(AdminRequest::FamilyCreate {
+        family: FamilyId(1),
+    })?;
+    for d in [1, 2] {
+        pt.admin(AdminRequest::FamilyAdd {
+            family: FamilyId(1),
+            domain: DomainId(d),
+        })?;
+    }
+    let proxy = pt.open_channel(from)?;
+    // The domU's end connects only once dom0's end has published the ring.
+    let ring = format!("/local/domain/{from}/dbfork/pagetable/event-channel");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while src.xs.read(&ring)?.is_none() {
+        if Instant::now() > deadline {
+            bail!(
+                "dom0's end of the channel never published {ring}: {}",
+                std::fs::read_to_string(Path::new(PT_DIR).join("proxy.err")).unwrap_or_default()
+            );
+        }
+        // A poll of xenstore with a deadline, as above.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    pt.admin(AdminRequest::BindChannel {
+        pid: proxy,
+        domid: u32::from(from),
+        domain: DomainId(1),
+    })?;
+    pt.admin(AdminRequest::BindChannel {
+        pid: std::process::id(),
+        domid: 0,
+        domain: DomainId(2),
+    })?;
+    let registered = src.ask("share").with_context(|| {
+        format!(
+            "proxy log: {}",
+            std::fs::read_to_string(Path::new(PT_DIR).join("proxy.err")).unwrap_or_default()
+        )
+    })?;
+    if registered != format!("registered={SHARE_FRAMES}") {
+        bail!("the source's store said {registered:?}");
+    }
+    let store: Arc<dyn FrameStore> = Arc::new(XenReplicaStore::new(Box::new(Gntdev::open()?), 0));
+    let mut dir = PageTableDirectory::new(&pt.data, store.clone());
+    let base = frames(SHARE_FRAMES)?;
+    for f in 0..SHARE_FRAMES {
+        let e = dir
+            .lookup(7, f as u32, 1000)?
+            .with_context(|| format!("page {f} not found through the page table"))?;
+        match e.frame {
+            pagetable::Frame::XenGrant {
+                issuer, grantee: 0, ..
+            } if issuer == from => {}
+            other => bail!("page {f}: the page table gave dom0 {other:?}"),
+        }
+        let dst = (base + f * FRAME_SIZE) as *mut u8;
+        // SAFETY: frame f of our own pool.
+        unsafe { store.map_over(e.frame, dst) }?;
+        let b = frame_bytes(base, f);
+        if let Some(i) = (0..FRAME_SIZE).find(|&i| b[i] != shared_byte(seed, f, i)) {
+            bail!("page {f} byte {i} is not the source's");
+        }
+        // SAFETY: as above.
+        unsafe { store.restore_private(dst) }?;
+    }
+    Ok(format!(
+        "{SHARE_FRAMES} frames offered to the source's Xen store and registered through its vchan channel; dom0's channel found each through pagetabled (a grant from d{from} to d0) and mapped it byte-equal through gntdev"
+    ))
 }
 
 /// A child process that maps every frame of `refs` and waits to be killed; returns

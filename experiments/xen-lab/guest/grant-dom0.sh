@@ -7,7 +7,7 @@
 # teardown in both orders, a mapper killed with its mappings). Then the domU must be
 # gone with only Domain-0 left.
 
-GRANT_CHECKS="grant-refs-published grant-mapped-verified grant-revoke-refused-while-mapped grant-write-and-read-unshare grant-unshared-frames-let-go grant-replica-unmaps-then-source-ends grant-mapper-killed-leaks-none grant-source-closes-first"
+GRANT_CHECKS="grant-refs-published grant-mapped-verified grant-revoke-refused-while-mapped grant-write-and-read-unshare grant-unshared-frames-let-go grant-replica-unmaps-then-source-ends grant-mapper-killed-leaks-none grant-pagetable-shared grant-source-closes-first"
 modprobe xen-gntdev 2>/dev/null
 t=$(now)
 if xl create /var/lib/xen-lab/grant-probe.cfg >/tmp/gc.out 2>&1 && GDOM=$(xl domid labgrant 2>/dev/null); then

@@ -2,7 +2,8 @@
 # PID 1 of the lab's grant domU (after db-boot.sh, chosen by dbfork_lab_init= on the
 # kernel command line). Loads dbfork's guest module and runs the granting side of the
 # grant check (dbfork-grant-probe source: pool frames granted read-only to dom0, then
-# dom0's requests served over xenstore). After the probe closes the device, reports at
+# dom0's requests served over xenstore, among them sharing through dom0's page table
+# over a vchan). After the probe closes the device, reports at
 # data/grant-probe/rmmod whether the module could be removed at once ("busy" while
 # grants it ended at close are still mapped in dom0) and "ok" once it could, then
 # powers off. Runs inside the domU.
@@ -18,6 +19,11 @@ for m in xenfs xen-evtchn xen-gntdev; do modprobe "$m" 2>/dev/null; done
 mount -t xenfs xenfs /proc/xen
 insmod /run/dbfork-lab/dbfork_gnt.ko 2>/tmp/err || fail "insmod dbfork_gnt.ko: $(cat /tmp/err)"
 say "DBFORK-GRANT module loaded: $(grep dbfork_gnt /proc/modules)"
+# The guest end of this domain's channel to dom0's page table (dom0 opens its end
+# during the check): the probe's Xen frame store registers its grants through it.
+domid=$(xenstore-read domid) || fail "xenstore-read domid"
+/usr/lib/xen-4.17/bin/vchan-socket-proxy -m client 0 "/local/domain/$domid/dbfork/pagetable" \
+    /run/pt.sock >/tmp/pt-proxy.log 2>&1 &
 dbfork-grant-probe source --to 0 --frames 8 >/dev/hvc0 2>&1 || fail "the probe failed (see above)"
 if rmmod dbfork_gnt 2>/dev/null; then
     xenstore-write data/grant-probe/rmmod "at-once"
