@@ -4,11 +4,13 @@
 //! after edits is the original file but the settings that were changed: unknown keys,
 //! comments and order survive (`config`). `disk` and `vif` read and edit the entries of
 //! those lists (`xl-disk-configuration(5)`, `xl-network-configuration(5)`); `replica`
-//! derives a replica's config from its source's.
+//! derives a replica's config from its source's; `info` reads what `xl info` says of
+//! the hypervisor's boot options.
 
 pub mod config;
 pub mod disk;
 pub mod error;
+pub mod info;
 pub mod replica;
 pub mod value;
 pub mod vif;

@@ -2,9 +2,11 @@
 //! `backend` is the `Substrate`; `domain` what it remembers of a domU and hands it;
 //! `control` the Xen mechanisms it drives (xl, xenstore, the channel proxy) behind a
 //! trait; `guest` the database of a domU reached through its guest side;
-//! `toolstack` the `xl` command and deaths seen through xenstore.
+//! `toolstack` the `xl` command and deaths seen through xenstore; `budget` what page
+//! sharing may use of the hypervisor's grant tables.
 
 pub mod backend;
+pub mod budget;
 pub mod control;
 pub mod domain;
 pub mod guest;
