@@ -244,7 +244,23 @@ fn share_through_pagetable(
     }
     store.add_grantee(to)?;
     let mut dir = PageTableDirectory::new(Path::new(GUEST_PAGETABLE), store.clone());
-    let n = dir.sync()?;
+    // As the agent does in the background: a first connection over a new vchan may
+    // miss the client's 500 ms reply timeout under TCG; the directory reconnects at
+    // most once a second, so ask again for a while.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut n = 0;
+    loop {
+        match dir.sync() {
+            Ok(k) => n += k,
+            Err(e) if Instant::now() >= deadline => return Err(e.into()),
+            Err(_) => {}
+        }
+        if n >= SHARE_FRAMES as u64 || Instant::now() >= deadline {
+            break;
+        }
+        // The directory's reconnect interval; nothing to wait on.
+        std::thread::sleep(Duration::from_millis(1100));
+    }
     Ok((store, dir, n))
 }
 
@@ -751,9 +767,17 @@ fn pagetable_check(src: &mut Source, from: u16, seed: u32) -> Result<String> {
     let mut dir = PageTableDirectory::new(&pt.data, store.clone());
     let base = frames(SHARE_FRAMES)?;
     for f in 0..SHARE_FRAMES {
-        let e = dir
-            .lookup(7, f as u32, 1000)?
-            .with_context(|| format!("page {f} not found through the page table"))?;
+        // A reply slower than the client's timeout under TCG is asked again.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let found = loop {
+            match dir.lookup(7, f as u32, 1000) {
+                Ok(x) => break x,
+                Err(e) if Instant::now() >= deadline => return Err(e.into()),
+                // The directory's reconnect interval; nothing to wait on.
+                Err(_) => std::thread::sleep(Duration::from_millis(1100)),
+            }
+        };
+        let e = found.with_context(|| format!("page {f} not found through the page table"))?;
         match e.frame {
             pagetable::Frame::XenGrant {
                 issuer, grantee: 0, ..
