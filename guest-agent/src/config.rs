@@ -41,6 +41,10 @@ pub struct Config {
     /// `DBFORK_XEN_GRANTEES_FILE` (Xen source): the replica domains to grant to, one
     /// domid per line; the guest side rewrites it as replicas come.
     pub grantees_file: Option<PathBuf>,
+    /// `DBFORK_RELEASE_FILE` (Xen replica): once the guest side writes this file the
+    /// source is going away: every frame mapped from it is made private, sharing ends,
+    /// and the agent answers by writing `released N` (frames copied) into it.
+    pub release_file: Option<PathBuf>,
 }
 
 /// Xen domids of guests are below DOMID_FIRST_RESERVED.
@@ -115,6 +119,7 @@ impl Config {
             writes_file: path("DBFORK_REPLICA_WRITES"),
             xen_domid,
             grantees_file: path("DBFORK_XEN_GRANTEES_FILE"),
+            release_file: path("DBFORK_RELEASE_FILE"),
         };
         let xen_replica = cfg.role == Role::Replica && cfg.xen_domid.is_some();
         if cfg.role != Role::Off && !xen_replica && cfg.pool_path.is_none() {

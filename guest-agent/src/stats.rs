@@ -65,6 +65,12 @@ counters!(
     declined_before_snapshot,
     declined_written,
     declined_verify,
+    // frames made private because their source went (Xen), at once
+    frames_released,
+    // frames mapped from grants made private on the server's first write to them, and
+    // before a read into them (Xen; copied from `unshare` when the stats are written)
+    unshared_on_write,
+    unshared_before_io,
     // writes
     writes_data,
     pages_written,

@@ -255,6 +255,33 @@ fn unshare_frame(frame: usize) -> Result<bool, i32> {
     }
 }
 
+/// Makes every shared frame private (their source is going away); frames another
+/// thread is unsharing meanwhile are waited for. How many this call copied out.
+pub fn unshare_all() -> Result<usize, UnshareError> {
+    let Some(t) = table() else {
+        return Ok(0);
+    };
+    let mut copied = 0;
+    for word in t {
+        let w = word.load(Ordering::Acquire);
+        if w == 0 || w & STATE_MASK == PRIVATE {
+            continue;
+        }
+        let frame = w & !STATE_MASK;
+        match unshare_frame(frame) {
+            Ok(true) => copied += 1,
+            Ok(false) => {}
+            Err(errno) => {
+                return Err(UnshareError::Copy {
+                    addr: frame,
+                    source: std::io::Error::from_raw_os_error(errno),
+                })
+            }
+        }
+    }
+    Ok(copied)
+}
+
 /// Before the kernel writes into `[addr, addr + len)` (a read into the buffer pool):
 /// every shared frame there becomes private first.
 pub fn before_io(addr: usize, len: usize) -> Result<(), UnshareError> {

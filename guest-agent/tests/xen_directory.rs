@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use common::Daemon;
 use dbfork_agent::directory::{PageDirectory, PageTableDirectory};
 use dbfork_agent::frame_store::{FrameRecord, FrameStore, FRAME_SIZE};
+use dbfork_agent::grant::issuer::Revoked;
 use dbfork_agent::grant::store::{GrantIssuer, XenReplicaStore, XenSourceStore};
 use dbfork_agent::grant::{GrantDevice, GrantRef};
 use dbfork_agent::pool::Pool;
@@ -35,6 +36,10 @@ impl GrantIssuer for CountingIssuer {
         let mut next = self.0.lock().unwrap();
         *next += 4;
         Ok(*next)
+    }
+
+    fn revoke(&self, _gref: u32) -> Result<Revoked> {
+        Ok(Revoked::Ended)
     }
 
     fn describe(&self) -> String {

@@ -37,6 +37,8 @@ fn main() {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
         )
         .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal, not in logs and scripts' captures.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let out = Output { json: cli.json };
     let result = match usable_store(&cli.store, &cli.command) {

@@ -35,6 +35,9 @@ pub struct InstanceStatus {
     pub sharing: Option<serde_json::Value>,
     /// Why sharing is off, when it is.
     pub sharing_off: Option<String>,
+    /// What the server uses of memory (its RSS and PSS), and on Xen what its domU does,
+    /// while it runs.
+    pub memory: Option<substrate::MemoryUse>,
     /// The read limit on the volume, with the reads counted against it so far.
     pub io_limit: Option<substrate::ReadLimit>,
     /// Where it runs (local or xen) and where its volume is attached (a mount point,
@@ -136,6 +139,9 @@ pub fn status_of(ctx: &Ctx, rec: &InstanceRecord) -> InstanceStatus {
                 .and_then(|v| v["sharing_off_reason"].as_str().map(str::to_string))
         }),
         sharing,
+        memory: sub
+            .filter(|_| running)
+            .and_then(|s| s.memory_use(&rec.config, &rec.domain)),
         io_limit: sub.and_then(|s| s.read_limit(&rec.domain)),
         substrate: rec.domain.kind().to_string(),
         attached_at: rec.domain.attached_at(),

@@ -46,6 +46,12 @@ fn clones_under_write_load_converge_and_so_does_a_clone_of_a_clone() {
     let st = c.store.json(&["status", "r2"]);
     assert_eq!(st["role"], "replica");
     assert_eq!(st["lag_secs"], 0, "{st}");
+    // The running server's memory, read from its process; a local server has no
+    // domain memory of its own.
+    let pss = st["memory"]["server"]["pss_kib"].as_u64().unwrap_or(0);
+    let rss = st["memory"]["server"]["rss_kib"].as_u64().unwrap_or(0);
+    assert!(pss > 0 && pss <= rss, "{st}");
+    assert!(st["memory"]["domain"].is_null(), "{st}");
     // r1 was cloned while it replicated without an fsync per transaction, and r1a
     // still converged above: the consistent point's snapshot holds what r1 committed.
     let durability: Option<u64> = c

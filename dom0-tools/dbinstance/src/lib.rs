@@ -11,6 +11,7 @@ pub mod flush;
 pub mod gtid;
 pub mod hotpages;
 pub mod instance;
+pub mod memory;
 pub mod preflight;
 pub mod replication;
 pub mod sql;

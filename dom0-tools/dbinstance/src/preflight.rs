@@ -1,5 +1,5 @@
 //! Checks before a server starts: is the port free, is the datadir locked by a live
-//! server, is a pid ours.
+//! server, is a pid ours, may it map as much as page sharing needs.
 
 use std::net::TcpListener;
 use std::os::fd::AsRawFd;
@@ -87,6 +87,42 @@ pub(crate) fn process_alive(pid: i32) -> bool {
     }
 }
 
+/// Where the kernel keeps the per-process limit on mappings.
+const MAX_MAP_COUNT: &str = "/proc/sys/vm/max_map_count";
+
+/// Mappings a server sharing a buffer pool of `buffer_pool` bytes may need: every
+/// shared 16 KiB frame is a mapping of its own, and a split mapping costs one more,
+/// on top of what a server has anyway (the kernel's default limit).
+pub fn mappings_needed(buffer_pool: u64) -> u64 {
+    2 * (buffer_pool / 16384) + 65530
+}
+
+/// Raises the host's `vm.max_map_count` to what a server sharing `buffer_pool` bytes
+/// needs, when it is lower. Without it the agent runs out of mappings part way and
+/// turns sharing off (with a reason in its counters); so a failure here is logged,
+/// not fatal.
+pub fn ensure_map_count(buffer_pool: u64) {
+    let need = mappings_needed(buffer_pool);
+    let now = std::fs::read_to_string(MAX_MAP_COUNT)
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    match now {
+        Some(n) if n >= need => {}
+        Some(n) => match std::fs::write(MAX_MAP_COUNT, need.to_string()) {
+            Ok(()) => tracing::info!(
+                from = n,
+                to = need,
+                "raised vm.max_map_count for page sharing"
+            ),
+            Err(e) => tracing::warn!(
+                "vm.max_map_count is {n}, page sharing of a {} MiB buffer pool needs {need}: {e}",
+                buffer_pool >> 20
+            ),
+        },
+        None => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,5 +174,13 @@ mod tests {
         assert!(process_alive(me));
         assert!(!process_matches(me, "--definitely-not-an-arg"));
         assert!(!process_alive(i32::MAX - 1));
+    }
+
+    #[test]
+    fn the_mapping_limit_grows_with_the_buffer_pool() {
+        assert_eq!(mappings_needed(0), 65530);
+        // 2 GiB: 131072 frames, each possibly split from its neighbours.
+        assert_eq!(mappings_needed(2 << 30), 2 * 131072 + 65530);
+        assert!(mappings_needed(8 << 30) > 1_000_000);
     }
 }

@@ -163,6 +163,13 @@ impl<S: Substrate> Substrate for Faulty<S> {
             self.inner.endpoint(config, domain)
         })
     }
+    fn memory_use(
+        &self,
+        config: &InstanceConfig,
+        domain: &DomainState,
+    ) -> Option<substrate::MemoryUse> {
+        self.inner.memory_use(config, domain)
+    }
     fn sharing_available(&self) -> Result<()> {
         self.inner.sharing_available()
     }

@@ -343,6 +343,14 @@ impl Substrate for Fake {
         })
     }
 
+    fn memory_use(
+        &self,
+        _config: &InstanceConfig,
+        _domain: &DomainState,
+    ) -> Option<substrate::MemoryUse> {
+        None
+    }
+
     fn endpoint(
         &self,
         config: &InstanceConfig,

@@ -2,7 +2,8 @@
 //! tests of the backend's logic without a hypervisor: domains are entries in a map,
 //! what dom0 writes for a guest is kept per domain, the guest's reported state is
 //! scripted, and the channel is a Unix socket answered by a thread that speaks the
-//! guest protocol's greeting (and `Ok` or an error to the rest).
+//! guest protocol's greeting (and `Ok` or an error to the rest), recording what it was
+//! asked; the page table's channel is only recorded.
 
 use guest_channel::{read_line, write_message, Reply, Request, MAX_REQUEST, VERSION};
 use std::collections::BTreeMap;
@@ -45,7 +46,11 @@ pub struct XenWorld {
     pub domains: BTreeMap<String, FakeDomain>,
     /// Every call, in order (`create NAME`, `write DOMID KEY`, `unpause DOMID`, ...).
     pub calls: Vec<String>,
+    /// What the guest sides were asked, in order: (domid, request).
+    pub asked: Vec<(u32, Request)>,
     pub behaviour: GuestBehaviour,
+    /// The hypervisor's command line `xl info` reports.
+    pub xen_commandline: String,
     next_domid: u32,
 }
 
@@ -61,7 +66,9 @@ impl Default for FakeXen {
             world: Arc::new(Mutex::new(XenWorld {
                 domains: BTreeMap::new(),
                 calls: Vec::new(),
+                asked: Vec::new(),
                 behaviour: GuestBehaviour::Ready,
+                xen_commandline: "placeholder dom0_mem=1024M".into(),
                 next_domid: 1,
             })),
         }
@@ -184,12 +191,29 @@ impl DomainControl for FakeXen {
             path: socket.to_path_buf(),
             source,
         })?;
+        let world = self.world.clone();
         std::thread::spawn(move || {
             for conn in listener.incoming().flatten() {
-                std::thread::spawn(move || answer(conn));
+                let world = world.clone();
+                std::thread::spawn(move || answer(conn, domid, &world));
             }
         });
         // The proxy is this process: the backend stops only a real vchan-socket-proxy.
+        Ok(std::process::id())
+    }
+
+    fn xl_info(&self) -> Result<String> {
+        Ok(format!(
+            "host                   : fake\nxen_commandline        : {}\n",
+            self.world().xen_commandline
+        ))
+    }
+
+    fn open_page_table_channel(&self, domid: u32, _page_table: &Path, _log: &Path) -> Result<u32> {
+        let mut w = self.world();
+        w.calls.push(format!("pagetable {domid}"));
+        Self::by_domid(&mut w, domid)?;
+        // No proxy runs: the backend stops only a real vchan-socket-proxy.
         Ok(std::process::id())
     }
 
@@ -198,15 +222,39 @@ impl DomainControl for FakeXen {
     }
 }
 
-/// A fake guest side: greets, and answers `Ok` to the rest.
-fn answer(conn: std::os::unix::net::UnixStream) {
+/// A fake guest side: greets, answers the agent's counters with `{"offers": N}` (N
+/// the clone LSNs it was told so far) and `Ok` to the rest; records each request in
+/// `asked`, and all but the greeting in `calls` as `ask DOMID OP`.
+fn answer(conn: std::os::unix::net::UnixStream, domid: u32, world: &Mutex<XenWorld>) {
     let Ok(mut out) = conn.try_clone() else {
         return;
     };
     let mut reader = BufReader::new(conn);
     while let Ok(Some(line)) = read_line(&mut reader, MAX_REQUEST) {
-        let reply = match Request::decode(&line) {
+        let req = Request::decode(&line);
+        if let Ok(r) = &req {
+            let mut w = world.lock().unwrap_or_else(|p| p.into_inner());
+            if !matches!(r, Request::Hello { .. }) {
+                let op = serde_json::to_value(r).ok();
+                let op = op.as_ref().and_then(|v| v["op"].as_str()).unwrap_or("?");
+                w.calls.push(format!("ask {domid} {op}"));
+            }
+            w.asked.push((domid, r.clone()));
+        }
+        let reply = match req {
             Ok(Request::Hello { .. }) => Reply::Hello { version: VERSION },
+            Ok(Request::AgentCounters) => {
+                let w = world.lock().unwrap_or_else(|p| p.into_inner());
+                let told = w
+                    .asked
+                    .iter()
+                    .filter(|(d, r)| *d == domid && matches!(r, Request::PublishCloneLsn { .. }))
+                    .count();
+                Reply::Counters {
+                    counters: Some(serde_json::json!({ "offers": told })),
+                }
+            }
+            Ok(Request::ReleaseSource) => Reply::SourceReleased { frames: 0 },
             Ok(_) => Reply::Ok,
             Err(e) => Reply::Error {
                 message: e.to_string(),

@@ -1,15 +1,20 @@
 //! The Xen backend's logic against the fake Xen (no hypervisor): what a source's and a
 //! replica's domain are made from, the order of a start (created paused, the guest's
 //! config written before it runs, unpaused, ready, channel), what a failed start
-//! leaves (nothing running), stops, and what `health` says. The real mechanisms are
-//! exercised in the Xen lab (experiments/xen-lab).
+//! leaves (nothing running), stops, and what `health` says; with page sharing, what
+//! each domain's agent is handed and what the family's source is told, against the
+//! real page table daemon. The real mechanisms are exercised in the Xen lab
+//! (experiments/xen-lab).
 
 use dbinstance::InstanceConfig;
+use guest_channel::{AgentSetup, Request};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use substrate::xen::{Xen, XenDomain};
-use substrate::{DomainState, FsType, Host, NewDomain, StartRequest, Stop, Substrate};
+use substrate::{
+    AgentRole, AgentSpec, DomainState, FsType, Host, NewDomain, StartRequest, Stop, Substrate,
+};
 use substrate_fake::xen::{FakeXen, GuestBehaviour};
 
 /// A stand-in for `dbfork volume export NAME --nbd unix:PATH`: listens on PATH until
@@ -44,8 +49,21 @@ struct Lab {
 
 impl Lab {
     fn new() -> Lab {
+        Lab::make(false)
+    }
+
+    /// With the real page table daemon beside the `dbfork` binary, as an install has it.
+    fn sharing() -> Lab {
+        Lab::make(true)
+    }
+
+    fn make(sharing: bool) -> Lab {
         let dir = tempfile::tempdir().unwrap();
         let exe = dir.path().join("fake-export");
+        if sharing {
+            let daemon = experiments_support::testing::workspace_binary("pagetabled", "pagetabled");
+            std::os::unix::fs::symlink(daemon, dir.path().join("pagetabled")).unwrap();
+        }
         std::fs::write(&exe, FAKE_EXPORT).unwrap();
         std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
         let xen = FakeXen::default();
@@ -67,14 +85,17 @@ impl Lab {
     }
 
     fn attach_source(&self) -> DomainState {
-        let cfg = self.source_config();
+        self.attach_source_from(&self.source_config())
+    }
+
+    fn attach_source_from(&self, cfg: &Path) -> DomainState {
         self.backend
             .attach(
                 "db",
                 "db",
                 &NewDomain::Source {
                     fs: FsType::Ext4,
-                    domain_config: Some(&cfg),
+                    domain_config: Some(cfg),
                     database_vdev: "xvdb",
                 },
             )
@@ -93,12 +114,28 @@ fn instance(name: &str, server_id: u32) -> InstanceConfig {
     InstanceConfig::in_dir(name, Path::new("/unused"), 3306, server_id)
 }
 
+impl Drop for Lab {
+    fn drop(&mut self) {
+        // The page table daemon, if a test started it.
+        self.backend.release_store();
+    }
+}
+
 fn start(lab: &Lab, domain: &mut DomainState, cfg: &InstanceConfig) -> substrate::Result<()> {
+    start_with(lab, domain, cfg, None)
+}
+
+fn start_with(
+    lab: &Lab,
+    domain: &mut DomainState,
+    cfg: &InstanceConfig,
+    agent: Option<&AgentSpec>,
+) -> substrate::Result<()> {
     lab.backend.start(
         &StartRequest {
             config: cfg,
             volume: &cfg.name,
-            agent: None,
+            agent,
             read_iops: None,
             timeout: Duration::from_secs(5),
         },
@@ -336,4 +373,249 @@ fn health_names_a_dead_export_and_reattach_brings_one_back() {
     assert_ne!(xen(&again).export_pid, Some(pid));
     start(&lab, &mut again, &cfg).unwrap();
     stop_export(&again);
+}
+
+fn attach_replica(lab: &Lab, name: &str, parent: &DomainState) -> DomainState {
+    lab.backend
+        .attach(
+            name,
+            name,
+            &NewDomain::CloneOf {
+                parent_name: "db",
+                family: "db",
+                parent,
+                memory_mib: None,
+                vcpus: None,
+            },
+        )
+        .unwrap()
+}
+
+/// The source's agent in family 1, asking for a 64 MiB pool.
+fn source_agent() -> AgentSpec {
+    AgentSpec {
+        family: 1,
+        domain: 1,
+        role: AgentRole::Source {
+            pool_max_bytes: 64 << 20,
+        },
+    }
+}
+
+fn agent_setup(lab: &Lab, vm: &str) -> AgentSetup {
+    AgentSetup::decode(lab.xen.world().domains[vm].keys["agent"].as_bytes()).unwrap()
+}
+
+/// The calls made for domain `domid` (and its name), in order.
+fn calls_of(lab: &Lab, domid: u32, name: &str) -> Vec<String> {
+    lab.xen
+        .world()
+        .calls
+        .iter()
+        .filter(|c| {
+            let mut w = c.split(' ');
+            let (_, who) = (w.next(), w.next());
+            who == Some(&domid.to_string()) || who == Some(name)
+        })
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn a_sharing_family_hands_each_agent_its_setup_and_keeps_the_source_told() {
+    let lab = Lab::sharing();
+    lab.backend.sharing_available().unwrap();
+    let mut src = lab.attach_source();
+    let src_cfg = instance("db", 1);
+    let source_agent = source_agent();
+    start_with(&lab, &mut src, &src_cfg, Some(&source_agent)).unwrap();
+    // The agent's setup and the page table's channel are in place before it runs.
+    assert_eq!(
+        calls_of(&lab, 1, "db"),
+        [
+            "create db",
+            "write 1 instance",
+            "write 1 format",
+            "write 1 agent",
+            "pagetable 1",
+            "unpause 1",
+            "channel 1"
+        ]
+    );
+    let setup = agent_setup(&lab, "db");
+    assert_eq!((setup.family, setup.domain), (1, 1));
+    // Under Xen's default grant tables (64 frames a domain, 8 kept for the source's
+    // own devices) two replicas of 64 MiB do not fit: the pool is capped at 56 MiB.
+    assert_eq!(
+        setup.role,
+        guest_channel::AgentRole::Source {
+            pool_max_bytes: 56 << 20,
+            clone_lsn: 0,
+            grantees: vec![]
+        }
+    );
+    assert_eq!(lab.backend.clone_lsn(1), Some(0));
+
+    // A clone's LSN reaches the source's agent, whose counters dom0 reads back.
+    lab.backend.publish_clone_lsn(1, 500).unwrap();
+    assert_eq!(lab.backend.clone_lsn(1), Some(500));
+    assert!(lab
+        .xen
+        .world()
+        .asked
+        .contains(&(1, Request::PublishCloneLsn { lsn: 500 })));
+    assert_eq!(lab.backend.agent_counters(&src).unwrap()["offers"], 1);
+
+    // A replica is its source's grantee before its first instruction, and no longer
+    // once it stopped.
+    let mut r1 = attach_replica(&lab, "r1", &src);
+    let r1_cfg = instance("r1", 2);
+    let replica_agent = AgentSpec {
+        family: 1,
+        domain: 2,
+        role: AgentRole::Replica { snapshot_lsn: 500 },
+    };
+    start_with(&lab, &mut r1, &r1_cfg, Some(&replica_agent)).unwrap();
+    let calls = lab.xen.world().calls.clone();
+    let pos = |c: &str| {
+        calls
+            .iter()
+            .position(|x| x == c)
+            .unwrap_or_else(|| panic!("{c} in {calls:?}"))
+    };
+    assert!(pos("ask 1 set_grantees") < pos("unpause 2"), "{calls:?}");
+    assert!(pos("pagetable 2") < pos("unpause 2"), "{calls:?}");
+    assert_eq!(
+        agent_setup(&lab, "r1").role,
+        guest_channel::AgentRole::Replica { snapshot_lsn: 500 }
+    );
+    let grantees = |lab: &Lab| {
+        lab.xen
+            .world()
+            .asked
+            .iter()
+            .rev()
+            .find_map(|(d, r)| match r {
+                Request::SetGrantees { domids } if *d == 1 => Some(domids.clone()),
+                _ => None,
+            })
+    };
+    assert_eq!(grantees(&lab), Some(vec![2]));
+    // The replica's config asks for a maptrack holding all of the source's frames:
+    // Xen's default (1024 frames) does, so it is left as it was.
+    assert!(!lab.xen.world().domains["r1"]
+        .config
+        .contains("max_maptrack_frames"));
+
+    // The source stopped while its replica runs: the replica first copies what it
+    // maps from it.
+    lab.backend.stop(&src_cfg, &src, Stop::Kill).unwrap();
+    let calls = lab.xen.world().calls.clone();
+    let pos = |c: &str| {
+        calls
+            .iter()
+            .position(|x| x == c)
+            .unwrap_or_else(|| panic!("{c} in {calls:?}"))
+    };
+    assert!(pos("ask 2 release_source") < pos("destroy db"), "{calls:?}");
+    // Stopped, its agent cannot be told anything: a clone now shares nothing, and
+    // says why.
+    let e = lab.backend.publish_clone_lsn(1, 600).unwrap_err();
+    assert!(matches!(e, substrate::Error::SharingUnavailable(_)), "{e}");
+    assert!(e.to_string().contains("start it"), "{e}");
+    // Restarted, it is handed the clone LSN published last and its running replica.
+    start_with(&lab, &mut src, &src_cfg, Some(&source_agent)).unwrap();
+    assert!(matches!(
+        agent_setup(&lab, "db").role,
+        guest_channel::AgentRole::Source { clone_lsn: 500, ref grantees, .. } if grantees == &[2]
+    ));
+    let src_domid = lab.xen.world().domains["db"].domid;
+    lab.backend
+        .stop(&r1_cfg, &r1, Stop::Clean(Duration::from_secs(1)))
+        .unwrap();
+    assert!(lab
+        .xen
+        .world()
+        .asked
+        .contains(&(src_domid, Request::SetGrantees { domids: vec![] })));
+
+    // The family's end takes dom0's record of it.
+    lab.backend.stop(&src_cfg, &src, Stop::Kill).unwrap();
+    lab.backend.destroy_family(1);
+    assert_eq!(lab.backend.clone_lsn(1), None);
+    for d in [&src, &r1] {
+        lab.backend.detach(&xen(d).vm, d).unwrap();
+    }
+}
+
+#[test]
+fn a_replica_whose_source_cannot_be_told_starts_no_domain_and_says_why() {
+    let lab = Lab::sharing();
+    let src = lab.attach_source();
+    let mut r1 = attach_replica(&lab, "r1", &src);
+    let r1_cfg = instance("r1", 2);
+    let e = start_with(
+        &lab,
+        &mut r1,
+        &r1_cfg,
+        Some(&AgentSpec {
+            family: 1,
+            domain: 2,
+            role: AgentRole::Replica { snapshot_lsn: 9 },
+        }),
+    )
+    .unwrap_err();
+    // Sharing is unavailable (the orchestration starts it again without), and the
+    // domain it created is gone.
+    assert!(matches!(e, substrate::Error::SharingUnavailable(_)), "{e}");
+    assert!(lab.xen.world().domains.is_empty());
+    assert!(!lab
+        .xen
+        .world()
+        .calls
+        .iter()
+        .any(|c| c.starts_with("unpause")));
+    // Started without the agent, it runs.
+    start(&lab, &mut r1, &r1_cfg).unwrap();
+    assert!(xen(&r1).agent.is_none());
+    lab.backend.stop(&r1_cfg, &r1, Stop::Kill).unwrap();
+    for d in [&src, &r1] {
+        lab.backend.detach(&xen(d).vm, d).unwrap();
+    }
+}
+
+#[test]
+fn a_sources_grant_table_is_sized_to_its_pool_and_an_operators_low_limit_raised() {
+    let lab = Lab::sharing();
+    // Xen booted with room for it: nothing is capped, and the operator's own
+    // max_grant_frames (too small for the plan) is raised to the table the pool needs.
+    lab.xen.world().xen_commandline = "placeholder gnttab_max_frames=256".into();
+    let cfg_file = lab.dir.path().join("db-low.cfg");
+    std::fs::write(&cfg_file, format!("{SOURCE_CFG}max_grant_frames = 16\n")).unwrap();
+    let mut src = lab.attach_source_from(&cfg_file);
+    let src_cfg = instance("db", 1);
+    let spec = source_agent();
+    start_with(&lab, &mut src, &src_cfg, Some(&spec)).unwrap();
+    assert!(matches!(
+        agent_setup(&lab, "db").role,
+        guest_channel::AgentRole::Source { pool_max_bytes, .. } if pool_max_bytes == 64 << 20
+    ));
+    // 4096 frames x 4 grants x 2 replicas = 64 table frames, plus 8 of its own.
+    let created = lab.xen.world().domains["db"].config.clone();
+    assert!(created.contains("max_grant_frames = 72"), "{created}");
+    lab.backend.stop(&src_cfg, &src, Stop::Kill).unwrap();
+
+    // Xen booted with a table too small to share anything: sharing is unavailable,
+    // naming the boot option to set, and no domain was created.
+    lab.xen.world().xen_commandline = "placeholder gnttab_max_frames=8".into();
+    lab.xen.world().calls.clear();
+    let e = start_with(&lab, &mut src, &src_cfg, Some(&spec)).unwrap_err();
+    assert!(matches!(e, substrate::Error::SharingUnavailable(_)), "{e}");
+    assert!(e.to_string().contains("gnttab_max_frames="), "{e}");
+    assert!(
+        lab.xen.world().calls.is_empty(),
+        "{:?}",
+        lab.xen.world().calls
+    );
+    lab.backend.detach("db", &src).unwrap();
 }

@@ -3,7 +3,7 @@
 //!
 //! One narrow trait, [`Substrate`], says what differs between a server that is a host
 //! process (`local`, this crate's [`local`] module) and one that is a Xen domU (`xen`,
-//! not built yet): attaching a volume to a domain, quiescing it for a snapshot, starting
+//! [`xen`]): attaching a volume to a domain, quiescing it for a snapshot, starting
 //! and stopping the domain with its page-table membership, agent and read limit in
 //! place before the server's first instruction, reaching its database ([`Endpoint`]),
 //! publishing the family's clone LSN, reading the agent's counters, and sweeping what
@@ -171,8 +171,9 @@ pub enum FsType {
 pub enum Identity {
     /// A host process (local): the page table sees its pid on a Unix socket.
     Process { pid: u32 },
-    /// A Xen domU: the page table sees its domid on the channel.
-    XenDomain { domid: u32 },
+    /// A Xen domU: its connections reach the page table through the dom0 process that
+    /// carries its channel (`pid`), which speaks for that domain (`domid`) alone.
+    XenChannel { pid: u32, domid: u32 },
 }
 
 /// The agent's part in page sharing.
@@ -272,6 +273,14 @@ pub struct Health {
     pub log_tail: Vec<String>,
 }
 
+/// What a domain's server uses of memory, and for a domain with memory of its own (a
+/// domU) what the domain uses, as `status` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryUse {
+    pub server: Option<dbinstance::memory::ProcessMemory>,
+    pub domain: Option<dbinstance::memory::SystemMemory>,
+}
+
 /// What a sweep of leftovers removed.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Swept {
@@ -335,6 +344,8 @@ pub trait Substrate {
     fn read_limit(&self, domain: &DomainState) -> Option<ReadLimit>;
     /// The database in the domain, for what the orchestration asks of it.
     fn endpoint(&self, config: &InstanceConfig, domain: &DomainState) -> Result<Box<dyn Endpoint>>;
+    /// What the domain's server (and the domain) use of memory, when it runs.
+    fn memory_use(&self, config: &InstanceConfig, domain: &DomainState) -> Option<MemoryUse>;
 
     // ---- page sharing
     /// Makes durable what the domain's agent keeps across restarts (a replica's

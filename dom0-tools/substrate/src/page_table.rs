@@ -136,7 +136,8 @@ impl PageTableService {
                 pid,
                 domain: DomainId(domain),
             }),
-            Identity::XenDomain { domid } => self.admin(AdminRequest::BindDomid {
+            Identity::XenChannel { pid, domid } => self.admin(AdminRequest::BindChannel {
+                pid,
                 domid,
                 domain: DomainId(domain),
             }),

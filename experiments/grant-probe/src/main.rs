@@ -49,6 +49,14 @@ enum Cmd {
         #[arg(long)]
         from: u16,
     },
+    /// In dom0: print how many of domain DOMID's grants Xen counts as mapped now (the
+    /// fork run's checks), or only those mapped by domain MAPPER.
+    Grants {
+        #[arg(long)]
+        domid: u16,
+        #[arg(long)]
+        mapped_by: Option<u16>,
+    },
 }
 
 const DIR: &str = "data/grant-probe";
@@ -59,6 +67,9 @@ fn main() {
     let r = match cli.cmd {
         Cmd::Source { to, frames } => source(to, frames),
         Cmd::Map { from } => map(from),
+        Cmd::Grants { domid, mapped_by } => {
+            grants_mapped(domid, mapped_by).map(|n| println!("{n}"))
+        }
     };
     if let Err(e) = r {
         eprintln!("dbfork-grant-probe: {e:#}");
@@ -357,6 +368,12 @@ impl Refs {
 /// active grant entry of each domain, printed to the hypervisor's console ring). The
 /// domain's own rings and disks are in the count too: compare with a baseline.
 fn xen_active_grants(domid: u16) -> Result<usize> {
+    grants_mapped(domid, None)
+}
+
+/// How many of `domid`'s grants Xen counts as mapped now, by any domain or by
+/// `mapper` only (the active entry's domain: the dump's second column).
+fn grants_mapped(domid: u16, mapper: Option<u16>) -> Result<usize> {
     let xl = |args: &[&str]| -> Result<String> {
         let out = std::process::Command::new("xl")
             .args(args)
@@ -387,7 +404,13 @@ fn xen_active_grants(domid: u16) -> Result<usize> {
         } else if line.starts_with("gnttab_usage_print_all") {
             inside = false;
         } else if inside && line.starts_with("[0x") {
-            count += 1;
+            let by = line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|d| d.parse::<u16>().ok());
+            if mapper.is_none() || by == mapper {
+                count += 1;
+            }
         }
     }
     Ok(count)

@@ -3,7 +3,7 @@
 //! workload, and by the experiments' tests.
 
 use std::ops::{Deref, DerefMut};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tempfile::TempDir;
@@ -249,4 +249,27 @@ pub fn wait_for_backup_lock(src: &Instance, needle: &str) -> String {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// A binary of this workspace, built now into the calling test's target directory
+/// (cargo builds only the package under test's own binaries for its tests).
+pub fn workspace_binary(package: &str, bin: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test's own path");
+    // target/<profile>/deps/<test>: the profile directory is two up.
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("a test binary under target/<profile>/deps");
+    let target_dir = profile_dir.parent().expect("a target directory");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.args(["build", "-p", package, "--bin", bin, "--manifest-path"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml"))
+        .env("CARGO_TARGET_DIR", target_dir);
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    let st = cmd.status().expect("running cargo build");
+    assert!(st.success(), "building {bin} failed");
+    profile_dir.join(bin)
 }

@@ -5,6 +5,9 @@
 # domU's MAC, so a replica with a fresh MAC gets its own), makes the filesystem and a
 # fresh datadir on a new source's first boot, starts MariaDB through dbfork-guestd,
 # puts the guest side behind a vchan and reports its state at data/dbfork-state.
+# When dom0 hands it an agent setup (dbfork/agent: the server shares pages), the
+# server runs with dbfork's agent: a source loads the grant module, either role gets
+# the guest end of its channel to dom0's page table.
 # Runs inside the domU.
 export PATH=/run/dbfork-lab:/usr/sbin:/usr/bin:/sbin:/bin
 mkdir -p /dev/pts /dev/shm
@@ -52,8 +55,20 @@ say "DBFORK-GUEST database disk mounted${fmt:+ (made $fmt)}; starting the server
 echo /run/dbfork-lab/db-poweroff.sh >/proc/sys/kernel/poweroff_cmd
 init_flag=""
 [ -n "$fmt" ] && init_flag=--init-datadir
+agent_flags=""
+if xenstore-read dbfork/agent >/run/dbfork/agent.json 2>/dev/null; then
+    if grep -q '"role":"source"' /run/dbfork/agent.json; then
+        # Without it the agent turns sharing off and says which device it lacks.
+        insmod /run/dbfork-lab/dbfork_gnt.ko 2>/tmp/err || say "DBFORK-GUEST insmod dbfork_gnt.ko: $(cat /tmp/err)"
+    fi
+    /usr/lib/xen-4.17/bin/vchan-socket-proxy -m client 0 "/local/domain/$domid/dbfork/pagetable" \
+        /run/dbfork/pt.sock >/run/dbfork/pt-proxy.log 2>&1 &
+    agent_flags="--agent /run/dbfork/agent.json --agent-lib /run/dbfork-lab/libdbfork_agent.so --xen-domid $domid --page-table /run/dbfork/pt.sock"
+    say "DBFORK-GUEST sharing pages: $(cat /run/dbfork/agent.json)"
+fi
+# shellcheck disable=SC2086 # the flags are words
 dbfork-guestd --instance /run/dbfork/instance.json --listen /run/dbfork/guestd.sock \
-    --start-server $init_flag --bind-address "$ip" >/run/dbfork/guestd.log 2>&1 &
+    --start-server $init_flag $agent_flags --bind-address "$ip" >/run/dbfork/guestd.log 2>&1 &
 gpid=$!
 n=0
 while [ ! -S /run/dbfork/guestd.sock ]; do

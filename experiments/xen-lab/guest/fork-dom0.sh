@@ -6,6 +6,14 @@
 # replica's export is killed mid-hydration (status says so, a restart brings it back),
 # CHECKSUM TABLE equality after catch-up, the replica destroyed with the source
 # unharmed, the source destroyed with nothing left. Each step prints its time.
+# The domains share buffer-pool pages through grants: the replica maps pages of the
+# source (the agents', pagetabled's and Xen's counts), a page the source changed after
+# the clone reads as it was, the replica's own write stays its own, and the source's
+# grants mapped are back to where they were once the replica is gone. A second replica
+# without sharing reads the same tables, for the memory of each (xl list, the guests'
+# available memory, the servers' PSS). Then the other order: a sharing replica keeps
+# running, on its own copies, while its source stops, and no dying source domain is
+# left held by its mappings.
 
 export DBFORK_STORE=/var/lib/dbfork-lab
 SRC=labsrc
@@ -23,6 +31,18 @@ checksums() { # checksums HOST: the two sysbench tables' checksums, one line
 }
 record_field() { # record_field NAME KEY: a number from an instance's record
     grep -o "\"$2\": *[0-9]*" "$DBFORK_STORE/instances/$1/record.json" 2>/dev/null | grep -o '[0-9]*$' | head -n 1
+}
+
+status_json() { # status_json NAME FILE: dbfork status NAME --json into FILE, bounded
+    timeout 120 dbfork status "$1" --json >"$2" 2>&1 ||
+        echo "  (dbfork status $1 failed or took over 120 s: $(oneline "$2"))" >&2
+}
+agent() { # agent NAME KEY: a counter of NAME's agent, from dbfork status --json
+    status_json "$1" /tmp/agent.json
+    grep -o "\"$2\": *[0-9]*" /tmp/agent.json | head -n 1 | grep -o '[0-9]*$'
+}
+grants_of() { # grants_of DOMID MAPPER: how many of DOMID's grants MAPPER maps now (Xen's count)
+    dbfork-grant-probe grants --domid "$1" --mapped-by "$2" 2>/dev/null
 }
 
 # What a failed step leaves to read: the domU's console, xl's log, the hotplug log.
@@ -80,9 +100,18 @@ if $SB prepare >/tmp/sb.out 2>&1; then
 else
     fail sysbench-prepare "$(oneline /tmp/sb.out)"
 fi
+# A table the source holds in its buffer pool at the clone, for the sharing checks.
+sql $SRC_IP "CREATE DATABASE IF NOT EXISTS lab;
+    CREATE TABLE lab.pages (id INT PRIMARY KEY, v VARCHAR(32), pad CHAR(200)) ENGINE=InnoDB;
+    INSERT INTO lab.pages SELECT seq, 'old', REPEAT('p', 200) FROM lab.seq_1_to_2000;
+    SELECT COUNT(*), SUM(LENGTH(pad)) FROM lab.pages" >/tmp/q.out 2>&1 ||
+    echo "  (making lab.pages: $(oneline /tmp/q.out))"
+SRC_DOMID=$(xl domid $SRC 2>/dev/null)
 if [ -n "$SKIP" ]; then
-    for c in clone-under-load replica-answers replica-listed write-arrives export-killed \
-        replica-restarted checksum-equal replica-destroy source-unharmed source-destroy; do
+    for c in clone-under-load replica-answers replica-listed write-arrives pages-shared \
+        changed-page-old replica-write-private export-killed replica-restarted checksum-equal \
+        memory-with-without replica-destroy grants-released source-unharmed source-first-replica-runs \
+        source-destroy; do
         fail "$c" "skipped: $SKIP"
     done
     return 0
@@ -103,8 +132,9 @@ else
     echo "  --- dbfork clone said:"
     tail -n 20 /tmp/clone.out | fold -w 200 | sed 's/^/  | /'
     dump_domain r1
-    for c in replica-answers replica-listed write-arrives export-killed replica-restarted \
-        checksum-equal replica-destroy source-unharmed source-destroy; do
+    for c in replica-answers replica-listed write-arrives pages-shared changed-page-old \
+        replica-write-private export-killed replica-restarted checksum-equal memory-with-without \
+        replica-destroy grants-released source-unharmed source-first-replica-runs source-destroy; do
         fail "$c" "skipped: no replica"
     done
     kill $LOAD_PID 2>/dev/null
@@ -145,6 +175,46 @@ if [ $arrived = 1 ]; then
     echo "  $TOKEN on r1 $(since "$t") s after its insert on $SRC"
 else
     fail write-arrives "$TOKEN not on r1 after 120 s: $(oneline /tmp/q.out) $(sql "$R_IP" 'SHOW SLAVE STATUS\G' 2>&1 | grep -E 'Running|Error' | tr -s ' ' | tr '\n' ' ' | cut -c1-300)"
+fi
+
+# --- page sharing through grants --------------------------------------------------------
+# r1 reads what the source held at the clone: those pages come mapped from the source's
+# grants (the share rule allowing), not from r1's disk.
+sql "$R_IP" "SELECT COUNT(*), SUM(LENGTH(pad)) FROM lab.pages; SELECT SUM(LENGTH(c)) FROM sbtest.sbtest1;
+    SELECT SUM(LENGTH(c)) FROM sbtest.sbtest2" >/tmp/q.out 2>&1 || echo "  (reading on r1: $(oneline /tmp/q.out))"
+R_SHARED=$(agent r1 shared)
+PT_HITS=$(pagetabled stats --admin-socket "$DBFORK_STORE/run/pagetabled.admin" --json 2>/dev/null |
+    grep -o '"hits": *[0-9]*' | head -n 1 | grep -o '[0-9]*$')
+R1_DOMID=$(xl domid r1 2>/dev/null)
+GRANTS_SHARED=$(grants_of "$SRC_DOMID" "$R1_DOMID")
+if [ "${R_SHARED:-0}" -gt 0 ] && [ "${PT_HITS:-0}" -gt 0 ] && [ "${GRANTS_SHARED:-0}" -gt 0 ]; then
+    pass pages-shared
+    echo "  r1 mapped $R_SHARED pages of $SRC (lookups $(agent r1 lookups), declined as newer $(agent r1 declined_newer)); $SRC pooled $(agent $SRC pages_pooled), registered $(agent $SRC pages_registered); pagetabled hits $PT_HITS; Xen counts $GRANTS_SHARED of $SRC's grants (4 a frame) mapped by r1"
+else
+    fail pages-shared "r1 shared '$R_SHARED', pagetabled hits '$PT_HITS', $SRC's grants mapped by r1 (d$R1_DOMID) '$GRANTS_SHARED'; r1 status: $(dbfork status r1 --json 2>&1 | grep -E '"(role|sharing_off|sharing_off_reason|lookups|lookup_errors|map_errors|fallback_errors)"' | tr -s ' ' | tr '\n' ' ' | cut -c1-500); $SRC: $(dbfork status $SRC --json 2>&1 | grep -E '"(role|sharing_off|sharing_off_reason|pages_pooled|pages_registered|register_errors)"' | tr -s ' ' | tr '\n' ' ' | cut -c1-400)"
+    dump_domain r1
+fi
+# A page the source changes after the clone (unlogged: it never reaches r1 by
+# replication) reads on r1 as it was at the clone.
+sql $SRC_IP "SET SESSION sql_log_bin = 0; UPDATE lab.pages SET v = 'new-on-source' WHERE id = 1" >/tmp/q.out 2>&1
+on_src=$(sql $SRC_IP "SELECT v FROM lab.pages WHERE id = 1" 2>&1)
+on_r1=$(sql "$R_IP" "SELECT v FROM lab.pages WHERE id = 1" 2>&1)
+if [ "$on_src" = new-on-source ] && [ "$on_r1" = old ]; then
+    pass changed-page-old
+    echo "  lab.pages id 1: '$on_src' on $SRC, '$on_r1' on r1 (r1 declined as newer: $(agent r1 declined_newer))"
+else
+    fail changed-page-old "lab.pages id 1: '$on_src' on $SRC, '$on_r1' on r1 $(oneline /tmp/q.out)"
+fi
+# r1's own write to a page it maps from the source is its own (copied first).
+sql "$R_IP" "SET SESSION sql_log_bin = 0; UPDATE lab.pages SET v = 'replica-own' WHERE id BETWEEN 1000 AND 1010" >/tmp/q.out 2>&1
+on_r1=$(sql "$R_IP" "SELECT DISTINCT v FROM lab.pages WHERE id BETWEEN 1000 AND 1010" 2>&1)
+on_src=$(sql $SRC_IP "SELECT DISTINCT v FROM lab.pages WHERE id BETWEEN 1000 AND 1010" 2>&1)
+if [ "$on_r1" = replica-own ] && [ "$on_src" = old ] && sql "$R_IP" "SELECT 1" >/dev/null 2>&1; then
+    pass replica-write-private
+    echo "  lab.pages 1000-1010: '$on_r1' on r1, '$on_src' on $SRC; r1 made $(agent r1 unshared_on_write) frames private on its first write, $(agent r1 unshared_before_io) before a read into them"
+else
+    fail replica-write-private "lab.pages 1000-1010: '$on_r1' on r1, '$on_src' on $SRC $(oneline /tmp/q.out)"
+    dump_domain r1
 fi
 
 # --- the replica's export killed during hydration --------------------------------------
@@ -197,7 +267,37 @@ else
     fail checksum-equal "source '$SRC_SUMS', replica '$(checksums "$R_IP")'"
 fi
 
+# --- memory with and without sharing -------------------------------------------------
+READS="SELECT COUNT(*), SUM(LENGTH(pad)) FROM lab.pages; SELECT SUM(LENGTH(c)) FROM sbtest.sbtest1;
+    SELECT SUM(LENGTH(c)) FROM sbtest.sbtest2"
+memory_of() { # memory_of NAME: its domain's MiB in xl list, its guest's available KiB, its server's PSS KiB
+    status_json "$1" /tmp/mst.json
+    printf '%s MiB in xl list, guest available %s KiB, server PSS %s KiB' \
+        "$(xl list "$1" 2>/dev/null | awk 'NR == 2 {print $3}')" \
+        "$(grep -o '"available_kib": *[0-9]*' /tmp/mst.json | grep -o '[0-9]*$')" \
+        "$(grep -o '"pss_kib": *[0-9]*' /tmp/mst.json | grep -o '[0-9]*$')"
+}
+t=$(now)
+if dbfork clone $SRC r2 --no-sharing >/tmp/clone2.out 2>&1 && R2_IP=$(ip_of r2) && [ -n "$R2_IP" ] &&
+    sql "$R2_IP" "$READS" >/tmp/q.out 2>&1 && sql "$R_IP" "$READS" >>/tmp/q.out 2>&1; then
+    M1=$(memory_of r1)
+    M2=$(memory_of r2)
+    MS=$(memory_of $SRC)
+    if echo "$M1 $M2 $MS" | grep -q 'PSS [0-9]'; then
+        pass memory-with-without
+        echo "  $SRC: $MS; r1 (sharing, $(agent r1 shared) pages mapped): $M1; r2 (no sharing): $M2 (r2 cloned and read in $(since "$t") s)"
+    else
+        fail memory-with-without "no figures: $SRC '$MS', r1 '$M1', r2 '$M2'"
+    fi
+else
+    fail memory-with-without "$(oneline /tmp/clone2.out) $(oneline /tmp/q.out)"
+    dump_domain r2
+fi
+dbfork destroy r2 >/tmp/d2.out 2>&1 || echo "  (destroying r2: $(oneline /tmp/d2.out))"
+
 # --- teardown: the replica first, the source unharmed -------------------------------
+R1_DOMID=$(xl domid r1 2>/dev/null)
+GRANTS_R1=$(grants_of "$SRC_DOMID" "$R1_DOMID")
 t=$(now)
 nbd_connected() { for d in /sys/block/nbd*; do [ -e "$d/pid" ] && echo "${d##*/}"; done; }
 if dbfork destroy r1 >/tmp/d.out 2>&1 && ! xl list r1 >/dev/null 2>&1 &&
@@ -207,12 +307,50 @@ if dbfork destroy r1 >/tmp/d.out 2>&1 && ! xl list r1 >/dev/null 2>&1 &&
 else
     fail replica-destroy "$(oneline /tmp/d.out) domU listed: $(xl list r1 >/dev/null 2>&1 && echo yes || echo no), NBD devices connected: $(nbd_connected | tr '\n' ' ')"
 fi
+GRANTS_AFTER=$(grants_of "$SRC_DOMID" "$R1_DOMID")
+if [ "${GRANTS_R1:-0}" -gt 0 ] && [ "$GRANTS_AFTER" = 0 ]; then
+    pass grants-released
+    echo "  $SRC's grants mapped by r1 (d$R1_DOMID): $GRANTS_R1 before dbfork destroy r1, $GRANTS_AFTER after"
+else
+    fail grants-released "$SRC's grants mapped by r1 (d$R1_DOMID): '$GRANTS_R1' before dbfork destroy r1, '$GRANTS_AFTER' after"
+fi
 if [ "$(checksums $SRC_IP)" = "$SRC_SUMS" ] && sql $SRC_IP "INSERT INTO lab.marks VALUES ('after')" 2>/tmp/q.out &&
     dbfork status $SRC >/tmp/st.out 2>&1 && grep -q "running" /tmp/st.out; then
     pass source-unharmed
 else
     fail source-unharmed "checksums '$(checksums $SRC_IP)' (were '$SRC_SUMS'), $(oneline /tmp/q.out) $(oneline /tmp/st.out)"
 fi
+# --- the other order: the source stops while a sharing replica runs --------------------
+t=$(now)
+sf_err=""
+if dbfork clone $SRC r3 >/tmp/clone3.out 2>&1 && R3_IP=$(ip_of r3) && [ -n "$R3_IP" ] &&
+    sql "$R3_IP" "$READS" >/tmp/q.out 2>&1; then
+    R3_SUMS=$(sql "$R3_IP" "CHECKSUM TABLE lab.pages, sbtest.sbtest1, sbtest.sbtest2" 2>/dev/null | awk '{print $2}' | tr '\n' ' ')
+    R3_SHARED=$(agent r3 shared)
+    if dbfork stop $SRC >/tmp/stop.out 2>&1; then
+        # The stop returned once the domain died: one still held by r3's mappings of
+        # its pages would be listed dying.
+        left=$(xl list | awk 'NR > 1 {print $1}' | tr '\n' ' ')
+        [ "$left" = "Domain-0 r3 " ] || sf_err="domains left: '$left';"
+        after=$(sql "$R3_IP" "CHECKSUM TABLE lab.pages, sbtest.sbtest1, sbtest.sbtest2" 2>&1 | awk '{print $2}' | tr '\n' ' ')
+        [ -n "$R3_SUMS" ] && [ "$after" = "$R3_SUMS" ] || sf_err="$sf_err r3's checksums '$R3_SUMS' then '$after';"
+        dbfork status r3 --json >/tmp/st3.json 2>&1
+        grep -q 'source is going away' /tmp/st3.json || sf_err="$sf_err r3 did not let go: $(grep -E '"(sharing_off_reason|frames_released|shared)"' /tmp/st3.json | tr -s ' ' | tr '\n' ' ')"
+    else
+        sf_err="dbfork stop $SRC: $(oneline /tmp/stop.out)"
+    fi
+else
+    sf_err="clone r3: $(oneline /tmp/clone3.out) $(oneline /tmp/q.out)"
+    dump_domain r3
+fi
+if [ -z "$sf_err" ]; then
+    pass source-first-replica-runs
+    echo "  r3 had mapped $R3_SHARED pages of $SRC; $SRC stopped with r3 running: r3 copied $(agent r3 frames_released) frames and answers with the same checksums; domains left: $left ($(since "$t") s)"
+else
+    fail source-first-replica-runs "$sf_err"
+fi
+dbfork destroy r3 >/tmp/d3.out 2>&1 || echo "  (destroying r3: $(oneline /tmp/d3.out))"
+
 t=$(now)
 if dbfork destroy $SRC >/tmp/d.out 2>&1 && [ "$(xl list | awk 'NR > 1 {print $1}' | tr '\n' ' ')" = "Domain-0 " ] &&
     [ -z "$(nbd_connected)" ] && [ -z "$(ls "$DBFORK_STORE/instances" 2>/dev/null)" ]; then

@@ -11,13 +11,14 @@
 //! reads what an untrusted guest sends), and a reply that does not decode is an error,
 //! never a panic (the decoders are fuzzed).
 
+use dbinstance::memory::{ProcessMemory, SystemMemory};
 use dbinstance::{FlushReport, PageId, ReplicationStatus, TablespaceFile};
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, Write};
 
 /// The protocol's version: a guest answers `Hello` with its own, and dom0 refuses a
 /// guest that speaks another.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 pub const MAX_REQUEST: usize = 64 * 1024;
 /// The warm set of an 8 GB buffer pool (half a million pages) fits with room to spare.
 pub const MAX_REPLY: usize = 64 << 20;
@@ -78,6 +79,53 @@ pub enum Request {
     },
     RedoFlushAtCommit,
     ReplicationStatus,
+    /// (A source sharing pages) a snapshot at `lsn` is complete: the agent offers its
+    /// frames as valid for clones at or after it.
+    PublishCloneLsn {
+        lsn: u64,
+    },
+    /// (A source sharing pages) the replica domains its agent grants its frames to;
+    /// a domain left out is a replica that went.
+    SetGrantees {
+        domids: Vec<u32>,
+    },
+    /// The agent's live counters (`None` when the server runs without one, or it has
+    /// written none yet).
+    AgentCounters,
+    /// What the server and the guest use of memory.
+    MemoryUse,
+    /// (A replica sharing pages) its source is going away: every frame mapped from it
+    /// is copied into the replica's own memory, and it maps nothing more from it.
+    ReleaseSource,
+}
+
+/// What a guest's agent does in its family: dom0 hands it over at boot (JSON at
+/// `dbfork/agent` in the domain's xenstore directory) and the guest side configures
+/// the agent it preloads into the server from it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSetup {
+    /// The family's id in dom0's page table.
+    pub family: u32,
+    /// This domain's id in the family.
+    pub domain: u32,
+    pub role: AgentRole,
+}
+
+/// The agent's part in page sharing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "role", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AgentRole {
+    /// Grants its pool's frames to the family's replicas: the pool is capped at
+    /// `pool_max_bytes`; `clone_lsn` is the family's last published (0 before the
+    /// first clone), `grantees` the replica domains running now.
+    Source {
+        pool_max_bytes: u64,
+        clone_lsn: u64,
+        grantees: Vec<u32>,
+    },
+    /// Maps what the share rule allows under its snapshot LSN.
+    Replica { snapshot_lsn: u64 },
 }
 
 /// Where and as whom a replica connects.
@@ -122,6 +170,16 @@ pub enum Reply {
     },
     Replication {
         status: Option<Replication>,
+    },
+    Counters {
+        counters: Option<serde_json::Value>,
+    },
+    Memory {
+        server: Option<ProcessMemory>,
+        guest: Option<SystemMemory>,
+    },
+    SourceReleased {
+        frames: u64,
     },
     Error {
         message: String,
@@ -188,6 +246,16 @@ impl Request {
             return Err(Error::TooLong { max: MAX_REQUEST });
         }
         serde_json::from_slice(line).map_err(Error::Decode)
+    }
+}
+
+impl AgentSetup {
+    /// Reads what dom0 wrote (at most a xenstore value's 4 KiB).
+    pub fn decode(text: &[u8]) -> Result<AgentSetup> {
+        if text.len() > 4096 {
+            return Err(Error::TooLong { max: 4096 });
+        }
+        serde_json::from_slice(text).map_err(Error::Decode)
     }
 }
 
@@ -303,5 +371,32 @@ mod tests {
         assert_eq!(read_line(&mut two, 10).unwrap().unwrap(), b"a");
         assert_eq!(read_line(&mut two, 10).unwrap().unwrap(), b"b");
         assert_eq!(read_line(&mut two, 10).unwrap(), None);
+    }
+
+    #[test]
+    fn an_agent_setup_round_trips_and_refuses_what_it_does_not_know() {
+        let s = AgentSetup {
+            family: 3,
+            domain: 5,
+            role: AgentRole::Source {
+                pool_max_bytes: 1 << 26,
+                clone_lsn: 77,
+                grantees: vec![6, 9],
+            },
+        };
+        let text = serde_json::to_string(&s).unwrap();
+        assert_eq!(serde_json::from_str::<AgentSetup>(&text).unwrap(), s);
+        for bad in [
+            r#"{"family":3,"domain":5,"role":{"role":"boss"}}"#,
+            r#"{"family":3,"domain":5,"role":{"role":"replica"}}"#,
+            r#"{"family":3,"domain":5,"role":{"role":"replica","snapshot_lsn":1},"x":1}"#,
+        ] {
+            assert!(serde_json::from_str::<AgentSetup>(bad).is_err(), "{bad}");
+        }
+        let c = Reply::Counters {
+            counters: Some(serde_json::json!({"offers": 2})),
+        };
+        let line = serde_json::to_vec(&c).unwrap();
+        assert_eq!(Reply::decode(&line).unwrap(), c);
     }
 }

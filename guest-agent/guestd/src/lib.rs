@@ -8,10 +8,16 @@
 //! for a consistent point), so a dom0 that dies mid-clone never leaves the guest's
 //! database blocked.
 
+pub mod agent;
+
+use agent::GuestAgent;
 use dbinstance::{ConsistentPoint, GtidPos, Instance, ReplCredentials, ReplicationSource};
 use guest_channel::{read_line, write_message, Reply, Request, Source, MAX_REQUEST, VERSION};
 use std::io::{Read, Write};
 use std::time::Duration;
+
+/// How long a replica's agent gets to copy what it maps from its source.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The longest flush dom0 may ask for.
 const MAX_FLUSH: Duration = Duration::from_secs(600);
@@ -20,6 +26,7 @@ const MAX_FLUSH: Duration = Duration::from_secs(600);
 /// (both let go when the connection ends).
 struct Session<'a> {
     inst: &'a Instance,
+    agent: Option<&'a GuestAgent>,
     hold: Option<ConsistentPoint>,
     frozen: Option<Frozen>,
 }
@@ -70,11 +77,17 @@ fn mountpoint_of(path: &std::path::Path) -> Result<std::path::PathBuf, String> {
         .ok_or_else(|| format!("no mount holds {}", canon.display()))
 }
 
-/// Serves one connection until it ends.
-pub fn serve(stream: impl Read + Write, inst: &Instance) -> guest_channel::Result<()> {
+/// Serves one connection until it ends. `agent` is the server's page-sharing agent,
+/// when it runs with one.
+pub fn serve(
+    stream: impl Read + Write,
+    inst: &Instance,
+    agent: Option<&GuestAgent>,
+) -> guest_channel::Result<()> {
     let mut reader = std::io::BufReader::new(stream);
     let mut s = Session {
         inst,
+        agent,
         hold: None,
         frozen: None,
     };
@@ -95,6 +108,31 @@ pub fn serve(stream: impl Read + Write, inst: &Instance) -> guest_channel::Resul
     }
 }
 
+/// How long the server's memory may take to read before the answer goes without it.
+const MEMORY_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The server's memory, read off this connection's thread: walking its mappings takes
+/// its address space's lock, which the server's own mapping changes may hold a while,
+/// and a status request must not hang the channel meanwhile.
+fn server_memory(pid: u32) -> Option<dbinstance::memory::ProcessMemory> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("memory-read".into())
+        .spawn(move || {
+            let _ = tx.send(dbinstance::memory::process_memory(pid));
+        })
+        .ok()?;
+    match rx.recv_timeout(MEMORY_READ_TIMEOUT) {
+        Ok(m) => m,
+        Err(_) => {
+            tracing::warn!(
+                "reading the server's memory (pid {pid}) took over {MEMORY_READ_TIMEOUT:?}"
+            );
+            None
+        }
+    }
+}
+
 fn error(e: &dyn std::error::Error) -> Reply {
     let mut message = e.to_string();
     let mut src = e.source();
@@ -111,6 +149,52 @@ fn error(e: &dyn std::error::Error) -> Reply {
 
 impl Session<'_> {
     fn handle(&mut self, req: Request) -> Reply {
+        match req {
+            Request::PublishCloneLsn { lsn } => {
+                self.with_source_agent(|a| a.publish_clone_lsn(lsn))
+            }
+            Request::SetGrantees { domids } => self.with_source_agent(|a| a.set_grantees(&domids)),
+            Request::AgentCounters => Reply::Counters {
+                counters: self.agent.and_then(GuestAgent::counters),
+            },
+            Request::ReleaseSource => match self.agent {
+                Some(a) if !a.is_source() => match a.release_source(RELEASE_TIMEOUT) {
+                    Ok(frames) => Reply::SourceReleased { frames },
+                    Err(e) => error(&e),
+                },
+                _ => Reply::Error {
+                    message: "this guest's server maps nothing from a source (no replica agent)"
+                        .into(),
+                },
+            },
+            Request::MemoryUse => Reply::Memory {
+                server: self.inst.pid().and_then(|p| server_memory(p as u32)),
+                guest: dbinstance::memory::system_memory(),
+            },
+            req => self.answer_sql(req),
+        }
+    }
+
+    /// Rewrites one of the source agent's files; refused where there is none.
+    fn with_source_agent(&self, f: impl FnOnce(&GuestAgent) -> std::io::Result<()>) -> Reply {
+        match self.agent {
+            Some(a) if a.is_source() => match f(a) {
+                Ok(()) => Reply::Ok,
+                Err(e) => error(&e),
+            },
+            Some(_) => Reply::Error {
+                message: "this guest's server is a replica; only a family's source offers pages"
+                    .into(),
+            },
+            None => Reply::Error {
+                message: "this guest's server runs without a page-sharing agent (dom0 gave it \
+                          none at boot: restart it with sharing on)"
+                    .into(),
+            },
+        }
+    }
+
+    fn answer_sql(&mut self, req: Request) -> Reply {
         match self.answer(req) {
             Ok(r) => r,
             Err(e) => error(&e),
@@ -243,6 +327,14 @@ impl Session<'_> {
             }
             Request::ReplicationStatus => Reply::Replication {
                 status: dbinstance::replication_status(inst)?.map(Into::into),
+            },
+            // Answered by `handle`, never reaching here.
+            Request::PublishCloneLsn { .. }
+            | Request::SetGrantees { .. }
+            | Request::AgentCounters
+            | Request::ReleaseSource
+            | Request::MemoryUse => Reply::Error {
+                message: "an agent request reached the server's session".into(),
             },
         })
     }

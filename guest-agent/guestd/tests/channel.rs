@@ -24,7 +24,7 @@ fn guest_side(inst: &Instance, dir: &Path) -> PathBuf {
         for conn in listener.incoming() {
             let inst = inst.clone();
             std::thread::spawn(move || {
-                let _ = dbfork_guestd::serve(conn.unwrap(), &inst);
+                let _ = dbfork_guestd::serve(conn.unwrap(), &inst, None);
             });
         }
     });
@@ -71,6 +71,20 @@ fn dom0_reaches_a_guests_database_only_through_its_channel() {
     );
     ep.rotate_binlog().unwrap();
     assert_eq!(ep.replication_status().unwrap(), None);
+
+    // What the server and the guest use of memory.
+    let m = ep.memory_use().unwrap();
+    let server = m.server.expect("the server's memory");
+    assert!(
+        server.pss_kib > 0 && server.pss_kib <= server.rss_kib,
+        "{m:?}"
+    );
+    assert!(m.domain.expect("the guest's memory").available_kib > 0);
+    // A server without a page-sharing agent: agent requests are refused with why,
+    // and it has no counters.
+    let e = substrate::error::chain(&ep.publish_clone_lsn(5).unwrap_err());
+    assert!(e.contains("without a page-sharing agent"), "{e}");
+    assert_eq!(ep.agent_counters().unwrap(), None);
 
     // The consistent point: commits wait while held, go on when released.
     let hold = ep.hold_commits().unwrap();

@@ -37,6 +37,13 @@ use pagetable::Frame;
 use source::SourceState;
 pub use written::{poison_path, WrittenSet};
 
+/// How the agent answers in `DBFORK_RELEASE_FILE` once it let go of its source.
+pub const RELEASED: &str = "released";
+
+/// Why a replica shares no more once its source went (`DBFORK_RELEASE_FILE`).
+pub const SOURCE_RELEASED: &str =
+    "its source is going away: the frames mapped from it were copied into this server's own memory";
+
 const OS_PAGE: usize = 4096;
 /// Longest a read waits for the directory while another thread uses it.
 const DIR_WAIT: std::time::Duration = std::time::Duration::from_millis(2);
@@ -149,6 +156,19 @@ impl Agent {
     }
 
     pub fn snapshot(&self) -> StatsSnapshot {
+        let unshared = [
+            (
+                &self.stats.unshared_on_write,
+                crate::unshare::unshared_on_write(),
+            ),
+            (
+                &self.stats.unshared_before_io,
+                crate::unshare::unshared_before_io(),
+            ),
+        ];
+        for (counter, n) in unshared {
+            counter.store(n as u64, Ordering::Relaxed);
+        }
         let role = match self.config.role {
             Role::Off => "off",
             Role::Source => "source",
@@ -397,6 +417,10 @@ impl Agent {
     /// up with the frame store (registration after a reconnect or a daemon restart),
     /// and scan the buffer pool when a new clone LSN was published.
     pub fn tick(&self) {
+        if self.config.role == Role::Replica {
+            self.release_if_source_goes();
+            return;
+        }
         if self.config.role != Role::Source || !self.sharing_on() {
             return;
         }
@@ -407,6 +431,41 @@ impl Agent {
             }
         }
         self.scan_if_new_clone_lsn();
+    }
+
+    /// Replica: once the guest side says the source is going (its release file), no
+    /// frame is mapped from it any more and every one mapped is made private, so the
+    /// source's memory goes with it and this server runs on its own copies.
+    fn release_if_source_goes(&self) {
+        let Some(path) = &self.config.release_file else {
+            return;
+        };
+        match std::fs::read_to_string(path) {
+            Ok(t) if !t.starts_with(RELEASED) => {}
+            // Not asked, or answered already.
+            _ => return,
+        }
+        // First no new mapping, then every mapping there is: a lookup that mapped a
+        // frame just before sharing went off is caught by the next pass.
+        self.disable_sharing(SOURCE_RELEASED);
+        let mut released = 0;
+        for _ in 0..100 {
+            match crate::unshare::unshare_all() {
+                Ok(n) => released += n,
+                Err(e) => {
+                    tracing::warn!("dbfork agent: releasing the source's frames: {e}");
+                    return;
+                }
+            }
+            if crate::unshare::shared_now() == 0 {
+                break;
+            }
+            std::thread::yield_now();
+        }
+        Stats::add(&self.stats.frames_released, released as u64);
+        if let Err(e) = std::fs::write(path, format!("{RELEASED} {released}\n")) {
+            tracing::warn!("dbfork agent: answering {}: {e}", path.display());
+        }
     }
 
     /// Source: hands the replica domains the guest side names to the frame store (a Xen

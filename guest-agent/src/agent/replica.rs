@@ -93,6 +93,26 @@ mod tests {
     use std::os::unix::fs::FileExt;
     use std::os::unix::io::AsRawFd;
 
+    /// A source at clone LSN 1000 that pooled the 4 pages (LSN 900) of a tablespace;
+    /// the replica's copy of that tablespace and the pages.
+    fn pooled_tablespace(
+        dir: &std::path::Path,
+        arena: &Arena,
+    ) -> (std::path::PathBuf, Vec<Vec<u8>>) {
+        std::fs::write(dir.join("clone_lsn"), "1000").unwrap();
+        let src_file = dir.join("src.ibd");
+        let pages = tablespace(&src_file, 4, 900);
+        let rep_file = dir.join("rep.ibd");
+        std::fs::copy(&src_file, &rep_file).unwrap();
+        let src = agent(dir, "source", 0);
+        arena.show(&src);
+        let f = open_tracked(&src, &src_file);
+        for n in 0..4 {
+            assert_eq!(read(&src, &f, &arena.frame(), n), FRAME_SIZE as isize);
+        }
+        (rep_file, pages)
+    }
+
     #[test]
     fn source_pools_and_replica_shares_then_declines_by_rule() {
         let dir = tempfile::tempdir().unwrap();
@@ -142,6 +162,39 @@ mod tests {
         assert_eq!(read(&early, &ef, &fr, 1), FRAME_SIZE as isize);
         assert_eq!(early.snapshot().shared, 0);
         assert_eq!(early.snapshot().lookup_misses, 1);
+    }
+
+    #[test]
+    fn a_replica_whose_source_goes_maps_nothing_more_from_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let arena = Arena::new();
+        let (rep_file, pages) = pooled_tablespace(dir.path(), &arena);
+        let rep = agent(dir.path(), "replica", 1000);
+        arena.show(&rep);
+        let rf = open_tracked(&rep, &rep_file);
+        assert_eq!(read(&rep, &rf, &arena.frame(), 2), FRAME_SIZE as isize);
+        assert_eq!(rep.snapshot().shared, 1);
+
+        // Nothing happens until the guest side says the source is going.
+        rep.tick();
+        assert!(rep.sharing_on());
+        std::fs::write(dir.path().join("release"), "release\n").unwrap();
+        rep.tick();
+        let answer = std::fs::read_to_string(dir.path().join("release")).unwrap();
+        assert_eq!(
+            answer, "released 0\n",
+            "a local pool maps nothing from grants"
+        );
+        let s = rep.snapshot();
+        assert_eq!(
+            s.sharing_off_reason.as_deref(),
+            Some(super::super::SOURCE_RELEASED)
+        );
+        // What it reads now comes from its own disk.
+        let fr = arena.frame();
+        assert_eq!(read(&rep, &rf, &fr, 1), FRAME_SIZE as isize);
+        assert_eq!(fr.bytes(), &pages[1][..]);
+        assert_eq!(rep.snapshot().shared, 1);
     }
 
     #[test]

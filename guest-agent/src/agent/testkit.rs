@@ -107,6 +107,7 @@ pub fn agent(dir: &Path, role: &str, s: u64) -> Agent {
     let pool = dir.join("pool").display().to_string();
     let clone_lsn = dir.join("clone_lsn").display().to_string();
     let writes = dir.join(format!("{role}.writes")).display().to_string();
+    let release = dir.join("release").display().to_string();
     let s = s.to_string();
     let cfg = Config::from_lookup(|k| match k {
         "DBFORK_AGENT_ROLE" => Some(role.to_string()),
@@ -114,6 +115,7 @@ pub fn agent(dir: &Path, role: &str, s: u64) -> Agent {
         "DBFORK_CLONE_LSN_FILE" => Some(clone_lsn.clone()),
         "DBFORK_SNAPSHOT_LSN" => Some(s.clone()),
         "DBFORK_REPLICA_WRITES" => Some(writes.clone()),
+        "DBFORK_RELEASE_FILE" => Some(release.clone()),
         _ => None,
     })
     .unwrap();

@@ -174,6 +174,10 @@ impl super::store::GrantIssuer for DbforkGnt {
         self.grant_run(addr, GRANTS_PER_FRAME, domid)
     }
 
+    fn revoke(&self, gref: u32) -> Result<Revoked> {
+        DbforkGnt::revoke(self, gref)
+    }
+
     fn describe(&self) -> String {
         format!("{DBFORK_GNT_PATH} (interface {IFACE_VERSION})")
     }

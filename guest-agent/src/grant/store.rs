@@ -13,8 +13,11 @@
 //! grantee whether it was offered before or after the replica came.
 //!
 //! Since slots never change, a grant's bytes never change while it is mapped
-//! (DESIGN.md invariant 2) and no grant has to be ended while the family lives; they
-//! end when the device closes (the module retries the ones still mapped).
+//! (DESIGN.md invariant 2) and no grant has to be ended while its grantee lives. When
+//! the guest side names a replica no longer (it stopped or was destroyed), the grants
+//! issued to it are ended, those it still maps at a later sync (`Revoked::StillMapped`
+//! keeps the pin); all end when the device closes (the module retries the ones still
+//! mapped).
 //!
 //! Replica (`XenReplicaStore`): maps a grant issued to its own domid over a buffer-pool
 //! frame (`grant::map_over`: read-only, made private on the first write or before a read
@@ -28,7 +31,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use pagetable::Frame;
 use parking_lot::Mutex;
 
-use super::{GrantDevice, GrantRef};
+use super::issuer::Revoked;
+use super::{GrantDevice, GrantRef, GRANTS_PER_FRAME};
 use crate::error::{AgentError, Result};
 use crate::frame_store::{FrameRecord, FrameStore, StoredFrame, FRAME_SIZE};
 use crate::pool::Pool;
@@ -41,6 +45,8 @@ pub trait GrantIssuer: Send + Sync {
     /// Grants the frame at `addr` read-only to `domid`; returns its first reference
     /// (its pages have consecutive ones).
     fn grant_frame(&self, addr: usize, domid: u16) -> Result<u32>;
+    /// Ends one grant (a reference), unless its grantee still maps it.
+    fn revoke(&self, gref: u32) -> Result<Revoked>;
     fn describe(&self) -> String;
 }
 
@@ -57,6 +63,8 @@ struct GrantBook {
     by_slot: HashMap<(u64, u16), u32>,
     /// (grantee, first reference) -> slot.
     by_ref: HashMap<(u16, u32), u64>,
+    /// References of grantees that went, not ended yet (still mapped when last asked).
+    retiring: Vec<u32>,
 }
 
 pub struct XenSourceStore {
@@ -139,6 +147,48 @@ impl XenSourceStore {
         Ok(())
     }
 
+    /// Stops granting to replica domain `domid` (it went): the grants issued to it
+    /// end, now or at a later sync for those it still maps; the offer log starts again
+    /// without it.
+    pub fn remove_grantee(&self, domid: u16) {
+        let mut book = self.book.lock();
+        let Some(i) = book.grantees.iter().position(|&d| d == domid) else {
+            return;
+        };
+        book.grantees.remove(i);
+        let mut refs: Vec<u32> = book
+            .by_slot
+            .iter()
+            .filter(|((_, g), _)| *g == domid)
+            .flat_map(|(_, &first)| (0..GRANTS_PER_FRAME as u32).map(move |k| first + k))
+            .collect();
+        refs.sort_unstable();
+        book.by_slot.retain(|(_, g), _| *g != domid);
+        book.by_ref.retain(|(g, _), _| *g != domid);
+        book.retiring.extend(refs);
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.end_retiring(&mut book);
+    }
+
+    /// Ends what it can of the grants of grantees that went.
+    fn end_retiring(&self, book: &mut GrantBook) {
+        book.retiring
+            .retain(|&gref| match self.issuer.revoke(gref) {
+                Ok(Revoked::Ended) => false,
+                Ok(Revoked::StillMapped) => true,
+                Err(e) => {
+                    // Not ours to end (any more): nothing left to retry.
+                    tracing::warn!("dbfork agent: ending grant {gref}: {e}");
+                    false
+                }
+            });
+    }
+
+    /// Grants of grantees that went, not ended yet.
+    pub fn retiring(&self) -> usize {
+        self.book.lock().retiring.len()
+    }
+
     /// The replica domains granted to, in the order they were added.
     pub fn grantees(&self) -> Vec<u16> {
         self.book.lock().grantees.clone()
@@ -214,6 +264,9 @@ impl FrameStore for XenSourceStore {
     fn offered_since(&self, from: u64, max: usize) -> Result<Vec<StoredFrame>> {
         let (first_slot, first_grantee) = (from / MAX_GRANTEES, from % MAX_GRANTEES);
         let mut book = self.book.lock();
+        if !book.retiring.is_empty() {
+            self.end_retiring(&mut book);
+        }
         if book.grantees.is_empty() || max == 0 {
             return Ok(Vec::new());
         }
@@ -276,6 +329,9 @@ impl FrameStore for XenSourceStore {
     }
 
     fn admit(&self, domains: &[u16]) -> Result<()> {
+        for gone in self.grantees().into_iter().filter(|d| !domains.contains(d)) {
+            self.remove_grantee(gone);
+        }
         domains.iter().try_for_each(|&d| self.add_grantee(d))
     }
 

@@ -3,7 +3,7 @@
 //! "mapping" maps that page of the file read-only and shared, as gntdev maps a
 //! read-only grant.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::os::unix::io::AsRawFd;
 use std::sync::Arc;
@@ -11,6 +11,7 @@ use std::sync::Arc;
 use pagetable::Frame;
 use parking_lot::Mutex;
 
+use super::issuer::Revoked;
 use super::store::{GrantIssuer, XenReplicaStore, XenSourceStore, MAX_GRANTEES};
 use super::{GrantDevice, GrantRef, GRANTS_PER_FRAME, XEN_PAGE};
 use crate::error::{AgentError, Result};
@@ -24,6 +25,10 @@ struct Granted {
     window: Option<(usize, usize)>,
     next_ref: u32,
     grants: HashMap<u32, (u64, u16)>,
+    /// References whose grantee maps them (a revoke is refused).
+    mapped: HashSet<u32>,
+    /// References ended.
+    ended: HashSet<u32>,
 }
 
 struct FakeIssuer(Arc<Mutex<Granted>>);
@@ -55,6 +60,20 @@ impl GrantIssuer for FakeIssuer {
         g.next_ref += GRANTS_PER_FRAME as u32;
         g.grants.insert(first, ((addr - base) as u64, domid));
         Ok(first)
+    }
+
+    fn revoke(&self, gref: u32) -> Result<Revoked> {
+        let mut g = self.0.lock();
+        if g.mapped.contains(&gref) {
+            return Ok(Revoked::StillMapped);
+        }
+        if !g.ended.insert(gref) {
+            return Err(AgentError::io(
+                "revoke",
+                io::Error::from_raw_os_error(libc::ENOENT),
+            ));
+        }
+        Ok(Revoked::Ended)
     }
 
     fn describe(&self) -> String {
@@ -311,4 +330,80 @@ fn a_source_pool_without_a_cap_or_beyond_its_window_is_refused() {
         Err(AgentError::PoolFull { .. })
     ));
     assert_eq!(f.source.offered_since(0, 10).unwrap().len(), 2);
+}
+
+#[test]
+fn a_grantee_that_went_has_its_grants_ended_once_it_no_longer_maps_them() {
+    let f = family(16);
+    for n in 0..2 {
+        f.source.offer(&page(n as u8), rec(n)).unwrap();
+    }
+    f.source.admit(&[6, 8]).unwrap();
+    let log = f.source.offered_since(0, 100).unwrap();
+    assert_eq!(log.len(), 4);
+    let refs_of = |grantee: u16| -> Vec<u32> {
+        let mut r: Vec<u32> = log
+            .iter()
+            .filter_map(|s| match s.frame {
+                Frame::XenGrant {
+                    grantee: g, gref, ..
+                } if g == grantee => Some(gref),
+                _ => None,
+            })
+            .flat_map(|first| (0..GRANTS_PER_FRAME as u32).map(move |k| first + k))
+            .collect();
+        r.sort_unstable();
+        r
+    };
+    let (of6, of8) = (refs_of(6), refs_of(8));
+    // Domain 8 still maps one page of its first frame when it is named no longer.
+    f.granted.lock().mapped.insert(of8[1]);
+    let e = f.source.epoch();
+    f.source.admit(&[6]).unwrap();
+    assert_eq!(f.source.grantees(), vec![6]);
+    assert!(f.source.epoch() > e, "the log starts again without it");
+    {
+        let g = f.granted.lock();
+        let ended: Vec<u32> = of8
+            .iter()
+            .copied()
+            .filter(|r| g.ended.contains(r))
+            .collect();
+        assert_eq!(
+            ended.len(),
+            of8.len() - 1,
+            "all but the mapped one ended at once"
+        );
+        assert!(!g.ended.contains(&of8[1]));
+        assert!(of6.iter().all(|r| !g.ended.contains(r)), "6's grants stay");
+    }
+    assert_eq!(f.source.retiring(), 1);
+    // The log names only domain 6 now, under the same references as before.
+    let again = f.source.offered_since(0, 100).unwrap();
+    assert_eq!(refs_of(6), {
+        let mut r: Vec<u32> = again
+            .iter()
+            .map(|s| match s.frame {
+                Frame::XenGrant {
+                    grantee: 6, gref, ..
+                } => gref,
+                other => panic!("{other:?}"),
+            })
+            .flat_map(|first| (0..GRANTS_PER_FRAME as u32).map(move |k| first + k))
+            .collect();
+        r.sort_unstable();
+        r
+    });
+    // Its frames are no longer the source's to read under 8's references.
+    assert!(f.source.record(grant(8, of8[0])).is_err());
+    // Once 8 lets go, the next sync ends the last one.
+    f.granted.lock().mapped.clear();
+    f.source.offered_since(0, 1).unwrap();
+    assert_eq!(f.source.retiring(), 0);
+    assert!(f.granted.lock().ended.contains(&of8[1]));
+    // Named again (a restarted replica with the same domid), it is granted anew.
+    f.source.admit(&[6, 8]).unwrap();
+    let fresh = f.source.offered_since(0, 100).unwrap();
+    assert!(fresh.iter().any(|s| matches!(s.frame,
+        Frame::XenGrant { grantee: 8, gref, .. } if !of8.contains(&gref))));
 }

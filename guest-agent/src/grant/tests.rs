@@ -229,6 +229,37 @@ fn a_mapped_frame_reads_the_grants_and_its_first_write_makes_it_private() {
     assert_eq!(pool.bytes(0)[1], 0xCD);
 }
 
+/// Maps frame f of the grants (refs f * 4 ..) over pool frame f, for the first
+/// `frames` frames.
+fn map_each(dev: &MemfdGrants, pool: &Pool, frames: usize) {
+    for f in 0..frames {
+        // SAFETY: the test's own pool frames, which nothing else uses while mapping.
+        unsafe { map_over(dev, &dev.refs((f * GRANTS_PER_FRAME) as u32), pool.frame(f)) }.unwrap();
+    }
+}
+
+#[test]
+fn every_shared_frame_is_made_private_at_once_when_the_source_goes() {
+    let _g = setup();
+    let dev = MemfdGrants::new(11, (3 * GRANTS_PER_FRAME) as u32);
+    let pool = Pool::new(3);
+    map_each(&dev, &pool, 3);
+    assert_eq!(unshare::unshare_all().unwrap(), 3);
+    assert_eq!(unshare::shared_now(), 0);
+    for f in 0..3 {
+        assert!(!unshare::is_shared(pool.frame(f) as usize));
+        assert!(!grant_mapped_at(pool.frame(f) as usize), "frame {f} let go");
+        assert_eq!(pool.bytes(f), dev.frame((f * GRANTS_PER_FRAME) as u32));
+    }
+    // Private: a write needs no unshare and changes nothing of the source's.
+    let before = unshare::unshared_on_write();
+    // SAFETY: inside frame 1.
+    write_byte(unsafe { pool.frame(1).add(7) }, 0x5A);
+    assert_eq!(unshare::unshared_on_write(), before);
+    assert_ne!(dev.frame(GRANTS_PER_FRAME as u32)[7], 0x5A);
+    assert_eq!(unshare::unshare_all().unwrap(), 0, "nothing left");
+}
+
 #[test]
 fn concurrent_writers_racing_the_unshare_lose_no_write() {
     let _g = setup();
@@ -239,17 +270,8 @@ fn concurrent_writers_racing_the_unshare_lose_no_write() {
     let pool = Pool::new(FRAMES);
     for round in 0..ROUNDS {
         let before = unshare::unshared_on_write();
-        for f in 0..FRAMES {
-            // SAFETY: our own pool frames; no thread touches them until the barrier.
-            unsafe {
-                map_over(
-                    &dev,
-                    &dev.refs((f * GRANTS_PER_FRAME) as u32),
-                    pool.frame(f),
-                )
-            }
-            .unwrap();
-        }
+        // No thread touches them until the barrier.
+        map_each(&dev, &pool, FRAMES);
         let start = Barrier::new(THREADS);
         std::thread::scope(|s| {
             for t in 0..THREADS {

@@ -387,24 +387,7 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn build() -> PathBuf {
-        let exe = std::env::current_exe().unwrap();
-        let profile_dir = exe.parent().unwrap().parent().unwrap();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let st = Command::new(cargo)
-            .args([
-                "build",
-                "-p",
-                "pagetabled",
-                "--bin",
-                "pagetabled",
-                "--manifest-path",
-            ])
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml"))
-            .env("CARGO_TARGET_DIR", profile_dir.parent().unwrap())
-            .status()
-            .expect("running cargo build for pagetabled");
-        assert!(st.success(), "building pagetabled failed");
-        profile_dir.join("pagetabled")
+        experiments_support::testing::workspace_binary("pagetabled", "pagetabled")
     }
 
     pub fn start(dir: &Path) -> Daemon {

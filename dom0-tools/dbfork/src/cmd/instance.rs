@@ -336,6 +336,22 @@ pub fn format_status(s: &InstanceStatus) -> String {
         (Some(_), None) => out += "\n  page sharing: on (no agent counters yet)",
         (None, None) => out += "\n  page sharing: off",
     }
+    if let Some(m) = &s.memory {
+        if let Some(p) = m.server {
+            out += &format!(
+                "\n  memory: server {} resident, {} proportional",
+                human(p.rss_kib * 1024),
+                human(p.pss_kib * 1024)
+            );
+        }
+        if let Some(d) = m.domain {
+            out += &format!(
+                "; its domain {} available of {}",
+                human(d.available_kib * 1024),
+                human(d.total_kib * 1024)
+            );
+        }
+    }
     if let Some(l) = &s.io_limit {
         out += &format!(
             "\n  reads limited to {}/s on device {} ({} reads so far)",

@@ -99,7 +99,7 @@ impl Local {
         buffer_pool: u64,
     ) -> Result<LocalAgent> {
         self.page_table.ensure_running()?;
-        agent::ensure_map_count(buffer_pool);
+        dbinstance::preflight::ensure_map_count(buffer_pool);
         agent::configure(
             self.store(),
             agent::find_library(&self.host.dbfork_exe)?,
@@ -496,6 +496,19 @@ impl Substrate for Local {
         Ok(Box::new(endpoint::SqlEndpoint::new(Instance::open(
             config.clone(),
         )?)))
+    }
+
+    fn memory_use(
+        &self,
+        config: &InstanceConfig,
+        _domain: &DomainState,
+    ) -> Option<crate::MemoryUse> {
+        let pid = dbinstance::running_pid(config)?;
+        Some(crate::MemoryUse {
+            server: dbinstance::memory::process_memory(pid as u32),
+            // The server is a process of this host: no memory of its own.
+            domain: None,
+        })
     }
 
     fn persist_agent_state(&self, domain: &DomainState) -> Result<()> {

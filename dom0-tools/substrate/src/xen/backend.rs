@@ -15,16 +15,25 @@
 //! - stop: `xl shutdown` (the guest stops its server cleanly) with a bounded wait, or
 //!   `xl destroy`.
 //!
-//! Page sharing between domUs (grants) and read limits are not built for Xen: a
-//! replica reads its own disk.
+//! Page sharing (docs/xen.md): the store's page table runs in dom0; a domain whose
+//! server shares gets its agent's setup in xenstore and dom0's end of a channel to the
+//! page table before it runs (the page table knows the domain by that channel's
+//! proxy); a replica is added to its source's grantees before it runs, and taken off
+//! when it stops. What dom0 keeps of a family is in [`family`]. Read limits are not
+//! built for Xen.
 
 use crate::error::{Error, Result};
+use crate::page_table::PageTableService;
+use crate::xen::budget::{self, HypervisorLimits};
 use crate::xen::control::DomainControl;
-use crate::xen::domain::{self, XenDomain, GUEST_STATE, KEY_FORMAT, KEY_INSTANCE};
+use crate::xen::domain::{
+    self, XenAgent, XenDomain, GUEST_STATE, KEY_AGENT, KEY_FORMAT, KEY_INSTANCE,
+};
+use crate::xen::family::{self, FamilySource, XenFamily};
 use crate::xen::guest::GuestEndpoint;
 use crate::{
-    DomainState, Endpoint, FsType, Health, Host, Kind, NewDomain, Quiesced, RunDir, StartRequest,
-    Stop, Substrate, Swept, WarmSet,
+    AgentRole, AgentSpec, DomainState, Endpoint, FsType, Health, Host, Identity, Kind, MemoryUse,
+    NewDomain, Quiesced, RunDir, StartRequest, Stop, Substrate, Swept, WarmSet,
 };
 use dbinstance::InstanceConfig;
 use std::collections::HashMap;
@@ -38,6 +47,7 @@ use xlcfg::XlConfig;
 pub struct Xen {
     host: Host,
     control: Box<dyn DomainControl>,
+    page_table: PageTableService,
     /// One channel per domU and dbfork process: the guest side's channel carries one
     /// connection at a time, and a clone's commit hold and freeze must share it.
     channels: Mutex<HashMap<PathBuf, GuestEndpoint>>,
@@ -57,6 +67,7 @@ impl Xen {
     /// The backend on the given Xen mechanisms (a fake, in tests).
     pub fn with_control(host: Host, control: Box<dyn DomainControl>) -> Xen {
         Xen {
+            page_table: PageTableService::new(&host.store_dir, &host.dbfork_exe),
             host,
             control,
             channels: Mutex::new(HashMap::new()),
@@ -88,13 +99,215 @@ impl Xen {
     /// The channel of the domain's guest side: the one this process opened, or a new
     /// connection.
     fn guest(&self, name: &str, d: &XenDomain) -> Result<GuestEndpoint> {
+        self.guest_at(name, &d.channel)
+    }
+
+    fn guest_at(&self, name: &str, channel: &Path) -> Result<GuestEndpoint> {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(g) = channels.get(&d.channel) {
+        if let Some(g) = channels.get(channel) {
             return Ok(g.clone());
         }
-        let g = GuestEndpoint::connect(name, &d.channel)?;
-        channels.insert(d.channel.clone(), g.clone());
+        let g = GuestEndpoint::connect(name, channel)?;
+        channels.insert(channel.to_path_buf(), g.clone());
         Ok(g)
+    }
+
+    /// Asks the family's source (its guest side) to do `what`.
+    fn tell_source(
+        &self,
+        f: &XenFamily,
+        what: impl FnOnce(&GuestEndpoint) -> Result<()>,
+    ) -> Result<()> {
+        let Some(src) = &f.source else {
+            return Err(Error::SharingUnavailable(
+                "the family's source does not run with its agent now (start it, with sharing on)"
+                    .into(),
+            ));
+        };
+        what(&self.guest_at(&src.vm, &src.channel)?)
+    }
+
+    /// Fits a domain's sharing into the hypervisor's grant limits (`budget`): a
+    /// source's pool is capped at what its grant table holds for the planned replicas
+    /// (the cap, if any, said in the log) and its config asks for that table; a
+    /// replica's config asks for a maptrack that holds every frame of its source's pool.
+    fn fit_budget(&self, spec: &mut AgentSpec, d: &mut XenDomain) -> Result<()> {
+        let text = self.control.xl_info()?;
+        let limits = HypervisorLimits::from_xl_info(&text)
+            .map_err(|e| Error::SharingUnavailable(format!("reading xl info: {e}")))?;
+        let in_config = |source| Error::XlConfig {
+            file: PathBuf::from(format!("{}'s generated config", d.vm)),
+            source,
+        };
+        let store = &self.host.store_dir;
+        match &mut spec.role {
+            AgentRole::Source { pool_max_bytes } => {
+                let wanted = (*pool_max_bytes / budget::FRAME_BYTES).max(1);
+                let plan = budget::plan(limits, wanted, budget::PLANNED_REPLICAS)
+                    .map_err(|e| Error::SharingUnavailable(e.to_string()))?;
+                if let Some(why) = &plan.capped {
+                    tracing::warn!("{}: {why}", d.vm);
+                }
+                *pool_max_bytes = plan.frames * budget::FRAME_BYTES;
+                d.xl_config = budget::raise_setting(
+                    &d.xl_config,
+                    "max_grant_frames",
+                    plan.source_max_grant_frames,
+                    limits.gnttab_max_frames,
+                )
+                .map_err(in_config)?;
+                family::update(store, spec.family, |f| f.pool_frames = Some(plan.frames))?;
+            }
+            AgentRole::Replica { .. } => {
+                let frames = family::load(store, spec.family)?.pool_frames.unwrap_or(0);
+                if frames > 0 {
+                    let plan = budget::plan(limits, frames, 1)
+                        .map_err(|e| Error::SharingUnavailable(e.to_string()))?;
+                    d.xl_config = budget::raise_setting(
+                        &d.xl_config,
+                        "max_maptrack_frames",
+                        plan.replica_max_maptrack_frames,
+                        limits.gnttab_max_maptrack_frames,
+                    )
+                    .map_err(in_config)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands a domain (created, paused) its agent: the setup in its xenstore
+    /// directory, dom0's end of its channel to the page table, its membership in the
+    /// family bound to that channel; a replica goes into its source's grantees before
+    /// its first instruction (the source grants it every frame from then on).
+    fn setup_agent(&self, spec: &AgentSpec, d: &XenDomain, domid: u32) -> Result<XenAgent> {
+        let store = &self.host.store_dir;
+        let role = match spec.role {
+            AgentRole::Source { pool_max_bytes } => {
+                let f = family::update(store, spec.family, |f| {
+                    f.source = None;
+                    f.clone_lsn.get_or_insert(0);
+                })?;
+                guest_channel::AgentRole::Source {
+                    pool_max_bytes,
+                    clone_lsn: f.clone_lsn.unwrap_or(0),
+                    grantees: f.grantees(),
+                }
+            }
+            AgentRole::Replica { snapshot_lsn } => {
+                guest_channel::AgentRole::Replica { snapshot_lsn }
+            }
+        };
+        let source = matches!(role, guest_channel::AgentRole::Source { .. });
+        let setup = guest_channel::AgentSetup {
+            family: spec.family,
+            domain: spec.domain,
+            role,
+        };
+        let json = serde_json::to_string(&setup)
+            .map_err(|e| Error::CorruptRecord(d.vm.clone(), e.to_string()))?;
+        self.control.write_for_guest(domid, KEY_AGENT, &json)?;
+        self.page_table.ensure_running()?;
+        let log = self
+            .run_dir()
+            .path()
+            .join(format!("{}.pagetable.log", d.vm));
+        let proxy =
+            self.control
+                .open_page_table_channel(domid, &self.page_table.data_socket(), &log)?;
+        let agent = XenAgent {
+            family: spec.family,
+            domain: spec.domain,
+            source,
+            domid,
+            page_table_proxy: proxy,
+        };
+        let joined = self
+            .page_table
+            .join(
+                spec.family,
+                spec.domain,
+                Identity::XenChannel { pid: proxy, domid },
+            )
+            .and_then(|()| {
+                if source {
+                    return Ok(());
+                }
+                let f = family::update(store, spec.family, |f| {
+                    f.replicas.insert(d.vm.clone(), domid);
+                })?;
+                self.tell_source(&f, |g| g.set_grantees(f.grantees()))
+            });
+        if let Err(e) = joined {
+            self.end_agent(d, &agent);
+            self.page_table.leave(spec.domain);
+            return Err(match e {
+                Error::SharingUnavailable(_) => e,
+                other => Error::SharingUnavailable(crate::error::chain(&other)),
+            });
+        }
+        Ok(agent)
+    }
+
+    /// Before a source goes: each of its running replicas copies what it maps from it
+    /// (they keep running on their own memory, and the source's memory is freed with
+    /// it rather than held by their mappings). Best effort: a replica that cannot be
+    /// reached keeps its mappings, which Xen keeps valid until it lets go.
+    fn release_replicas(&self, d: &XenDomain, agent: &XenAgent) {
+        let f = match family::load(&self.host.store_dir, agent.family) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!("reading {}'s family: {}", d.vm, crate::error::chain(&e));
+                return;
+            }
+        };
+        for name in f.replicas.keys() {
+            match self
+                .guest_at(name, &self.channel_path(name))
+                .and_then(|g| g.release_source())
+            {
+                Ok(n) => tracing::info!("{name} copied the {n} frames it mapped from {}", d.vm),
+                Err(e) => tracing::warn!(
+                    "{name} could not let go of {}'s frames: {}",
+                    d.vm,
+                    crate::error::chain(&e)
+                ),
+            }
+        }
+    }
+
+    /// dom0's end of a domain's guest channel.
+    fn channel_path(&self, vm: &str) -> PathBuf {
+        self.run_dir().path().join(format!("{vm}.chan"))
+    }
+
+    /// Ends a domain's part in its family's sharing (its server stopped or did not
+    /// start): a replica leaves its source's grantees (the source ends the grants it
+    /// issued to it), a source stops being reachable for clones, the page table's
+    /// channel closes. Best effort: what cannot be told now is told at the next start.
+    fn end_agent(&self, d: &XenDomain, agent: &XenAgent) {
+        let store = &self.host.store_dir;
+        let updated = family::update(store, agent.family, |f| {
+            if agent.source {
+                f.source = None;
+            } else {
+                f.replicas.remove(&d.vm);
+            }
+        });
+        match updated {
+            Ok(f) if !agent.source => {
+                if let Err(e) = self.tell_source(&f, |g| g.set_grantees(f.grantees())) {
+                    tracing::warn!(
+                        "telling {}'s source to end its grants: {}",
+                        d.vm,
+                        crate::error::chain(&e)
+                    );
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("updating {}'s family: {}", d.vm, crate::error::chain(&e)),
+        }
+        stop_helper(agent.page_table_proxy, &d.vm, "page table channel proxy");
     }
 
     fn forget_channel(&self, d: &XenDomain) {
@@ -142,12 +355,20 @@ impl Xen {
         }
     }
 
-    /// Starts the domain (created paused, its server config handed over, unpaused)
-    /// and opens dom0's end of its channel; returns the channel proxy's pid.
-    fn boot(&self, config: &InstanceConfig, d: &XenDomain, timeout: Duration) -> Result<u32> {
+    /// Starts the domain (created paused, its server config and agent handed over,
+    /// unpaused) and opens dom0's end of its channel; returns the channel proxy's pid
+    /// and the agent.
+    fn boot(
+        &self,
+        config: &InstanceConfig,
+        d: &XenDomain,
+        agent: Option<&AgentSpec>,
+        timeout: Duration,
+    ) -> Result<(u32, Option<XenAgent>)> {
         let domid = self
             .control
             .create_paused(&self.config_file(&d.vm), &d.vm)?;
+        let mut set_up = None;
         let booted = (|| {
             let guest = serde_json::to_string(&domain::guest_instance(config))
                 .map_err(|e| Error::CorruptRecord(config.name.clone(), e.to_string()))?;
@@ -156,17 +377,40 @@ impl Xen {
                 self.control
                     .write_for_guest(domid, KEY_FORMAT, fs_name(fs))?;
             }
+            if let Some(spec) = agent {
+                set_up = Some(self.setup_agent(spec, d, domid)?);
+            }
             self.control.unpause(domid)?;
             self.wait_ready(&d.vm, domid, timeout)?;
             let log = self.run_dir().path().join(format!("{}.channel.log", d.vm));
             self.control.open_channel(domid, &d.channel, &log)
         })();
-        if booted.is_err() {
-            if let Err(e) = self.control.destroy(&d.vm) {
-                tracing::warn!("destroying {} after a failed start: {e}", d.vm);
+        match booted {
+            Ok(proxy) => {
+                if let (Some(a), Some(spec)) = (&set_up, agent) {
+                    if a.source {
+                        // Clones reach the source's agent from now on.
+                        family::update(&self.host.store_dir, spec.family, |f| {
+                            f.source = Some(FamilySource {
+                                vm: d.vm.clone(),
+                                channel: d.channel.clone(),
+                            })
+                        })?;
+                    }
+                }
+                Ok((proxy, set_up))
+            }
+            Err(e) => {
+                if let Err(e) = self.control.destroy(&d.vm) {
+                    tracing::warn!("destroying {} after a failed start: {e}", d.vm);
+                }
+                if let Some(a) = &set_up {
+                    self.end_agent(d, a);
+                    self.page_table.leave(a.domain);
+                }
+                Err(e)
             }
         }
-        booted
     }
 }
 
@@ -202,13 +446,22 @@ fn live_export(d: &XenDomain, volume: &str) -> Option<u32> {
 
 fn stop_proxy(d: &XenDomain) {
     if let Some(pid) = d.proxy_pid {
-        let is_proxy = crate::process::cmdline(pid)
-            .is_some_and(|a| a.iter().any(|x| x.ends_with("vchan-socket-proxy")));
-        if is_proxy && !crate::process::stop_process(pid) {
-            tracing::warn!("the channel proxy of {} (pid {pid}) did not exit", d.vm);
-        }
+        stop_helper(pid, &d.vm, "channel proxy");
+    }
+    if let Some(a) = &d.agent {
+        stop_helper(a.page_table_proxy, &d.vm, "page table channel proxy");
     }
     let _ = std::fs::remove_file(&d.channel);
+}
+
+/// Stops one of a domain's vchan-socket-proxy processes (a pid recorded before a
+/// reboot may name anything now: only a proxy is stopped).
+fn stop_helper(pid: u32, vm: &str, what: &str) {
+    let is_proxy = crate::process::cmdline(pid)
+        .is_some_and(|a| a.iter().any(|x| x.ends_with("vchan-socket-proxy")));
+    if is_proxy && !crate::process::stop_process(pid) {
+        tracing::warn!("the {what} of {vm} (pid {pid}) did not exit");
+    }
 }
 
 impl Substrate for Xen {
@@ -317,10 +570,11 @@ impl Substrate for Xen {
             vm: name.to_string(),
             xl_config: derived.config.render(),
             vdev,
-            channel: self.run_dir().path().join(format!("{name}.chan")),
+            channel: self.channel_path(name),
             export_pid: Some(export_pid),
             proxy_pid: None,
             format,
+            agent: None,
         }))
     }
 
@@ -343,6 +597,7 @@ impl Substrate for Xen {
     fn reattach(&self, _name: &str, volume: &str, domain: &DomainState) -> Result<DomainState> {
         let mut d = xen(domain).clone();
         d.proxy_pid = None;
+        d.agent = None;
         if live_export(&d, volume).is_none() {
             d.export_pid = Some(self.spawn_export(volume)?);
         }
@@ -363,6 +618,15 @@ impl Substrate for Xen {
                 "dom0's end of {}'s channel is gone: dbfork cannot reach its database",
                 d.vm
             ));
+        }
+        if let Some(a) = d.agent.as_ref().filter(|_| running) {
+            if !crate::process::process_alive(a.page_table_proxy) {
+                problems.push(format!(
+                    "dom0's end of {}'s page table channel is gone: its agent shares no pages \
+                     until it is restarted (dbfork restart {})",
+                    d.vm, d.vm
+                ));
+            }
         }
         Health {
             problems,
@@ -415,9 +679,6 @@ impl Substrate for Xen {
                 fix: "clone without --read-iops (a domU's disk is limited with Xen's own tools)",
             });
         }
-        if req.agent.is_some() {
-            return Err(Error::SharingUnavailable(XEN_SHARING.into()));
-        }
         let d = xen_mut(domain);
         if live_export(d, req.volume).is_none() {
             return Err(Error::NotAttached(req.volume.to_string()));
@@ -428,6 +689,13 @@ impl Substrate for Xen {
                 what: format!("a domain of that name is already running (domid {domid})"),
             });
         }
+        let mut agent = req.agent.cloned();
+        if let Some(spec) = agent.as_mut() {
+            self.fit_budget(spec, d).map_err(|e| match e {
+                Error::SharingUnavailable(_) => e,
+                other => Error::SharingUnavailable(crate::error::chain(&other)),
+            })?;
+        }
         let file = self.config_file(&d.vm);
         self.run_dir()
             .ensure()
@@ -436,8 +704,14 @@ impl Substrate for Xen {
         self.forget_channel(d);
         // A domU boots its kernel and OS before its server (and a new source makes its
         // file system and datadir first): more than a server process's start.
-        let proxy = self.boot(req.config, d, req.timeout.max(self.min_boot))?;
+        let (proxy, agent) = self.boot(
+            req.config,
+            d,
+            agent.as_ref(),
+            req.timeout.max(self.min_boot),
+        )?;
         d.proxy_pid = Some(proxy);
+        d.agent = agent;
         d.format = None;
         // The channel answers, or the start failed.
         if let Err(e) = self.guest(&req.config.name, d) {
@@ -450,10 +724,18 @@ impl Substrate for Xen {
 
     fn stop(&self, _config: &InstanceConfig, domain: &DomainState, how: Stop) -> Result<()> {
         let d = xen(domain);
+        if let Some(a) = d.agent.as_ref().filter(|a| a.source) {
+            self.release_replicas(d, a);
+        }
         self.forget_channel(d);
         match how {
             Stop::Kill => self.control.destroy(&d.vm)?,
             Stop::Clean(timeout) => self.control.shutdown(&d.vm, timeout)?,
+        }
+        // The domain is gone, and with it every grant mapping it held: its source
+        // may end the grants it issued to it.
+        if let Some(a) = &d.agent {
+            self.end_agent(d, a);
         }
         stop_proxy(d);
         Ok(())
@@ -471,41 +753,67 @@ impl Substrate for Xen {
         Ok(Box::new(self.guest(&config.name, xen(domain))?))
     }
 
+    fn memory_use(&self, config: &InstanceConfig, domain: &DomainState) -> Option<MemoryUse> {
+        match self
+            .guest(&config.name, xen(domain))
+            .and_then(|g| g.memory_use())
+        {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::debug!("{}'s memory: {}", config.name, crate::error::chain(&e));
+                None
+            }
+        }
+    }
+
     fn persist_agent_state(&self, _domain: &DomainState) -> Result<()> {
         Ok(())
     }
 
     fn sharing_available(&self) -> Result<()> {
-        Err(Error::SharingUnavailable(XEN_SHARING.into()))
+        self.page_table.available()
     }
 
-    fn publish_clone_lsn(&self, _family: u32, _lsn: u64) -> Result<()> {
-        Err(Error::SharingUnavailable(XEN_SHARING.into()))
+    fn publish_clone_lsn(&self, family: u32, lsn: u64) -> Result<()> {
+        let store = &self.host.store_dir;
+        let f = family::load(store, family)?;
+        self.tell_source(&f, |g| g.publish_clone_lsn(lsn))?;
+        family::update(store, family, |f| f.clone_lsn = Some(lsn)).map(|_| ())
     }
 
-    fn clone_lsn(&self, _family: u32) -> Option<u64> {
-        None
+    fn clone_lsn(&self, family: u32) -> Option<u64> {
+        family::load(&self.host.store_dir, family).ok()?.clone_lsn
     }
 
-    fn agent_counters(&self, _domain: &DomainState) -> Option<serde_json::Value> {
-        None
+    fn agent_counters(&self, domain: &DomainState) -> Option<serde_json::Value> {
+        let d = xen(domain);
+        d.agent.as_ref()?;
+        match self.guest(&d.vm, d).and_then(|g| g.agent_counters()) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!("{}'s agent counters: {}", d.vm, crate::error::chain(&e));
+                None
+            }
+        }
     }
 
-    fn leave_family(&self, _domain: u32) {}
+    fn leave_family(&self, domain: u32) {
+        self.page_table.leave(domain);
+    }
 
-    fn destroy_family(&self, _family: u32) {}
+    fn destroy_family(&self, family: u32) {
+        self.page_table.destroy_family(family);
+        family::remove(&self.host.store_dir, family);
+    }
 
     fn sweep(&self) -> Swept {
         Swept::default()
     }
 
-    fn release_store(&self) {}
+    fn release_store(&self) {
+        self.page_table.stop();
+    }
 }
 
 /// The least a domU's start is given, from `xl create` to its server answering.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(900);
-
-/// Why a domU shares no pages yet.
-const XEN_SHARING: &str =
-    "buffer-pool pages are not shared between Xen domUs yet (grant sharing is not built): \
-     each replica reads its own disk";

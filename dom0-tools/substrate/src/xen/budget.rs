@@ -24,6 +24,37 @@ pub const RESERVED_TABLE_FRAMES: u64 = 8;
 pub const DEFAULT_GNTTAB_MAX_FRAMES: u64 = 64;
 pub const DEFAULT_GNTTAB_MAX_MAPTRACK_FRAMES: u64 = 1024;
 
+/// Replicas a source's grant budget is planned for when it starts: each gets every
+/// frame; replicas beyond these get what the table has left (the rest of their reads
+/// come from their disks).
+pub const PLANNED_REPLICAS: u64 = 2;
+
+/// Bytes of a shared frame.
+pub const FRAME_BYTES: u64 = 16384;
+
+/// Sets the numeric `key` of an xl config to `need` unless the domain gets as much or
+/// more already: the config's own value, or `default` (the hypervisor's) when it sets
+/// none. An operator's larger value stays; a smaller one is raised. The config's text
+/// back.
+pub fn raise_setting(
+    cfg: &str,
+    key: &str,
+    need: u64,
+    default: u64,
+) -> Result<String, xlcfg::Error> {
+    let mut c = xlcfg::XlConfig::parse(cfg)?;
+    let now = match c.get(key) {
+        Some(xlcfg::value::Value::Num(n)) => n.trim().parse::<u64>().ok(),
+        Some(_) => None,
+        None => Some(default),
+    };
+    if now.is_some_and(|n| n >= need) {
+        return Ok(cfg.to_string());
+    }
+    c.set(key, xlcfg::value::Value::Num(need.to_string()));
+    Ok(c.render())
+}
+
 /// The hypervisor's limits, from its command line (`xl info`'s `xen_commandline`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HypervisorLimits {
@@ -146,6 +177,30 @@ pub fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_config_is_raised_to_the_plan_never_lowered() {
+        let cfg = "name = \"db\"\nmemory = 512\n";
+        // Not set: the hypervisor's default gives enough, nothing to write.
+        assert_eq!(raise_setting(cfg, "max_grant_frames", 40, 64).unwrap(), cfg);
+        // Not set, and the default is short.
+        let raised = raise_setting(cfg, "max_grant_frames", 40, 32).unwrap();
+        assert!(raised.contains("max_grant_frames = 40"), "{raised}");
+        assert!(raised.contains("memory = 512"));
+        let again = raise_setting(&raised, "max_grant_frames", 40, 32).unwrap();
+        assert_eq!(again, raised, "nothing to change");
+        let operators = "name = \"db\"\nmax_grant_frames = 128\n";
+        assert_eq!(
+            raise_setting(operators, "max_grant_frames", 40, 64).unwrap(),
+            operators
+        );
+        let low = "name = \"db\"\nmax_grant_frames = 16\n";
+        let r = raise_setting(low, "max_grant_frames", 40, 64).unwrap();
+        assert!(
+            r.contains("max_grant_frames = 40") && !r.contains("16"),
+            "{r}"
+        );
+    }
 
     fn info(cmdline: &str) -> String {
         format!(

@@ -28,6 +28,13 @@ pub trait DomainControl {
     /// Starts dom0's end of the domain's channel: a Unix socket at `socket` whose
     /// connections reach the guest side's vchan. Returns the proxy's pid.
     fn open_channel(&self, domid: u32, socket: &Path, log: &Path) -> Result<u32>;
+    /// Starts dom0's end of the channel between the domain's agent and the page table:
+    /// a vchan dom0 serves (the guest connects to it), each of whose connections
+    /// reaches the page table's Unix socket `page_table`. Returns the proxy's pid (the
+    /// page table knows the domain by it).
+    fn open_page_table_channel(&self, domid: u32, page_table: &Path, log: &Path) -> Result<u32>;
+    /// What `xl info` prints (the hypervisor's command line among it).
+    fn xl_info(&self) -> Result<String>;
     /// The end of the domain's console log, for messages.
     fn console_tail(&self, name: &str, lines: usize) -> Vec<String>;
 }
@@ -39,7 +46,7 @@ pub use real::{guest_dir, guest_perms, XenControl};
 mod real {
     use super::*;
     use crate::process::{spawn_helper, STARTUP_TIMEOUT};
-    use crate::xen::domain::{GUEST_KEYS, GUEST_VCHAN};
+    use crate::xen::domain::{GUEST_KEYS, GUEST_VCHAN, PAGE_TABLE_VCHAN};
     use crate::xen::toolstack::Xl;
     use std::path::PathBuf;
     use std::process::Command;
@@ -144,6 +151,32 @@ mod real {
                         dbinstance::tools::tail_of_file(log, 3).replace('\n', " | ")
                     ),
                 }
+            })
+        }
+        fn xl_info(&self) -> Result<String> {
+            self.xl.info()
+        }
+        fn open_page_table_channel(
+            &self,
+            domid: u32,
+            page_table: &Path,
+            log: &Path,
+        ) -> Result<u32> {
+            let xs = self.xs()?;
+            let path = format!("/local/domain/{domid}/{PAGE_TABLE_VCHAN}");
+            let mut cmd = Command::new(VCHAN_SOCKET_PROXY);
+            cmd.args(["-m", "server", &domid.to_string(), &path])
+                .arg(page_table);
+            let what = format!("{VCHAN_SOCKET_PROXY} -m server {domid} {path}");
+            // Up once the vchan's ring is published for the guest to connect to.
+            let ring = format!("{path}/ring-ref");
+            let up = || matches!(xs.read_string(&ring), Ok(Some(_)));
+            spawn_helper(cmd, &what, log, STARTUP_TIMEOUT, up)?.ok_or_else(|| Error::Domain {
+                name: format!("domid {domid}"),
+                what: format!(
+                    "the page table's channel proxy did not come up: {}",
+                    dbinstance::tools::tail_of_file(log, 3).replace('\n', " | ")
+                ),
             })
         }
         fn console_tail(&self, name: &str, lines: usize) -> Vec<String> {

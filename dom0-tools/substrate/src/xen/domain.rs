@@ -23,6 +23,13 @@ pub const GUEST_KEYS: &str = "dbfork";
 pub const KEY_INSTANCE: &str = "instance";
 /// Present on a new source's first boot: the filesystem to make on an empty disk.
 pub const KEY_FORMAT: &str = "format";
+/// Present when the domain's server shares pages: its agent's setup (JSON of
+/// `guest_channel::AgentSetup`).
+pub const KEY_AGENT: &str = "agent";
+/// The vchan (under `/local/domain/DOMID/`) between the guest's agent and dom0's page
+/// table: dom0 serves it, in the directory dom0 owns, so the guest cannot stand up
+/// one of its own there.
+pub const PAGE_TABLE_VCHAN: &str = "dbfork/pagetable";
 
 /// What the guest reports, under its own `data/` directory: `starting`, `ready`, or
 /// `failed: WHY`.
@@ -51,6 +58,23 @@ pub struct XenDomain {
     /// empty disk (and then a fresh datadir).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<FsType>,
+    /// The domain's page-sharing agent, while its server runs with one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<XenAgent>,
+}
+
+/// A domain's part in its family's page sharing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct XenAgent {
+    pub family: u32,
+    /// The domain's id in the family (not its domid).
+    pub domain: u32,
+    /// The family's source (grants its frames) or a replica (maps them).
+    pub source: bool,
+    /// The domid it runs as now (a replica's is what its source grants to).
+    pub domid: u32,
+    /// dom0's end of the channel to the page table (a vchan-socket-proxy).
+    pub page_table_proxy: u32,
 }
 
 /// The server config the guest runs: dom0's settings for it (server_id, port, buffer

@@ -70,6 +70,44 @@ impl GuestEndpoint {
         }
     }
 
+    /// Tells the source's agent a snapshot at `lsn` is complete.
+    pub fn publish_clone_lsn(&self, lsn: u64) -> Result<()> {
+        self.expect_ok(&Request::PublishCloneLsn { lsn }, "publish_clone_lsn")
+    }
+
+    /// Tells the source's agent which replica domains to grant to.
+    pub fn set_grantees(&self, domids: Vec<u32>) -> Result<()> {
+        self.expect_ok(&Request::SetGrantees { domids }, "set_grantees")
+    }
+
+    /// The agent's live counters, if its server runs with one.
+    pub fn agent_counters(&self) -> Result<Option<serde_json::Value>> {
+        match self.call(&Request::AgentCounters)? {
+            Reply::Counters { counters } => Ok(counters),
+            other => Err(self.unexpected("agent_counters", other)),
+        }
+    }
+
+    /// Tells a replica its source is going: it copies what it maps from it. How many
+    /// frames it copied.
+    pub fn release_source(&self) -> Result<u64> {
+        match self.call(&Request::ReleaseSource)? {
+            Reply::SourceReleased { frames } => Ok(frames),
+            other => Err(self.unexpected("release_source", other)),
+        }
+    }
+
+    /// What the guest's server and the guest use of memory.
+    pub fn memory_use(&self) -> Result<crate::MemoryUse> {
+        match self.call(&Request::MemoryUse)? {
+            Reply::Memory { server, guest } => Ok(crate::MemoryUse {
+                server,
+                domain: guest,
+            }),
+            other => Err(self.unexpected("memory_use", other)),
+        }
+    }
+
     fn expect_ok(&self, req: &Request, asked: &'static str) -> Result<()> {
         match self.call(req)? {
             Reply::Ok => Ok(()),

@@ -73,6 +73,11 @@ impl Xl {
         })
     }
 
+    /// What `xl info` prints.
+    pub fn info(&self) -> Result<String> {
+        self.ok(&["info"])
+    }
+
     pub fn unpause(&self, domid: u32) -> Result<()> {
         self.ok(&["unpause", &domid.to_string()]).map(|_| ())
     }
