@@ -110,6 +110,11 @@ impl Ctx {
         Ok(())
     }
 
+    /// Bytes free on the store's file system.
+    pub fn free_bytes(&self) -> Result<u64> {
+        free_bytes(&self.store_dir)
+    }
+
     /// A lazy clone grows to its full size as it hydrates; refused up front when the
     /// store's filesystem cannot hold that, instead of failing halfway with ENOSPC.
     pub fn check_space(&self, needed: u64) -> Result<()> {

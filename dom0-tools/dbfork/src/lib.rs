@@ -8,6 +8,7 @@
 //! export process), `control` (its control socket). Data plane: `export` (NBD serving
 //! of one volume).
 
+pub mod adopt;
 pub mod clone;
 pub mod control;
 pub mod ctx;

@@ -6,6 +6,7 @@
 pub mod config;
 pub mod consistent;
 pub mod error;
+pub mod external;
 pub mod fiemap;
 pub mod flush;
 pub mod gtid;

@@ -195,6 +195,19 @@ pub enum SourceCommand {
         #[arg(long, value_enum, default_value = "auto")]
         volume_engine: EngineArg,
     },
+    /// Fork a MariaDB server you already run. Built so far: --check, the preflight:
+    /// reads the server (as root over its socket; nothing is changed) and says what
+    /// would keep it from being adopted, each with its fix. The adoption itself (a copy
+    /// into a volume and a base instance replicating from the server) is not built yet.
+    Adopt {
+        name: String,
+        /// The server's Unix socket (Debian's: /run/mysqld/mysqld.sock).
+        #[arg(long, value_name = "PATH")]
+        socket: PathBuf,
+        /// Run the preflight only (required until the adoption itself is built).
+        #[arg(long, required = true)]
+        check: bool,
+    },
 }
 
 /// See `dbfork source create --volume-engine`.

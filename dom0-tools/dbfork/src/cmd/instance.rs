@@ -39,6 +39,47 @@ pub fn run(store: &Path, out: &Output, cmd: Command) -> Result<()> {
         }
     };
     match cmd {
+        Command::Source(SourceCommand::Adopt {
+            name,
+            socket,
+            check: _,
+        }) => {
+            dbfork::ctx::check_name(&name)?;
+            let (facts, refusals) = dbfork::adopt::preflight(&ctx, &socket)?;
+            if out.json {
+                outln!(
+                    "{}",
+                    serde_json::json!({
+                        "name": name,
+                        "socket": socket,
+                        "version": facts.version,
+                        "server_id": facts.server_id,
+                        "port": facts.port,
+                        "datadir": facts.datadir,
+                        "log_bin": facts.log_bin,
+                        "data_bytes": facts.data_bytes,
+                        "refusals": refusals,
+                    })
+                );
+            }
+            if refusals.is_empty() {
+                say(&format!(
+                    "the server at {} ({}, server_id {}, datadir {}, {} of InnoDB data) passes \
+                     the preflight for adoption as {name}",
+                    socket.display(),
+                    facts.version,
+                    facts.server_id,
+                    facts.datadir.display(),
+                    human(facts.data_bytes)
+                ));
+            } else {
+                anyhow::bail!(
+                    "the server at {} cannot be adopted as {name} yet:\n  - {}",
+                    socket.display(),
+                    refusals.join("\n  - ")
+                )
+            }
+        }
         Command::Source(SourceCommand::Create {
             name,
             size,

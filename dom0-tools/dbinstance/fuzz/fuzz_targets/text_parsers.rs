@@ -1,5 +1,7 @@
 #![no_main]
-//! GTID positions: any text in, a position or an error out, never a panic.
+//! Text from a server or the kernel: GTID positions (any text in, a position or an
+//! error out), an operator's server's SHOW GRANTS lines, /proc's memory files; never
+//! a panic.
 
 use libfuzzer_sys::fuzz_target;
 
@@ -7,6 +9,10 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
+    let lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let _ = dbinstance::external::global_privileges(&lines);
+    let _ = dbinstance::memory::parse_smaps_rollup(text);
+    let _ = dbinstance::memory::parse_meminfo(text);
     if let Ok(pos) = dbinstance::GtidPos::parse(text) {
         // What we print, we parse back to the same position.
         let again = dbinstance::GtidPos::parse(&pos.to_string()).expect("round trip");
