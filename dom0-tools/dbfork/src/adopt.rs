@@ -1,33 +1,130 @@
 //! `dbfork source adopt`: forking a MariaDB server the operator already runs (Debian's
-//! `mariadb` service, say). Built so far: the preflight, which reads the server (root
-//! over its socket, nothing changed) and says everything that would keep an online
-//! adoption from working, each with its fix. The copy into a volume, the base
-//! instance replicating from the server, and take-over are not built yet.
+//! `mariadb` service, say), online: the server keeps running untouched and stays the
+//! primary. dbfork reads it (root over its socket, or the login of an option file) and
+//! refuses, with the fix, what would keep the adoption from working; makes a
+//! replication account there; streams a consistent copy of its data (mariadb-backup)
+//! into a new volume, prepares it, and starts a base instance on it that replicates
+//! from the server by GTID. The base is a source like any other: `dbfork clone` forks
+//! it. Nothing on the operator's server is changed but the account; nothing of it is
+//! ever stopped or removed (destroying the base names the account to drop).
 
 use crate::ctx::Ctx;
-use crate::error::Result;
-use dbinstance::external::{ExternalServer, ServerFacts};
-use std::path::Path;
+use crate::error::{Error, Result};
+use crate::registry::{InstanceRecord, Upstream};
+use crate::source::{self, SourceOptions};
+use crate::undo::Undo;
+use dbinstance::external::{ExternalServer, Login, ServerFacts};
+use dbinstance::{GtidPos, ReplicationSource};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where replicas of the operator's server connect: its loopback address (the base
+/// runs on the same host).
+const UPSTREAM_HOST: &str = "127.0.0.1";
+
+/// The server to adopt, as the operator named it.
+#[derive(Debug, Clone, Default)]
+pub struct ServerArgs {
+    pub socket: Option<PathBuf>,
+    pub defaults_file: Option<PathBuf>,
+}
+
+impl ServerArgs {
+    /// The server, with the login and socket of the option file when one is given
+    /// (`--socket` wins over the file's).
+    pub fn server(&self) -> Result<ExternalServer> {
+        let (login, file_socket) = match &self.defaults_file {
+            Some(f) => Login::from_defaults_file(f)?,
+            None => (Login::default(), None),
+        };
+        let Some(socket) = self.socket.clone().or(file_socket) else {
+            return Err(Error::AdoptUsage(
+                "say which server: --socket PATH (Debian's is /run/mysqld/mysqld.sock), or \
+                 a --defaults-file whose [client] names its socket"
+                    .into(),
+            ));
+        };
+        Ok(ExternalServer::with_login(&socket, login))
+    }
+}
+
+/// The account the base replicates through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Account {
+    /// dbfork makes `user`@127.0.0.1 with a password of its own.
+    Made { user: String },
+    /// The operator's own, with its password.
+    Named { user: String, password: String },
+}
+
+impl Account {
+    /// The account dbfork makes for base `name` (MariaDB's user names hold 80
+    /// characters).
+    pub fn made_for(name: &str) -> Account {
+        let mut user = format!("dbfork_{name}");
+        user.truncate(80);
+        Account::Made { user }
+    }
+
+    /// `--replication-user USER --replication-password-file FILE`.
+    pub fn named(user: &str, password_file: &Path) -> Result<Account> {
+        let text = std::fs::read_to_string(password_file)
+            .map_err(Error::io("reading the replication password", password_file))?;
+        let password = text.lines().next().unwrap_or("").to_string();
+        if password.is_empty() {
+            return Err(Error::AdoptUsage(format!(
+                "{} is empty: its first line must be the password of {user}",
+                password_file.display()
+            )));
+        }
+        Ok(Account::Named {
+            user: user.to_string(),
+            password,
+        })
+    }
+
+    pub fn user(&self) -> &str {
+        match self {
+            Account::Made { user } | Account::Named { user, .. } => user,
+        }
+    }
+}
 
 /// What the store says about an adoption, besides the server itself.
 #[derive(Debug, Clone, Default)]
 pub struct StoreView {
     /// server_ids of the store's instances, with their names.
     pub server_ids: Vec<(String, u32)>,
+    /// Adopted sources' upstreams: (name, server_id, port).
+    pub upstreams: Vec<(String, u32, u16)>,
     /// Bytes free on the store's file system.
     pub free_bytes: u64,
+    /// Whether the account dbfork would make exists on the server already.
+    pub account_exists: Option<String>,
 }
 
 /// Privileges the session needs on the operator's server: mariadb-backup's
 /// (`RELOAD`, `PROCESS`, `LOCK TABLES`, `BINLOG MONITOR`) and what creating the
-/// replication account takes (`CREATE USER`, and granting `REPLICATION SLAVE`).
-const NEEDED: [&str; 5] = [
+/// replication account takes (`CREATE USER`, and `REPLICATION SLAVE` with GRANT
+/// OPTION to grant it).
+const NEEDED: [&str; 6] = [
     "RELOAD",
     "PROCESS",
     "LOCK TABLES",
     "BINLOG MONITOR",
     "CREATE USER",
+    "REPLICATION SLAVE",
 ];
+
+/// Whether a server bound to `bind_address` answers on 127.0.0.1.
+fn answers_on_loopback(bind_address: &str) -> bool {
+    bind_address.split(',').map(str::trim).any(|a| {
+        matches!(
+            a,
+            "" | "*" | "0.0.0.0" | "::" | "127.0.0.1" | "localhost" | "::ffff:127.0.0.1"
+        )
+    })
+}
 
 /// Everything that keeps `facts`' server from being adopted into `store`, each a
 /// sentence naming the problem and the fix; empty when nothing does.
@@ -39,12 +136,35 @@ pub fn refusals(facts: &ServerFacts, store: &StoreView) -> Vec<String> {
             facts.version, facts.version_comment
         ));
     }
+    if let Some((name, _, _)) = store
+        .upstreams
+        .iter()
+        .find(|(_, id, port)| *id == facts.server_id && *port == facts.port)
+    {
+        out.push(format!(
+            "it is adopted already, as {name} (which replicates from it): clone {name} \
+             (dbfork clone {name} NEW), or destroy {name} first"
+        ));
+    }
     if !facts.log_bin {
         out.push(
             "its binary log is off, so no replica can follow it: set log_bin (e.g. \
              log_bin = mysql-bin in its [mariadbd] section) and restart the server"
                 .into(),
         );
+    }
+    if facts.skip_networking {
+        out.push(
+            "it does not listen on TCP (skip_networking), and replicas connect over TCP: \
+             remove skip-networking, set bind_address = 127.0.0.1 and restart the server"
+                .into(),
+        );
+    } else if !answers_on_loopback(&facts.bind_address) {
+        out.push(format!(
+            "it listens on {} only, and the base replicates from 127.0.0.1: add 127.0.0.1 \
+             to bind_address (or set 0.0.0.0) and restart the server",
+            facts.bind_address
+        ));
     }
     // MariaDB itself turns a server_id of 0 into 1; a MySQL server or another fork
     // may still report it.
@@ -65,6 +185,22 @@ pub fn refusals(facts: &ServerFacts, store: &StoreView) -> Vec<String> {
             facts.server_id
         ));
     }
+    if facts.page_size != 0 && facts.page_size != 16384 {
+        out.push(format!(
+            "its innodb_page_size is {}, and dbfork's page sharing reads 16 KiB pages only \
+             yet: adopting it is not supported",
+            facts.page_size
+        ));
+    }
+    if facts.root_by_socket == Some(false) {
+        out.push(
+            "its root@localhost does not log in by unix_socket, and dbfork manages the copy \
+             (which carries the server's accounts) as root over the copy's socket: let root \
+             log in by unix_socket too (ALTER USER root@localhost IDENTIFIED VIA unix_socket \
+             OR mysql_native_password USING PASSWORD('...'), as Debian sets it up)"
+                .into(),
+        );
+    }
     let (privs, grant_option) = facts.global_privileges();
     let all = privs.iter().any(|p| p == "ALL PRIVILEGES");
     let missing: Vec<&str> = NEEDED
@@ -83,13 +219,21 @@ pub fn refusals(facts: &ServerFacts, store: &StoreView) -> Vec<String> {
             what.push("GRANT OPTION");
         }
         out.push(format!(
-            "the session lacks {} on *.*: adopt as root over the server's socket (Debian's \
-             root logs in there by unix_socket), or grant them",
+            "the session ({}) lacks {} on *.*: adopt as root over the server's socket \
+             (Debian's root logs in there by unix_socket), or grant them",
+            facts.session_user,
             what.join(", ")
         ));
     }
+    if let Some(account) = &store.account_exists {
+        out.push(format!(
+            "the account {account} dbfork would make exists on the server already (a base \
+             adopted into another store?): drop it (DROP USER {account}), adopt under \
+             another name, or name an account with --replication-user"
+        ));
+    }
     // The copy takes the data and room for the redo log the copy carries.
-    let needed = facts.data_bytes + facts.data_bytes / 10 + (64 << 20);
+    let needed = space_needed(facts);
     if store.free_bytes < needed {
         out.push(format!(
             "the store has {} free, a copy of the server's data needs about {}: free space \
@@ -101,21 +245,230 @@ pub fn refusals(facts: &ServerFacts, store: &StoreView) -> Vec<String> {
     out
 }
 
-/// Reads the server at `socket` and what the store holds, and returns the refusals.
-pub fn preflight(ctx: &Ctx, socket: &Path) -> Result<(ServerFacts, Vec<String>)> {
-    let facts = ExternalServer::new(socket).facts()?;
-    let server_ids = ctx
-        .registry()
-        .list()?
-        .into_iter()
-        .map(|r| (r.name, r.config.server_id))
-        .collect();
+/// Room a copy of the server's data takes in the store.
+fn space_needed(facts: &ServerFacts) -> u64 {
+    facts.data_bytes + facts.data_bytes / 10 + (256 << 20)
+}
+
+/// Reads the server and what the store holds, and returns the refusals.
+pub fn preflight(
+    ctx: &Ctx,
+    server: &ExternalServer,
+    account: &Account,
+) -> Result<(ServerFacts, Vec<String>)> {
+    let facts = server.facts()?;
+    let records = ctx.registry().list()?;
+    let account_exists = match account {
+        Account::Made { user } if server.user_exists(user, UPSTREAM_HOST)? == Some(true) => {
+            Some(format!("'{user}'@'{UPSTREAM_HOST}'"))
+        }
+        _ => None,
+    };
     let view = StoreView {
-        server_ids,
+        server_ids: records
+            .iter()
+            .map(|r| (r.name.clone(), r.config.server_id))
+            .collect(),
+        upstreams: records
+            .iter()
+            .filter_map(|r| {
+                let u = r.upstream.as_ref()?;
+                Some((r.name.clone(), u.server_id, u.port))
+            })
+            .collect(),
         free_bytes: ctx.free_bytes()?,
+        account_exists,
     };
     let refusals = refusals(&facts, &view);
     Ok((facts, refusals))
+}
+
+/// What an adoption tells its caller as it goes (a progress display).
+pub trait AdoptProgress {
+    /// A step begins.
+    fn step(&self, what: &str);
+    /// The copy begins; about `estimate` bytes will stream.
+    fn copy_started(&self, estimate: u64);
+    /// Bytes of the copy received so far.
+    fn copied(&self, bytes: u64);
+    /// The copy is in the volume.
+    fn copy_done(&self, bytes: u64);
+    /// Catching up: transactions the base is behind the server's position when the
+    /// catch-up began.
+    fn behind(&self, transactions: u64, of: u64);
+}
+
+/// How long the catch-up lets the base fail to reach the server before it gives up.
+const IO_FAILING_FOR: Duration = Duration::from_secs(60);
+
+/// How often the catch-up reads the base's position.
+const CATCH_UP_POLL: Duration = Duration::from_millis(200);
+
+/// Transactions `applied` lacks of `target`, over all replication domains.
+pub fn transactions_behind(target: &GtidPos, applied: &GtidPos) -> u64 {
+    target
+        .iter()
+        .map(|t| {
+            let done = applied.get(t.domain).map_or(0, |a| a.seq_no);
+            t.seq_no.saturating_sub(done)
+        })
+        .sum()
+}
+
+/// Adopts the server online as source `name`: the base instance, caught up with it.
+pub fn adopt(
+    ctx: &Ctx,
+    name: &str,
+    server: &ExternalServer,
+    account: &Account,
+    opts: &SourceOptions,
+    progress: &dyn AdoptProgress,
+) -> Result<InstanceRecord> {
+    let sub = ctx.substrate();
+    ctx.check_free(name)?;
+    sub.preflight()?;
+    progress.step("preflight");
+    let (facts, refused) = preflight(ctx, server, account)?;
+    if !refused.is_empty() {
+        return Err(Error::AdoptRefused {
+            name: name.into(),
+            socket: server.socket().to_path_buf(),
+            refusals: refused,
+        });
+    }
+    let port = sub.sql_port(opts.port)?;
+    ctx.check_space(space_needed(&facts))?;
+    let doing = |what: &str| {
+        let what = what.to_string();
+        move |e: Error| Error::Adopt {
+            name: name.into(),
+            what,
+            source: Box::new(e),
+        }
+    };
+    let mut undo = Undo::new();
+
+    progress.step("replication account");
+    let password = match account {
+        Account::Made { user } => {
+            let password = dbinstance::instance::new_password();
+            server
+                .create_replication_account(user, UPSTREAM_HOST, &password)
+                .map_err(|e| doing("making its replication account")(e.into()))?;
+            let user = user.clone();
+            undo.push(format!("account {user} on the server"), move || {
+                Ok(server.drop_user(&user, UPSTREAM_HOST)?)
+            });
+            password
+        }
+        Account::Named { password, .. } => password.clone(),
+    };
+
+    progress.step("volume");
+    let mut volume = opts.clone();
+    volume.size = volume.size.max(space_needed(&facts) * 2);
+    let domain = source::make_volume(ctx, name, &volume, &mut undo)?;
+    let mut cfg = source::source_config(
+        ctx,
+        name,
+        port,
+        &domain,
+        opts.buffer_pool,
+        &[facts.server_id],
+        &mut undo,
+    )?;
+    // A replica of the operator's server: written by replication only.
+    cfg.read_only = true;
+
+    progress.step("copy");
+    progress.copy_started(facts.data_bytes);
+    let mut stream = server
+        .backup_stream(&facts.datadir, &cfg.run_dir.join("backup.log"))
+        .map_err(|e| doing("starting mariadb-backup")(e.into()))?;
+    let mut received = 0;
+    let restored = sub.restore_datadir(&cfg, &mut stream, &mut |n| {
+        received = n;
+        progress.copied(n)
+    });
+    let restored = match restored {
+        Ok(r) => {
+            stream
+                .finish()
+                .map_err(|e| doing("copying its data")(e.into()))?;
+            r
+        }
+        Err(e) => {
+            stream.abort();
+            return Err(doing("copying its data")(e.into()));
+        }
+    };
+    progress.copy_done(received);
+    cfg.extra.extend(restored.options.clone());
+
+    progress.step("base start");
+    let upstream = Upstream {
+        socket: server.socket().to_path_buf(),
+        defaults_file: server.login().defaults_file.clone(),
+        host: UPSTREAM_HOST.into(),
+        port: facts.port,
+        server_id: facts.server_id,
+        account: format!("'{}'@'{UPSTREAM_HOST}'", account.user()),
+        account_made: matches!(account, Account::Made { .. }),
+        datadir: facts.datadir.clone(),
+        adopted_at: restored.gtid.to_string(),
+    };
+    let rec = source::start_source(ctx, name, cfg, domain, Some(upstream), &mut undo)?;
+    let base = sub.endpoint(&rec.config, &rec.domain)?;
+    base.replicate_from(
+        &ReplicationSource {
+            host: UPSTREAM_HOST.into(),
+            port: facts.port,
+            user: account.user().into(),
+            password,
+        },
+        &restored.gtid,
+    )
+    .map_err(|e| doing("replicating from the server")(e.into()))?;
+
+    progress.step("catch-up");
+    let target = server.gtid_binlog_pos()?;
+    let total = transactions_behind(&target, &restored.gtid);
+    let mut io_failing_since: Option<std::time::Instant> = None;
+    loop {
+        let status = base
+            .replication_status()?
+            .ok_or_else(|| Error::CatchUp(format!("{name} stopped replicating")))?;
+        if let Some(why) = status.broken() {
+            return Err(Error::CatchUp(format!(
+                "{name} cannot replicate from the server: {why}"
+            )));
+        }
+        // A connection that keeps failing is retried by the server for ever; the
+        // adoption gives up and says why.
+        if status.last_io_errno != 0 && status.io_running != "Yes" {
+            let since = *io_failing_since.get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() > IO_FAILING_FOR {
+                return Err(Error::CatchUp(format!(
+                    "{name} has not reached the server for {} s: error {}: {}",
+                    IO_FAILING_FOR.as_secs(),
+                    status.last_io_errno,
+                    status.last_io_error
+                )));
+            }
+        } else {
+            io_failing_since = None;
+        }
+        let behind = transactions_behind(&target, &status.gtid_slave_pos);
+        progress.behind(behind, total);
+        if behind == 0 {
+            break;
+        }
+        // Polling the base's position: nothing to wait on that says it moved.
+        std::thread::sleep(CATCH_UP_POLL);
+    }
+    ctx.registry().save(&rec)?;
+    undo.commit();
+    Ok(rec)
 }
 
 #[cfg(test)]
@@ -139,13 +492,20 @@ mod tests {
                 "GRANT PROXY ON ''@'%' TO 'root'@'localhost' WITH GRANT OPTION".into(),
             ],
             data_bytes: 100 << 20,
+            skip_networking: false,
+            bind_address: "127.0.0.1".into(),
+            session_user: "root@localhost".into(),
+            page_size: 16384,
+            root_by_socket: Some(true),
         }
     }
 
     fn roomy() -> StoreView {
         StoreView {
             server_ids: vec![("db".into(), 2)],
+            upstreams: vec![("other".into(), 7, 3306)],
             free_bytes: 10 << 30,
+            account_exists: None,
         }
     }
 
@@ -174,10 +534,34 @@ mod tests {
             ),
             (Box::new(|_, s| s.free_bytes = 50 << 20), "free space there"),
             (
+                Box::new(|_, s| s.upstreams.push(("base".into(), 1, 3306))),
+                "adopted already, as base",
+            ),
+            (
+                Box::new(|f, _| f.skip_networking = true),
+                "remove skip-networking",
+            ),
+            (
+                Box::new(|f, _| f.bind_address = "10.0.0.5".into()),
+                "listens on 10.0.0.5 only",
+            ),
+            (
+                Box::new(|f, _| f.page_size = 8192),
+                "innodb_page_size is 8192",
+            ),
+            (
+                Box::new(|f, _| f.root_by_socket = Some(false)),
+                "IDENTIFIED VIA unix_socket",
+            ),
+            (
+                Box::new(|_, s| s.account_exists = Some("'dbfork_base'@'127.0.0.1'".into())),
+                "--replication-user",
+            ),
+            (
                 Box::new(|f, _| {
                     f.grants = vec!["GRANT RELOAD, PROCESS ON *.* TO `ops`@`localhost`".into()]
                 }),
-                "lacks LOCK TABLES, BINLOG MONITOR, CREATE USER, GRANT OPTION",
+                "lacks LOCK TABLES, BINLOG MONITOR, CREATE USER, REPLICATION SLAVE, GRANT OPTION",
             ),
         ];
         for (change, expect) in cases {
@@ -190,11 +574,51 @@ mod tests {
     }
 
     #[test]
+    fn what_cannot_be_read_or_listens_everywhere_is_no_refusal() {
+        for bind in ["0.0.0.0", "::", "", "10.0.0.5,127.0.0.1"] {
+            let mut f = debian();
+            f.bind_address = bind.into();
+            assert_eq!(refusals(&f, &roomy()), Vec::<String>::new(), "{bind:?}");
+        }
+        let mut f = debian();
+        f.root_by_socket = None;
+        assert_eq!(refusals(&f, &roomy()), Vec::<String>::new());
+    }
+
+    #[test]
+    fn the_catch_up_counts_transactions_over_every_domain() {
+        let p = |s: &str| s.parse::<GtidPos>().unwrap();
+        assert_eq!(transactions_behind(&p("0-1-100,1-5-10"), &p("0-1-90")), 20);
+        assert_eq!(transactions_behind(&p("0-1-100"), &p("0-1-100,1-5-3")), 0);
+        assert_eq!(transactions_behind(&p("0-1-100"), &p("0-1-120")), 0);
+        assert_eq!(transactions_behind(&p(""), &p("")), 0);
+    }
+
+    #[test]
+    fn the_account_dbfork_makes_fits_mariadbs_user_names() {
+        assert_eq!(Account::made_for("base").user(), "dbfork_base");
+        assert_eq!(Account::made_for(&"x".repeat(100)).user().len(), 80);
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("pw");
+        std::fs::write(&f, "").unwrap();
+        let e = Account::named("repl", &f).unwrap_err().to_string();
+        assert!(e.contains("must be the password of repl"), "{e}");
+        std::fs::write(&f, "s3cret\n").unwrap();
+        assert_eq!(
+            Account::named("repl", &f).unwrap(),
+            Account::Named {
+                user: "repl".into(),
+                password: "s3cret".into()
+            }
+        );
+    }
+
+    #[test]
     fn older_names_and_narrower_grants_count() {
         let mut f = debian();
         f.grants = vec![
-            "GRANT RELOAD, PROCESS, LOCK TABLES, REPLICATION CLIENT, CREATE USER ON *.* TO \
-             `ops`@`localhost` WITH GRANT OPTION"
+            "GRANT RELOAD, PROCESS, LOCK TABLES, REPLICATION CLIENT, CREATE USER, REPLICATION \
+             SLAVE ON *.* TO `ops`@`localhost` WITH GRANT OPTION"
                 .into(),
             // Grants on one database do not count for the server.
             "GRANT ALL PRIVILEGES ON `app`.* TO `ops`@`localhost`".into(),

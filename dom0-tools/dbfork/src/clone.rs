@@ -180,6 +180,7 @@ pub fn clone(
         sharing_off,
         domain,
         run: Some(crate::registry::RunState::started_now()),
+        upstream: None,
     };
     c.step(Step::Record, |c| c.ctx.registry().save(&rec))?;
     c.undo.commit();
@@ -411,6 +412,12 @@ impl<'a> Cloning<'a> {
             .buffer_pool
             .unwrap_or(self.parent.config.buffer_pool_size);
         cfg.read_only = true;
+        // What the parent's data files were made with (an adopted copy's layout).
+        for k in dbinstance::backup::CARRIED {
+            if let Some(v) = self.parent.config.extra.get(k) {
+                cfg.extra.insert(k.into(), v.clone());
+            }
+        }
         // A read replica does not fsync its redo log per replicated transaction (once a
         // second instead): on a disk it shares with its source, that fsync per
         // transaction is what took the source's IO (docs/architecture.md, "Replica

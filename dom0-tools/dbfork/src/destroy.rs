@@ -55,5 +55,14 @@ pub fn destroy(ctx: &Ctx, name: &str, with_replicas: bool, say: Say) -> Result<(
         sub.release_store();
     }
     say(&format!("destroyed {name}"));
+    if let Some(u) = rec.upstream.as_ref().filter(|u| u.account_made) {
+        // The operator's server is theirs: dbfork never changes it on its own.
+        say(&format!(
+            "the server at {} keeps running as it was; the replication account dbfork made \
+             there stays: remove it with DROP USER {}",
+            u.socket.display(),
+            u.account
+        ));
+    }
     Ok(())
 }

@@ -44,6 +44,23 @@ pub enum Error {
     },
 
     // ---- instance verbs
+    #[error("the server at {} cannot be adopted as {name}:\n  - {}", socket.display(), refusals.join("\n  - "))]
+    AdoptRefused {
+        name: String,
+        socket: PathBuf,
+        refusals: Vec<String>,
+    },
+    #[error("adopting {name}: {what}")]
+    Adopt {
+        name: String,
+        what: String,
+        #[source]
+        source: Box<Error>,
+    },
+    #[error("{0}")]
+    AdoptUsage(String),
+    #[error("catching up with the server: {0} (see SHOW SLAVE STATUS on the base)")]
+    CatchUp(String),
     #[error("{0} is not running; start it first (its datadir must be live to clone)")]
     NotRunning(String),
     #[error("a Xen source's database disk is a block volume: leave --volume-engine out (or say lazy); reflink volumes are directories on dom0's file system, which a domU cannot mount")]

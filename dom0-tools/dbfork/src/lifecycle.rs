@@ -119,6 +119,13 @@ pub fn start(ctx: &Ctx, name: &str, say: Say) -> Result<Started> {
         sub.endpoint(&rec.config, &rec.domain)?
             .resume_replication(&host, port, !feeds_replicas)
             .map_err(|e| Error::from(e).doing(name, "resuming replication"))?;
+    } else if let Some(u) = &rec.upstream {
+        // An adopted source's base follows the operator's server again (which may be
+        // down: the base then keeps retrying until it is back).
+        let feeds_replicas = !reg.children(name)?.is_empty();
+        sub.endpoint(&rec.config, &rec.domain)?
+            .resume_replication(&u.host, u.port, !feeds_replicas)
+            .map_err(|e| Error::from(e).doing(name, "resuming replication from its upstream"))?;
     }
     say(&format!(
         "started {name} on port {}{}",

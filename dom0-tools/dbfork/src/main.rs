@@ -68,6 +68,7 @@ fn usable_store(store: &std::path::Path, command: &Command) -> anyhow::Result<()
     let makes_it = matches!(
         command,
         Command::Source(SourceCommand::Create { .. })
+            | Command::Source(SourceCommand::Adopt { check: false, .. })
             | Command::Demo(_)
             | Command::Volume(VolumeCommand::Create { .. } | VolumeCommand::Import { .. })
             | Command::Start { all: true, .. }

@@ -99,6 +99,31 @@ pub fn boot_id() -> String {
         .unwrap_or_default()
 }
 
+/// The operator's server an adopted source (its base instance) replicates from: dbfork
+/// reads it, never changes or stops it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Upstream {
+    /// Its Unix socket, as given to `source adopt`.
+    pub socket: PathBuf,
+    /// The option file the adoption logged in with, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub defaults_file: Option<PathBuf>,
+    /// Where the base replicates from.
+    pub host: String,
+    pub port: u16,
+    /// Its server_id at the adoption.
+    pub server_id: u32,
+    /// The replication account on it (`user@host`).
+    pub account: String,
+    /// Whether dbfork made that account (and so names it for removal when the base
+    /// goes).
+    pub account_made: bool,
+    /// Its datadir (for `status`; never touched).
+    pub datadir: PathBuf,
+    /// The GTID position the copy was taken at.
+    pub adopted_at: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InstanceRecord {
     pub name: String,
@@ -119,6 +144,9 @@ pub struct InstanceRecord {
     /// How its server last started and stopped (absent in records of earlier versions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<RunState>,
+    /// The operator's server an adopted source replicates from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<Upstream>,
 }
 
 impl InstanceRecord {
@@ -253,6 +281,7 @@ mod tests {
                 boot_id: "b1".into(),
                 stopped_cleanly: true,
             }),
+            upstream: None,
         }
     }
 

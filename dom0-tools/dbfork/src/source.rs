@@ -24,6 +24,7 @@ pub enum VolumeEngine {
     Reflink,
 }
 
+#[derive(Debug, Clone)]
 pub struct SourceOptions {
     pub size: u64,
     pub buffer_pool: u64,
@@ -45,8 +46,26 @@ pub fn create(ctx: &Ctx, name: &str, opts: &SourceOptions) -> Result<InstanceRec
     sub.preflight()?;
     let port = sub.sql_port(opts.port)?;
     ctx.check_space(opts.size)?;
-    let store = ctx.store()?;
     let mut undo = Undo::new();
+    let domain = make_volume(ctx, name, opts, &mut undo)?;
+    let cfg = source_config(ctx, name, port, &domain, opts.buffer_pool, &[], &mut undo)?;
+    sub.init_datadir(&cfg)
+        .map_err(|e| Error::from(e).doing(name, "initialising the datadir"))?;
+    let rec = start_source(ctx, name, cfg, domain, None, &mut undo)?;
+    ctx.registry().save(&rec)?;
+    undo.commit();
+    Ok(rec)
+}
+
+/// A new source's volume, attached (its datadir still empty).
+pub(crate) fn make_volume<'a>(
+    ctx: &'a Ctx,
+    name: &'a str,
+    opts: &SourceOptions,
+    undo: &mut Undo<'a>,
+) -> Result<substrate::DomainState> {
+    let sub = ctx.substrate();
+    let store = ctx.store()?;
     // What stores deleted by hand left on this host goes before this one adds its own.
     let swept = sub.sweep();
     if !swept.items.is_empty() {
@@ -69,7 +88,7 @@ pub fn create(ctx: &Ctx, name: &str, opts: &SourceOptions) -> Result<InstanceRec
     undo.push(format!("volume {name}"), move || {
         Ok(ctx.delete_volume(name)?)
     });
-    let mut domain = sub.attach(
+    let domain = sub.attach(
         name,
         name,
         &NewDomain::Source {
@@ -84,21 +103,36 @@ pub fn create(ctx: &Ctx, name: &str, opts: &SourceOptions) -> Result<InstanceRec
             Ok(ctx.substrate().detach(name, &domain)?)
         });
     }
+    Ok(domain)
+}
 
-    let used: Vec<u32> = ctx
+/// A new source's server settings, its run dir made: a server_id above every one the
+/// store's instances use and `avoid` (ids of servers outside the store it replicates
+/// with).
+pub(crate) fn source_config<'a>(
+    ctx: &'a Ctx,
+    name: &'a str,
+    port: u16,
+    domain: &substrate::DomainState,
+    buffer_pool: u64,
+    avoid: &[u32],
+    undo: &mut Undo<'a>,
+) -> Result<InstanceConfig> {
+    let mut used: Vec<u32> = ctx
         .registry()
         .list()?
         .iter()
         .map(|r| r.config.server_id)
         .collect();
+    used.extend_from_slice(avoid);
     let mut cfg = InstanceConfig::in_dir(
         name,
         &ctx.registry().run_dir(name),
         port,
         dbinstance::next_server_id(used),
     );
-    cfg.datadir = sub.datadir(&domain);
-    cfg.buffer_pool_size = opts.buffer_pool;
+    cfg.datadir = ctx.substrate().datadir(domain);
+    cfg.buffer_pool_size = buffer_pool;
     // The clone's consistent point reads the GTID position under a commit hold and
     // snapshots the redo log file: every commit must be in that file when it returns
     // (1: written and flushed; MariaDB's default, pinned so no my.cnf can change it).
@@ -110,9 +144,20 @@ pub fn create(ctx: &Ctx, name: &str, opts: &SourceOptions) -> Result<InstanceRec
         ctx.registry().purge(name);
         Ok(())
     });
-    sub.init_datadir(&cfg)
-        .map_err(|e| Error::from(e).doing(name, "initialising the datadir"))?;
+    Ok(cfg)
+}
 
+/// Starts a new source's server on its datadir as the root of a new family, and
+/// records it.
+pub(crate) fn start_source<'a>(
+    ctx: &'a Ctx,
+    name: &'a str,
+    cfg: InstanceConfig,
+    mut domain: substrate::DomainState,
+    upstream: Option<crate::registry::Upstream>,
+    undo: &mut Undo<'a>,
+) -> Result<InstanceRecord> {
+    let sub = ctx.substrate();
     // Family id = the source's server_id (unique in the store); it is also its domain.
     let plan = sharing::for_source(ctx.sharing_off(), cfg.server_id, cfg.buffer_pool_size);
     if let Some(a) = &plan.agent {
@@ -154,8 +199,7 @@ pub fn create(ctx: &Ctx, name: &str, opts: &SourceOptions) -> Result<InstanceRec
         sharing_off,
         domain,
         run: Some(crate::registry::RunState::started_now()),
+        upstream,
     };
-    ctx.registry().save(&rec)?;
-    undo.commit();
     Ok(rec)
 }

@@ -30,6 +30,8 @@ pub struct InstanceStatus {
     /// Why replication will not progress on its own (source gone, SQL error).
     pub replication_problem: Option<String>,
     pub clone: Option<CloneReport>,
+    /// The operator's server an adopted source replicates from.
+    pub upstream: Option<crate::registry::Upstream>,
     /// Its family membership (family_id, domain_id, role) with the guest agent's
     /// counters (pages pooled, lookups, shared, ...), when sharing is on.
     pub sharing: Option<serde_json::Value>,
@@ -70,8 +72,9 @@ pub fn status_of(ctx: &Ctx, rec: &InstanceRecord) -> InstanceStatus {
         independent: false,
         open_by_pid: None,
     });
-    let replication = match (running, rec.role) {
-        (true, Role::Replica) => sub
+    let replicates = rec.role == Role::Replica || rec.upstream.is_some();
+    let replication = match (running, replicates) {
+        (true, true) => sub
             .ok_or(())
             .and_then(|s| s.endpoint(&rec.config, &rec.domain).map_err(|_| ()))
             .and_then(|db| db.replication_status().map_err(|_| ()))
@@ -133,6 +136,7 @@ pub fn status_of(ctx: &Ctx, rec: &InstanceRecord) -> InstanceStatus {
         replication,
         volume,
         clone: rec.clone.clone(),
+        upstream: rec.upstream.clone(),
         sharing_off: rec.sharing_off.clone().or_else(|| {
             counters
                 .as_ref()

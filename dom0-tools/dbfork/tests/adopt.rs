@@ -1,12 +1,269 @@
-//! `dbfork source adopt --check` against real servers the store does not manage (an
-//! operator's own): what it reads, each refusal with its fix, and nothing made in
-//! the store either way.
+//! `dbfork source adopt` against real servers the store does not manage (an
+//! operator's own, started as Debian's service starts it): the online adoption under
+//! a write load, forks of the base, data equal everywhere; the base's restart and
+//! destroy never touching the operator's server; each refusal of the preflight with
+//! its fix, and nothing made in the store when one applies or the adoption fails.
 
 mod common;
 
 use common::cluster::Cluster;
+use common::operator::OperatorServer;
 use common::{have, TestStore};
+use dbinstance::{checksum_all_tables, wait_caught_up, Instance};
 use experiments_support::testing::{test_config, InstanceGuard};
+use std::time::Duration;
+
+const CATCH_UP: Duration = Duration::from_secs(180);
+
+/// sysbench's tables on `inst`, by name, with their checksums.
+fn sums(inst: &Instance) -> std::collections::BTreeMap<String, Option<u64>> {
+    checksum_all_tables(inst, &["sbtest"]).unwrap()
+}
+
+/// The accounts on the operator's server named like the ones dbfork makes.
+fn dbfork_accounts(ops: &OperatorServer) -> Vec<String> {
+    let all: Option<String> = ops
+        .instance
+        .query_scalar(
+            "SELECT GROUP_CONCAT(CONCAT(User, '@', Host) ORDER BY 1) FROM mysql.user \
+             WHERE User LIKE 'dbfork%'",
+        )
+        .unwrap();
+    all.map(|a| a.split(',').map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn the_server_you_run_is_adopted_online_under_load_and_forked_twice() {
+    let Some(c) = Cluster::new() else { return };
+    assert!(
+        have("mariadb-backup") && have("sysbench"),
+        "CI installs both"
+    );
+    let store = &c.store;
+    let mut ops = OperatorServer::debian(1, &[]);
+    let sock = ops.socket_arg();
+    let load = workload::sysbench::SysbenchOptions {
+        test: "oltp_write_only".into(),
+        tables: 2,
+        table_size: 5000,
+        threads: 2,
+        secs: 25,
+        report_interval: 0,
+        ..Default::default()
+    };
+    workload::sysbench::prepare(&ops.instance, &load).unwrap();
+    let writer = workload::sysbench::start(&ops.instance, &load).unwrap();
+    let before = ops.instance.gtid_binlog_pos().unwrap().to_string();
+    assert!(common::wait_until(Duration::from_secs(30), || {
+        ops.instance.gtid_binlog_pos().unwrap().to_string() != before
+    }));
+
+    // Adopted while the load writes.
+    let rec = store.json(&["source", "adopt", "base", "--socket", &sock, "--size", "1G"]);
+    let up = &rec["upstream"];
+    assert_eq!(up["port"], ops.port, "{rec}");
+    assert_eq!(up["server_id"], 1);
+    assert_eq!(up["account"], "'dbfork_base'@'127.0.0.1'");
+    assert!(!up["adopted_at"].as_str().unwrap().is_empty(), "{rec}");
+    assert_eq!(rec["config"]["read_only"], true);
+    assert_ne!(rec["config"]["server_id"], 1);
+    let status = store.json(&["status", "base"]);
+    assert_eq!(status["upstream"]["port"], ops.port, "{status}");
+    assert_eq!(status["replication"]["master_port"], ops.port, "{status}");
+    let text = store.ok(&["status", "base"]);
+    assert!(text.contains("adopted from the server at"), "{text}");
+    let list = store.ok(&["list"]);
+    assert!(list.contains(&format!("127.0.0.1:{}", ops.port)), "{list}");
+
+    // The preflight now says it is adopted already.
+    let err = store.fails(&["source", "adopt", "again", "--socket", &sock, "--check"]);
+    assert!(err.contains("adopted already, as base"), "{err}");
+
+    // Two forks of the base, the load still writing.
+    c.clone("base", "r1", &[]);
+    c.clone("base", "r2", &[]);
+    writer.wait().unwrap();
+
+    let (base, r1, r2) = (c.inst("base"), c.inst("r1"), c.inst("r2"));
+    wait_caught_up(&base, &ops.instance, CATCH_UP).unwrap();
+    wait_caught_up(&r1, &base, CATCH_UP).unwrap();
+    wait_caught_up(&r2, &base, CATCH_UP).unwrap();
+    let primary = sums(&ops.instance);
+    assert_eq!(primary.len(), 2, "{primary:?}");
+    assert!(primary.values().all(Option::is_some), "{primary:?}");
+    assert_eq!(sums(&base), primary, "base");
+    assert_eq!(sums(&r1), primary, "r1");
+    assert_eq!(sums(&r2), primary, "r2");
+
+    // The base stopped and started again follows the server from where it stopped.
+    store.ok(&["stop", "base"]);
+    ops.instance
+        .exec("UPDATE sbtest.sbtest1 SET k = k + 1 WHERE id <= 100")
+        .unwrap();
+    store.ok(&["start", "base"]);
+    let base = c.inst("base");
+    wait_caught_up(&base, &ops.instance, CATCH_UP).unwrap();
+    wait_caught_up(&r2, &base, CATCH_UP).unwrap();
+    let primary = sums(&ops.instance);
+    assert_eq!(sums(&base), primary, "base after its restart");
+    assert_eq!(sums(&r2), primary, "r2 after the base's restart");
+
+    // Destroying the base leaves the operator's server as it was, and says what of
+    // dbfork's stays there.
+    let entries = ops.datadir_entries();
+    let out = store.ok(&["destroy", "base", "--with-replicas"]);
+    assert!(out.contains("DROP USER 'dbfork_base'@'127.0.0.1'"), "{out}");
+    assert!(ops.running(), "the operator's server was stopped");
+    assert_eq!(ops.datadir_entries(), entries);
+    assert_eq!(sums(&ops.instance), primary);
+    assert_eq!(dbfork_accounts(&ops), vec!["dbfork_base@127.0.0.1"]);
+    assert_eq!(store.json(&["list"]), serde_json::json!([]));
+
+    // That account is in the way of a new adoption under the same name.
+    let err = store.fails(&["source", "adopt", "base", "--socket", &sock, "--check"]);
+    assert!(err.contains("exists on the server already"), "{err}");
+}
+
+#[test]
+fn a_login_from_an_option_file_adopts_and_a_failed_adoption_leaves_nothing() {
+    let Some(c) = Cluster::new() else { return };
+    assert!(have("mariadb-backup"), "CI installs it");
+    let store = &c.store;
+    let ops = OperatorServer::debian(5, &[]);
+    for sql in [
+        "CREATE USER ops@localhost IDENTIFIED BY 'p w#d'",
+        "GRANT RELOAD, PROCESS, LOCK TABLES, BINLOG MONITOR, CREATE USER, REPLICATION SLAVE \
+         ON *.* TO ops@localhost WITH GRANT OPTION",
+        "CREATE USER weak@localhost IDENTIFIED BY 'w'",
+        "GRANT PROCESS ON *.* TO weak@localhost",
+        "CREATE DATABASE app",
+        "CREATE TABLE app.t (id INT PRIMARY KEY, v TEXT)",
+        "INSERT INTO app.t VALUES (1, 'one'), (2, 'two')",
+    ] {
+        ops.instance.exec(sql).unwrap();
+    }
+    let file = |name: &str, body: String| {
+        let p = ops.path(&format!("etc/mysql/{name}.cnf"));
+        std::fs::write(&p, body).unwrap();
+        p.display().to_string()
+    };
+    let sock = ops.socket_arg();
+    let good = file(
+        "ops",
+        format!("[client]\nuser = ops\npassword = \"p w#d\"\nsocket = {sock}\n"),
+    );
+    let weak = file(
+        "weak",
+        format!("[client]\nuser=weak\npassword=w\nsocket={sock}\n"),
+    );
+    let wrong = file(
+        "wrong",
+        format!("[client]\nuser=ops\npassword=nope\nsocket={sock}\n"),
+    );
+    let broken = file("broken", "[client\nuser=ops\n".into());
+
+    // The socket comes from the file; the login is the file's.
+    let v = store.json(&[
+        "source",
+        "adopt",
+        "app",
+        "--defaults-file",
+        &good,
+        "--check",
+    ]);
+    assert_eq!(v["refusals"], serde_json::json!([]), "{v}");
+    assert_eq!(v["session_user"], "ops@localhost");
+    let err = store.fails(&[
+        "source",
+        "adopt",
+        "app",
+        "--defaults-file",
+        &weak,
+        "--check",
+    ]);
+    assert!(
+        err.contains(
+            "(weak@localhost) lacks RELOAD, LOCK TABLES, BINLOG MONITOR, CREATE USER, \
+             REPLICATION SLAVE, GRANT OPTION"
+        ),
+        "{err}"
+    );
+    let err = store.fails(&[
+        "source",
+        "adopt",
+        "app",
+        "--defaults-file",
+        &wrong,
+        "--check",
+    ]);
+    assert!(
+        err.contains("connect as ops (from") && err.contains("Access denied"),
+        "{err}"
+    );
+    let err = store.fails(&[
+        "source",
+        "adopt",
+        "app",
+        "--defaults-file",
+        &broken,
+        "--check",
+    ]);
+    assert!(err.contains("line 1: group header"), "{err}");
+
+    // An adoption whose replication account cannot log in fails and takes back all it
+    // made: no volume, no record, no account on the server.
+    let pw = ops.path("etc/mysql/repl.pw");
+    std::fs::write(&pw, "not-its-password\n").unwrap();
+    let err = store.fails(&[
+        "source",
+        "adopt",
+        "app",
+        "--defaults-file",
+        &good,
+        "--replication-user",
+        "nobody",
+        "--replication-password-file",
+        &pw.display().to_string(),
+    ]);
+    assert!(err.contains("replicating from the server"), "{err}");
+    assert_store_empty(store);
+    assert_eq!(dbfork_accounts(&ops), Vec::<String>::new());
+
+    // With the file's login, mariadb-backup copies and the base replicates.
+    store.ok(&["source", "adopt", "app", "--defaults-file", &good]);
+    ops.instance
+        .exec("INSERT INTO app.t VALUES (3, 'three')")
+        .unwrap();
+    let base = c.inst("app");
+    wait_caught_up(&base, &ops.instance, CATCH_UP).unwrap();
+    let rows = |i: &Instance| -> Option<String> {
+        i.query_scalar("SELECT GROUP_CONCAT(v ORDER BY id) FROM app.t")
+            .unwrap()
+    };
+    assert_eq!(rows(&base).as_deref(), Some("one,two,three"));
+    assert_eq!(rows(&base), rows(&ops.instance));
+    store.ok(&["destroy", "app"]);
+}
+
+#[test]
+fn a_server_that_does_not_listen_on_tcp_is_refused_with_the_setting_to_change() {
+    let Some(c) = Cluster::new() else { return };
+    let ops = OperatorServer::debian(6, &["skip-networking"]);
+    let err = c.store.fails(&[
+        "source",
+        "adopt",
+        "b",
+        "--socket",
+        &ops.socket_arg(),
+        "--check",
+    ]);
+    assert!(
+        err.contains("skip_networking") && err.contains("bind_address"),
+        "{err}"
+    );
+    assert_store_empty(&c.store);
+}
 
 fn adopt_check(socket: &str) -> Vec<String> {
     vec![

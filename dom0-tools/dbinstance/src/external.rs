@@ -1,9 +1,13 @@
 //! A MariaDB server dbfork does not manage (the operator's own, e.g. Debian's
-//! `mariadb` service): reached as root over its Unix socket (unix_socket
-//! authentication, as Debian sets it up), read only. What `dbfork source adopt` must
-//! know of it before it changes anything.
+//! `mariadb` service): reached over its Unix socket as root (unix_socket
+//! authentication, as Debian sets it up) or with the login of an operator's
+//! `--defaults-file`. What `dbfork source adopt` must know of it before it changes
+//! anything, the replication account it makes there, and the streamed copy of its data
+//! (mariadb-backup).
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
 use mysql::prelude::Queryable;
@@ -19,6 +23,57 @@ const IO_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone)]
 pub struct ExternalServer {
     socket: PathBuf,
+    login: Login,
+}
+
+/// Who dbfork logs in as: root over the socket (no password: unix_socket), or what an
+/// operator's option file says.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Login {
+    pub user: Option<String>,
+    pub password: Option<String>,
+    /// The option file the login came from (mariadb-backup reads it itself, so the
+    /// password never shows on a command line).
+    pub defaults_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Login {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Login")
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "(elided)"))
+            .field("defaults_file", &self.defaults_file)
+            .finish()
+    }
+}
+
+impl Login {
+    /// The login a client's option groups of `path` give (`[client]`, `[mariadb-backup]`
+    /// ...), and the socket they name.
+    pub fn from_defaults_file(path: &Path) -> Result<(Login, Option<PathBuf>)> {
+        use crate::option_file::{OptionFile, CLIENT_GROUPS};
+        let file = OptionFile::read(path)?;
+        let get = |k: &str| file.get(&CLIENT_GROUPS, k).map(str::to_string);
+        let (user, password) = (get("user"), get("password"));
+        if user.is_none() && password.is_none() && !file.includes.is_empty() {
+            return Err(Error::InvalidConfig(format!(
+                "{} sets no user or password in [client] and includes other files ({}), \
+                 which dbfork does not read: put the login in [client] of the file given",
+                path.display(),
+                file.includes.join(", ")
+            )));
+        }
+        let login = Login {
+            user,
+            password,
+            defaults_file: Some(path.to_path_buf()),
+        };
+        Ok((login, get("socket").map(PathBuf::from)))
+    }
+
+    fn user(&self) -> &str {
+        self.user.as_deref().unwrap_or("root")
+    }
 }
 
 /// What the preflight of an adoption reads from the server.
@@ -38,6 +93,18 @@ pub struct ServerFacts {
     /// The bytes its InnoDB tables and indexes take (what a copy of its data takes,
     /// without its logs).
     pub data_bytes: u64,
+    /// `skip_networking`: no TCP, so no replica can connect.
+    pub skip_networking: bool,
+    /// `@@bind_address` (empty: all addresses).
+    pub bind_address: String,
+    /// The user the session logged in as (`CURRENT_USER()`, `user@host`).
+    pub session_user: String,
+    /// `@@innodb_page_size`.
+    pub page_size: u64,
+    /// Whether `root@localhost` logs in by unix_socket (a copy of the server's user
+    /// table is managed by dbfork as root over its socket); `None` when the session
+    /// may not read mysql.global_priv.
+    pub root_by_socket: Option<bool>,
 }
 
 impl ServerFacts {
@@ -54,17 +121,31 @@ impl ServerFacts {
 }
 
 impl ExternalServer {
+    /// The server at `socket`, logged into as root (unix_socket).
     pub fn new(socket: &Path) -> ExternalServer {
+        Self::with_login(socket, Login::default())
+    }
+
+    pub fn with_login(socket: &Path, login: Login) -> ExternalServer {
         ExternalServer {
             socket: socket.to_path_buf(),
+            login,
         }
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    pub fn login(&self) -> &Login {
+        &self.login
     }
 
     fn name(&self) -> String {
         format!("the server at {}", self.socket.display())
     }
 
-    /// A root session over the socket.
+    /// A session over the socket with the server's login.
     pub fn conn(&self) -> Result<Conn> {
         if !self.socket.exists() {
             return Err(Error::InvalidConfig(format!(
@@ -75,11 +156,22 @@ impl ExternalServer {
         }
         let opts = OptsBuilder::new()
             .socket(Some(self.socket.to_string_lossy().into_owned()))
-            .user(Some("root"))
+            .user(Some(self.login.user()))
+            .pass(self.login.password.clone())
             .prefer_socket(true)
             .read_timeout(Some(IO_TIMEOUT))
             .write_timeout(Some(IO_TIMEOUT));
-        Conn::new(opts).map_err(|e| read_error(&self.name(), "connect as root over its socket", e))
+        let how = match &self.login.defaults_file {
+            Some(f) => format!(
+                "connect as {} (from {}) over its socket",
+                self.login.user(),
+                f.display()
+            ),
+            None => "connect as root over its socket (no root login by unix_socket there? \
+                     give --defaults-file with a [client] user and password)"
+                .into(),
+        };
+        Conn::new(opts).map_err(|e| read_error(&self.name(), &how, e))
     }
 
     /// Reads what an adoption's preflight needs.
@@ -104,6 +196,20 @@ impl ExternalServer {
                  FROM information_schema.TABLES WHERE engine = 'InnoDB'",
             )
             .map_err(|e| read_error(&name, "reading its data size", e))?;
+        let row: Option<(i64, Option<String>, String, u64)> = c
+            .query_first(
+                "SELECT @@skip_networking, @@bind_address, CURRENT_USER(), @@innodb_page_size",
+            )
+            .map_err(|e| read_error(&name, "reading its network settings", e))?;
+        let (skip_networking, bind_address, session_user, page_size) = row.unwrap_or_default();
+        // Readable only with SELECT on mysql.*; a session without it cannot tell, and
+        // the copy's root is then taken to log in as this one does.
+        let root_auth: Option<String> = c
+            .query_first(
+                "SELECT Priv FROM mysql.global_priv WHERE User = 'root' AND Host = 'localhost'",
+            )
+            .ok()
+            .flatten();
         Ok(ServerFacts {
             version,
             version_comment,
@@ -114,7 +220,129 @@ impl ExternalServer {
             innodb_use_native_aio: aio == 1,
             grants,
             data_bytes: data_bytes.unwrap_or(0),
+            skip_networking: skip_networking == 1,
+            bind_address: bind_address.unwrap_or_default(),
+            session_user,
+            page_size,
+            root_by_socket: root_auth.map(|p| p.contains("unix_socket")),
         })
+    }
+
+    /// `@@gtid_binlog_pos`: where the server's binary log is.
+    pub fn gtid_binlog_pos(&self) -> Result<crate::GtidPos> {
+        crate::sql::gtid_var(&mut self.conn()?, &self.name(), "gtid_binlog_pos")
+    }
+
+    /// Whether an account `user`@`host` exists; `None` when the session may not read
+    /// mysql.user (then CREATE USER says so, if it does).
+    pub fn user_exists(&self, user: &str, host: &str) -> Result<Option<bool>> {
+        let n: Option<Option<u64>> = self
+            .conn()?
+            .exec_first(
+                "SELECT COUNT(*) FROM mysql.user WHERE User = ? AND Host = ?",
+                (user, host),
+            )
+            .ok();
+        Ok(n.map(|n| n.unwrap_or(0) > 0))
+    }
+
+    /// Makes the account a replica of the server logs in with: `REPLICATION SLAVE`
+    /// (reading the binary log) and nothing else (dbfork's own replicas of the copy log
+    /// in with it too: the copy carries it).
+    pub fn create_replication_account(&self, user: &str, host: &str, password: &str) -> Result<()> {
+        use crate::sql::{exec, quote};
+        let name = self.name();
+        let mut c = self.conn()?;
+        let account = format!("{}@{}", quote(user), quote(host));
+        c.query_drop(format!(
+            "CREATE USER {account} IDENTIFIED BY {}",
+            quote(password)
+        ))
+        .map_err(|e| Error::sql(&name, format!("CREATE USER {account} (password elided)"), e))?;
+        exec(
+            &mut c,
+            &name,
+            &format!("GRANT REPLICATION SLAVE ON *.* TO {account}"),
+        )
+    }
+
+    /// Drops the account (a failed adoption's); no error when it is gone.
+    pub fn drop_user(&self, user: &str, host: &str) -> Result<()> {
+        use crate::sql::{exec, quote};
+        let name = self.name();
+        let mut c = self.conn()?;
+        exec(
+            &mut c,
+            &name,
+            &format!("DROP USER IF EXISTS {}@{}", quote(user), quote(host)),
+        )
+    }
+
+    /// Starts mariadb-backup streaming a consistent copy of the server's data
+    /// (xbstream) on its stdout; its log goes to `log`.
+    pub fn backup_stream(&self, datadir: &Path, log: &Path) -> Result<BackupStream> {
+        let mut cmd = Command::new("mariadb-backup");
+        // An option file goes first or not at all; without one, none of the host's
+        // is read (the server's own settings are asked over the connection).
+        match &self.login.defaults_file {
+            Some(f) => cmd.arg(format!("--defaults-file={}", f.display())),
+            None => cmd.arg("--no-defaults").arg("--user=root"),
+        };
+        cmd.arg("--backup")
+            .arg("--stream=xbstream")
+            .arg(format!("--socket={}", self.socket.display()))
+            .arg(format!("--datadir={}", datadir.display()));
+        BackupStream::spawn(cmd, log)
+    }
+}
+
+/// mariadb-backup running, its stream read through [`Read`].
+pub struct BackupStream {
+    child: Child,
+    stdout: ChildStdout,
+    log: PathBuf,
+}
+
+impl BackupStream {
+    fn spawn(mut cmd: Command, log: &Path) -> Result<BackupStream> {
+        let err = std::fs::File::create(log).map_err(|e| Error::io(log, e))?;
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(err)
+            .spawn()
+            .map_err(|e| crate::tools::spawn_error("mariadb-backup", "mariadb-backup", e))?;
+        let stdout = child.stdout.take().expect("piped");
+        Ok(BackupStream {
+            child,
+            stdout,
+            log: log.to_path_buf(),
+        })
+    }
+
+    /// Waits for mariadb-backup; a failure carries the end of its log.
+    pub fn finish(mut self) -> Result<()> {
+        let status = self.child.wait().map_err(|e| Error::io(&self.log, e))?;
+        if status.success() {
+            return Ok(());
+        }
+        Err(Error::CommandFailed {
+            what: format!("mariadb-backup --backup (log: {})", self.log.display()),
+            status: status.to_string(),
+            output_tail: crate::tools::tail_of_file(&self.log, 20),
+        })
+    }
+
+    /// Stops it (a copy given up).
+    pub fn abort(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Read for BackupStream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.stdout.read(buf)
     }
 }
 

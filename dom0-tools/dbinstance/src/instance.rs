@@ -38,6 +38,15 @@ pub struct StartPlan {
     pub log_offset: u64,
 }
 
+/// A password for an account dbfork makes (24 letters and digits).
+pub fn new_password() -> String {
+    rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(24)
+        .map(char::from)
+        .collect()
+}
+
 /// Credentials for the replication account, as stored next to the datadir.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReplCredentials {
@@ -63,11 +72,7 @@ impl Instance {
         let inst = Instance { cfg };
         inst.write_cnf()?;
 
-        let password: String = rand::thread_rng()
-            .sample_iter(&Alphanumeric)
-            .take(24)
-            .map(char::from)
-            .collect();
+        let password = new_password();
         let sql_path = inst.cfg.run_dir.join("init-extra.sql");
         let _remove_sql = RemoveOnDrop(&sql_path);
         // Bootstrap runs with grant tables skipped; FLUSH PRIVILEGES loads them so

@@ -3,6 +3,7 @@
 //! consistent points, replication, hot-page lists and file extents.
 //! See README.md for what this crate owns and what it does not.
 
+pub mod backup;
 pub mod config;
 pub mod consistent;
 pub mod error;
@@ -13,6 +14,7 @@ pub mod gtid;
 pub mod hotpages;
 pub mod instance;
 pub mod memory;
+pub mod option_file;
 pub mod preflight;
 pub mod replication;
 pub mod sql;

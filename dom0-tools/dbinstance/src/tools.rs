@@ -16,13 +16,9 @@ pub fn run(
 ) -> Result<Output> {
     let program = cmd.get_program().to_string_lossy().into_owned();
     tracing::debug!(?cmd, "running {what}");
-    let out = cmd.output().map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => Error::ToolMissing {
-            tool: program.clone(),
-            package,
-        },
-        _ => Error::io(&program, e),
-    })?;
+    let out = cmd
+        .output()
+        .map_err(|e| spawn_error(&program, package, e))?;
     if !out.status.success() {
         let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
         text.push_str(&String::from_utf8_lossy(&out.stderr));
@@ -37,6 +33,17 @@ pub fn run(
         });
     }
     Ok(out)
+}
+
+/// The error for a tool that could not be run: a missing one names its package.
+pub fn spawn_error(program: &str, package: &'static str, e: std::io::Error) -> Error {
+    match e.kind() {
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => Error::ToolMissing {
+            tool: program.to_string(),
+            package,
+        },
+        _ => Error::io(program, e),
+    }
 }
 
 /// The last `n` lines of `text`.

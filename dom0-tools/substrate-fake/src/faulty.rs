@@ -146,6 +146,16 @@ impl<S: Substrate> Substrate for Faulty<S> {
     fn init_datadir(&self, config: &InstanceConfig) -> Result<()> {
         self.inner.init_datadir(config)
     }
+    fn restore_datadir(
+        &self,
+        config: &InstanceConfig,
+        stream: &mut dyn std::io::Read,
+        copied: &mut dyn FnMut(u64),
+    ) -> Result<dbinstance::backup::Restored> {
+        self.around("restore_datadir", &config.name, || {
+            self.inner.restore_datadir(config, stream, copied)
+        })
+    }
     fn start(&self, req: &StartRequest<'_>, domain: &mut DomainState) -> Result<()> {
         self.around("start", &req.config.name, || self.inner.start(req, domain))
     }

@@ -274,6 +274,28 @@ impl Substrate for Fake {
         Ok(())
     }
 
+    fn restore_datadir(
+        &self,
+        config: &InstanceConfig,
+        stream: &mut dyn std::io::Read,
+        copied: &mut dyn FnMut(u64),
+    ) -> Result<dbinstance::backup::Restored> {
+        self.enter("restore_datadir", &config.name)?;
+        // The fake keeps no data: it takes the stream's length and a datadir.
+        let mut sink = std::io::sink();
+        let n = std::io::copy(stream, &mut sink).map_err(|source| Error::Io {
+            what: "reading a copy's stream",
+            path: config.datadir.clone(),
+            source,
+        })?;
+        copied(n);
+        self.world().datadirs.insert(config.name.clone());
+        Ok(dbinstance::backup::Restored {
+            gtid: Default::default(),
+            options: Default::default(),
+        })
+    }
+
     fn start(&self, req: &StartRequest<'_>, domain: &mut DomainState) -> Result<()> {
         let name = req.config.name.clone();
         self.enter("start", &name)?;

@@ -334,6 +334,15 @@ pub trait Substrate {
     fn sql_port(&self, requested: Option<u16>) -> Result<u16>;
     /// Makes a fresh datadir for a new source on its attached volume.
     fn init_datadir(&self, config: &InstanceConfig) -> Result<()>;
+    /// Makes the datadir of a new source on its attached volume from a copy of another
+    /// server's data (mariadb-backup's xbstream `stream`), prepared so a server can
+    /// start on it; `copied` hears the bytes received so far.
+    fn restore_datadir(
+        &self,
+        config: &InstanceConfig,
+        stream: &mut dyn std::io::Read,
+        copied: &mut dyn FnMut(u64),
+    ) -> Result<dbinstance::backup::Restored>;
     /// Starts the domain's server and waits until it answers.
     fn start(&self, req: &StartRequest<'_>, domain: &mut DomainState) -> Result<()>;
     /// Stops the domain's server and releases what it held besides its volume (its

@@ -195,18 +195,46 @@ pub enum SourceCommand {
         #[arg(long, value_enum, default_value = "auto")]
         volume_engine: EngineArg,
     },
-    /// Fork a MariaDB server you already run. Built so far: --check, the preflight:
-    /// reads the server (as root over its socket; nothing is changed) and says what
-    /// would keep it from being adopted, each with its fix. The adoption itself (a copy
-    /// into a volume and a base instance replicating from the server) is not built yet.
+    /// Fork a MariaDB server you already run, online: it keeps running untouched and
+    /// stays the primary. dbfork makes a replication account on it, streams a
+    /// consistent copy of its data (mariadb-backup) into a new volume, and starts a
+    /// base instance NAME there that replicates from it by GTID; `dbfork clone NAME
+    /// NEW` forks the base. Refuses first, changing nothing, whatever would keep that
+    /// from working (--check: only that).
     Adopt {
         name: String,
-        /// The server's Unix socket (Debian's: /run/mysqld/mysqld.sock).
+        /// The server's Unix socket (Debian's: /run/mysqld/mysqld.sock). dbfork logs in
+        /// as root there (unix_socket) unless --defaults-file gives a login.
         #[arg(long, value_name = "PATH")]
-        socket: PathBuf,
-        /// Run the preflight only (required until the adoption itself is built).
-        #[arg(long, required = true)]
+        socket: Option<PathBuf>,
+        /// An option file whose [client] (or [mariadb-backup]) group gives the user and
+        /// password to log in with, and the socket when --socket is left out.
+        #[arg(long, value_name = "FILE")]
+        defaults_file: Option<PathBuf>,
+        /// Run the preflight only: read the server, change nothing, list what would
+        /// keep it from being adopted, each with its fix.
+        #[arg(long)]
         check: bool,
+        /// Replicate through this existing account instead of one dbfork makes
+        /// (dbfork_NAME@127.0.0.1); it needs REPLICATION SLAVE and BINLOG MONITOR and
+        /// must log in from 127.0.0.1.
+        #[arg(long, value_name = "USER", requires = "replication_password_file")]
+        replication_user: Option<String>,
+        /// A file whose first line is --replication-user's password.
+        #[arg(long, value_name = "FILE", requires = "replication_user")]
+        replication_password_file: Option<PathBuf>,
+        /// Size of the base's volume (at least twice the server's data is taken).
+        #[arg(long, default_value = "2G", value_parser = size, allow_hyphen_values = true)]
+        size: u64,
+        /// The base's InnoDB buffer pool size.
+        #[arg(long, default_value = "128M", value_parser = size, allow_hyphen_values = true)]
+        buffer_pool: u64,
+        /// The base's TCP port (default: a free one).
+        #[arg(long)]
+        port: Option<u16>,
+        /// What the base's datadir lives on (see `source create --volume-engine`).
+        #[arg(long, value_enum, default_value = "auto")]
+        volume_engine: EngineArg,
     },
 }
 

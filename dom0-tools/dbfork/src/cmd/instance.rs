@@ -42,42 +42,39 @@ pub fn run(store: &Path, out: &Output, cmd: Command) -> Result<()> {
         Command::Source(SourceCommand::Adopt {
             name,
             socket,
-            check: _,
+            defaults_file,
+            check,
+            replication_user,
+            replication_password_file,
+            size,
+            buffer_pool,
+            port,
+            volume_engine,
         }) => {
             dbfork::ctx::check_name(&name)?;
-            let (facts, refusals) = dbfork::adopt::preflight(&ctx, &socket)?;
-            if out.json {
-                outln!(
-                    "{}",
-                    serde_json::json!({
-                        "name": name,
-                        "socket": socket,
-                        "version": facts.version,
-                        "server_id": facts.server_id,
-                        "port": facts.port,
-                        "datadir": facts.datadir,
-                        "log_bin": facts.log_bin,
-                        "data_bytes": facts.data_bytes,
-                        "refusals": refusals,
-                    })
-                );
+            let server = dbfork::adopt::ServerArgs {
+                socket,
+                defaults_file,
             }
-            if refusals.is_empty() {
-                say(&format!(
-                    "the server at {} ({}, server_id {}, datadir {}, {} of InnoDB data) passes \
-                     the preflight for adoption as {name}",
-                    socket.display(),
-                    facts.version,
-                    facts.server_id,
-                    facts.datadir.display(),
-                    human(facts.data_bytes)
-                ));
+            .server()?;
+            let account = match (replication_user, replication_password_file) {
+                (Some(u), Some(f)) => dbfork::adopt::Account::named(&u, &f)?,
+                _ => dbfork::adopt::Account::made_for(&name),
+            };
+            if check {
+                super::adopt::check(&ctx, out, &name, &server, &account)?;
             } else {
-                anyhow::bail!(
-                    "the server at {} cannot be adopted as {name} yet:\n  - {}",
-                    socket.display(),
-                    refusals.join("\n  - ")
-                )
+                let opts = SourceOptions {
+                    size,
+                    buffer_pool,
+                    fs: substrate::FsType::Ext4,
+                    port,
+                    region_size: 64 << 10,
+                    engine: volume_engine.into(),
+                    domain_config: None,
+                    database_vdev: String::new(),
+                };
+                super::adopt::adopt(&ctx, out, &name, &server, &account, &opts)?;
             }
         }
         Command::Source(SourceCommand::Create {
@@ -202,7 +199,13 @@ pub fn run(store: &Path, out: &Output, cmd: Command) -> Result<()> {
                         format!("{:?}", s.role).to_lowercase(),
                         s.state,
                         s.port,
-                        s.parent.as_deref().unwrap_or("-"),
+                        s.parent
+                            .clone()
+                            .or_else(|| s
+                                .upstream
+                                .as_ref()
+                                .map(|u| format!("{}:{}", u.host, u.port)))
+                            .unwrap_or_else(|| "-".into()),
                         s.hydrated_percent,
                         s.lag_secs
                             .map(|l| format!("{l}s"))
@@ -347,6 +350,23 @@ pub fn format_status(s: &InstanceStatus) -> String {
     }
     if let Some(f) = &s.fix {
         out += &format!("\n  bring it back: {f}");
+    }
+    if let Some(u) = &s.upstream {
+        out += &format!(
+            "\n  adopted from the server at {} (server_id {}, datadir {}), copied at gtid {}; \
+             replicates from {}:{} as {}",
+            u.socket.display(),
+            u.server_id,
+            u.datadir.display(),
+            if u.adopted_at.is_empty() {
+                "(none)"
+            } else {
+                &u.adopted_at
+            },
+            u.host,
+            u.port,
+            u.account
+        );
     }
     if let Some(r) = &s.replication {
         out += &format!(

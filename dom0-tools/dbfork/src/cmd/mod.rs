@@ -1,5 +1,6 @@
 //! The command line: parsing (`cli`), output (`output`) and the verbs.
 
+pub mod adopt;
 pub mod cli;
 pub mod demo;
 pub mod instance;

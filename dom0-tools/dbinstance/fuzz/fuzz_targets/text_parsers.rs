@@ -1,7 +1,8 @@
 #![no_main]
-//! Text from a server or the kernel: GTID positions (any text in, a position or an
-//! error out), an operator's server's SHOW GRANTS lines, /proc's memory files; never
-//! a panic.
+//! Text from a server, an operator or the kernel: GTID positions (any text in, a
+//! position or an error out), an operator's server's SHOW GRANTS lines, option files
+//! (an operator's --defaults-file, a copy's backup-my.cnf), mariadb-backup's binlog
+//! info, /proc's memory files; never a panic.
 
 use libfuzzer_sys::fuzz_target;
 
@@ -13,6 +14,10 @@ fuzz_target!(|data: &[u8]| {
     let _ = dbinstance::external::global_privileges(&lines);
     let _ = dbinstance::memory::parse_smaps_rollup(text);
     let _ = dbinstance::memory::parse_meminfo(text);
+    let _ = dbinstance::backup::parse_binlog_info(text);
+    if let Ok(f) = dbinstance::option_file::OptionFile::parse(text) {
+        let _ = f.get(&dbinstance::option_file::CLIENT_GROUPS, "password");
+    }
     if let Ok(pos) = dbinstance::GtidPos::parse(text) {
         // What we print, we parse back to the same position.
         let again = dbinstance::GtidPos::parse(&pos.to_string()).expect("round trip");

@@ -385,6 +385,20 @@ impl Substrate for Local {
         Ok(())
     }
 
+    fn restore_datadir(
+        &self,
+        config: &InstanceConfig,
+        stream: &mut dyn std::io::Read,
+        copied: &mut dyn FnMut(u64),
+    ) -> Result<dbinstance::backup::Restored> {
+        let run = &config.run_dir;
+        dbinstance::backup::receive(stream, &config.datadir, &run.join("restore.log"), copied)?;
+        Ok(dbinstance::backup::prepare(
+            &config.datadir,
+            &run.join("prepare.log"),
+        )?)
+    }
+
     fn start(&self, req: &StartRequest<'_>, domain: &mut DomainState) -> Result<()> {
         let DomainState::Local(d) = domain else {
             unreachable!("the local substrate was handed a {} domain", domain.kind());

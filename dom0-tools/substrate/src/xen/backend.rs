@@ -671,6 +671,19 @@ impl Substrate for Xen {
         Ok(())
     }
 
+    fn restore_datadir(
+        &self,
+        _config: &InstanceConfig,
+        _stream: &mut dyn std::io::Read,
+        _copied: &mut dyn FnMut(u64),
+    ) -> Result<dbinstance::backup::Restored> {
+        Err(Error::NotForSubstrate {
+            what: "adopting a server you run (a copy of its data into a domU)".into(),
+            substrate: Kind::Xen,
+            fix: "adopt it on the local substrate (dbfork source adopt without --substrate xen)",
+        })
+    }
+
     fn start(&self, req: &StartRequest<'_>, domain: &mut DomainState) -> Result<()> {
         if req.read_iops.is_some() {
             return Err(Error::NotForSubstrate {

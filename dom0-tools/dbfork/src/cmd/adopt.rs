@@ -1,0 +1,174 @@
+//! `dbfork source adopt`: the preflight's report, and the adoption with its progress
+//! (the copy in bytes of the estimate, rate and ETA; the catch-up in transactions).
+
+use super::output::Output;
+use anyhow::Result;
+use dbfork::adopt::{Account, AdoptProgress};
+use dbfork::ctx::Ctx;
+use dbfork::source::SourceOptions;
+use dbfork::units::human;
+use dbinstance::external::ExternalServer;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::cell::RefCell;
+
+pub fn check(
+    ctx: &Ctx,
+    out: &Output,
+    name: &str,
+    server: &ExternalServer,
+    account: &Account,
+) -> Result<()> {
+    let (facts, refusals) = dbfork::adopt::preflight(ctx, server, account)?;
+    if out.json {
+        outln!(
+            "{}",
+            serde_json::json!({
+                "name": name,
+                "socket": server.socket(),
+                "version": facts.version,
+                "server_id": facts.server_id,
+                "port": facts.port,
+                "datadir": facts.datadir,
+                "log_bin": facts.log_bin,
+                "data_bytes": facts.data_bytes,
+                "session_user": facts.session_user,
+                "refusals": refusals,
+            })
+        );
+    }
+    if !refusals.is_empty() {
+        return Err(dbfork::error::Error::AdoptRefused {
+            name: name.into(),
+            socket: server.socket().to_path_buf(),
+            refusals,
+        }
+        .into());
+    }
+    if !out.json {
+        outln!(
+            "the server at {} ({}, server_id {}, datadir {}, {} of InnoDB data) passes the \
+             preflight for adoption as {name}",
+            server.socket().display(),
+            facts.version,
+            facts.server_id,
+            facts.datadir.display(),
+            human(facts.data_bytes)
+        );
+    }
+    Ok(())
+}
+
+pub fn adopt(
+    ctx: &Ctx,
+    out: &Output,
+    name: &str,
+    server: &ExternalServer,
+    account: &Account,
+    opts: &SourceOptions,
+) -> Result<()> {
+    let shown = Shown::new(out.json);
+    let rec = dbfork::adopt::adopt(ctx, name, server, account, opts, &shown)?;
+    shown.finish();
+    let u = rec
+        .upstream
+        .as_ref()
+        .expect("an adopted source has its upstream");
+    out.done(
+        &format!(
+            "adopted the server at {} as {name}: base running on port {} (socket {}), \
+             copied at gtid {} and replicating from {}:{} as {}; fork it with `dbfork clone \
+             {name} NEW`",
+            u.socket.display(),
+            rec.config.port,
+            rec.config.socket_path().display(),
+            if u.adopted_at.is_empty() {
+                "(none)"
+            } else {
+                &u.adopted_at
+            },
+            u.host,
+            u.port,
+            u.account
+        ),
+        serde_json::to_value(&rec)?,
+    );
+    Ok(())
+}
+
+/// The adoption's steps and bars on the terminal (nothing with --json or without a
+/// terminal).
+struct Shown {
+    json: bool,
+    bar: RefCell<Option<ProgressBar>>,
+}
+
+impl Shown {
+    fn new(json: bool) -> Self {
+        Shown {
+            json,
+            bar: RefCell::new(None),
+        }
+    }
+
+    fn new_bar(&self, len: u64, template: &str) -> ProgressBar {
+        let bar = ProgressBar::new(len);
+        if self.json {
+            bar.set_draw_target(ProgressDrawTarget::hidden());
+        }
+        bar.set_style(
+            ProgressStyle::with_template(template)
+                .expect("static template")
+                .progress_chars("=> "),
+        );
+        if let Some(old) = self.bar.borrow_mut().replace(bar.clone()) {
+            old.finish();
+        }
+        bar
+    }
+
+    fn finish(&self) {
+        if let Some(b) = self.bar.borrow_mut().take() {
+            b.finish();
+        }
+    }
+}
+
+impl AdoptProgress for Shown {
+    fn step(&self, what: &str) {
+        self.finish();
+        tracing::info!("adopt: {what}");
+    }
+    fn copy_started(&self, estimate: u64) {
+        self.new_bar(
+            estimate.max(1),
+            "copy  [{bar:30}] {bytes}/{total_bytes} at {binary_bytes_per_sec}, ETA {eta}",
+        );
+    }
+    fn copied(&self, bytes: u64) {
+        if let Some(b) = &*self.bar.borrow() {
+            // The estimate is the server's table data; the stream also carries its
+            // redo and system files.
+            if bytes > b.length().unwrap_or(0) {
+                b.set_length(bytes);
+            }
+            b.set_position(bytes);
+        }
+    }
+    fn copy_done(&self, bytes: u64) {
+        if let Some(b) = self.bar.borrow_mut().take() {
+            b.set_length(bytes);
+            b.finish_with_message("copied");
+        }
+        if !self.json {
+            eprintln!("copied {} of the server's data", human(bytes));
+        }
+    }
+    fn behind(&self, transactions: u64, of: u64) {
+        if self.bar.borrow().is_none() {
+            self.new_bar(of.max(1), "catch-up [{bar:30}] {pos}/{len} transactions");
+        }
+        if let Some(b) = &*self.bar.borrow() {
+            b.set_position(of.saturating_sub(transactions));
+        }
+    }
+}
