@@ -496,6 +496,11 @@ mod tests {
             bind_address: "127.0.0.1".into(),
             session_user: "root@localhost".into(),
             page_size: 16384,
+            buffer_pool_size: 128 << 20,
+            gtid_domain_id: 0,
+            pid_file: "/run/mysqld/mysqld.pid".into(),
+            socket: "/run/mysqld/mysqld.sock".into(),
+            log_bin_basename: Some("/var/log/mysql/mysql-bin".into()),
             root_by_socket: Some(true),
         }
     }

@@ -181,6 +181,7 @@ pub fn clone(
         domain,
         run: Some(crate::registry::RunState::started_now()),
         upstream: None,
+        taken_over: None,
     };
     c.step(Step::Record, |c| c.ctx.registry().save(&rec))?;
     c.undo.commit();

@@ -110,9 +110,15 @@ impl Ctx {
         Ok(())
     }
 
-    /// Bytes free on the store's file system.
+    /// Bytes free on the store's file system (or where it will be made: its nearest
+    /// existing parent's).
     pub fn free_bytes(&self) -> Result<u64> {
-        free_bytes(&self.store_dir)
+        let existing = self
+            .store_dir
+            .ancestors()
+            .find(|p| p.exists())
+            .unwrap_or(&self.store_dir);
+        free_bytes(existing)
     }
 
     /// A lazy clone grows to its full size as it hydrates; refused up front when the

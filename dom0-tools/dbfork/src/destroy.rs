@@ -15,6 +15,39 @@ const STOP_TIMEOUT: std::time::Duration = dbinstance::instance::DEFAULT_STOP_TIM
 pub fn destroy(ctx: &Ctx, name: &str, with_replicas: bool, say: Say) -> Result<()> {
     let reg = ctx.registry();
     let rec = reg.load(name)?;
+    if rec.taken_over.is_some() {
+        return Err(Error::TakenOverNotDestroyed(name.into()));
+    }
+    remove(ctx, &rec, with_replicas, say)?;
+    say(&format!("destroyed {name}"));
+    if let Some(u) = rec.upstream.as_ref().filter(|u| u.account_made) {
+        // The operator's server is theirs: dbfork never changes it on its own.
+        say(&format!(
+            "the server at {} keeps running as it was; the replication account dbfork made \
+             there stays: remove it with DROP USER {}",
+            u.socket.display(),
+            u.account
+        ));
+    }
+    Ok(())
+}
+
+/// What dbfork held of a taken-over server it released (whose data is back in the
+/// operator's datadir): its volume, family and record.
+pub fn forget_released(ctx: &Ctx, name: &str) -> Result<()> {
+    let rec = ctx.registry().load(name)?;
+    remove(ctx, &rec, false, &|_| {})
+}
+
+/// Stops and removes an instance's server, volume, family and record.
+fn remove(
+    ctx: &Ctx,
+    rec: &crate::registry::InstanceRecord,
+    with_replicas: bool,
+    say: Say,
+) -> Result<()> {
+    let name = rec.name.as_str();
+    let reg = ctx.registry();
     let sub = ctx.substrate_for(&rec.domain)?;
     let children = reg.children(name)?;
     if !children.is_empty() {
@@ -53,16 +86,6 @@ pub fn destroy(ctx: &Ctx, name: &str, with_replicas: bool, say: Say) -> Result<(
     reg.purge(name);
     if reg.list()?.is_empty() {
         sub.release_store();
-    }
-    say(&format!("destroyed {name}"));
-    if let Some(u) = rec.upstream.as_ref().filter(|u| u.account_made) {
-        // The operator's server is theirs: dbfork never changes it on its own.
-        say(&format!(
-            "the server at {} keeps running as it was; the replication account dbfork made \
-             there stays: remove it with DROP USER {}",
-            u.socket.display(),
-            u.account
-        ));
     }
     Ok(())
 }

@@ -59,6 +59,25 @@ pub enum Error {
     },
     #[error("{0}")]
     AdoptUsage(String),
+    #[error("`{command}` failed ({status}): {output}")]
+    ServerControl {
+        command: String,
+        status: String,
+        output: String,
+    },
+    #[error("{0}")]
+    ServerWait(String),
+    #[error("{0} was not taken over: release gives back a server `dbfork source adopt --take-over` took (`dbfork destroy {0}` removes an instance)")]
+    NotTakenOver(String),
+    #[error("{0} is your own server, taken over: its data lives on its dbfork volume only, which destroy would delete; `dbfork source release {0}` gives it back to its datadir")]
+    TakenOverNotDestroyed(String),
+    #[error("{name}'s datadir is back at {} but the server did not start the way you run it; start it yourself (dbfork's volume {name} holds the same data: `dbfork start {name}` runs it under dbfork again)", datadir.display())]
+    Released {
+        name: String,
+        datadir: PathBuf,
+        #[source]
+        source: Box<Error>,
+    },
     #[error("catching up with the server: {0} (see SHOW SLAVE STATUS on the base)")]
     CatchUp(String),
     #[error("{0} is not running; start it first (its datadir must be live to clone)")]

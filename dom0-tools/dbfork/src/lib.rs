@@ -21,6 +21,7 @@ pub mod sharing;
 pub mod source;
 pub mod status;
 pub mod step;
+pub mod takeover;
 pub mod undo;
 pub mod units;
 pub mod volumes;

@@ -61,14 +61,15 @@ fn main() {
 }
 
 /// A store must be a directory; only the verbs that make things may find it missing
-/// (they create it), and the boot-time `start --all`/`stop --all` (nothing to do). A
-/// typo in `--store` is then an error, not an empty listing.
+/// (they create it), the boot-time `start --all`/`stop --all` (nothing to do) and an
+/// adoption's preflight (a first step on a fresh host). A typo in `--store` is then an
+/// error, not an empty listing.
 fn usable_store(store: &std::path::Path, command: &Command) -> anyhow::Result<()> {
     use cmd::cli::{SourceCommand, VolumeCommand};
     let makes_it = matches!(
         command,
         Command::Source(SourceCommand::Create { .. })
-            | Command::Source(SourceCommand::Adopt { check: false, .. })
+            | Command::Source(SourceCommand::Adopt { .. })
             | Command::Demo(_)
             | Command::Volume(VolumeCommand::Create { .. } | VolumeCommand::Import { .. })
             | Command::Start { all: true, .. }

@@ -124,6 +124,39 @@ pub struct Upstream {
     pub adopted_at: String,
 }
 
+/// How the operator's server is stopped and started outside dbfork.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "by", rename_all = "lowercase")]
+pub enum ServerControl {
+    /// `systemctl stop|start UNIT`.
+    Service { unit: String },
+    /// Shell commands of the operator's.
+    Commands { stop: String, start: String },
+}
+
+/// A server of the operator's that dbfork took over: it runs from a dbfork volume, with
+/// its own options, port and server_id, until `dbfork source release` gives it back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TakenOver {
+    /// Where its datadir was, and goes back to.
+    pub datadir: PathBuf,
+    /// The datadir's owner and mode, given back with it.
+    pub owner: (u32, u32),
+    pub mode: u32,
+    /// Its socket path, a link to the server's socket under dbfork while there was
+    /// nothing else at that path.
+    pub socket: PathBuf,
+    pub socket_linked: bool,
+    /// Where its binary log files are (outside the datadir they stay in place).
+    pub log_bin_basename: Option<PathBuf>,
+    /// The option file the take-over logged in with, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub defaults_file: Option<PathBuf>,
+    pub control: ServerControl,
+    /// The replication account dbfork made on it for its replicas.
+    pub account: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InstanceRecord {
     pub name: String,
@@ -147,6 +180,9 @@ pub struct InstanceRecord {
     /// The operator's server an adopted source replicates from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream: Option<Upstream>,
+    /// The operator's server itself, when this source is it, taken over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub taken_over: Option<TakenOver>,
 }
 
 impl InstanceRecord {
@@ -282,6 +318,7 @@ mod tests {
                 stopped_cleanly: true,
             }),
             upstream: None,
+            taken_over: None,
         }
     }
 

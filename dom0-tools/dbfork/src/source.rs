@@ -200,6 +200,7 @@ pub(crate) fn start_source<'a>(
         domain,
         run: Some(crate::registry::RunState::started_now()),
         upstream,
+        taken_over: None,
     };
     Ok(rec)
 }

@@ -32,6 +32,8 @@ pub struct InstanceStatus {
     pub clone: Option<CloneReport>,
     /// The operator's server an adopted source replicates from.
     pub upstream: Option<crate::registry::Upstream>,
+    /// Where a taken-over server came from and goes back to.
+    pub taken_over: Option<crate::registry::TakenOver>,
     /// Its family membership (family_id, domain_id, role) with the guest agent's
     /// counters (pages pooled, lookups, shared, ...), when sharing is on.
     pub sharing: Option<serde_json::Value>,
@@ -137,6 +139,7 @@ pub fn status_of(ctx: &Ctx, rec: &InstanceRecord) -> InstanceStatus {
         volume,
         clone: rec.clone.clone(),
         upstream: rec.upstream.clone(),
+        taken_over: rec.taken_over.clone(),
         sharing_off: rec.sharing_off.clone().or_else(|| {
             counters
                 .as_ref()

@@ -41,7 +41,7 @@ fn the_server_you_run_is_adopted_online_under_load_and_forked_twice() {
         "CI installs both"
     );
     let store = &c.store;
-    let mut ops = OperatorServer::debian(1, &[]);
+    let ops = OperatorServer::debian(1, &[]);
     let sock = ops.socket_arg();
     let load = workload::sysbench::SysbenchOptions {
         test: "oltp_write_only".into(),
@@ -351,4 +351,176 @@ fn a_server_without_a_binary_log_is_refused_with_the_setting_to_change() {
         "{err}"
     );
     assert_store_empty(&store);
+}
+
+#[test]
+fn your_server_is_taken_over_forked_and_released_with_its_data() {
+    let Some(c) = Cluster::new() else { return };
+    let store = &c.store;
+    let ops = OperatorServer::debian(11, &[]);
+    // Its files are its service user's, not root's.
+    std::process::Command::new("chown")
+        .args(["-R", "1234:1235"])
+        .arg(ops.datadir_path())
+        .status()
+        .unwrap();
+    let small = workload::sysbench::SysbenchOptions {
+        tables: 2,
+        table_size: 2000,
+        ..Default::default()
+    };
+    workload::sysbench::prepare(&ops.instance, &small).unwrap();
+    let before = sums(&ops.instance);
+    let own_pid = ops.pid().unwrap();
+    let log_bin: Option<String> = ops
+        .instance
+        .query_scalar("SELECT @@log_bin_basename")
+        .unwrap();
+
+    let sock = ops.socket_arg();
+    let (stop, start) = (ops.stop_command(), ops.start_command());
+    let check = store.ok(&[
+        "source",
+        "adopt",
+        "prim",
+        "--socket",
+        &sock,
+        "--take-over",
+        "--check",
+    ]);
+    assert!(check.contains("innodb_use_native_aio=ON"), "{check}");
+    let rec = store.json(&[
+        "source",
+        "adopt",
+        "prim",
+        "--socket",
+        &sock,
+        "--take-over",
+        "--stop-command",
+        &stop,
+        "--start-command",
+        &start,
+    ]);
+    let t = &rec["taken_over"];
+    assert_eq!(
+        t["datadir"].as_str().unwrap().trim_end_matches('/'),
+        ops.datadir_path().to_str().unwrap()
+    );
+    assert_eq!(t["owner"], serde_json::json!([1234, 1235]));
+    assert_eq!(t["socket_linked"], true, "{rec}");
+    assert!(
+        !substrate::process::process_alive(own_pid),
+        "its own process stopped"
+    );
+
+    // The same server, from the volume, found where clients knew it (its socket path),
+    // on its port with its server_id and options, but native AIO off.
+    let var = |v: &str| -> String {
+        ops.instance
+            .query_scalar::<String>(&format!("SELECT CAST(@@{v} AS CHAR)"))
+            .unwrap()
+            .unwrap()
+    };
+    assert!(var("datadir").starts_with(store.path().to_str().unwrap()));
+    assert_eq!(var("server_id"), "11");
+    assert_eq!(var("port"), ops.port.to_string());
+    assert_eq!(var("innodb_use_native_aio"), "OFF");
+    assert_eq!(var("character_set_server"), "utf8mb4");
+    assert_eq!(
+        Some(var("log_bin_basename")),
+        log_bin,
+        "its binary log stays where it was"
+    );
+    assert_eq!(sums(&ops.instance), before);
+    let status = store.ok(&["status", "prim"]);
+    assert!(status.contains("your server, taken over from"), "{status}");
+
+    // Written to under dbfork, forked; the fork has the same data.
+    workload::sysbench::run(
+        &ops.instance,
+        &workload::sysbench::SysbenchOptions {
+            test: "oltp_write_only".into(),
+            secs: 4,
+            report_interval: 0,
+            ..small.clone()
+        },
+    )
+    .unwrap();
+    c.clone("prim", "r1", &[]);
+    ops.instance
+        .exec("UPDATE sbtest.sbtest2 SET k = k + 1 WHERE id <= 50")
+        .unwrap();
+    wait_caught_up(&c.inst("r1"), &ops.instance, CATCH_UP).unwrap();
+    let after = sums(&ops.instance);
+    assert_ne!(after, before);
+    assert_eq!(sums(&c.inst("r1")), after);
+
+    // Its data lives on the volume only: destroy refuses, release gives it back.
+    let err = store.fails(&["destroy", "prim"]);
+    assert!(err.contains("dbfork source release prim"), "{err}");
+    let err = store.fails(&["source", "release", "prim"]);
+    assert!(err.contains("has replicas (r1)"), "{err}");
+    store.ok(&["destroy", "r1"]);
+    let out = store.ok(&["source", "release", "prim"]);
+    assert!(out.contains("released prim"), "{out}");
+
+    // Its own server again: its own process, datadir, owner and settings, with what
+    // was written under dbfork.
+    let pid = ops
+        .pid()
+        .expect("the release started it the operator's way");
+    assert_ne!(pid, own_pid);
+    assert_eq!(
+        var("datadir").trim_end_matches('/'),
+        ops.datadir_path().to_str().unwrap()
+    );
+    assert_eq!(var("innodb_use_native_aio"), "ON");
+    assert_eq!(sums(&ops.instance), after);
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(ops.datadir_path().join("sbtest")).unwrap();
+    assert_eq!((m.uid(), m.gid()), (1234, 1235));
+    assert!(!ops
+        .socket()
+        .symlink_metadata()
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    let siblings: Vec<String> = std::fs::read_dir(ops.datadir_path().parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        siblings,
+        vec!["mysql".to_string()],
+        "nothing left beside the datadir"
+    );
+    assert_store_empty(store);
+}
+
+#[test]
+fn a_take_over_that_cannot_stop_the_server_changes_nothing() {
+    let Some(c) = Cluster::new() else { return };
+    let store = &c.store;
+    let ops = OperatorServer::debian(12, &[]);
+    let sock = ops.socket_arg();
+    let err = store.fails(&["source", "adopt", "p", "--socket", &sock, "--take-over"]);
+    assert!(err.contains("--service UNIT"), "{err}");
+    let err = store.fails(&[
+        "source",
+        "adopt",
+        "p",
+        "--socket",
+        &sock,
+        "--take-over",
+        "--stop-command",
+        "echo cannot; false",
+        "--start-command",
+        &ops.start_command(),
+    ]);
+    assert!(
+        err.contains("stopping the server") && err.contains("cannot"),
+        "{err}"
+    );
+    assert!(ops.running());
+    assert_store_empty(store);
 }

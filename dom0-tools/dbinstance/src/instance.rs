@@ -166,6 +166,35 @@ impl Instance {
         write_private(&self.cfg.repl_secret_path(), &text)
     }
 
+    /// Makes (or makes again, with a new password) the account `user`@'%' replicas of
+    /// this server log in with, kept out of its binary log (its own replicas, if any,
+    /// are not dbfork's), and stores its secret.
+    pub fn make_repl_account(&self, user: &str) -> Result<()> {
+        use crate::sql::{exec, quote};
+        let name = self.name();
+        let password = new_password();
+        let account = format!("{}@'%'", quote(user));
+        let mut c = self.conn()?;
+        exec(&mut c, name, "SET SESSION sql_log_bin = 0")?;
+        mysql::prelude::Queryable::query_drop(
+            &mut c,
+            format!(
+                "CREATE OR REPLACE USER {account} IDENTIFIED BY {}",
+                quote(&password)
+            ),
+        )
+        .map_err(|e| Error::sql(name, format!("CREATE USER {account} (password elided)"), e))?;
+        exec(
+            &mut c,
+            name,
+            &format!("GRANT REPLICATION SLAVE ON *.* TO {account}"),
+        )?;
+        self.store_repl_credentials(&ReplCredentials {
+            user: user.to_string(),
+            password,
+        })
+    }
+
     /// Stores the replication account a replica uses to reach its source (and that a
     /// clone of its datadir carries, so it can be a source in turn).
     pub fn store_repl_credentials(&self, creds: &ReplCredentials) -> Result<()> {

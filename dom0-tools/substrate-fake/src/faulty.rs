@@ -156,6 +156,24 @@ impl<S: Substrate> Substrate for Faulty<S> {
             self.inner.restore_datadir(config, stream, copied)
         })
     }
+    fn import_datadir(
+        &self,
+        config: &InstanceConfig,
+        from: &std::path::Path,
+        copied: &mut dyn FnMut(u64),
+    ) -> Result<u64> {
+        self.around("import_datadir", &config.name, || {
+            self.inner.import_datadir(config, from, copied)
+        })
+    }
+    fn export_datadir(
+        &self,
+        config: &InstanceConfig,
+        to: &std::path::Path,
+        copied: &mut dyn FnMut(u64),
+    ) -> Result<u64> {
+        self.inner.export_datadir(config, to, copied)
+    }
     fn start(&self, req: &StartRequest<'_>, domain: &mut DomainState) -> Result<()> {
         self.around("start", &req.config.name, || self.inner.start(req, domain))
     }

@@ -296,6 +296,29 @@ impl Substrate for Fake {
         })
     }
 
+    fn import_datadir(
+        &self,
+        config: &InstanceConfig,
+        _from: &std::path::Path,
+        copied: &mut dyn FnMut(u64),
+    ) -> Result<u64> {
+        self.enter("import_datadir", &config.name)?;
+        copied(0);
+        self.world().datadirs.insert(config.name.clone());
+        Ok(0)
+    }
+
+    fn export_datadir(
+        &self,
+        config: &InstanceConfig,
+        _to: &std::path::Path,
+        copied: &mut dyn FnMut(u64),
+    ) -> Result<u64> {
+        self.enter("export_datadir", &config.name)?;
+        copied(0);
+        Ok(0)
+    }
+
     fn start(&self, req: &StartRequest<'_>, domain: &mut DomainState) -> Result<()> {
         let name = req.config.name.clone();
         self.enter("start", &name)?;
@@ -465,6 +488,9 @@ impl FakeEndpoint {
 impl Endpoint for FakeEndpoint {
     fn name(&self) -> &str {
         &self.name
+    }
+    fn make_replication_account(&self, _user: &str) -> Result<()> {
+        self.call("make_replication_account")
     }
     fn require_binlog(&self) -> Result<()> {
         self.call("require_binlog")

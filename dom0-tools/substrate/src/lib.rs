@@ -343,6 +343,23 @@ pub trait Substrate {
         stream: &mut dyn std::io::Read,
         copied: &mut dyn FnMut(u64),
     ) -> Result<dbinstance::backup::Restored>;
+    /// Makes the datadir of a new source on its attached volume a copy of the
+    /// (stopped) server's datadir at `from`, owners and modes kept; `copied` hears the
+    /// bytes copied so far. Returns the bytes.
+    fn import_datadir(
+        &self,
+        config: &InstanceConfig,
+        from: &Path,
+        copied: &mut dyn FnMut(u64),
+    ) -> Result<u64>;
+    /// Copies the (stopped) server's datadir off its volume into `to` (an empty
+    /// directory on the host), owners and modes kept; `copied` as above.
+    fn export_datadir(
+        &self,
+        config: &InstanceConfig,
+        to: &Path,
+        copied: &mut dyn FnMut(u64),
+    ) -> Result<u64>;
     /// Starts the domain's server and waits until it answers.
     fn start(&self, req: &StartRequest<'_>, domain: &mut DomainState) -> Result<()>;
     /// Stops the domain's server and releases what it held besides its volume (its
@@ -402,6 +419,10 @@ pub trait Endpoint {
     fn hold_commits(&self) -> Result<Box<dyn CommitHold>>;
     /// Where and as whom a replica of this server connects.
     fn replication_source(&self) -> Result<ReplicationSource>;
+    /// Makes (or makes again) the account `user` replicas of this server log in with,
+    /// on a server whose datadir dbfork did not make, and keeps its secret where
+    /// `replication_source` finds it.
+    fn make_replication_account(&self, user: &str) -> Result<()>;
     /// Makes this server a read-only replica of `source` from right after `after`.
     fn replicate_from(&self, source: &ReplicationSource, after: &GtidPos) -> Result<()>;
     /// Starts replication again from where it stopped (a replica's server restarted:

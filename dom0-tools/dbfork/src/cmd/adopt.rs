@@ -95,6 +95,107 @@ pub fn adopt(
     Ok(())
 }
 
+pub fn check_take_over(ctx: &Ctx, out: &Output, name: &str, server: &ExternalServer) -> Result<()> {
+    let c = dbfork::takeover::check(ctx, server)?;
+    if out.json {
+        outln!(
+            "{}",
+            serde_json::json!({
+                "name": name,
+                "socket": server.socket(),
+                "version": c.facts.version,
+                "server_id": c.facts.server_id,
+                "port": c.facts.port,
+                "datadir": c.facts.datadir,
+                "datadir_bytes": c.datadir_bytes,
+                "refusals": c.refusals,
+                "notes": c.notes,
+            })
+        );
+    } else {
+        for n in &c.notes {
+            outln!("note: {n}");
+        }
+    }
+    if !c.refusals.is_empty() {
+        return Err(dbfork::error::Error::AdoptRefused {
+            name: name.into(),
+            socket: server.socket().to_path_buf(),
+            refusals: c.refusals,
+        }
+        .into());
+    }
+    if !out.json {
+        outln!(
+            "the server at {} ({}, server_id {}, datadir {}, {}) passes the preflight for a \
+             take-over as {name}",
+            server.socket().display(),
+            c.facts.version,
+            c.facts.server_id,
+            c.facts.datadir.display(),
+            human(c.datadir_bytes)
+        );
+    }
+    Ok(())
+}
+
+pub fn take_over(
+    ctx: &Ctx,
+    out: &Output,
+    name: &str,
+    server: &ExternalServer,
+    control: &dbfork::registry::ServerControl,
+    opts: &SourceOptions,
+) -> Result<()> {
+    let shown = Shown::new(out.json);
+    let (rec, notes) = dbfork::takeover::take_over(ctx, name, server, control, opts, &shown)?;
+    shown.finish();
+    if !out.json {
+        for n in &notes {
+            outln!("note: {n}");
+        }
+    }
+    let t = rec
+        .taken_over
+        .as_ref()
+        .expect("a taken-over source says so");
+    out.done(
+        &format!(
+            "took over the server at {} as {name}: it runs under dbfork from volume {name} on \
+             port {}{}; its datadir {} is left as it was until `dbfork source release {name}`",
+            t.socket.display(),
+            rec.config.port,
+            if t.socket_linked {
+                format!(
+                    " (socket {} links to {})",
+                    t.socket.display(),
+                    rec.config.socket_path().display()
+                )
+            } else {
+                format!(" (socket {})", rec.config.socket_path().display())
+            },
+            t.datadir.display()
+        ),
+        serde_json::to_value(&rec)?,
+    );
+    Ok(())
+}
+
+pub fn release(ctx: &Ctx, out: &Output, name: &str) -> Result<()> {
+    let shown = Shown::new(out.json);
+    let say = |s: &str| {
+        if !out.json {
+            outln!("{s}");
+        }
+    };
+    let datadir = dbfork::takeover::release(ctx, name, &shown, &say)?;
+    shown.finish();
+    if out.json {
+        out.print_json(&serde_json::json!({ "released": name, "datadir": datadir }));
+    }
+    Ok(())
+}
+
 /// The adoption's steps and bars on the terminal (nothing with --json or without a
 /// terminal).
 struct Shown {

@@ -235,7 +235,33 @@ pub enum SourceCommand {
         /// What the base's datadir lives on (see `source create --volume-engine`).
         #[arg(long, value_enum, default_value = "auto")]
         volume_engine: EngineArg,
+        /// Take the server itself over instead: stop it (--service or --stop-command),
+        /// copy its datadir into a dbfork volume, and run it from there under dbfork
+        /// with its own options, port and server_id (`dbfork source release NAME`
+        /// gives it back).
+        #[arg(long, conflicts_with_all = ["replication_user"])]
+        take_over: bool,
+        /// The systemd unit that runs the server (Debian's: mariadb); stopped and
+        /// started with systemctl.
+        #[arg(
+            long,
+            value_name = "UNIT",
+            requires = "take_over",
+            conflicts_with = "stop_command"
+        )]
+        service: Option<String>,
+        /// A shell command that stops the server (without --service).
+        #[arg(long, value_name = "CMD", requires_all = ["take_over", "start_command"])]
+        stop_command: Option<String>,
+        /// A shell command that starts the server again (at a failed take-over and
+        /// at the release).
+        #[arg(long, value_name = "CMD", requires_all = ["take_over", "stop_command"])]
+        start_command: Option<String>,
     },
+    /// Give a server taken over (`source adopt --take-over`) back: stop it under
+    /// dbfork, put its datadir back where it was, start it the way you run it, and
+    /// remove what dbfork held.
+    Release { name: String },
 }
 
 /// See `dbfork source create --volume-engine`.

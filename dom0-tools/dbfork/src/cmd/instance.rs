@@ -50,6 +50,10 @@ pub fn run(store: &Path, out: &Output, cmd: Command) -> Result<()> {
             buffer_pool,
             port,
             volume_engine,
+            take_over,
+            service,
+            stop_command,
+            start_command,
         }) => {
             dbfork::ctx::check_name(&name)?;
             let server = dbfork::adopt::ServerArgs {
@@ -61,7 +65,22 @@ pub fn run(store: &Path, out: &Output, cmd: Command) -> Result<()> {
                 (Some(u), Some(f)) => dbfork::adopt::Account::named(&u, &f)?,
                 _ => dbfork::adopt::Account::made_for(&name),
             };
-            if check {
+            let control = match (service, stop_command, start_command) {
+                (Some(unit), _, _) => Some(dbfork::registry::ServerControl::Service { unit }),
+                (None, Some(stop), Some(start)) => {
+                    Some(dbfork::registry::ServerControl::Commands { stop, start })
+                }
+                _ => None,
+            };
+            if take_over && control.is_none() && !check {
+                anyhow::bail!(
+                    "a take-over stops your server: say how, with --service UNIT (Debian's \
+                     is mariadb) or --stop-command CMD --start-command CMD"
+                );
+            }
+            if check && take_over {
+                super::adopt::check_take_over(&ctx, out, &name, &server)?;
+            } else if check {
                 super::adopt::check(&ctx, out, &name, &server, &account)?;
             } else {
                 let opts = SourceOptions {
@@ -74,8 +93,16 @@ pub fn run(store: &Path, out: &Output, cmd: Command) -> Result<()> {
                     domain_config: None,
                     database_vdev: String::new(),
                 };
-                super::adopt::adopt(&ctx, out, &name, &server, &account, &opts)?;
+                match control {
+                    Some(control) if take_over => {
+                        super::adopt::take_over(&ctx, out, &name, &server, &control, &opts)?
+                    }
+                    _ => super::adopt::adopt(&ctx, out, &name, &server, &account, &opts)?,
+                }
             }
+        }
+        Command::Source(SourceCommand::Release { name }) => {
+            super::adopt::release(&ctx, out, &name)?;
         }
         Command::Source(SourceCommand::Create {
             name,
@@ -366,6 +393,15 @@ pub fn format_status(s: &InstanceStatus) -> String {
             u.host,
             u.port,
             u.account
+        );
+    }
+    if let Some(t) = &s.taken_over {
+        out += &format!(
+            "\n  your server, taken over from {} (socket {}); `dbfork source release {}` \
+             gives it back",
+            t.datadir.display(),
+            t.socket.display(),
+            s.name
         );
     }
     if let Some(r) = &s.replication {

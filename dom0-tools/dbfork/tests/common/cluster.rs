@@ -136,6 +136,14 @@ impl Drop for Cluster {
         let reg = Registry::new(self.store.path());
         if let Ok(all) = reg.list() {
             for r in all.iter().filter(|r| r.parent().is_none()) {
+                if r.taken_over.is_some() {
+                    // A server taken over goes back to its owner (after its replicas).
+                    for c in reg.children(&r.name).unwrap_or_default() {
+                        let _ = self.store.run(&["destroy", &c.name, "--with-replicas"]);
+                    }
+                    let _ = self.store.run(&["source", "release", &r.name]);
+                    continue;
+                }
                 let _ = self.store.run(&["destroy", &r.name, "--with-replicas"]);
             }
         }

@@ -1,12 +1,13 @@
 //! A MariaDB server as an operator runs it, outside any store: started the way
 //! Debian's `mariadb` service starts it (its own my.cnf with a `[mariadbd]` group, a
 //! datadir like /var/lib/mysql, the socket and pid file under a run/mysqld dir, root
-//! logging in by unix_socket, its binary log in a log dir), in a temp dir. Stopped on
-//! drop.
+//! logging in by unix_socket, its binary log in a log dir), in a temp dir, as a daemon
+//! of its own (not this process's child: a take-over stops it and a release starts it
+//! with the commands this gives). Stopped on drop.
 
 use dbinstance::{Instance, InstanceConfig};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 pub struct OperatorServer {
@@ -14,7 +15,6 @@ pub struct OperatorServer {
     pub cnf: PathBuf,
     pub datadir: PathBuf,
     pub port: u16,
-    child: Option<Child>,
     /// The same server as dbinstance sees it (socket and pid file where Debian's are
     /// named: run/mysqld/mysqld.sock, run/mysqld/mysqld.pid), for SQL and sysbench.
     pub instance: Instance,
@@ -64,33 +64,61 @@ impl OperatorServer {
             "mariadb-install-db: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let child = Command::new("mariadbd")
-            .arg(format!("--defaults-file={}", cnf.display()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
         let mut cfg = InstanceConfig::in_dir("ops", &t.join("run/mysqld"), port, server_id);
         cfg.datadir = datadir.clone();
-        let mut server = OperatorServer {
+        let server = OperatorServer {
             cnf,
             datadir,
             port,
-            child: Some(child),
             instance: Instance::open(cfg).unwrap(),
             dir,
         };
-        let answered = super::wait_until(Duration::from_secs(120), || {
-            server.instance.conn().is_ok() || !server.alive()
-        });
-        assert!(
-            answered && server.alive(),
-            "the operator's server did not come up: {}",
-            std::fs::read_to_string(server.dir.path().join("var/log/mysql/error.log"))
-                .unwrap_or_default()
-        );
+        server.start();
         server
+    }
+
+    /// Starts it as its start command does and waits until it answers.
+    pub fn start(&self) {
+        let ok = Command::new("sh")
+            .arg("-c")
+            .arg(self.start_command())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "{}", self.start_command());
+        let answered = super::wait_until(Duration::from_secs(120), || self.instance.conn().is_ok());
+        assert!(
+            answered,
+            "the operator's server did not come up: {}",
+            std::fs::read_to_string(self.path("var/log/mysql/error.log")).unwrap_or_default()
+        );
+    }
+
+    /// What starts it: a daemon in its own session, as a service manager would run it.
+    pub fn start_command(&self) -> String {
+        format!(
+            "setsid mariadbd --defaults-file={} </dev/null >/dev/null 2>&1 &",
+            self.cnf.display()
+        )
+    }
+
+    /// What stops it: SIGTERM to the pid its pid file names (mariadbd shuts down).
+    pub fn stop_command(&self) -> String {
+        format!("kill $(cat {})", self.pid_file().display())
+    }
+
+    fn pid_file(&self) -> PathBuf {
+        self.path("run/mysqld/mysqld.pid")
+    }
+
+    /// The pid of the server its pid file names, while that process runs.
+    pub fn pid(&self) -> Option<u32> {
+        let pid: u32 = std::fs::read_to_string(self.pid_file())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        substrate::process::process_alive(pid).then_some(pid)
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -105,13 +133,9 @@ impl OperatorServer {
         self.dir.path().join(rel)
     }
 
-    fn alive(&mut self) -> bool {
-        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
-    }
-
-    /// Whether its process still runs (dbfork must never stop it).
-    pub fn running(&mut self) -> bool {
-        self.alive() && self.instance.conn().is_ok()
+    /// Whether its own process still runs and answers (dbfork must never stop it).
+    pub fn running(&self) -> bool {
+        self.pid().is_some() && self.instance.conn().is_ok()
     }
 
     /// The datadir's file names (what dbfork must never change).
@@ -131,14 +155,14 @@ impl OperatorServer {
 
 impl Drop for OperatorServer {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            substrate::process::signal(c.id(), libc::SIGTERM);
+        // Whichever server its pid file names now: its own, or one a release started.
+        if let Some(pid) = self.pid() {
+            substrate::process::signal(pid, libc::SIGTERM);
             if !super::wait_until(Duration::from_secs(60), || {
-                matches!(c.try_wait(), Ok(Some(_)))
+                !substrate::process::process_alive(pid)
             }) {
-                let _ = c.kill();
+                substrate::process::signal(pid, libc::SIGKILL);
             }
-            let _ = c.wait();
         }
     }
 }

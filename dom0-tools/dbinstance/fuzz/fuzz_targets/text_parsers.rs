@@ -2,7 +2,7 @@
 //! Text from a server, an operator or the kernel: GTID positions (any text in, a
 //! position or an error out), an operator's server's SHOW GRANTS lines, option files
 //! (an operator's --defaults-file, a copy's backup-my.cnf), mariadb-backup's binlog
-//! info, /proc's memory files; never a panic.
+//! info, a server's printed options, /proc's memory files; never a panic.
 
 use libfuzzer_sys::fuzz_target;
 
@@ -15,6 +15,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = dbinstance::memory::parse_smaps_rollup(text);
     let _ = dbinstance::memory::parse_meminfo(text);
     let _ = dbinstance::backup::parse_binlog_info(text);
+    let _ = dbinstance::external::parse_printed_options(text);
     if let Ok(f) = dbinstance::option_file::OptionFile::parse(text) {
         let _ = f.get(&dbinstance::option_file::CLIENT_GROUPS, "password");
     }

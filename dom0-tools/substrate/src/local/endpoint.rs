@@ -43,6 +43,9 @@ impl Endpoint for SqlEndpoint {
     fn replication_source(&self) -> Result<ReplicationSource> {
         Ok(ReplicationSource::of(&self.inst)?)
     }
+    fn make_replication_account(&self, user: &str) -> Result<()> {
+        Ok(self.inst.make_repl_account(user)?)
+    }
     fn replicate_from(&self, source: &ReplicationSource, after: &GtidPos) -> Result<()> {
         // The account travels with the datadir: a clone of this replica reaches its
         // own source as this one does.

@@ -399,6 +399,25 @@ impl Substrate for Local {
         )?)
     }
 
+    fn import_datadir(
+        &self,
+        config: &InstanceConfig,
+        from: &Path,
+        copied: &mut dyn FnMut(u64),
+    ) -> Result<u64> {
+        dbinstance::instance::prepare_empty_dir(&config.datadir)?;
+        copy_datadir(from, &config.datadir, copied)
+    }
+
+    fn export_datadir(
+        &self,
+        config: &InstanceConfig,
+        to: &Path,
+        copied: &mut dyn FnMut(u64),
+    ) -> Result<u64> {
+        copy_datadir(&config.datadir, to, copied)
+    }
+
     fn start(&self, req: &StartRequest<'_>, domain: &mut DomainState) -> Result<()> {
         let DomainState::Local(d) = domain else {
             unreachable!("the local substrate was handed a {} domain", domain.kind());
@@ -591,4 +610,15 @@ pub(crate) fn on_path(tool: &str) -> bool {
                 .any(|d| d.join(tool).exists())
         })
         .unwrap_or(false)
+}
+
+/// A datadir copied whole (lost+found of a volume's file system is the file system's).
+fn copy_datadir(from: &Path, to: &Path, copied: &mut dyn FnMut(u64)) -> Result<u64> {
+    let report = lazyvol::copy_tree(from, to, copied).map_err(|source| Error::Io {
+        what: "copying a datadir into",
+        path: to.to_path_buf(),
+        source,
+    })?;
+    let _ = std::fs::remove_dir(to.join("lost+found"));
+    Ok(report.bytes)
 }

@@ -684,6 +684,32 @@ impl Substrate for Xen {
         })
     }
 
+    fn import_datadir(
+        &self,
+        _config: &InstanceConfig,
+        _from: &Path,
+        _copied: &mut dyn FnMut(u64),
+    ) -> Result<u64> {
+        Err(Error::NotForSubstrate {
+            what: "taking over a server you run (its datadir into a domU)".into(),
+            substrate: Kind::Xen,
+            fix: "take it over on the local substrate",
+        })
+    }
+
+    fn export_datadir(
+        &self,
+        _config: &InstanceConfig,
+        _to: &Path,
+        _copied: &mut dyn FnMut(u64),
+    ) -> Result<u64> {
+        Err(Error::NotForSubstrate {
+            what: "releasing a server taken over (a domU's datadir)".into(),
+            substrate: Kind::Xen,
+            fix: "only a server taken over on the local substrate is released",
+        })
+    }
+
     fn start(&self, req: &StartRequest<'_>, domain: &mut DomainState) -> Result<()> {
         if req.read_iops.is_some() {
             return Err(Error::NotForSubstrate {

@@ -127,6 +127,14 @@ impl Endpoint for GuestEndpoint {
     fn name(&self) -> &str {
         &self.name
     }
+    fn make_replication_account(&self, _user: &str) -> Result<()> {
+        // A domU's datadir is always dbfork's own (its guest made the account).
+        Err(Error::NotForSubstrate {
+            what: "a replication account on a server dbfork did not make".into(),
+            substrate: crate::Kind::Xen,
+            fix: "only local sources are taken over",
+        })
+    }
     fn require_binlog(&self) -> Result<()> {
         self.expect_ok(&Request::RequireBinlog, "require_binlog")
     }
