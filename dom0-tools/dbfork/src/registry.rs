@@ -124,6 +124,18 @@ pub struct Upstream {
     pub adopted_at: String,
 }
 
+impl Upstream {
+    /// The copy's GTID position as people read it (a server that never logged a
+    /// transaction has none).
+    pub fn adopted_at_text(&self) -> &str {
+        if self.adopted_at.is_empty() {
+            "(none)"
+        } else {
+            &self.adopted_at
+        }
+    }
+}
+
 /// How the operator's server is stopped and started outside dbfork.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "by", rename_all = "lowercase")]

@@ -163,6 +163,8 @@ fn a_login_from_an_option_file_adopts_and_a_failed_adoption_leaves_nothing() {
     );
     let broken = file("broken", "[client\nuser=ops\n".into());
 
+    let check_with =
+        |file: &str| store.fails(&["source", "adopt", "app", "--defaults-file", file, "--check"]);
     // The socket comes from the file; the login is the file's.
     let v = store.json(&[
         "source",
@@ -174,14 +176,7 @@ fn a_login_from_an_option_file_adopts_and_a_failed_adoption_leaves_nothing() {
     ]);
     assert_eq!(v["refusals"], serde_json::json!([]), "{v}");
     assert_eq!(v["session_user"], "ops@localhost");
-    let err = store.fails(&[
-        "source",
-        "adopt",
-        "app",
-        "--defaults-file",
-        &weak,
-        "--check",
-    ]);
+    let err = check_with(&weak);
     assert!(
         err.contains(
             "(weak@localhost) lacks RELOAD, LOCK TABLES, BINLOG MONITOR, CREATE USER, \
@@ -189,26 +184,12 @@ fn a_login_from_an_option_file_adopts_and_a_failed_adoption_leaves_nothing() {
         ),
         "{err}"
     );
-    let err = store.fails(&[
-        "source",
-        "adopt",
-        "app",
-        "--defaults-file",
-        &wrong,
-        "--check",
-    ]);
+    let err = check_with(&wrong);
     assert!(
         err.contains("connect as ops (from") && err.contains("Access denied"),
         "{err}"
     );
-    let err = store.fails(&[
-        "source",
-        "adopt",
-        "app",
-        "--defaults-file",
-        &broken,
-        "--check",
-    ]);
+    let err = check_with(&broken);
     assert!(err.contains("line 1: group header"), "{err}");
 
     // An adoption whose replication account cannot log in fails and takes back all it

@@ -11,53 +11,6 @@ use dbinstance::external::ExternalServer;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::cell::RefCell;
 
-pub fn check(
-    ctx: &Ctx,
-    out: &Output,
-    name: &str,
-    server: &ExternalServer,
-    account: &Account,
-) -> Result<()> {
-    let (facts, refusals) = dbfork::adopt::preflight(ctx, server, account)?;
-    if out.json {
-        outln!(
-            "{}",
-            serde_json::json!({
-                "name": name,
-                "socket": server.socket(),
-                "version": facts.version,
-                "server_id": facts.server_id,
-                "port": facts.port,
-                "datadir": facts.datadir,
-                "log_bin": facts.log_bin,
-                "data_bytes": facts.data_bytes,
-                "session_user": facts.session_user,
-                "refusals": refusals,
-            })
-        );
-    }
-    if !refusals.is_empty() {
-        return Err(dbfork::error::Error::AdoptRefused {
-            name: name.into(),
-            socket: server.socket().to_path_buf(),
-            refusals,
-        }
-        .into());
-    }
-    if !out.json {
-        outln!(
-            "the server at {} ({}, server_id {}, datadir {}, {} of InnoDB data) passes the \
-             preflight for adoption as {name}",
-            server.socket().display(),
-            facts.version,
-            facts.server_id,
-            facts.datadir.display(),
-            human(facts.data_bytes)
-        );
-    }
-    Ok(())
-}
-
 pub fn adopt(
     ctx: &Ctx,
     out: &Output,
@@ -81,11 +34,7 @@ pub fn adopt(
             u.socket.display(),
             rec.config.port,
             rec.config.socket_path().display(),
-            if u.adopted_at.is_empty() {
-                "(none)"
-            } else {
-                &u.adopted_at
-            },
+            u.adopted_at_text(),
             u.host,
             u.port,
             u.account
@@ -95,48 +44,102 @@ pub fn adopt(
     Ok(())
 }
 
+/// What a preflight found, for people or scripts.
+struct Preflight<'a> {
+    name: &'a str,
+    server: &'a ExternalServer,
+    facts: &'a dbinstance::external::ServerFacts,
+    /// "adoption" or "take-over".
+    mode: &'a str,
+    /// What would be copied: the InnoDB data (online) or the datadir (take-over).
+    bytes: u64,
+    refusals: Vec<String>,
+    notes: Vec<String>,
+}
+
+impl Preflight<'_> {
+    fn report(self, out: &Output) -> Result<()> {
+        let f = self.facts;
+        if out.json {
+            outln!(
+                "{}",
+                serde_json::json!({
+                    "name": self.name,
+                    "mode": self.mode,
+                    "socket": self.server.socket(),
+                    "version": f.version,
+                    "server_id": f.server_id,
+                    "port": f.port,
+                    "datadir": f.datadir,
+                    "log_bin": f.log_bin,
+                    "session_user": f.session_user,
+                    "bytes": self.bytes,
+                    "refusals": self.refusals,
+                    "notes": self.notes,
+                })
+            );
+        } else {
+            for n in &self.notes {
+                outln!("note: {n}");
+            }
+        }
+        if !self.refusals.is_empty() {
+            return Err(dbfork::error::Error::AdoptRefused {
+                name: self.name.into(),
+                socket: self.server.socket().to_path_buf(),
+                refusals: self.refusals,
+            }
+            .into());
+        }
+        if !out.json {
+            outln!(
+                "the server at {} ({}, server_id {}, datadir {}, {} to copy) passes the \
+                 preflight for {} as {}",
+                self.server.socket().display(),
+                f.version,
+                f.server_id,
+                f.datadir.display(),
+                human(self.bytes),
+                self.mode,
+                self.name
+            );
+        }
+        Ok(())
+    }
+}
+
+pub fn check(
+    ctx: &Ctx,
+    out: &Output,
+    name: &str,
+    server: &ExternalServer,
+    account: &Account,
+) -> Result<()> {
+    let (facts, refusals) = dbfork::adopt::preflight(ctx, server, account)?;
+    Preflight {
+        name,
+        server,
+        facts: &facts,
+        mode: "adoption",
+        bytes: facts.data_bytes,
+        refusals,
+        notes: Vec::new(),
+    }
+    .report(out)
+}
+
 pub fn check_take_over(ctx: &Ctx, out: &Output, name: &str, server: &ExternalServer) -> Result<()> {
     let c = dbfork::takeover::check(ctx, server)?;
-    if out.json {
-        outln!(
-            "{}",
-            serde_json::json!({
-                "name": name,
-                "socket": server.socket(),
-                "version": c.facts.version,
-                "server_id": c.facts.server_id,
-                "port": c.facts.port,
-                "datadir": c.facts.datadir,
-                "datadir_bytes": c.datadir_bytes,
-                "refusals": c.refusals,
-                "notes": c.notes,
-            })
-        );
-    } else {
-        for n in &c.notes {
-            outln!("note: {n}");
-        }
+    Preflight {
+        name,
+        server,
+        facts: &c.facts,
+        mode: "take-over",
+        bytes: c.datadir_bytes,
+        refusals: c.refusals,
+        notes: c.notes,
     }
-    if !c.refusals.is_empty() {
-        return Err(dbfork::error::Error::AdoptRefused {
-            name: name.into(),
-            socket: server.socket().to_path_buf(),
-            refusals: c.refusals,
-        }
-        .into());
-    }
-    if !out.json {
-        outln!(
-            "the server at {} ({}, server_id {}, datadir {}, {}) passes the preflight for a \
-             take-over as {name}",
-            server.socket().display(),
-            c.facts.version,
-            c.facts.server_id,
-            c.facts.datadir.display(),
-            human(c.datadir_bytes)
-        );
-    }
-    Ok(())
+    .report(out)
 }
 
 pub fn take_over(

@@ -385,11 +385,7 @@ pub fn format_status(s: &InstanceStatus) -> String {
             u.socket.display(),
             u.server_id,
             u.datadir.display(),
-            if u.adopted_at.is_empty() {
-                "(none)"
-            } else {
-                &u.adopted_at
-            },
+            u.adopted_at_text(),
             u.host,
             u.port,
             u.account
