@@ -118,6 +118,18 @@ impl Drop for Lab {
     fn drop(&mut self) {
         // The page table daemon, if a test started it.
         self.backend.release_store();
+        // The fake exports this lab's domains left (a test that failed before its
+        // teardown leaves them running).
+        let exe = self.dir.path().join("fake-export");
+        let exe = exe.to_string_lossy();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            if substrate::process::cmdline(pid).is_some_and(|c| c.iter().any(|a| *a == exe)) {
+                kill9(pid);
+            }
+        }
     }
 }
 
@@ -143,8 +155,26 @@ fn start_with(
     )
 }
 
+/// Asserts the fake Xen saw call `a`, then later call `b`.
+fn assert_called_before(lab: &Lab, a: &str, b: &str) {
+    let calls = lab.xen.world().calls.clone();
+    let pos = |c: &str| {
+        calls
+            .iter()
+            .position(|x| x == c)
+            .unwrap_or_else(|| panic!("{c} in {calls:?}"))
+    };
+    assert!(pos(a) < pos(b), "{a} before {b}: {calls:?}");
+}
+
 fn stop_export(d: &DomainState) {
-    if let Some(pid) = xen(d).export_pid {
+    let x = xen(d);
+    // Only while it is the export still: pids are reused (this machine has 32768), and
+    // a stale one may be another test's export by now.
+    if let Some(pid) = x
+        .export_pid
+        .filter(|p| substrate::export::is_export_of(*p, &x.vm))
+    {
         kill9(pid);
     }
 }
@@ -476,15 +506,8 @@ fn a_sharing_family_hands_each_agent_its_setup_and_keeps_the_source_told() {
         role: AgentRole::Replica { snapshot_lsn: 500 },
     };
     start_with(&lab, &mut r1, &r1_cfg, Some(&replica_agent)).unwrap();
-    let calls = lab.xen.world().calls.clone();
-    let pos = |c: &str| {
-        calls
-            .iter()
-            .position(|x| x == c)
-            .unwrap_or_else(|| panic!("{c} in {calls:?}"))
-    };
-    assert!(pos("ask 1 set_grantees") < pos("unpause 2"), "{calls:?}");
-    assert!(pos("pagetable 2") < pos("unpause 2"), "{calls:?}");
+    assert_called_before(&lab, "ask 1 set_grantees", "unpause 2");
+    assert_called_before(&lab, "pagetable 2", "unpause 2");
     assert_eq!(
         agent_setup(&lab, "r1").role,
         guest_channel::AgentRole::Replica { snapshot_lsn: 500 }
@@ -510,14 +533,7 @@ fn a_sharing_family_hands_each_agent_its_setup_and_keeps_the_source_told() {
     // The source stopped while its replica runs: the replica first copies what it
     // maps from it.
     lab.backend.stop(&src_cfg, &src, Stop::Kill).unwrap();
-    let calls = lab.xen.world().calls.clone();
-    let pos = |c: &str| {
-        calls
-            .iter()
-            .position(|x| x == c)
-            .unwrap_or_else(|| panic!("{c} in {calls:?}"))
-    };
-    assert!(pos("ask 2 release_source") < pos("destroy db"), "{calls:?}");
+    assert_called_before(&lab, "ask 2 release_source", "destroy db");
     // Stopped, its agent cannot be told anything: a clone now shares nothing, and
     // says why.
     let e = lab.backend.publish_clone_lsn(1, 600).unwrap_err();

@@ -19,6 +19,14 @@ pub fn spawn(store: &Path, volume: &str, dbfork_exe: &Path) -> Result<(u32, Path
         .ensure()
         .map_err(Error::io("creating the run dir", run_dir.path()))?;
     let socket = run_dir.nbd_socket(volume);
+    // The readiness check below connects to this path: a previous export of the
+    // volume that is still going away (killed, its listening socket not yet closed)
+    // would answer it before the new one runs. Only the new one's bind makes it again.
+    match std::fs::remove_file(&socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io("removing the stale socket", &socket)(e)),
+    }
     let log_path = run_dir.export_log(volume);
     let mut cmd = Command::new(dbfork_exe);
     cmd.arg("--store")

@@ -365,14 +365,9 @@ impl Refs {
 }
 
 /// How many of `domid`'s grants Xen counts as mapped now (its 'g' debug key: every
-/// active grant entry of each domain, printed to the hypervisor's console ring). The
-/// domain's own rings and disks are in the count too: compare with a baseline.
-fn xen_active_grants(domid: u16) -> Result<usize> {
-    grants_mapped(domid, None)
-}
-
-/// How many of `domid`'s grants Xen counts as mapped now, by any domain or by
-/// `mapper` only (the active entry's domain: the dump's second column).
+/// active grant entry of each domain, printed to the hypervisor's console ring), by any
+/// domain or by `mapper` only (the active entry's domain: the dump's second column).
+/// The domain's own rings and disks are in the count too: compare with a baseline.
 fn grants_mapped(domid: u16, mapper: Option<u16>) -> Result<usize> {
     let xl = |args: &[&str]| -> Result<String> {
         let out = std::process::Command::new("xl")
@@ -506,10 +501,10 @@ fn map(from: u16) -> Result<()> {
     let dev = Gntdev::open()?;
     let base = frames(n)?;
 
-    let baseline = xen_active_grants(from);
+    let baseline = grants_mapped(from, None);
     let r = map_all(&dev, from, &refs, base).and_then(|d| {
         let base_count = baseline?;
-        let now = xen_active_grants(from)?;
+        let now = grants_mapped(from, None)?;
         if now != base_count + n * GRANTS_PER_FRAME {
             bail!(
                 "Xen counts {now} of d{from}'s grants mapped, {base_count} before: not {} more",
@@ -600,16 +595,16 @@ fn map(from: u16) -> Result<()> {
     let r = (|| {
         let again = src.ask("regrant")?;
         let refs2 = parse_refs(again.strip_prefix("refs=").unwrap_or(&again))?;
-        let before = xen_active_grants(from)?;
+        let before = grants_mapped(from, None)?;
         let child = mapper_child(from, &refs2)?;
         let busy = src.ask("revoke");
-        let mapped = xen_active_grants(from);
+        let mapped = grants_mapped(from, None);
         // SAFETY: our own child.
         unsafe { libc::kill(child, libc::SIGKILL) };
         let mut status = 0;
         // SAFETY: reaping our own child.
         unsafe { libc::waitpid(child, &mut status, 0) };
-        let after = xen_active_grants(from)?;
+        let after = grants_mapped(from, None)?;
         expect(&busy?, &format!("ended=0 busy={all}"))?;
         let mapped = mapped?;
         if mapped != before + all || after != before {

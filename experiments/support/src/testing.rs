@@ -254,6 +254,20 @@ pub fn wait_for_backup_lock(src: &Instance, needle: &str) -> String {
 /// A binary of this workspace, built now into the calling test's target directory
 /// (cargo builds only the package under test's own binaries for its tests).
 pub fn workspace_binary(package: &str, bin: &str) -> PathBuf {
+    // Built once per test process: tests running at once would otherwise each run
+    // cargo, one replacing the binary while another starts it.
+    static BUILT: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    let key = format!("{package}/{bin}");
+    if let Some((_, path)) = built.iter().find(|(k, _)| *k == key) {
+        return path.clone();
+    }
+    let path = build_workspace_binary(package, bin);
+    built.push((key, path.clone()));
+    path
+}
+
+fn build_workspace_binary(package: &str, bin: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test's own path");
     // target/<profile>/deps/<test>: the profile directory is two up.
     let profile_dir = exe

@@ -444,12 +444,11 @@ fn live_export(d: &XenDomain, volume: &str) -> Option<u32> {
         .filter(|p| crate::export::is_export_of(*p, volume))
 }
 
-fn stop_proxy(d: &XenDomain) {
+/// Stops the proxy of the domain's guest channel (the page table's channel proxy is
+/// its agent's, stopped when the agent's part ends: `end_agent`).
+fn stop_channel_proxy(d: &XenDomain) {
     if let Some(pid) = d.proxy_pid {
         stop_helper(pid, &d.vm, "channel proxy");
-    }
-    if let Some(a) = &d.agent {
-        stop_helper(a.page_table_proxy, &d.vm, "page table channel proxy");
     }
     let _ = std::fs::remove_file(&d.channel);
 }
@@ -580,7 +579,12 @@ impl Substrate for Xen {
 
     fn detach(&self, volume: &str, domain: &DomainState) -> Result<()> {
         let d = xen(domain);
-        stop_proxy(d);
+        stop_channel_proxy(d);
+        // A domain detached without a stop before (its dbfork went down with it) may
+        // still have its page table's channel proxy.
+        if let Some(a) = &d.agent {
+            stop_helper(a.page_table_proxy, &d.vm, "page table channel proxy");
+        }
         self.forget_channel(d);
         if let Some(pid) = live_export(d, volume) {
             if !crate::process::stop_process(pid) {
@@ -754,8 +758,13 @@ impl Substrate for Xen {
         d.format = None;
         // The channel answers, or the start failed.
         if let Err(e) = self.guest(&req.config.name, d) {
-            stop_proxy(d);
             let _ = self.control.destroy(&d.vm);
+            // As when the domain did not come up at all: out of its family too.
+            if let Some(a) = &d.agent {
+                self.end_agent(d, a);
+                self.page_table.leave(a.domain);
+            }
+            stop_channel_proxy(d);
             return Err(e);
         }
         Ok(())
@@ -776,7 +785,7 @@ impl Substrate for Xen {
         if let Some(a) = &d.agent {
             self.end_agent(d, a);
         }
-        stop_proxy(d);
+        stop_channel_proxy(d);
         Ok(())
     }
 
