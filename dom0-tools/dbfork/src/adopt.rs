@@ -101,6 +101,17 @@ pub struct StoreView {
     pub free_bytes: u64,
     /// Whether the account dbfork would make exists on the server already.
     pub account_exists: Option<String>,
+    /// Room the copy takes in the store.
+    pub needed_bytes: u64,
+}
+
+/// What an adoption copies, and so what its preflight checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The server's data streamed by mariadb-backup (the server keeps running).
+    Online,
+    /// The whole datadir, of `bytes`, the server stopped.
+    TakeOver { bytes: u64 },
 }
 
 /// Privileges the session needs on the operator's server: mariadb-backup's
@@ -232,34 +243,40 @@ pub fn refusals(facts: &ServerFacts, store: &StoreView) -> Vec<String> {
              another name, or name an account with --replication-user"
         ));
     }
-    // The copy takes the data and room for the redo log the copy carries.
-    let needed = space_needed(facts);
-    if store.free_bytes < needed {
+    if store.free_bytes < store.needed_bytes {
         out.push(format!(
             "the store has {} free, a copy of the server's data needs about {}: free space \
              there or use a store (--store) on a larger file system",
             crate::units::human(store.free_bytes),
-            crate::units::human(needed)
+            crate::units::human(store.needed_bytes)
         ));
     }
     out
 }
 
-/// Room a copy of the server's data takes in the store.
-fn space_needed(facts: &ServerFacts) -> u64 {
-    facts.data_bytes + facts.data_bytes / 10 + (256 << 20)
+/// Room a copy of the server's data takes in the store: its data and room for the
+/// redo log the copy carries, or its whole datadir.
+fn space_needed(facts: &ServerFacts, mode: Mode) -> u64 {
+    match mode {
+        Mode::Online => facts.data_bytes + facts.data_bytes / 10 + (256 << 20),
+        Mode::TakeOver { bytes } => bytes + bytes / 10 + (64 << 20),
+    }
 }
 
-/// Reads the server and what the store holds, and returns the refusals.
+/// Reads the server and what the store holds, and returns the refusals of an adoption
+/// in `mode` (a take-over makes no account while the server runs).
 pub fn preflight(
     ctx: &Ctx,
     server: &ExternalServer,
     account: &Account,
+    mode: Mode,
 ) -> Result<(ServerFacts, Vec<String>)> {
     let facts = server.facts()?;
     let records = ctx.registry().list()?;
     let account_exists = match account {
-        Account::Made { user } if server.user_exists(user, UPSTREAM_HOST)? == Some(true) => {
+        Account::Made { user }
+            if mode == Mode::Online && server.user_exists(user, UPSTREAM_HOST)? == Some(true) =>
+        {
             Some(format!("'{user}'@'{UPSTREAM_HOST}'"))
         }
         _ => None,
@@ -278,6 +295,7 @@ pub fn preflight(
             .collect(),
         free_bytes: ctx.free_bytes()?,
         account_exists,
+        needed_bytes: space_needed(&facts, mode),
     };
     let refusals = refusals(&facts, &view);
     Ok((facts, refusals))
@@ -300,6 +318,9 @@ pub trait AdoptProgress {
 
 /// How long the catch-up lets the base fail to reach the server before it gives up.
 const IO_FAILING_FOR: Duration = Duration::from_secs(60);
+
+/// How long the catch-up waits for the base to apply anything before it gives up.
+const NO_PROGRESS_FOR: Duration = Duration::from_secs(600);
 
 /// How often the catch-up reads the base's position.
 const CATCH_UP_POLL: Duration = Duration::from_millis(200);
@@ -328,7 +349,7 @@ pub fn adopt(
     ctx.check_free(name)?;
     sub.preflight()?;
     progress.step("preflight");
-    let (facts, refused) = preflight(ctx, server, account)?;
+    let (facts, refused) = preflight(ctx, server, account, Mode::Online)?;
     if !refused.is_empty() {
         return Err(Error::AdoptRefused {
             name: name.into(),
@@ -337,7 +358,7 @@ pub fn adopt(
         });
     }
     let port = sub.sql_port(opts.port)?;
-    ctx.check_space(space_needed(&facts))?;
+    ctx.check_space(space_needed(&facts, Mode::Online))?;
     let doing = |what: &str| {
         let what = what.to_string();
         move |e: Error| Error::Adopt {
@@ -366,15 +387,20 @@ pub fn adopt(
 
     progress.step("volume");
     let mut volume = opts.clone();
-    volume.size = volume.size.max(space_needed(&facts) * 2);
+    volume.size = volume.size.max(space_needed(&facts, Mode::Online) * 2);
     let domain = source::make_volume(ctx, name, &volume, &mut undo)?;
+    // The base must not share a server_id with the server, its replicas or its own
+    // source: replication skips events that look like its own.
+    let mut avoid = vec![facts.server_id];
+    avoid.extend(&facts.replica_ids);
+    avoid.extend(facts.replicates_from);
     let mut cfg = source::source_config(
         ctx,
         name,
         port,
         &domain,
         opts.buffer_pool,
-        &[facts.server_id],
+        &avoid,
         &mut undo,
     )?;
     // A replica of the operator's server: written by replication only.
@@ -434,6 +460,7 @@ pub fn adopt(
     let target = server.gtid_binlog_pos()?;
     let total = transactions_behind(&target, &restored.gtid);
     let mut io_failing_since: Option<std::time::Instant> = None;
+    let mut progress_at = (u64::MAX, std::time::Instant::now());
     loop {
         let status = base
             .replication_status()?
@@ -463,6 +490,17 @@ pub fn adopt(
         if behind == 0 {
             break;
         }
+        if behind < progress_at.0 {
+            progress_at = (behind, std::time::Instant::now());
+        } else if progress_at.1.elapsed() > NO_PROGRESS_FOR {
+            return Err(Error::CatchUp(format!(
+                "{name} applied nothing for {} s, {behind} transactions behind (its SQL \
+                 thread may wait on a lock, or skip events as its own: its server_id {} must \
+                 be no other server's in your replication)",
+                NO_PROGRESS_FOR.as_secs(),
+                rec.config.server_id
+            )));
+        }
         // Polling the base's position: nothing to wait on that says it moved.
         std::thread::sleep(CATCH_UP_POLL);
     }
@@ -472,37 +510,45 @@ pub fn adopt(
 }
 
 #[cfg(test)]
+/// Debian bookworm's MariaDB as its service runs it, binlog turned on.
+pub(crate) fn debian_facts() -> ServerFacts {
+    ServerFacts {
+        version: "10.11.6-MariaDB-0+deb12u1-log".into(),
+        version_comment: "Debian 12".into(),
+        log_bin: true,
+        server_id: 1,
+        port: 3306,
+        datadir: "/var/lib/mysql/".into(),
+        innodb_use_native_aio: true,
+        grants: vec![
+            "GRANT ALL PRIVILEGES ON *.* TO `root`@`localhost` IDENTIFIED VIA \
+             mysql_native_password USING 'invalid' OR unix_socket WITH GRANT OPTION"
+                .into(),
+            "GRANT PROXY ON ''@'%' TO 'root'@'localhost' WITH GRANT OPTION".into(),
+        ],
+        data_bytes: 100 << 20,
+        skip_networking: false,
+        bind_address: "127.0.0.1".into(),
+        session_user: "root@localhost".into(),
+        page_size: 16384,
+        buffer_pool_size: 128 << 20,
+        gtid_domain_id: 0,
+        pid_file: "/run/mysqld/mysqld.pid".into(),
+        socket: "/run/mysqld/mysqld.sock".into(),
+        log_bin_basename: Some("/var/log/mysql/mysql-bin".into()),
+        innodb_dirs: Vec::new(),
+        replicates_from: None,
+        replica_ids: Vec::new(),
+        root_by_socket: Some(true),
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Debian bookworm's MariaDB as its service runs it, binlog turned on.
     fn debian() -> ServerFacts {
-        ServerFacts {
-            version: "10.11.6-MariaDB-0+deb12u1-log".into(),
-            version_comment: "Debian 12".into(),
-            log_bin: true,
-            server_id: 1,
-            port: 3306,
-            datadir: "/var/lib/mysql/".into(),
-            innodb_use_native_aio: true,
-            grants: vec![
-                "GRANT ALL PRIVILEGES ON *.* TO `root`@`localhost` IDENTIFIED VIA \
-                 mysql_native_password USING 'invalid' OR unix_socket WITH GRANT OPTION"
-                    .into(),
-                "GRANT PROXY ON ''@'%' TO 'root'@'localhost' WITH GRANT OPTION".into(),
-            ],
-            data_bytes: 100 << 20,
-            skip_networking: false,
-            bind_address: "127.0.0.1".into(),
-            session_user: "root@localhost".into(),
-            page_size: 16384,
-            buffer_pool_size: 128 << 20,
-            gtid_domain_id: 0,
-            pid_file: "/run/mysqld/mysqld.pid".into(),
-            socket: "/run/mysqld/mysqld.sock".into(),
-            log_bin_basename: Some("/var/log/mysql/mysql-bin".into()),
-            root_by_socket: Some(true),
-        }
+        debian_facts()
     }
 
     fn roomy() -> StoreView {
@@ -511,6 +557,7 @@ mod tests {
             upstreams: vec![("other".into(), 7, 3306)],
             free_bytes: 10 << 30,
             account_exists: None,
+            needed_bytes: 1 << 30,
         }
     }
 

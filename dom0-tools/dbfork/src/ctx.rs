@@ -167,7 +167,8 @@ pub fn check_name(name: &str) -> Result<()> {
 }
 
 /// Free bytes on the filesystem holding `path`.
-fn free_bytes(path: &Path) -> Result<u64> {
+/// Bytes free on the file system of `path`.
+pub fn free_bytes(path: &Path) -> Result<u64> {
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|e| {
         Error::io("statvfs", path)(std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
     })?;

@@ -24,7 +24,7 @@ pub fn destroy(ctx: &Ctx, name: &str, with_replicas: bool, say: Say) -> Result<(
         // The operator's server is theirs: dbfork never changes it on its own.
         say(&format!(
             "the server at {} keeps running as it was; the replication account dbfork made \
-             there stays: remove it with DROP USER {}",
+             there stays: remove it with DROP USER IF EXISTS {}",
             u.socket.display(),
             u.account
         ));

@@ -67,6 +67,14 @@ pub enum Error {
     },
     #[error("{0}")]
     ServerWait(String),
+    #[error("the server did not answer at {} within {secs} s after {after}", socket.display())]
+    ServerSilent {
+        socket: PathBuf,
+        secs: u64,
+        after: String,
+        #[source]
+        source: Box<dbinstance::Error>,
+    },
     #[error("{0} was not taken over: release gives back a server `dbfork source adopt --take-over` took (`dbfork destroy {0}` removes an instance)")]
     NotTakenOver(String),
     #[error("{0} is your own server, taken over: its data lives on its dbfork volume only, which destroy would delete; `dbfork source release {0}` gives it back to its datadir")]

@@ -167,6 +167,10 @@ pub struct TakenOver {
     pub control: ServerControl,
     /// The replication account dbfork made on it for its replicas.
     pub account: String,
+    /// The release put its datadir back and started it: what is left is forgetting
+    /// dbfork's volume and record (a release run again does only that).
+    #[serde(default)]
+    pub released: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

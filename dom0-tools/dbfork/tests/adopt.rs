@@ -113,7 +113,10 @@ fn the_server_you_run_is_adopted_online_under_load_and_forked_twice() {
     // dbfork's stays there.
     let entries = ops.datadir_entries();
     let out = store.ok(&["destroy", "base", "--with-replicas"]);
-    assert!(out.contains("DROP USER 'dbfork_base'@'127.0.0.1'"), "{out}");
+    assert!(
+        out.contains("DROP USER IF EXISTS 'dbfork_base'@'127.0.0.1'"),
+        "{out}"
+    );
     assert!(ops.running(), "the operator's server was stopped");
     assert_eq!(ops.datadir_entries(), entries);
     assert_eq!(sums(&ops.instance), primary);
@@ -338,7 +341,8 @@ fn a_server_without_a_binary_log_is_refused_with_the_setting_to_change() {
 fn your_server_is_taken_over_forked_and_released_with_its_data() {
     let Some(c) = Cluster::new() else { return };
     let store = &c.store;
-    let ops = OperatorServer::debian(11, &[]);
+    // Its binary log in its datadir (a take-over copies the datadir only).
+    let ops = OperatorServer::debian(11, &["log_bin = mysql-bin"]);
     // Its files are its service user's, not root's.
     std::process::Command::new("chown")
         .args(["-R", "1234:1235"])
@@ -353,10 +357,6 @@ fn your_server_is_taken_over_forked_and_released_with_its_data() {
     workload::sysbench::prepare(&ops.instance, &small).unwrap();
     let before = sums(&ops.instance);
     let own_pid = ops.pid().unwrap();
-    let log_bin: Option<String> = ops
-        .instance
-        .query_scalar("SELECT @@log_bin_basename")
-        .unwrap();
 
     let sock = ops.socket_arg();
     let (stop, start) = (ops.stop_command(), ops.start_command());
@@ -407,10 +407,9 @@ fn your_server_is_taken_over_forked_and_released_with_its_data() {
     assert_eq!(var("port"), ops.port.to_string());
     assert_eq!(var("innodb_use_native_aio"), "OFF");
     assert_eq!(var("character_set_server"), "utf8mb4");
-    assert_eq!(
-        Some(var("log_bin_basename")),
-        log_bin,
-        "its binary log stays where it was"
+    assert!(
+        var("log_bin_basename").starts_with(store.path().to_str().unwrap()),
+        "its binary log comes with its datadir"
     );
     assert_eq!(sums(&ops.instance), before);
     let status = store.ok(&["status", "prim"]);
@@ -442,6 +441,48 @@ fn your_server_is_taken_over_forked_and_released_with_its_data() {
     let err = store.fails(&["source", "release", "prim"]);
     assert!(err.contains("has replicas (r1)"), "{err}");
     store.ok(&["destroy", "r1"]);
+    // A server started on the datadir as it was before the take-over (its own service,
+    // say) holds out-of-date data: the release refuses to replace it under it.
+    let stale = format!(
+        "setsid mariadbd --defaults-file={} --port={} --socket={} --pid-file={} \
+         </dev/null >/dev/null 2>&1 &",
+        ops.cnf.display(),
+        dbinstance::free_port().unwrap(),
+        ops.path("stale.sock").display(),
+        ops.path("stale.pid").display()
+    );
+    assert!(std::process::Command::new("sh")
+        .args(["-c", &stale])
+        .status()
+        .unwrap()
+        .success());
+    let stale_pid = || -> Option<u32> {
+        std::fs::read_to_string(ops.path("stale.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    assert!(common::wait_until(Duration::from_secs(120), || {
+        stale_pid().is_some() && ops.path("stale.sock").exists()
+    }));
+    let err = store.fails(&["source", "release", "prim"]);
+    assert!(
+        err.contains("the datadir as it was before the take-over"),
+        "{err}"
+    );
+    assert_eq!(
+        var("datadir").trim_end_matches('/'),
+        format!("{}/mnt/prim/data", store.path().display()),
+        "still under dbfork"
+    );
+    let pid = stale_pid().unwrap();
+    substrate::process::signal(pid, libc::SIGTERM);
+    assert!(common::wait_until(Duration::from_secs(120), || {
+        !substrate::process::process_alive(pid)
+    }));
+    std::fs::remove_file(ops.path("stale.pid")).ok();
+
     let out = store.ok(&["source", "release", "prim"]);
     assert!(out.contains("released prim"), "{out}");
 
@@ -479,10 +520,28 @@ fn your_server_is_taken_over_forked_and_released_with_its_data() {
 }
 
 #[test]
-fn a_take_over_that_cannot_stop_the_server_changes_nothing() {
+fn a_take_over_that_cannot_stop_the_server_or_copy_all_it_needs_changes_nothing() {
     let Some(c) = Cluster::new() else { return };
     let store = &c.store;
-    let ops = OperatorServer::debian(12, &[]);
+    // Debian's binary log in /var/log/mysql: outside the datadir a take-over copies.
+    let outside = OperatorServer::debian(12, &[]);
+    let err = store.fails(&[
+        "source",
+        "adopt",
+        "p",
+        "--socket",
+        &outside.socket_arg(),
+        "--take-over",
+        "--check",
+    ]);
+    assert!(
+        err.contains("its binary log is outside its datadir")
+            && err.contains("adopt the server online"),
+        "{err}"
+    );
+    drop(outside);
+
+    let ops = OperatorServer::debian(13, &["log_bin = mysql-bin"]);
     let sock = ops.socket_arg();
     let err = store.fails(&["source", "adopt", "p", "--socket", &sock, "--take-over"]);
     assert!(err.contains("--service UNIT"), "{err}");

@@ -70,14 +70,20 @@ pub fn receive(
     })();
     drop(stdin);
     let status = child.wait().map_err(|e| Error::io(log, e))?;
-    if let Err(e) = pumped {
-        return Err(Error::io(datadir, e));
-    }
+    // mbstream's own failure (a full disk, a bad stream) first: the broken pipe it
+    // left the copy with says nothing.
     if !status.success() {
         return Err(Error::CommandFailed {
             what: format!("mbstream -x into {}", datadir.display()),
             status: status.to_string(),
             output_tail: tail_of_file(log, 20),
+        });
+    }
+    if let Err(e) = pumped {
+        // The stream's own error (mariadb-backup failing) keeps its cause.
+        return Err(match e.downcast::<Error>() {
+            Ok(inner) => inner,
+            Err(e) => Error::io(datadir, e),
         });
     }
     Ok(total)
@@ -154,6 +160,46 @@ mod tests {
         for bad in ["", "x", "mysql-bin.000001\tfour\t0-1-3", "b\t4\t0-1"] {
             assert!(parse_binlog_info(bad).is_err(), "{bad:?}");
         }
+    }
+
+    /// A stream whose producer failed: its end is an error.
+    struct FailedBackup(bool);
+    impl Read for FailedBackup {
+        fn read(&mut self, _buf: &mut [u8]) -> std::io::Result<usize> {
+            if std::mem::replace(&mut self.0, true) {
+                return Err(std::io::Error::other(Error::CommandFailed {
+                    what: "mariadb-backup --backup".into(),
+                    status: "exit status: 1".into(),
+                    output_tail: "Access denied".into(),
+                }));
+            }
+            Ok(0)
+        }
+    }
+
+    #[test]
+    fn a_copy_whose_backup_failed_is_an_error_with_its_cause() {
+        if std::process::Command::new("mbstream")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            eprintln!("SKIP: mbstream is not installed (package mariadb-backup)");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let datadir = dir.path().join("data");
+        let e = receive(
+            &mut FailedBackup(true),
+            &datadir,
+            &dir.path().join("log"),
+            &mut |_| {},
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&e, Error::CommandFailed { what, .. } if what.contains("mariadb-backup")),
+            "{e}"
+        );
     }
 
     #[test]

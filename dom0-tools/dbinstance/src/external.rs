@@ -108,6 +108,15 @@ pub struct ServerFacts {
     pub pid_file: PathBuf,
     pub socket: PathBuf,
     pub log_bin_basename: Option<PathBuf>,
+    /// Where InnoDB keeps files it may keep outside the datadir
+    /// (`innodb_data_home_dir`, `innodb_log_group_home_dir`, `innodb_undo_directory`;
+    /// empty or relative: inside it).
+    pub innodb_dirs: Vec<(String, String)>,
+    /// Whether it replicates from another server itself, and that server's id.
+    pub replicates_from: Option<u32>,
+    /// server_ids of the replicas connected to it (`SHOW SLAVE HOSTS`; empty when the
+    /// session may not ask).
+    pub replica_ids: Vec<u32>,
     /// Whether `root@localhost` logs in by unix_socket (a copy of the server's user
     /// table is managed by dbfork as root over its socket); `None` when the session
     /// may not read mysql.global_priv.
@@ -217,6 +226,39 @@ impl ExternalServer {
             .map_err(|e| read_error(&name, "reading its files", e))?;
         let (buffer_pool_size, gtid_domain_id, pid_file, socket, log_bin_basename) =
             row.unwrap_or_default();
+        let row: Option<(Option<String>, Option<String>, Option<String>)> = c
+            .query_first(
+                "SELECT @@innodb_data_home_dir, @@innodb_log_group_home_dir, \
+                 @@innodb_undo_directory",
+            )
+            .map_err(|e| read_error(&name, "reading its InnoDB directories", e))?;
+        let (data_home, log_home, undo) = row.unwrap_or_default();
+        let innodb_dirs = [
+            ("innodb_data_home_dir", data_home),
+            ("innodb_log_group_home_dir", log_home),
+            ("innodb_undo_directory", undo),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.unwrap_or_default()))
+        .collect();
+        // Both need privileges an adoption's session may lack: then not known.
+        let replicates_from = c
+            .query_first::<mysql::Row, _>("SHOW SLAVE STATUS")
+            .ok()
+            .flatten()
+            .map(|r| {
+                r.get_opt::<u32, _>("Master_Server_Id")
+                    .and_then(|v| v.ok())
+                    .unwrap_or(0)
+            });
+        let replica_ids: Vec<u32> = c
+            .query::<mysql::Row, _>("SHOW SLAVE HOSTS")
+            .map(|rows| {
+                rows.into_iter()
+                    .filter_map(|r| r.get_opt::<u32, _>("Server_id").and_then(|v| v.ok()))
+                    .collect()
+            })
+            .unwrap_or_default();
         // Readable only with SELECT on mysql.*; a session without it cannot tell, and
         // the copy's root is then taken to log in as this one does.
         let root_auth: Option<String> = c
@@ -244,6 +286,9 @@ impl ExternalServer {
             pid_file: PathBuf::from(pid_file),
             socket: PathBuf::from(socket),
             log_bin_basename: log_bin_basename.map(PathBuf::from),
+            innodb_dirs,
+            replicates_from,
+            replica_ids,
             root_by_socket: root_auth.map(|p| p.contains("unix_socket")),
         })
     }
@@ -383,7 +428,9 @@ impl ServerProcess {
 
 /// `--key=value --flag ...` as `mariadbd --print-defaults` prints them, each as
 /// (name with `_` for `-`, value; empty for a flag). A word that does not start with
-/// `--` continues the value before it (a value with a space).
+/// `--` continues the value before it (a value with a space). A short option (`-u
+/// mysql`, from a command line) is kept as its letter with its dash (`-u`), so it is
+/// not mistaken for a long one.
 pub fn parse_printed_options(line: &str) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = Vec::new();
     for word in line.split_whitespace() {
@@ -391,6 +438,11 @@ pub fn parse_printed_options(line: &str) -> Vec<(String, String)> {
             Some(opt) if !opt.is_empty() => {
                 let (k, v) = opt.split_once('=').unwrap_or((opt, ""));
                 out.push((k.replace('-', "_"), v.to_string()));
+            }
+            None if word.len() > 1 && word.starts_with('-') => {
+                // The dash and one letter (a char, not a byte: the text is anyone's).
+                let cut = word.char_indices().nth(2).map_or(word.len(), |(i, _)| i);
+                out.push((word[..cut].to_string(), word[cut..].to_string()));
             }
             _ => {
                 if let Some(last) = out.last_mut() {
@@ -448,8 +500,21 @@ impl BackupStream {
 }
 
 impl Read for BackupStream {
+    /// The stream; its end is an error when mariadb-backup failed, so a copy it did
+    /// not finish is never taken for a whole one (and never prepared).
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.stdout.read(buf)
+        let n = self.stdout.read(buf)?;
+        if n == 0 && !buf.is_empty() {
+            let status = self.child.wait()?;
+            if !status.success() {
+                return Err(std::io::Error::other(Error::CommandFailed {
+                    what: format!("mariadb-backup --backup (log: {})", self.log.display()),
+                    status: status.to_string(),
+                    output_tail: crate::tools::tail_of_file(&self.log, 20),
+                }));
+            }
+        }
+        Ok(n)
     }
 }
 
@@ -494,6 +559,15 @@ mod tests {
                 ("log_bin".into(), "/var/log/mysql/mysql-bin.log -- x".into()),
             ]
         );
+        assert_eq!(
+            parse_printed_options("--port=1 -u mysql -P3307"),
+            vec![
+                ("port".into(), "1".into()),
+                ("-u".into(), " mysql".into()),
+                ("-P".into(), "3307".into()),
+            ]
+        );
+        assert_eq!(parse_printed_options("-é"), vec![("-é".into(), "".into())]);
         assert!(parse_printed_options("").is_empty());
         assert!(parse_printed_options("stray words").is_empty());
     }

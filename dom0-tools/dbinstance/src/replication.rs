@@ -27,8 +27,13 @@ impl ReplicationSource {
     /// The source instance's TCP address with its stored replication account.
     pub fn of(source: &Instance) -> Result<Self> {
         let creds = source.repl_credentials()?;
+        // A server listening on every address is reached on loopback.
+        let host = match source.config().bind_address.as_str() {
+            "" | "*" | "0.0.0.0" | "::" => "127.0.0.1".to_string(),
+            b => b.to_string(),
+        };
         Ok(ReplicationSource {
-            host: source.config().bind_address.clone(),
+            host,
             port: source.config().port,
             user: creds.user,
             password: creds.password,

@@ -172,7 +172,9 @@ impl<S: Substrate> Substrate for Faulty<S> {
         to: &std::path::Path,
         copied: &mut dyn FnMut(u64),
     ) -> Result<u64> {
-        self.inner.export_datadir(config, to, copied)
+        self.around("export_datadir", &config.name, || {
+            self.inner.export_datadir(config, to, copied)
+        })
     }
     fn start(&self, req: &StartRequest<'_>, domain: &mut DomainState) -> Result<()> {
         self.around("start", &req.config.name, || self.inner.start(req, domain))

@@ -115,7 +115,8 @@ pub fn check(
     server: &ExternalServer,
     account: &Account,
 ) -> Result<()> {
-    let (facts, refusals) = dbfork::adopt::preflight(ctx, server, account)?;
+    let (facts, refusals) =
+        dbfork::adopt::preflight(ctx, server, account, dbfork::adopt::Mode::Online)?;
     Preflight {
         name,
         server,
@@ -264,7 +265,7 @@ impl AdoptProgress for Shown {
             b.finish_with_message("copied");
         }
         if !self.json {
-            eprintln!("copied {} of the server's data", human(bytes));
+            errln!("copied {} of the server's data", human(bytes));
         }
     }
     fn behind(&self, transactions: u64, of: u64) {
