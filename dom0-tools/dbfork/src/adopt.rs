@@ -314,6 +314,34 @@ pub trait AdoptProgress {
     /// Catching up: transactions the base is behind the server's position when the
     /// catch-up began.
     fn behind(&self, transactions: u64, of: u64);
+    /// Whether the operator asked to stop (a signal): the work stops at the next point
+    /// it can and takes back what it made.
+    fn cancelled(&self) -> bool {
+        false
+    }
+}
+
+/// Stops the work (with its undo) when the operator asked to, before `what`.
+pub(crate) fn go_on(progress: &dyn AdoptProgress, what: &str) -> Result<()> {
+    if progress.cancelled() {
+        return Err(Error::Cancelled(what.into()));
+    }
+    Ok(())
+}
+
+/// A stream that ends with an error once the operator asked to stop.
+struct Cancellable<'a, R> {
+    inner: R,
+    progress: &'a dyn AdoptProgress,
+}
+
+impl<R: std::io::Read> std::io::Read for Cancellable<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.progress.cancelled() {
+            return Err(std::io::Error::other("cancelled by a signal"));
+        }
+        self.inner.read(buf)
+    }
 }
 
 /// How long the catch-up lets the base fail to reach the server before it gives up.
@@ -369,6 +397,7 @@ pub fn adopt(
     };
     let mut undo = Undo::new();
 
+    go_on(progress, "making the replication account")?;
     progress.step("replication account");
     let password = match account {
         Account::Made { user } => {
@@ -412,7 +441,11 @@ pub fn adopt(
         .backup_stream(&facts.datadir, &cfg.run_dir.join("backup.log"))
         .map_err(|e| doing("starting mariadb-backup")(e.into()))?;
     let mut received = 0;
-    let restored = sub.restore_datadir(&cfg, &mut stream, &mut |n| {
+    let mut reader = Cancellable {
+        inner: &mut stream,
+        progress,
+    };
+    let restored = sub.restore_datadir(&cfg, &mut reader, &mut |n| {
         received = n;
         progress.copied(n)
     });
@@ -425,9 +458,11 @@ pub fn adopt(
         }
         Err(e) => {
             stream.abort();
+            go_on(progress, "copying its data")?;
             return Err(doing("copying its data")(e.into()));
         }
     };
+    go_on(progress, "starting the base")?;
     progress.copy_done(received);
     cfg.extra.extend(restored.options.clone());
 
@@ -462,6 +497,7 @@ pub fn adopt(
     let mut io_failing_since: Option<std::time::Instant> = None;
     let mut progress_at = (u64::MAX, std::time::Instant::now());
     loop {
+        go_on(progress, "catching up")?;
         let status = base
             .replication_status()?
             .ok_or_else(|| Error::CatchUp(format!("{name} stopped replicating")))?;

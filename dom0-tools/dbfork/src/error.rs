@@ -86,6 +86,8 @@ pub enum Error {
         #[source]
         source: Box<Error>,
     },
+    #[error("cancelled (a signal: Ctrl-C, SIGTERM or SIGHUP) while {0}; what this run made was taken back")]
+    Cancelled(String),
     #[error("catching up with the server: {0} (see SHOW SLAVE STATUS on the base)")]
     CatchUp(String),
     #[error("{0} is not running; start it first (its datadir must be live to clone)")]

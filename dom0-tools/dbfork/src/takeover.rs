@@ -395,6 +395,7 @@ pub fn take_over(
         ));
     }
 
+    adopt::go_on(progress, "stopping the server")?;
     progress.step("stop");
     {
         // A stop that fails halfway may still have stopped it: whatever does not answer
@@ -422,6 +423,9 @@ pub fn take_over(
         .import_datadir(&cfg, &facts.datadir, &mut |n| progress.copied(n))
         .map_err(|e| doing("copying its datadir")(e.into()))?;
     progress.copy_done(copied);
+    // A signal during the copy stops the take-over here: the server starts again from
+    // its own datadir.
+    adopt::go_on(progress, "copying its datadir")?;
 
     progress.step("start under dbfork");
     let mut rec = source::start_source(ctx, name, cfg, domain, None, &mut undo)
@@ -588,6 +592,7 @@ fn put_back(
     }
 
     let mut undo = Undo::new();
+    adopt::go_on(progress, "stopping it under dbfork")?;
     progress.step("stop under dbfork");
     sub.stop(
         &rec.config,
@@ -612,6 +617,7 @@ fn put_back(
     progress.copy_started(needed);
     let copied = sub.export_datadir(&rec.config, &staged, &mut |n| progress.copied(n))?;
     progress.copy_done(copied);
+    adopt::go_on(progress, "copying its datadir back")?;
     // What the server wrote under dbfork is root's; the operator's server runs as the
     // datadir's owner.
     let (uid, gid) = t.owner;

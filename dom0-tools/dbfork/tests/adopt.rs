@@ -564,3 +564,62 @@ fn a_take_over_that_cannot_stop_the_server_or_copy_all_it_needs_changes_nothing(
     assert!(ops.running());
     assert_store_empty(store);
 }
+
+#[test]
+fn a_take_over_stopped_by_a_signal_starts_the_server_again_and_leaves_nothing() {
+    let Some(c) = Cluster::new() else { return };
+    let store = &c.store;
+    let ops = OperatorServer::debian(14, &["log_bin = mysql-bin"]);
+    ops.instance.exec("CREATE DATABASE kept").unwrap();
+    let (stopped, go) = (ops.path("stopped"), ops.path("go"));
+    // The server stops; the command then waits for the test's word, so the signal
+    // reaches dbfork while it is in the middle of the take-over.
+    let stop = format!(
+        "{} && while kill -0 {pid} 2>/dev/null; do sleep 0.1; done; touch {}; \
+         while [ ! -e {} ]; do sleep 0.1; done",
+        ops.stop_command(),
+        stopped.display(),
+        go.display(),
+        pid = ops.pid().unwrap()
+    );
+    let child = std::process::Command::new(common::DBFORK)
+        .args(["--store", store.path().to_str().unwrap()])
+        .args([
+            "source",
+            "adopt",
+            "p",
+            "--socket",
+            &ops.socket_arg(),
+            "--take-over",
+        ])
+        .args([
+            "--stop-command",
+            &stop,
+            "--start-command",
+            &ops.start_command(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(common::wait_until(Duration::from_secs(120), || stopped.exists()));
+    assert!(ops.pid().is_none(), "the server is stopped");
+    substrate::process::signal(child.id(), libc::SIGINT);
+    std::fs::write(&go, b"").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("cancelled") && err.contains("taken back"),
+        "{err}"
+    );
+    assert!(ops.running(), "the take-over started the server again");
+    let kept: Option<String> = ops
+        .instance
+        .query_scalar(
+            "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = 'kept'",
+        )
+        .unwrap();
+    assert_eq!(kept.as_deref(), Some("kept"));
+    assert_store_empty(store);
+}

@@ -9,7 +9,10 @@ use dbfork::source::SourceOptions;
 use dbfork::units::human;
 use dbinstance::external::ExternalServer;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 pub fn adopt(
     ctx: &Ctx,
@@ -19,7 +22,7 @@ pub fn adopt(
     account: &Account,
     opts: &SourceOptions,
 ) -> Result<()> {
-    let shown = Shown::new(out.json);
+    let shown = Shown::new(out.json)?;
     let rec = dbfork::adopt::adopt(ctx, name, server, account, opts, &shown)?;
     shown.finish();
     let u = rec
@@ -151,7 +154,7 @@ pub fn take_over(
     control: &dbfork::registry::ServerControl,
     opts: &SourceOptions,
 ) -> Result<()> {
-    let shown = Shown::new(out.json);
+    let shown = Shown::new(out.json)?;
     let (rec, notes) = dbfork::takeover::take_over(ctx, name, server, control, opts, &shown)?;
     shown.finish();
     if !out.json {
@@ -186,7 +189,7 @@ pub fn take_over(
 }
 
 pub fn release(ctx: &Ctx, out: &Output, name: &str) -> Result<()> {
-    let shown = Shown::new(out.json);
+    let shown = Shown::new(out.json)?;
     let say = |s: &str| {
         if !out.json {
             outln!("{s}");
@@ -205,14 +208,22 @@ pub fn release(ctx: &Ctx, out: &Output, name: &str) -> Result<()> {
 struct Shown {
     json: bool,
     bar: RefCell<Option<ProgressBar>>,
+    /// Set by SIGINT, SIGTERM or SIGHUP: the work stops where it can and takes back
+    /// what it made, instead of dying halfway (an operator's server left stopped).
+    stop: Arc<AtomicBool>,
 }
 
 impl Shown {
-    fn new(json: bool) -> Self {
-        Shown {
+    fn new(json: bool) -> Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        for sig in [SIGINT, SIGTERM, SIGHUP] {
+            signal_hook::flag::register(sig, stop.clone())?;
+        }
+        Ok(Shown {
             json,
             bar: RefCell::new(None),
-        }
+            stop,
+        })
     }
 
     fn new_bar(&self, len: u64, template: &str) -> ProgressBar {
@@ -246,11 +257,14 @@ impl AdoptProgress for Shown {
     fn copy_started(&self, estimate: u64) {
         self.new_bar(
             estimate.max(1),
-            "copy  [{bar:30}] {bytes}/{total_bytes} at {binary_bytes_per_sec}, ETA {eta}",
+            "copy  [{bar:30}] {bytes}/{total_bytes} at {binary_bytes_per_sec}, ETA {eta} {msg}",
         );
     }
     fn copied(&self, bytes: u64) {
         if let Some(b) = &*self.bar.borrow() {
+            if self.cancelled() {
+                b.set_message("(stopping: what was made is taken back once this step ends)");
+            }
             // The estimate is the server's table data; the stream also carries its
             // redo and system files.
             if bytes > b.length().unwrap_or(0) {
@@ -267,6 +281,9 @@ impl AdoptProgress for Shown {
         if !self.json {
             errln!("copied {} of the server's data", human(bytes));
         }
+    }
+    fn cancelled(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
     }
     fn behind(&self, transactions: u64, of: u64) {
         if self.bar.borrow().is_none() {
