@@ -353,6 +353,34 @@ const NO_PROGRESS_FOR: Duration = Duration::from_secs(600);
 /// How often the catch-up reads the base's position.
 const CATCH_UP_POLL: Duration = Duration::from_millis(200);
 
+/// About what mariadb-backup streams of the server: its datadir without its binary and
+/// redo logs (the stream carries only the redo written during the copy), or its InnoDB
+/// data when the datadir cannot be read.
+fn copy_estimate(facts: &ServerFacts) -> u64 {
+    let binlog = facts
+        .log_bin_basename
+        .as_ref()
+        .and_then(|b| b.file_name())
+        .map(|n| n.to_string_lossy().into_owned());
+    let skipped = |name: &str| {
+        name.starts_with("ib_logfile") || binlog.as_ref().is_some_and(|b| name.starts_with(b))
+    };
+    let mut total = 0;
+    let Ok(top) = std::fs::read_dir(&facts.datadir) else {
+        return facts.data_bytes;
+    };
+    for e in top.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Ok(m) = e.metadata() else { continue };
+        if m.is_dir() {
+            total += lazyvol::tree_bytes(&e.path()).unwrap_or(0);
+        } else if !skipped(&name) {
+            total += m.len();
+        }
+    }
+    total.max(facts.data_bytes)
+}
+
 /// Transactions `applied` lacks of `target`, over all replication domains.
 pub fn transactions_behind(target: &GtidPos, applied: &GtidPos) -> u64 {
     target
@@ -436,7 +464,7 @@ pub fn adopt(
     cfg.read_only = true;
 
     progress.step("copy");
-    progress.copy_started(facts.data_bytes);
+    progress.copy_started(copy_estimate(&facts));
     let mut stream = server
         .backup_stream(&facts.datadir, &cfg.run_dir.join("backup.log"))
         .map_err(|e| doing("starting mariadb-backup")(e.into()))?;
@@ -671,6 +699,24 @@ mod tests {
         let mut f = debian();
         f.root_by_socket = None;
         assert_eq!(refusals(&f, &roomy()), Vec::<String>::new());
+    }
+
+    #[test]
+    fn the_copy_is_estimated_from_the_datadir_without_its_logs() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir(d.join("shop")).unwrap();
+        std::fs::write(d.join("shop/t.ibd"), vec![0u8; 3000]).unwrap();
+        std::fs::write(d.join("ibdata1"), vec![0u8; 1000]).unwrap();
+        std::fs::write(d.join("ib_logfile0"), vec![0u8; 50_000]).unwrap();
+        std::fs::write(d.join("mysql-bin.000001"), vec![0u8; 70_000]).unwrap();
+        let mut f = debian();
+        f.datadir = d.to_path_buf();
+        f.log_bin_basename = Some(d.join("mysql-bin"));
+        f.data_bytes = 10;
+        assert_eq!(copy_estimate(&f), 4000);
+        f.datadir = d.join("missing");
+        assert_eq!(copy_estimate(&f), 10);
     }
 
     #[test]

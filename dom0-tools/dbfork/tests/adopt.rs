@@ -358,8 +358,35 @@ fn your_server_is_taken_over_forked_and_released_with_its_data() {
     let before = sums(&ops.instance);
     let own_pid = ops.pid().unwrap();
 
+    // Run by its systemd unit, as Debian's is: a stand-in systemctl (this machine runs
+    // no systemd) that does the unit's stop and start, and notes each call.
+    let bin = ops.path("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let calls = ops.path("systemctl.calls");
+    std::fs::write(
+        bin.join("systemctl"),
+        format!(
+            "#!/bin/sh\necho \"$*\" >> {calls}\ncase \"$1 $2\" in\n\
+             \"stop ops\") {stop} ;;\n\"start ops\") {start} ;;\n\
+             *) echo \"no unit $2\" >&2; exit 5 ;;\nesac\n",
+            calls = calls.display(),
+            stop = ops.stop_command(),
+            start = ops.start_command()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        bin.join("systemctl"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    store.set_env("PATH", &path);
     let sock = ops.socket_arg();
-    let (stop, start) = (ops.stop_command(), ops.start_command());
     let check = store.ok(&[
         "source",
         "adopt",
@@ -377,10 +404,8 @@ fn your_server_is_taken_over_forked_and_released_with_its_data() {
         "--socket",
         &sock,
         "--take-over",
-        "--stop-command",
-        &stop,
-        "--start-command",
-        &start,
+        "--service",
+        "ops",
     ]);
     let t = &rec["taken_over"];
     assert_eq!(
@@ -485,6 +510,12 @@ fn your_server_is_taken_over_forked_and_released_with_its_data() {
 
     let out = store.ok(&["source", "release", "prim"]);
     assert!(out.contains("released prim"), "{out}");
+    assert!(out.contains("systemctl enable ops"), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(&calls).unwrap(),
+        "stop ops\nstart ops\n",
+        "the unit stopped at the take-over and started at the release"
+    );
 
     // Its own server again: its own process, datadir, owner and settings, with what
     // was written under dbfork.

@@ -20,6 +20,8 @@ pub struct TestStore {
     pub dir: tempfile::TempDir,
     /// The file system the store is on, when the test made one (dropped after `dir`).
     _fs: Option<XfsMount>,
+    /// Environment every `dbfork` run of this store gets (its cleanup's too).
+    env: std::cell::RefCell<Vec<(String, String)>>,
 }
 
 impl TestStore {
@@ -30,6 +32,7 @@ impl TestStore {
                 .tempdir()
                 .unwrap(),
             _fs: None,
+            env: Default::default(),
         }
     }
     /// A store on a fresh XFS with reflink (a loop image with direct IO), as on a host
@@ -47,10 +50,18 @@ impl TestStore {
             .prefix("dbfork-test-")
             .tempdir_in(fs.path())
             .unwrap();
-        Some(TestStore { dir, _fs: Some(fs) })
+        Some(TestStore {
+            dir,
+            _fs: Some(fs),
+            env: Default::default(),
+        })
     }
     pub fn path(&self) -> &Path {
         self.dir.path()
+    }
+    /// Sets `key` in the environment of every later `dbfork` run of this store.
+    pub fn set_env(&self, key: &str, value: &str) {
+        self.env.borrow_mut().push((key.into(), value.into()));
     }
     /// Runs `dbfork --store STORE args...`.
     pub fn run(&self, args: &[&str]) -> Output {
@@ -62,6 +73,12 @@ impl TestStore {
             .arg("--store")
             .arg(self.path())
             .args(args)
+            .envs(
+                self.env
+                    .borrow()
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str())),
+            )
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .output()
