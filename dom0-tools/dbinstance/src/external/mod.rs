@@ -5,9 +5,14 @@
 //! anything, the replication account it makes there, and the streamed copy of its data
 //! (mariadb-backup).
 
-use std::io::Read;
+mod backup_stream;
+mod process;
+
+pub use backup_stream::BackupStream;
+pub use process::{parse_printed_options, ServerProcess};
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use mysql::prelude::Queryable;
@@ -361,163 +366,6 @@ impl ExternalServer {
     }
 }
 
-/// The operator's server process, as the kernel shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServerProcess {
-    pub pid: u32,
-    /// Its binary (`/proc/PID/exe`).
-    pub exe: PathBuf,
-    /// Its arguments, without the program name.
-    pub args: Vec<String>,
-}
-
-/// Arguments that choose which option files a server reads: they go before any other.
-fn is_defaults_arg(a: &str) -> bool {
-    a == "--no-defaults"
-        || a.starts_with("--defaults-file=")
-        || a.starts_with("--defaults-extra-file=")
-        || a.starts_with("--defaults-group-suffix=")
-}
-
-impl ServerProcess {
-    /// The process whose pid `pid_file` holds, if it runs.
-    pub fn from_pid_file(pid_file: &Path) -> Result<ServerProcess> {
-        let text = std::fs::read_to_string(pid_file).map_err(|e| Error::io(pid_file, e))?;
-        let pid: u32 = text.trim().parse().map_err(|_| Error::Parse {
-            what: pid_file.display().to_string(),
-            detail: format!("not a process id: {:?}", text.trim()),
-        })?;
-        let proc_dir = PathBuf::from(format!("/proc/{pid}"));
-        let exe = std::fs::read_link(proc_dir.join("exe")).map_err(|e| Error::io(&proc_dir, e))?;
-        let cmdline =
-            std::fs::read(proc_dir.join("cmdline")).map_err(|e| Error::io(&proc_dir, e))?;
-        let args = cmdline
-            .split(|b| *b == 0)
-            .filter(|a| !a.is_empty())
-            .skip(1)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        Ok(ServerProcess { pid, exe, args })
-    }
-
-    /// The options it runs with: what its option files say (the binary's own
-    /// `--print-defaults`, reading the files its arguments name), then its other
-    /// arguments, later ones winning.
-    pub fn options(&self) -> Result<Vec<(String, String)>> {
-        let (files, rest): (Vec<&String>, Vec<&String>) =
-            self.args.iter().partition(|a| is_defaults_arg(a));
-        let mut cmd = Command::new(&self.exe);
-        cmd.args(files).arg("--print-defaults").stdin(Stdio::null());
-        let out = crate::tools::run(
-            &mut cmd,
-            "mariadbd --print-defaults",
-            "mariadb-server",
-            None,
-        )?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        let printed = text
-            .lines()
-            .find(|l| l.starts_with("--"))
-            .unwrap_or_default();
-        let mut opts = parse_printed_options(printed);
-        let rest: Vec<String> = rest.into_iter().cloned().collect();
-        opts.extend(parse_printed_options(&rest.join(" ")));
-        Ok(opts)
-    }
-}
-
-/// `--key=value --flag ...` as `mariadbd --print-defaults` prints them, each as
-/// (name with `_` for `-`, value; empty for a flag). A word that does not start with
-/// `--` continues the value before it (a value with a space). A short option (`-u
-/// mysql`, from a command line) is kept as its letter with its dash (`-u`), so it is
-/// not mistaken for a long one.
-pub fn parse_printed_options(line: &str) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = Vec::new();
-    for word in line.split_whitespace() {
-        match word.strip_prefix("--") {
-            Some(opt) if !opt.is_empty() => {
-                let (k, v) = opt.split_once('=').unwrap_or((opt, ""));
-                out.push((k.replace('-', "_"), v.to_string()));
-            }
-            None if word.len() > 1 && word.starts_with('-') => {
-                // The dash and one letter (a char, not a byte: the text is anyone's).
-                let cut = word.char_indices().nth(2).map_or(word.len(), |(i, _)| i);
-                out.push((word[..cut].to_string(), word[cut..].to_string()));
-            }
-            _ => {
-                if let Some(last) = out.last_mut() {
-                    last.1.push(' ');
-                    last.1.push_str(word);
-                }
-            }
-        }
-    }
-    out
-}
-
-/// mariadb-backup running, its stream read through [`Read`].
-pub struct BackupStream {
-    child: Child,
-    stdout: ChildStdout,
-    log: PathBuf,
-}
-
-impl BackupStream {
-    fn spawn(mut cmd: Command, log: &Path) -> Result<BackupStream> {
-        let err = std::fs::File::create(log).map_err(|e| Error::io(log, e))?;
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(err)
-            .spawn()
-            .map_err(|e| crate::tools::spawn_error("mariadb-backup", "mariadb-backup", e))?;
-        let stdout = child.stdout.take().expect("piped");
-        Ok(BackupStream {
-            child,
-            stdout,
-            log: log.to_path_buf(),
-        })
-    }
-
-    /// Waits for mariadb-backup; a failure carries the end of its log.
-    pub fn finish(mut self) -> Result<()> {
-        let status = self.child.wait().map_err(|e| Error::io(&self.log, e))?;
-        if status.success() {
-            return Ok(());
-        }
-        Err(Error::CommandFailed {
-            what: format!("mariadb-backup --backup (log: {})", self.log.display()),
-            status: status.to_string(),
-            output_tail: crate::tools::tail_of_file(&self.log, 20),
-        })
-    }
-
-    /// Stops it (a copy given up).
-    pub fn abort(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Read for BackupStream {
-    /// The stream; its end is an error when mariadb-backup failed, so a copy it did
-    /// not finish is never taken for a whole one (and never prepared).
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.stdout.read(buf)?;
-        if n == 0 && !buf.is_empty() {
-            let status = self.child.wait()?;
-            if !status.success() {
-                return Err(std::io::Error::other(Error::CommandFailed {
-                    what: format!("mariadb-backup --backup (log: {})", self.log.display()),
-                    status: status.to_string(),
-                    output_tail: crate::tools::tail_of_file(&self.log, 20),
-                }));
-            }
-        }
-        Ok(n)
-    }
-}
-
 /// The privileges `SHOW GRANTS` lines give on `*.*` (upper case), and whether with
 /// GRANT OPTION; lines it does not understand give none.
 pub fn global_privileges(grants: &[String]) -> (Vec<String>, bool) {
@@ -542,35 +390,6 @@ pub fn global_privileges(grants: &[String]) -> (Vec<String>, bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn printed_options_are_read_as_the_server_reads_them() {
-        let o = parse_printed_options(
-            "--user=mysql --pid-file=/run/mysqld/mysqld.pid --skip-name-resolve \
-             --init_connect=SET NAMES utf8mb4 --log_bin=/var/log/mysql/mysql-bin.log -- x",
-        );
-        assert_eq!(
-            o,
-            vec![
-                ("user".into(), "mysql".into()),
-                ("pid_file".into(), "/run/mysqld/mysqld.pid".into()),
-                ("skip_name_resolve".into(), "".into()),
-                ("init_connect".into(), "SET NAMES utf8mb4".into()),
-                ("log_bin".into(), "/var/log/mysql/mysql-bin.log -- x".into()),
-            ]
-        );
-        assert_eq!(
-            parse_printed_options("--port=1 -u mysql -P3307"),
-            vec![
-                ("port".into(), "1".into()),
-                ("-u".into(), " mysql".into()),
-                ("-P".into(), "3307".into()),
-            ]
-        );
-        assert_eq!(parse_printed_options("-é"), vec![("-é".into(), "".into())]);
-        assert!(parse_printed_options("").is_empty());
-        assert!(parse_printed_options("stray words").is_empty());
-    }
 
     #[test]
     fn only_global_grants_count() {
