@@ -460,8 +460,10 @@ pub fn adopt(
         &avoid,
         &mut undo,
     )?;
-    // A replica of the operator's server: written by replication only.
+    // A replica of the operator's server: written by replication only, reading table
+    // names and GTID order as the server does.
     cfg.read_only = true;
+    cfg.extra.extend(facts.inherited_options());
 
     progress.step("copy");
     progress.copy_started(copy_estimate(&facts));
@@ -604,6 +606,8 @@ pub(crate) fn debian_facts() -> ServerFacts {
         replicates_from: None,
         replica_ids: Vec::new(),
         root_by_socket: Some(true),
+        lower_case_table_names: 0,
+        gtid_strict_mode: false,
     }
 }
 

@@ -413,8 +413,12 @@ impl<'a> Cloning<'a> {
             .buffer_pool
             .unwrap_or(self.parent.config.buffer_pool_size);
         cfg.read_only = true;
-        // What the parent's data files were made with (an adopted copy's layout).
-        for k in dbinstance::backup::CARRIED {
+        // What the parent's data files were made with (an adopted copy's layout) and
+        // the adopted server's settings that change what its data means.
+        let backup = dbinstance::backup::CARRIED
+            .into_iter()
+            .chain(dbinstance::backup::INHERITED);
+        for k in backup {
             if let Some(v) = self.parent.config.extra.get(k) {
                 cfg.extra.insert(k.into(), v.clone());
             }

@@ -133,7 +133,9 @@ fn a_login_from_an_option_file_adopts_and_a_failed_adoption_leaves_nothing() {
     let Some(c) = Cluster::new() else { return };
     assert!(have("mariadb-backup"), "CI installs it");
     let store = &c.store;
-    let ops = OperatorServer::debian(5, &[]);
+    // Installed with table names in lower case (and MariaDB's non-strict GTID order),
+    // which its base and forks must share (dbfork's own sources run strict).
+    let ops = OperatorServer::debian(5, &["lower_case_table_names = 1"]);
     for sql in [
         "CREATE USER ops@localhost IDENTIFIED BY 'p w#d'",
         "GRANT RELOAD, PROCESS, LOCK TABLES, BINLOG MONITOR, CREATE USER, REPLICATION SLAVE \
@@ -227,6 +229,26 @@ fn a_login_from_an_option_file_adopts_and_a_failed_adoption_leaves_nothing() {
     };
     assert_eq!(rows(&base).as_deref(), Some("one,two,three"));
     assert_eq!(rows(&base), rows(&ops.instance));
+    // The base and its fork read table names and GTID order as the server does.
+    c.clone("app", "r1", &[]);
+    let settings = |i: &Instance| -> Option<String> {
+        i.query_scalar(
+            "SELECT CONCAT(@@lower_case_table_names, ' ', IF(@@gtid_strict_mode, 'ON', 'OFF'))",
+        )
+        .unwrap()
+    };
+    assert_eq!(settings(&ops.instance).as_deref(), Some("1 OFF"));
+    assert_eq!(settings(&base), settings(&ops.instance));
+    assert_eq!(settings(&c.inst("r1")), settings(&ops.instance));
+    assert_eq!(
+        c.inst("r1")
+            .query_scalar::<String>("SELECT GROUP_CONCAT(v ORDER BY id) FROM APP.T")
+            .unwrap()
+            .as_deref(),
+        Some("one,two,three"),
+        "a fork finds the server's tables by any case"
+    );
+    store.ok(&["destroy", "r1"]);
     store.ok(&["destroy", "app"]);
 }
 

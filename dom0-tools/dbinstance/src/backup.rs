@@ -34,6 +34,13 @@ pub const CARRIED: [&str; 3] = [
     "innodb_undo_tablespaces",
 ];
 
+/// Settings the adopted server runs with that change what its data means to a query or
+/// to replication, which its base and every fork of it take from it: table names
+/// stored in lower case (a base at 0 would look them up case-sensitively), and
+/// whether replication refuses GTIDs out of order in a domain (a server writing such
+/// a binary log, non-strict, would stop a strict base's replication with error 1950).
+pub const INHERITED: [&str; 2] = ["lower_case_table_names", "gtid_strict_mode"];
+
 /// Unpacks the xbstream `stream` into `datadir` (which must be empty), calling
 /// `copied` with the bytes received so far as they arrive; `log` gets mbstream's
 /// output.

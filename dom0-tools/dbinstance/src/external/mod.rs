@@ -11,6 +11,7 @@ mod process;
 pub use backup_stream::BackupStream;
 pub use process::{parse_printed_options, ServerProcess};
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -126,6 +127,10 @@ pub struct ServerFacts {
     /// table is managed by dbfork as root over its socket); `None` when the session
     /// may not read mysql.global_priv.
     pub root_by_socket: Option<bool>,
+    /// `@@lower_case_table_names`, `@@gtid_strict_mode`: what its copies must run with
+    /// (`backup::INHERITED`).
+    pub lower_case_table_names: u32,
+    pub gtid_strict_mode: bool,
 }
 
 impl ServerFacts {
@@ -138,6 +143,21 @@ impl ServerFacts {
     /// Whether the server is MariaDB (MySQL says so in neither string).
     pub fn is_mariadb(&self) -> bool {
         self.version.contains("MariaDB") || self.version_comment.contains("MariaDB")
+    }
+
+    /// The `backup::INHERITED` settings as this server runs them, as server options.
+    pub fn inherited_options(&self) -> BTreeMap<String, String> {
+        let strict = if self.gtid_strict_mode { "ON" } else { "OFF" };
+        [
+            (
+                "lower_case_table_names",
+                self.lower_case_table_names.to_string(),
+            ),
+            ("gtid_strict_mode", strict.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
     }
 }
 
@@ -266,6 +286,10 @@ impl ExternalServer {
             .unwrap_or_default();
         // Readable only with SELECT on mysql.*; a session without it cannot tell, and
         // the copy's root is then taken to log in as this one does.
+        let row: Option<(u32, i64)> = c
+            .query_first("SELECT @@lower_case_table_names, @@gtid_strict_mode")
+            .map_err(|e| read_error(&name, "reading its table name and GTID settings", e))?;
+        let (lower_case_table_names, gtid_strict_mode) = row.unwrap_or_default();
         let root_auth: Option<String> = c
             .query_first(
                 "SELECT Priv FROM mysql.global_priv WHERE User = 'root' AND Host = 'localhost'",
@@ -295,6 +319,8 @@ impl ExternalServer {
             replicates_from,
             replica_ids,
             root_by_socket: root_auth.map(|p| p.contains("unix_socket")),
+            lower_case_table_names,
+            gtid_strict_mode: gtid_strict_mode == 1,
         })
     }
 
