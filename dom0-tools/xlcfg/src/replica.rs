@@ -120,11 +120,23 @@ pub struct SourceSpec<'a> {
 
 /// A source domU's config from the operator's: its database disk through dbfork's
 /// hotplug script, its name the instance's, dbfork's keys added; everything else as
-/// written. Refused for what its replicas could not be (HVM, PCI passthrough; a
-/// writable disk besides the database's is refused at clone time, where it matters).
+/// written. Refused for what its replicas could not be (HVM, PCI passthrough); a
+/// writable disk besides the database's is noted (the source runs, its clones are
+/// refused until it is read-only).
 pub fn source_config(src: &XlConfig, spec: &SourceSpec<'_>) -> Result<Replica> {
     let mut notes = Vec::new();
     check_forkable(src, &mut notes)?;
+    for d in entries(src, "disk")? {
+        let d = DiskSpec::parse(&d)?;
+        if d.vdev() != spec.database_vdev && d.writable() {
+            notes.push(format!(
+                "disk {} is writable: the source runs, but its clones are refused until it \
+                 is read-only (access=ro) or what the guest writes there moves onto the \
+                 database disk (a replica shares every other disk with its source)",
+                d.vdev()
+            ));
+        }
+    }
     let mut cfg = src.clone();
     if src.get_str("name").as_deref() != Some(spec.name) {
         notes.push(format!(

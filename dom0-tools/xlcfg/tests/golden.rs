@@ -123,8 +123,8 @@ fn replicas_of_debians_example_configs_match_their_golden_files() {
 }
 
 /// A source's config keeps everything but its database disk (now dbfork's) and gains
-/// dbfork's keys; a source with a writable OS disk is accepted (its replicas are
-/// refused at clone time), HVM and PCI passthrough are refused at once.
+/// dbfork's keys; a source with a writable OS disk is accepted with a note (its
+/// replicas are refused at clone time), HVM and PCI passthrough are refused at once.
 #[test]
 fn source_configs_serve_the_database_disk_through_dbfork() {
     use xlcfg::replica::{source_config, SourceSpec};
@@ -161,9 +161,19 @@ fn source_configs_serve_the_database_disk_through_dbfork() {
     assert_eq!(again.get_str("dbfork_role").as_deref(), Some("source"));
     assert_eq!(again.get("bootloader"), src.get("bootloader"));
 
-    // Named after the instance already: no note.
+    // Named after the instance already: only the writable disk's note.
     let same = source_config(&src, &spec("rw-os")).unwrap();
-    assert!(same.notes.is_empty(), "{:?}", same.notes);
+    assert_eq!(same.notes.len(), 1, "{:?}", same.notes);
+    assert!(
+        same.notes[0].contains("disk xvda is writable")
+            && same.notes[0].contains("clones are refused"),
+        "{:?}",
+        same.notes
+    );
+    // A read-only OS disk: no note at all.
+    let ro = XlConfig::parse(&src.render().replace("xvda,rw", "xvda,ro")).unwrap();
+    let out = source_config(&ro, &spec("rw-os")).unwrap();
+    assert!(out.notes.is_empty(), "{:?}", out.notes);
 
     for refused in ["hvm.cfg", "pv-pci.cfg"] {
         let e = source_config(&read(refused), &spec("db")).unwrap_err();

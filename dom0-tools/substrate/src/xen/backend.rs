@@ -561,8 +561,10 @@ impl Substrate for Xen {
                 (derived, p.vdev.clone(), None)
             }
         };
+        // Each note is something the operator's config does not get as written (or a
+        // clone it will not get): shown without -v.
         for note in &derived.notes {
-            tracing::info!("{name}'s xl config: {note}");
+            tracing::warn!("{name}'s xl config: {note}");
         }
         let export_pid = self.spawn_export(volume)?;
         Ok(DomainState::Xen(XenDomain {
