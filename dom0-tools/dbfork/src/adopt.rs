@@ -271,7 +271,17 @@ pub fn preflight(
     account: &Account,
     mode: Mode,
 ) -> Result<(ServerFacts, Vec<String>)> {
-    let facts = server.facts()?;
+    judge(ctx, server, server.facts()?, account, mode)
+}
+
+/// The preflight's refusals for the server whose `facts` were read already.
+pub(crate) fn judge(
+    ctx: &Ctx,
+    server: &ExternalServer,
+    facts: ServerFacts,
+    account: &Account,
+    mode: Mode,
+) -> Result<(ServerFacts, Vec<String>)> {
     let records = ctx.registry().list()?;
     let account_exists = match account {
         Account::Made { user }
@@ -362,23 +372,18 @@ fn copy_estimate(facts: &ServerFacts) -> u64 {
         .as_ref()
         .and_then(|b| b.file_name())
         .map(|n| n.to_string_lossy().into_owned());
-    let skipped = |name: &str| {
-        name.starts_with("ib_logfile") || binlog.as_ref().is_some_and(|b| name.starts_with(b))
+    // The datadir's own redo log and binary log files are not in the copy.
+    let counted = |p: &Path| {
+        let name = p.file_name().unwrap_or_default().to_string_lossy();
+        p.parent() != Some(facts.datadir.as_path())
+            || !(name.starts_with("ib_logfile")
+                || binlog
+                    .as_ref()
+                    .is_some_and(|b| name.starts_with(b.as_str())))
     };
-    let mut total = 0;
-    let Ok(top) = std::fs::read_dir(&facts.datadir) else {
-        return facts.data_bytes;
-    };
-    for e in top.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Ok(m) = e.metadata() else { continue };
-        if m.is_dir() {
-            total += lazyvol::tree_bytes(&e.path()).unwrap_or(0);
-        } else if !skipped(&name) {
-            total += m.len();
-        }
-    }
-    total.max(facts.data_bytes)
+    lazyvol::tree_bytes_of(&facts.datadir, &counted)
+        .unwrap_or(0)
+        .max(facts.data_bytes)
 }
 
 /// Transactions `applied` lacks of `target`, over all replication domains.

@@ -124,9 +124,10 @@ pub fn check(ctx: &Ctx, server: &ExternalServer) -> Result<TakeOverCheck> {
         user: String::new(),
         password: String::new(),
     };
-    let (facts, mut refusals) = adopt::preflight(
+    let (facts, mut refusals) = adopt::judge(
         ctx,
         server,
+        facts,
         &no_account,
         adopt::Mode::TakeOver {
             bytes: datadir_bytes,

@@ -120,12 +120,21 @@ pub struct TreeCopy {
 
 /// The bytes of the regular files under `dir` (what [`copy_tree`] goes through).
 pub fn tree_bytes(dir: &Path) -> io::Result<u64> {
+    tree_bytes_of(dir, &|_| true)
+}
+
+/// `tree_bytes` of the entries `counted` keeps (a directory left out is left out
+/// whole).
+pub fn tree_bytes_of(dir: &Path, counted: &dyn Fn(&Path) -> bool) -> io::Result<u64> {
     let mut total = 0;
     for e in std::fs::read_dir(dir)? {
-        let e = e?;
-        let m = e.path().symlink_metadata()?;
+        let path = e?.path();
+        if !counted(&path) {
+            continue;
+        }
+        let m = path.symlink_metadata()?;
         if m.is_dir() {
-            total += tree_bytes(&e.path())?;
+            total += tree_bytes_of(&path, counted)?;
         } else if m.is_file() {
             total += m.len();
         }

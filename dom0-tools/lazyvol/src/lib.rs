@@ -22,7 +22,9 @@ mod store;
 mod volume;
 
 pub use error::{Error, Result};
-pub use import::{chown_tree, copy_tree, tree_bytes, ImportMethod, ImportReport, TreeCopy};
+pub use import::{
+    chown_tree, copy_tree, tree_bytes, tree_bytes_of, ImportMethod, ImportReport, TreeCopy,
+};
 pub use meta::{VolumeKind, VolumeLayout};
 pub use region_map::Counters;
 pub use status::VolumeStatus;
