@@ -16,6 +16,7 @@ pub mod instance;
 pub mod memory;
 pub mod option_file;
 pub mod preflight;
+pub mod procfs;
 pub mod replication;
 pub mod sql;
 pub mod tools;

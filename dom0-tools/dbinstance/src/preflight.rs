@@ -63,28 +63,14 @@ pub fn datadir_lock_holder(datadir: &Path) -> Result<Option<i32>> {
 
 /// True when `pid` is a live (not zombie) process whose command line contains `needle`.
 pub(crate) fn process_matches(pid: i32, needle: &str) -> bool {
-    if pid <= 0 || !process_alive(pid) {
-        return false;
-    }
-    match std::fs::read(format!("/proc/{pid}/cmdline")) {
-        Ok(raw) => raw.split(|b| *b == 0).any(|arg| arg == needle.as_bytes()),
-        Err(_) => false,
-    }
+    pid > 0
+        && process_alive(pid)
+        && crate::procfs::cmdline(pid as u32).is_ok_and(|args| args.iter().any(|a| a == needle))
 }
 
 /// True when `pid` exists and is not a zombie.
 pub(crate) fn process_alive(pid: i32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    // The state follows the parenthesised comm, which may itself contain spaces.
-    match stat.rfind(')') {
-        Some(i) => !matches!(
-            stat[i + 1..].trim_start().chars().next(),
-            Some('Z') | Some('X') | None
-        ),
-        None => false,
-    }
+    pid > 0 && crate::procfs::process_alive(pid as u32)
 }
 
 /// Where the kernel keeps the per-process limit on mappings.

@@ -66,24 +66,12 @@ pub fn spawn_helper(
 
 /// True while a process with this pid exists (and is not a zombie we could reap).
 pub fn process_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state letter follows the parenthesised command name; Z is a zombie.
-        Ok(stat) => {
-            !matches!(stat.rsplit(')').next().map(str::trim_start), Some(s) if s.starts_with('Z'))
-        }
-        Err(_) => false,
-    }
+    dbinstance::procfs::process_alive(pid)
 }
 
 /// A process's command line, argument by argument (`None` when it is gone).
 pub fn cmdline(pid: u32) -> Option<Vec<String>> {
-    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    Some(
-        raw.split(|b| *b == 0)
-            .filter(|a| !a.is_empty())
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect(),
-    )
+    dbinstance::procfs::cmdline(pid).ok()
 }
 
 /// Sends a signal to a process; a process already gone is not an error.

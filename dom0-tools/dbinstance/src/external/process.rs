@@ -33,13 +33,10 @@ impl ServerProcess {
         })?;
         let proc_dir = PathBuf::from(format!("/proc/{pid}"));
         let exe = std::fs::read_link(proc_dir.join("exe")).map_err(|e| Error::io(&proc_dir, e))?;
-        let cmdline =
-            std::fs::read(proc_dir.join("cmdline")).map_err(|e| Error::io(&proc_dir, e))?;
-        let args = cmdline
-            .split(|b| *b == 0)
-            .filter(|a| !a.is_empty())
+        let args = crate::procfs::cmdline(pid)
+            .map_err(|e| Error::io(&proc_dir, e))?
+            .into_iter()
             .skip(1)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect();
         Ok(ServerProcess { pid, exe, args })
     }
