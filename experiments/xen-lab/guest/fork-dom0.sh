@@ -55,6 +55,14 @@ dump_domain() { # dump_domain NAME
     echo "  --- hotplug log:"
     tail -n 10 /var/log/xen/xen-hotplug.log 2>/dev/null | sed 's/^/  | /'
 }
+# dom0's channel proxies of a domain: their processes and logs.
+proxy_logs() { # proxy_logs NAME
+    echo "  --- $1's problems: $(timeout 60 dbfork status "$1" 2>&1 | grep PROBLEM | tr '\n' ' ' | cut -c1-300)"
+    for l in "$DBFORK_STORE/run/$1.channel.log" "$DBFORK_STORE/run/$1.pagetable.log"; do
+        echo "  --- $l:"
+        tail -n 8 "$l" 2>/dev/null | sed 's/^/  | /'
+    done
+}
 # A step that needs the one before it is skipped (and fails) when that one failed.
 SKIP=""
 
@@ -110,7 +118,7 @@ SRC_DOMID=$(xl domid $SRC 2>/dev/null)
 if [ -n "$SKIP" ]; then
     for c in clone-under-load replica-answers replica-listed write-arrives pages-shared \
         changed-page-old replica-write-private export-killed replica-restarted checksum-equal \
-        memory-with-without replica-destroy grants-released source-unharmed source-first-replica-runs \
+        memory-with-without replica-died-outside replica-destroy grants-released source-unharmed source-first-replica-runs \
         source-destroy; do
         fail "$c" "skipped: $SKIP"
     done
@@ -134,7 +142,7 @@ else
     dump_domain r1
     for c in replica-answers replica-listed write-arrives pages-shared changed-page-old \
         replica-write-private export-killed replica-restarted checksum-equal memory-with-without \
-        replica-destroy grants-released source-unharmed source-first-replica-runs source-destroy; do
+        replica-died-outside replica-destroy grants-released source-unharmed source-first-replica-runs source-destroy; do
         fail "$c" "skipped: no replica"
     done
     kill $LOAD_PID 2>/dev/null
@@ -159,6 +167,8 @@ if grep -q "^$SRC .*running" /tmp/list.out && grep -q "^r1 .*replica .*running" 
     echo "  $(tr -s ' ' </tmp/list.out | tr '\n' '|')"
 else
     fail replica-listed "list: $(oneline /tmp/list.out) status: $(oneline /tmp/st.json)"
+    proxy_logs $SRC
+    proxy_logs r1
 fi
 
 # --- a write on the source arrives -----------------------------------------------------
@@ -193,6 +203,8 @@ if [ "${R_SHARED:-0}" -gt 0 ] && [ "${PT_HITS:-0}" -gt 0 ] && [ "${GRANTS_SHARED
 else
     fail pages-shared "r1 shared '$R_SHARED', pagetabled hits '$PT_HITS', $SRC's grants mapped by r1 (d$R1_DOMID) '$GRANTS_SHARED'; r1 status: $(dbfork status r1 --json 2>&1 | grep -E '"(role|sharing_off|sharing_off_reason|lookups|lookup_errors|map_errors|fallback_errors)"' | tr -s ' ' | tr '\n' ' ' | cut -c1-500); $SRC: $(dbfork status $SRC --json 2>&1 | grep -E '"(role|sharing_off|sharing_off_reason|pages_pooled|pages_registered|register_errors)"' | tr -s ' ' | tr '\n' ' ' | cut -c1-400)"
     dump_domain r1
+    proxy_logs $SRC
+    proxy_logs r1
 fi
 # A page the source changes after the clone (unlogged: it never reaches r1 by
 # replication) reads on r1 as it was at the clone.
@@ -244,7 +256,8 @@ fi
 t=$(now)
 if dbfork restart r1 >/tmp/rs.out 2>&1 && R_IP=$(ip_of r1) && sql "$R_IP" "SELECT 1" >/dev/null 2>&1; then
     pass replica-restarted
-    echo "  dbfork restart r1 took $(since "$t") s: $(oneline /tmp/rs.out)"
+    echo "  dbfork restart r1 took $(since "$t") s: $(grep -v WARN /tmp/rs.out | tr '\n' ' ' | cut -c1-300)"
+    grep WARN /tmp/rs.out | cut -c1-300 | sed 's/^/  (restart) /'
 else
     fail replica-restarted "$(oneline /tmp/rs.out) console: $(tail -n 4 /var/log/xen/console/guest-r1.log 2>/dev/null | tr -d '\r' | tr '\n' '|' | cut -c1-300)"
 fi
@@ -293,11 +306,39 @@ else
     fail memory-with-without "$(oneline /tmp/clone2.out) $(oneline /tmp/q.out)"
     dump_domain r2
 fi
-dbfork destroy r2 >/tmp/d2.out 2>&1 || echo "  (destroying r2: $(oneline /tmp/d2.out))"
+# --- a replica domU that dies outside dbfork -------------------------------------------
+# Shown down with the command that brings it back; destroyed with nothing left of it.
+R2_EXPORT=$(record_field r2 export_pid)
+xl destroy r2 >/tmp/xd.out 2>&1 || echo "  (xl destroy r2: $(oneline /tmp/xd.out))"
+do_err=""
+timeout 120 dbfork status r2 >/tmp/st2.out 2>&1
+grep -q "down" /tmp/st2.out && grep -q "dbfork start r2" /tmp/st2.out ||
+    do_err="status does not say down with its fix: $(oneline /tmp/st2.out);"
+timeout 120 dbfork list >/tmp/list2.out 2>&1
+grep -q "^r2 .*down" /tmp/list2.out || do_err="$do_err list: $(oneline /tmp/list2.out);"
+if timeout 300 dbfork destroy r2 >/tmp/d2.out 2>&1; then
+    [ ! -d "$DBFORK_STORE/instances/r2" ] || do_err="$do_err its record is left;"
+    dbfork volume list 2>/dev/null | grep -q "^r2 " && do_err="$do_err its volume is left;"
+    [ -n "$R2_EXPORT" ] && kill -0 "$R2_EXPORT" 2>/dev/null && do_err="$do_err its export (pid $R2_EXPORT) runs;"
+else
+    do_err="$do_err dbfork destroy r2: $(oneline /tmp/d2.out)"
+fi
+if [ -z "$do_err" ]; then
+    pass replica-died-outside
+    echo "  r2 destroyed by xl: status and list said down ($(grep -o 'dbfork start r2' /tmp/st2.out | head -n 1)); dbfork destroy r2 left no record, volume or export"
+else
+    fail replica-died-outside "$do_err"
+fi
 
 # --- teardown: the replica first, the source unharmed -------------------------------
 R1_DOMID=$(xl domid r1 2>/dev/null)
 GRANTS_R1=$(grants_of "$SRC_DOMID" "$R1_DOMID")
+# What r1's agent did since its restart, for a failure's message.
+status_json r1 /tmp/r1.json
+R1_SHARING=$(grep -E '"(shared|lookups|lookup_errors|declined_newer|map_errors|fallback_errors|sharing_off_reason|unshared_on_write)"' /tmp/r1.json | tr -s ' ' | tr '\n' ' ' | cut -c1-400)
+R1_PT_LOG=$(tail -n 6 "$DBFORK_STORE/run/r1.pagetable.log" 2>/dev/null | tr '\n' '|' | cut -c1-400)
+R1_PT_PROXY=$(grep -o '"page_table_proxy": *[0-9]*' "$DBFORK_STORE/instances/r1/record.json" 2>/dev/null | grep -o '[0-9]*$')
+R1_PT_ALIVE=$(kill -0 "${R1_PT_PROXY:-0}" 2>/dev/null && echo alive || echo gone)
 t=$(now)
 nbd_connected() { for d in /sys/block/nbd*; do [ -e "$d/pid" ] && echo "${d##*/}"; done; }
 if dbfork destroy r1 >/tmp/d.out 2>&1 && ! xl list r1 >/dev/null 2>&1 &&
@@ -312,7 +353,8 @@ if [ "${GRANTS_R1:-0}" -gt 0 ] && [ "$GRANTS_AFTER" = 0 ]; then
     pass grants-released
     echo "  $SRC's grants mapped by r1 (d$R1_DOMID): $GRANTS_R1 before dbfork destroy r1, $GRANTS_AFTER after"
 else
-    fail grants-released "$SRC's grants mapped by r1 (d$R1_DOMID): '$GRANTS_R1' before dbfork destroy r1, '$GRANTS_AFTER' after"
+    fail grants-released "$SRC's grants mapped by r1 (d$R1_DOMID): '$GRANTS_R1' before dbfork destroy r1, '$GRANTS_AFTER' after; r1 before its destroy: $R1_SHARING; r1's page table proxy (pid '$R1_PT_PROXY', $R1_PT_ALIVE) log: $R1_PT_LOG"
+    proxy_logs $SRC
 fi
 if [ "$(checksums $SRC_IP)" = "$SRC_SUMS" ] && sql $SRC_IP "INSERT INTO lab.marks VALUES ('after')" 2>/tmp/q.out &&
     dbfork status $SRC >/tmp/st.out 2>&1 && grep -q "running" /tmp/st.out; then

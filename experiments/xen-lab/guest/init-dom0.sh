@@ -234,9 +234,9 @@ else
 fi
 
 if xl destroy "$RDOMU" >/tmp/xl-rdestroy.out 2>&1; then
-    pass replica-destroy
+    pass replica-domu-destroy
 else
-    fail replica-destroy "xl destroy exited non-zero: $(oneline /tmp/xl-rdestroy.out)"
+    fail replica-domu-destroy "xl destroy exited non-zero: $(oneline /tmp/xl-rdestroy.out)"
 fi
 # block-dbfork's remove disconnected the NBD device; the export still serves.
 connected() { for d in /sys/block/nbd*; do [ -e "$d/pid" ] && echo "${d##*/}"; done; }
