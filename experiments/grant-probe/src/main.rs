@@ -11,6 +11,9 @@
 //! private and letting its grants go, teardown in both orders, a mapper killed with
 //! mappings outstanding. Each check prints `CHECK ok NAME detail` or
 //! `CHECK fail NAME why`; the exit status is 1 if any failed.
+//!
+//! `channel-first-request` runs in dom0 for the fork run (fork-dom0.sh): a first
+//! request on a domU's channel while the domU is paused (`channel.rs`).
 
 use std::time::{Duration, Instant};
 
@@ -27,6 +30,8 @@ use dbfork_agent::grant::{self, Gntdev, GrantRef, GRANTS_PER_FRAME};
 use dbfork_agent::pool::Pool;
 use dbfork_agent::unshare;
 use xenstore::Xenstore;
+
+mod channel;
 
 #[derive(Parser)]
 #[command(about = "The Xen lab's grant check: source (in a domU) and map (in dom0)")]
@@ -57,6 +62,18 @@ enum Cmd {
         #[arg(long)]
         mapped_by: Option<u16>,
     },
+    /// In dom0: ask DOMAIN's guest side on its channel SOCKET (dom0's end, proxy
+    /// PROXY_PID) a first request while the domain is paused (`channel.rs`).
+    ChannelFirstRequest {
+        #[arg(long)]
+        domain: String,
+        #[arg(long)]
+        socket: std::path::PathBuf,
+        #[arg(long)]
+        proxy_pid: u32,
+        #[arg(long, default_value_t = 10)]
+        hello_secs: u64,
+    },
 }
 
 const DIR: &str = "data/grant-probe";
@@ -70,6 +87,12 @@ fn main() {
         Cmd::Grants { domid, mapped_by } => {
             grants_mapped(domid, mapped_by).map(|n| println!("{n}"))
         }
+        Cmd::ChannelFirstRequest {
+            domain,
+            socket,
+            proxy_pid,
+            hello_secs,
+        } => channel::first_request(&domain, &socket, proxy_pid, Duration::from_secs(hello_secs)),
     };
     if let Err(e) = r {
         eprintln!("dbfork-grant-probe: {e:#}");

@@ -41,6 +41,8 @@ pub enum Error {
     Unexpected { asked: &'static str, got: String },
     #[error("the guest: {0}")]
     Guest(String),
+    #[error("the channel failed on an earlier request (its reply may still come): connect again")]
+    Broken,
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -295,6 +297,9 @@ pub fn write_message(w: &mut impl Write, msg: &impl Serialize) -> Result<()> {
 /// dom0's end of one guest's channel.
 pub struct Client<S: std::io::Read + Write> {
     reader: std::io::BufReader<S>,
+    /// A request failed with the stream out of step (a read timed out, a line was cut):
+    /// the next line read could answer an earlier request, so no more are sent.
+    broken: bool,
 }
 
 impl<S: std::io::Read + Write> Client<S> {
@@ -302,6 +307,7 @@ impl<S: std::io::Read + Write> Client<S> {
     pub fn new(stream: S) -> Result<Self> {
         let mut c = Client {
             reader: std::io::BufReader::new(stream),
+            broken: false,
         };
         match c.call(&Request::Hello { version: VERSION })? {
             Reply::Hello { version } if version == VERSION => Ok(c),
@@ -313,14 +319,29 @@ impl<S: std::io::Read + Write> Client<S> {
         }
     }
 
-    /// One request, its reply; a guest's error reply is an `Error::Guest`.
+    /// One request, its reply; a guest's error reply is an `Error::Guest`. After a
+    /// request whose reply was not read whole, every call is `Error::Broken`.
     pub fn call(&mut self, req: &Request) -> Result<Reply> {
-        write_message(self.reader.get_mut(), req)?;
-        let line = read_line(&mut self.reader, MAX_REPLY)?.ok_or(Error::Closed)?;
+        if self.broken {
+            return Err(Error::Broken);
+        }
+        let line = write_message(self.reader.get_mut(), req)
+            .and_then(|()| read_line(&mut self.reader, MAX_REPLY)?.ok_or(Error::Closed))
+            .inspect_err(|_| self.broken = true)?;
         match Reply::decode(&line)? {
             Reply::Error { message } => Err(Error::Guest(message)),
             r => Ok(r),
         }
+    }
+
+    /// Whether a request failed with the stream out of step (see `call`).
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    /// The stream under the client (for its timeouts).
+    pub fn stream(&self) -> &S {
+        self.reader.get_ref()
     }
 }
 

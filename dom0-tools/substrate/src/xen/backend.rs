@@ -97,14 +97,14 @@ impl Xen {
     }
 
     /// The channel of the domain's guest side: the one this process opened, or a new
-    /// connection.
+    /// connection (also when the one opened failed out of step).
     fn guest(&self, name: &str, d: &XenDomain) -> Result<GuestEndpoint> {
         self.guest_at(name, &d.channel)
     }
 
     fn guest_at(&self, name: &str, channel: &Path) -> Result<GuestEndpoint> {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(g) = channels.get(channel) {
+        if let Some(g) = channels.get(channel).filter(|g| !g.is_broken()) {
             return Ok(g.clone());
         }
         let g = GuestEndpoint::connect(name, channel)?;

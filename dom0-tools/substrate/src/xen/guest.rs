@@ -13,9 +13,31 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// How long dom0 waits for one reply (a flush or a commit hold can take a while;
-/// a guest that stops answering must not hang a clone forever).
-const REPLY_TIMEOUT: Duration = Duration::from_secs(900);
+/// How long dom0 waits on a guest: for the first answer of a new connection (and how
+/// many connections it tries), for one reply (a flush or a commit hold can take a
+/// while; a guest that stops answering must not hang a clone forever), and for one
+/// reply to a question `dbfork status` asks.
+#[derive(Debug, Clone, Copy)]
+pub struct Patience {
+    pub hello: Duration,
+    pub connections: u32,
+    pub reply: Duration,
+    pub status_reply: Duration,
+}
+
+impl Default for Patience {
+    fn default() -> Self {
+        Patience {
+            // The guest's side answers a hello at once; 20 s is a TCG guest under load.
+            // As many connections as make a reply's wait: the channel carries one
+            // connection at a time, and another dbfork command's may hold it that long.
+            hello: Duration::from_secs(20),
+            connections: 45,
+            reply: Duration::from_secs(900),
+            status_reply: Duration::from_secs(120),
+        }
+    }
+}
 
 type Channel = Arc<Mutex<Client<UnixStream>>>;
 
@@ -23,34 +45,121 @@ type Channel = Arc<Mutex<Client<UnixStream>>>;
 pub struct GuestEndpoint {
     name: String,
     channel: Channel,
+    patience: Patience,
 }
 
 impl GuestEndpoint {
     /// Connects to `name`'s guest side on its channel's socket and checks it speaks
     /// this version of the protocol.
     pub fn connect(name: &str, socket: &Path) -> Result<GuestEndpoint> {
+        GuestEndpoint::connect_with(name, socket, Patience::default())
+    }
+
+    /// `connect`, waiting on the guest as `patience` says.
+    ///
+    /// A first request left unanswered is asked again on a new connection: the
+    /// guest's end of a vchan (Xen's vchan-socket-proxy, server mode) can miss the
+    /// request that comes with a new connection. Its wait for the connection consumes
+    /// the event that announced both when dom0's first write follows the connect
+    /// before the guest runs, and it then waits for an event that never comes, the
+    /// request in its ring, until dom0 closes (seen in the lab: a `dbfork status`
+    /// waiting out the whole reply timeout). Closing wakes it; the next connection
+    /// goes through.
+    pub fn connect_with(name: &str, socket: &Path, patience: Patience) -> Result<GuestEndpoint> {
         let guest = |source| Error::Guest {
             name: name.to_string(),
             source,
         };
-        let stream = UnixStream::connect(socket).map_err(|e| guest(guest_channel::Error::Io(e)))?;
-        stream
-            .set_read_timeout(Some(REPLY_TIMEOUT))
-            .map_err(|e| guest(guest_channel::Error::Io(e)))?;
+        let io = |e| guest(guest_channel::Error::Io(e));
+        let mut attempt = 1;
+        let client = loop {
+            let stream = UnixStream::connect(socket).map_err(io)?;
+            stream.set_read_timeout(Some(patience.hello)).map_err(io)?;
+            match Client::new(stream) {
+                Ok(c) => break c,
+                Err(guest_channel::Error::Io(e)) if timed_out(&e) => {
+                    if attempt >= patience.connections {
+                        return Err(guest(guest_channel::Error::Io(std::io::Error::new(
+                            e.kind(),
+                            format!(
+                                "no answer to a hello on {} connections, {} s each: another \
+                                 dbfork command may hold its channel (one connection at a \
+                                 time), or dbfork-guestd does not run in the domU (see its \
+                                 console)",
+                                patience.connections,
+                                patience.hello.as_secs_f32()
+                            ),
+                        ))));
+                    }
+                    let said = format!(
+                        "{name}'s guest side did not answer a new connection within {:.1} s \
+                         (attempt {attempt} of {}): connecting again",
+                        patience.hello.as_secs_f32(),
+                        patience.connections
+                    );
+                    if attempt == 1 {
+                        tracing::warn!("{said}");
+                    } else {
+                        tracing::debug!("{said}");
+                    }
+                    attempt += 1;
+                }
+                Err(e) => return Err(guest(e)),
+            }
+        };
+        client
+            .stream()
+            .set_read_timeout(Some(patience.reply))
+            .map_err(io)?;
         Ok(GuestEndpoint {
             name: name.to_string(),
-            channel: Arc::new(Mutex::new(Client::new(stream).map_err(guest)?)),
+            channel: Arc::new(Mutex::new(client)),
+            patience,
         })
+    }
+
+    /// Whether a request failed with the channel out of step: a new connection is
+    /// needed.
+    pub fn is_broken(&self) -> bool {
+        lock(&self.channel).is_broken()
     }
 
     fn call(&self, req: &Request) -> Result<Reply> {
         call(&self.channel, &self.name, req)
     }
+
+    /// A question `dbfork status` asks: answered within `patience.status_reply`.
+    fn call_for_status(&self, req: &Request) -> Result<Reply> {
+        let mut c = lock(&self.channel);
+        let guest = |source| Error::Guest {
+            name: self.name.clone(),
+            source,
+        };
+        let io = |e| guest(guest_channel::Error::Io(e));
+        c.stream()
+            .set_read_timeout(Some(self.patience.status_reply))
+            .map_err(io)?;
+        let reply = c.call(req);
+        c.stream()
+            .set_read_timeout(Some(self.patience.reply))
+            .map_err(io)?;
+        reply.map_err(guest)
+    }
+}
+
+fn timed_out(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
+}
+
+fn lock(channel: &Channel) -> std::sync::MutexGuard<'_, Client<UnixStream>> {
+    channel.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn call(channel: &Channel, name: &str, req: &Request) -> Result<Reply> {
-    let mut c = channel.lock().unwrap_or_else(|p| p.into_inner());
-    c.call(req).map_err(|source| Error::Guest {
+    lock(channel).call(req).map_err(|source| Error::Guest {
         name: name.to_string(),
         source,
     })
@@ -82,7 +191,7 @@ impl GuestEndpoint {
 
     /// The agent's live counters, if its server runs with one.
     pub fn agent_counters(&self) -> Result<Option<serde_json::Value>> {
-        match self.call(&Request::AgentCounters)? {
+        match self.call_for_status(&Request::AgentCounters)? {
             Reply::Counters { counters } => Ok(counters),
             other => Err(self.unexpected("agent_counters", other)),
         }
@@ -99,7 +208,7 @@ impl GuestEndpoint {
 
     /// What the guest's server and the guest use of memory.
     pub fn memory_use(&self) -> Result<crate::MemoryUse> {
-        match self.call(&Request::MemoryUse)? {
+        match self.call_for_status(&Request::MemoryUse)? {
             Reply::Memory { server, guest } => Ok(crate::MemoryUse {
                 server,
                 domain: guest,
@@ -220,7 +329,7 @@ impl Endpoint for GuestEndpoint {
         }
     }
     fn replication_status(&self) -> Result<Option<ReplicationStatus>> {
-        match self.call(&Request::ReplicationStatus)? {
+        match self.call_for_status(&Request::ReplicationStatus)? {
             Reply::Replication { status } => status
                 .map(ReplicationStatus::try_from)
                 .transpose()
@@ -294,5 +403,139 @@ impl Drop for GuestHold {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The channel's patience against a guest end over a real socket that answers as
+    //! each test needs (the guest side's answers themselves are tested against real
+    //! servers in guestd's tests).
+    use super::*;
+    use guest_channel::{read_line, write_message, VERSION};
+    use std::io::BufReader;
+    use std::os::unix::net::UnixListener;
+    use std::sync::mpsc;
+
+    fn quick() -> Patience {
+        Patience {
+            hello: Duration::from_millis(200),
+            connections: 3,
+            reply: Duration::from_secs(30),
+            status_reply: Duration::from_millis(200),
+        }
+    }
+
+    /// Reads one request; `None` once dom0 closed.
+    fn request(r: &mut BufReader<UnixStream>) -> Option<Request> {
+        let line = read_line(r, guest_channel::MAX_REQUEST).unwrap()?;
+        Some(Request::decode(&line).unwrap())
+    }
+
+    /// What the guest end saw of one connection that never answered: its request,
+    /// then dom0 closing it.
+    fn swallow(conn: UnixStream) -> Request {
+        let mut r = BufReader::new(conn);
+        let first = request(&mut r).expect("a request");
+        while request(&mut r).is_some() {}
+        first
+    }
+
+    fn answer(conn: &mut UnixStream, reply: &Reply) {
+        write_message(conn, reply).unwrap();
+    }
+
+    fn memory() -> Reply {
+        Reply::Memory {
+            server: None,
+            guest: None,
+        }
+    }
+
+    #[test]
+    fn a_first_request_the_guests_end_missed_is_asked_again_on_a_new_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("guest.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let (seen, saw) = mpsc::channel();
+        let guest = std::thread::spawn(move || {
+            let mut conns = listener.incoming();
+            // The first connection's request is never read (the proxy's lost wakeup).
+            seen.send(swallow(conns.next().unwrap().unwrap())).unwrap();
+            let conn = conns.next().unwrap().unwrap();
+            let mut r = BufReader::new(conn.try_clone().unwrap());
+            let mut w = conn;
+            while let Some(req) = request(&mut r) {
+                match req {
+                    Request::Hello { .. } => answer(&mut w, &Reply::Hello { version: VERSION }),
+                    _ => answer(&mut w, &memory()),
+                }
+            }
+        });
+        let ep = GuestEndpoint::connect_with("d1", &socket, quick()).unwrap();
+        assert_eq!(
+            saw.try_recv().unwrap(),
+            Request::Hello { version: VERSION },
+            "the first connection was closed before the second was answered"
+        );
+        let m = ep.memory_use().unwrap();
+        assert!(m.server.is_none() && m.domain.is_none());
+        drop(ep);
+        guest.join().unwrap();
+    }
+
+    #[test]
+    fn a_guest_that_never_answers_is_given_up_after_its_connections_with_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("guest.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let guest = std::thread::spawn(move || {
+            let mut hellos = 0;
+            for _ in 0..3 {
+                if let Request::Hello { .. } = swallow(listener.accept().unwrap().0) {
+                    hellos += 1;
+                }
+            }
+            hellos
+        });
+        let err = match GuestEndpoint::connect_with("d2", &socket, quick()) {
+            Ok(_) => panic!("a guest that never answers connected"),
+            Err(e) => crate::error::chain(&e),
+        };
+        assert!(
+            err.contains("d2") && err.contains("no answer to a hello on 3 connections"),
+            "{err}"
+        );
+        assert_eq!(guest.join().unwrap(), 3);
+    }
+
+    #[test]
+    fn a_reply_that_comes_after_its_timeout_is_never_taken_for_a_later_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("guest.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let (late, go) = mpsc::channel::<()>();
+        let guest = std::thread::spawn(move || {
+            let (conn, _) = listener.accept().unwrap();
+            let mut r = BufReader::new(conn.try_clone().unwrap());
+            let mut w = conn;
+            assert!(matches!(request(&mut r), Some(Request::Hello { .. })));
+            answer(&mut w, &Reply::Hello { version: VERSION });
+            assert_eq!(request(&mut r), Some(Request::AgentCounters));
+            // Answered only once dom0 gave up on it, and wrongly for what comes next.
+            // (dom0 may have closed by then.)
+            go.recv().unwrap();
+            let _ = write_message(&mut w, &Reply::Ok);
+            assert_eq!(request(&mut r), None, "dom0 sent no more requests");
+        });
+        let ep = GuestEndpoint::connect_with("d3", &socket, quick()).unwrap();
+        let err = crate::error::chain(&ep.agent_counters().unwrap_err());
+        assert!(err.contains("d3"), "{err}");
+        assert!(ep.is_broken());
+        late.send(()).unwrap();
+        let err = crate::error::chain(&ep.memory_use().unwrap_err());
+        assert!(err.contains("failed on an earlier request"), "{err}");
+        drop(ep);
+        guest.join().unwrap();
     }
 }
