@@ -84,13 +84,9 @@ fn passed_on(pid: u32) -> bool {
     !queues.is_empty() && queues.iter().all(|&q| q == 0)
 }
 
-fn wait_for(what: &str, mut ready: impl FnMut() -> bool) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ready() {
-        if Instant::now() > deadline {
-            bail!("waited 30 s for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
+fn wait_for(what: &str, ready: impl FnMut() -> bool) -> Result<()> {
+    if !substrate::process::wait_until(Duration::from_secs(30), ready) {
+        bail!("waited 30 s for {what}");
     }
     Ok(())
 }
