@@ -198,7 +198,7 @@ impl DomainControl for FakeXen {
                 std::thread::spawn(move || answer(conn, domid, &world));
             }
         });
-        // The proxy is this process: the backend stops only a real vchan-socket-proxy.
+        // The relay is this process: the backend stops only a real channel relay.
         Ok(std::process::id())
     }
 
@@ -213,7 +213,7 @@ impl DomainControl for FakeXen {
         let mut w = self.world();
         w.calls.push(format!("pagetable {domid}"));
         Self::by_domid(&mut w, domid)?;
-        // No proxy runs: the backend stops only a real vchan-socket-proxy.
+        // No relay runs: the backend stops only a real channel relay.
         Ok(std::process::id())
     }
 

@@ -2,11 +2,12 @@
 //! request on a new connection to a domU's guest side, sent while the domU is paused,
 //! is answered through dbfork's own endpoint (`GuestEndpoint`).
 //!
-//! Paused, the domU sees the connect and the request as one event: the case the
-//! guest's end of the vchan (vchan-socket-proxy, server mode) misses. Its wait for a
-//! connection consumes that event, it then waits for another before reading its ring,
-//! and the request sits there until dom0 closes. The endpoint asks again on a new
-//! connection; without that, the request waits out the whole reply timeout.
+//! Paused, the domU sees the connect and the request as one event: the case Xen's
+//! vchan-socket-proxy in server mode misses (its wait for a connection consumes that
+//! event, it then waits for another before reading its ring, and the request sits
+//! there until dom0 closes). The guest's end is dbfork's relay, which reads its ring
+//! before every wait; the endpoint still asks again on a new connection should a
+//! first request go unanswered.
 
 use std::path::Path;
 use std::process::Command;
@@ -60,13 +61,18 @@ fn blocked_in(path: &str, syscalls: &[u32]) -> bool {
 
 const READ: u32 = 0;
 const RECVFROM: u32 = 45;
+const POLL: u32 = 7;
 const SELECT: u32 = 23;
 const PSELECT6: u32 = 270;
+const PPOLL: u32 = 271;
 
-/// Whether the proxy `pid` holds an accepted connection with nothing left unread and
+/// Whether the relay `pid` holds an accepted connection with nothing left unread and
 /// waits again: it passed what came on it into the vchan ring.
 fn passed_on(pid: u32) -> bool {
-    if !blocked_in(&format!("/proc/{pid}/syscall"), &[SELECT, PSELECT6]) {
+    if !blocked_in(
+        &format!("/proc/{pid}/syscall"),
+        &[POLL, SELECT, PSELECT6, PPOLL],
+    ) {
         return false;
     }
     let Ok(out) = Command::new("ss")

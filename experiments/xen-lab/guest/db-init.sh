@@ -61,7 +61,9 @@ if xenstore-read dbfork/agent >/run/dbfork/agent.json 2>/dev/null; then
         # Without it the agent turns sharing off and says which device it lacks.
         insmod /run/dbfork-lab/dbfork_gnt.ko 2>/tmp/err || say "DBFORK-GUEST insmod dbfork_gnt.ko: $(cat /tmp/err)"
     fi
-    /usr/lib/xen-4.17/bin/vchan-socket-proxy -m client 0 "/local/domain/$domid/dbfork/pagetable" \
+    # dbfork's relay, not Xen's vchan-socket-proxy: it exits once dom0 closes a ring
+    # it still writes to, and then the agent can never reach the page table again.
+    /run/dbfork-lab/dbfork-vchan-relay connect 0 "/local/domain/$domid/dbfork/pagetable" \
         /run/dbfork/pt.sock >/run/dbfork/pt-proxy.log 2>&1 &
     agent_flags="--agent /run/dbfork/agent.json --agent-lib /run/dbfork-lab/libdbfork_agent.so --xen-domid $domid --page-table /run/dbfork/pt.sock"
     say "DBFORK-GUEST sharing pages: $(cat /run/dbfork/agent.json)"
@@ -88,7 +90,9 @@ if [ -n "$fmt" ]; then
         GRANT ALL ON *.* TO lab@'%'; CREATE DATABASE sbtest;" 2>/tmp/err ||
         fail "creating the lab account: $(cat /tmp/err)"
 fi
-/usr/lib/xen-4.17/bin/vchan-socket-proxy -m server 0 "/local/domain/$domid/data/dbfork" \
+# dbfork's relay: Xen's vchan-socket-proxy in server mode leaves a first request that
+# arrives with the connect unread (docs/xen.md).
+/run/dbfork-lab/dbfork-vchan-relay serve 0 "/local/domain/$domid/data/dbfork" \
     /run/dbfork/guestd.sock >/run/dbfork/proxy.log 2>&1 &
 state ready
 say "DBFORK-GUEST-READY domid=$domid ip=$ip"

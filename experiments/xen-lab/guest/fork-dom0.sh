@@ -310,9 +310,9 @@ else
 fi
 # --- dom0's first request on a new channel connection -------------------------------------
 # Sent to r2's guest side (it runs no page-sharing agent) while its domU is paused: the
-# connect and the request reach it as one event, which the guest's vchan-socket-proxy
-# misses; dbfork's endpoint asks again on a new connection. (Not the source: a pause
-# can cost a sharing domU its page table channel, see experiments/xen-lab/README.md.)
+# connect and the request reach it as one event, which Xen's vchan-socket-proxy missed;
+# the guest's end is dbfork's relay, and dbfork's endpoint would ask again on a new
+# connection.
 t=$(now)
 CHANNEL=$(grep -o '"channel": *"[^"]*"' "$DBFORK_STORE/instances/r2/record.json" 2>/dev/null | head -n 1 | sed 's/.*: *"//; s/"$//')
 if timeout 120 dbfork-grant-probe channel-first-request --domain r2 --socket "$CHANNEL" \

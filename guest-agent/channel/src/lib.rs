@@ -5,7 +5,7 @@
 //!
 //! One request, one reply, each one JSON object on one line. dom0 reaches each guest
 //! through its own channel (on Xen: a vchan per domU, bridged to a Unix socket in dom0
-//! by vchan-socket-proxy), so which domain answers is known from the channel it came
+//! by dbfork-vchan-relay), so which domain answers is known from the channel it came
 //! on, never from anything in a message. Both directions are bounded: a request at
 //! most `MAX_REQUEST` bytes (the guest reads dom0's), a reply at most `MAX_REPLY` (dom0
 //! reads what an untrusted guest sends), and a reply that does not decode is an error,

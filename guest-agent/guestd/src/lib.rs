@@ -1,7 +1,7 @@
 //! The dbfork side of a guest. It holds what dom0 must not: a session to the guest's
 //! own MariaDB (root over its Unix socket) and the replication account it stored, and
 //! it answers dom0's requests over the guest's channel (`guest-channel`). On Xen,
-//! vchan-socket-proxy bridges the domU's vchan to the Unix socket this listens on.
+//! dbfork-vchan-relay bridges the domU's vchan to the Unix socket this listens on.
 //!
 //! One request at a time per connection; a malformed request gets an error reply and
 //! the connection goes on; a connection that ends releases what it held (commits held

@@ -25,7 +25,7 @@ struct Args {
     /// The guest's server as dbinstance describes it (JSON of its InstanceConfig).
     #[arg(long)]
     instance: PathBuf,
-    /// The Unix socket to listen on (on Xen, vchan-socket-proxy connects dom0's
+    /// The Unix socket to listen on (on Xen, dbfork-vchan-relay connects dom0's
     /// channel to it).
     #[arg(long, required_unless_present = "stop_server")]
     listen: Option<PathBuf>,

@@ -28,7 +28,7 @@ pub enum AdminRequest {
     },
     /// Connections from `pid` come from Xen domain `domid` and act as `domain`: a dom0
     /// process that carries that one domain's channel and nothing else (the
-    /// vchan-socket-proxy dbfork starts for it), so the domid comes from the channel,
+    /// dbfork-vchan-relay dbfork starts for it), so the domid comes from the channel,
     /// never from a message. Removed with `unbind_pid`.
     BindChannel {
         pid: u32,

@@ -27,7 +27,7 @@ use crate::page_table::PageTableService;
 use crate::xen::budget::{self, HypervisorLimits};
 use crate::xen::control::DomainControl;
 use crate::xen::domain::{
-    self, XenAgent, XenDomain, GUEST_STATE, KEY_AGENT, KEY_FORMAT, KEY_INSTANCE,
+    self, XenAgent, XenDomain, GUEST_STATE, KEY_AGENT, KEY_FORMAT, KEY_INSTANCE, VCHAN_RELAY,
 };
 use crate::xen::family::{self, FamilySource, XenFamily};
 use crate::xen::guest::GuestEndpoint;
@@ -453,11 +453,14 @@ fn stop_channel_proxy(d: &XenDomain) {
     let _ = std::fs::remove_file(&d.channel);
 }
 
-/// Stops one of a domain's vchan-socket-proxy processes (a pid recorded before a
-/// reboot may name anything now: only a proxy is stopped).
+/// Stops one of a domain's channel relays (a pid recorded before a reboot may name
+/// anything now: only a relay is stopped; vchan-socket-proxy is what dbfork ran
+/// before it had its own, and may still run for a domain set up then).
 fn stop_helper(pid: u32, vm: &str, what: &str) {
-    let is_proxy = crate::process::cmdline(pid)
-        .is_some_and(|a| a.iter().any(|x| x.ends_with("vchan-socket-proxy")));
+    let is_proxy = crate::process::cmdline(pid).is_some_and(|a| {
+        a.first()
+            .is_some_and(|x| x.ends_with(VCHAN_RELAY) || x.ends_with("vchan-socket-proxy"))
+    });
     if is_proxy && !crate::process::stop_process(pid) {
         tracing::warn!("the {what} of {vm} (pid {pid}) did not exit");
     }

@@ -46,20 +46,31 @@ pub use real::{guest_dir, guest_perms, XenControl};
 mod real {
     use super::*;
     use crate::process::{spawn_helper, STARTUP_TIMEOUT};
-    use crate::xen::domain::{GUEST_KEYS, GUEST_VCHAN, PAGE_TABLE_VCHAN};
+    use crate::xen::domain::{GUEST_KEYS, GUEST_VCHAN, PAGE_TABLE_VCHAN, VCHAN_RELAY};
     use crate::xen::toolstack::Xl;
     use std::path::PathBuf;
     use std::process::Command;
     use xenstore::{Perm, Xenstore};
 
-    /// The host's Xen: `xl`, xenstored, Debian's vchan-socket-proxy, xenconsoled's logs.
+    /// The host's Xen: `xl`, xenstored, dbfork's vchan relay, xenconsoled's logs.
     pub struct XenControl {
         xl: Xl,
         xs: std::sync::OnceLock<Xenstore>,
     }
 
-    /// Where Debian's xen-utils install the channel proxy.
-    pub const VCHAN_SOCKET_PROXY: &str = "/usr/lib/xen-4.17/bin/vchan-socket-proxy";
+    /// dom0's end of a domU's vchans: dbfork's relay (`dbfork-vchan-relay`, next to the
+    /// running binary, or `DBFORK_VCHAN_RELAY`). Xen's own vchan-socket-proxy leaves a
+    /// first request unread when it arrives with the connect (docs/xen.md).
+    pub fn vchan_relay() -> PathBuf {
+        std::env::var_os("DBFORK_VCHAN_RELAY")
+            .map(PathBuf::from)
+            .or_else(|| {
+                std::env::current_exe()
+                    .ok()
+                    .and_then(|e| e.parent().map(|d| d.join(VCHAN_RELAY)))
+            })
+            .unwrap_or_else(|| PathBuf::from(VCHAN_RELAY))
+    }
     /// Where xenconsoled writes guests' consoles (when started with --log=guest).
     const CONSOLE_LOGS: &str = "/var/log/xen/console";
 
@@ -138,11 +149,12 @@ mod real {
         }
         fn open_channel(&self, domid: u32, socket: &Path, log: &Path) -> Result<u32> {
             let _ = std::fs::remove_file(socket);
-            let mut cmd = Command::new(VCHAN_SOCKET_PROXY);
-            cmd.args(["-m", "client", &domid.to_string()])
+            let relay = vchan_relay();
+            let mut cmd = Command::new(&relay);
+            cmd.args(["connect", &domid.to_string()])
                 .arg(format!("/local/domain/{domid}/{GUEST_VCHAN}"))
                 .arg(socket);
-            let what = format!("{VCHAN_SOCKET_PROXY} -m client {domid}");
+            let what = format!("{} connect {domid}", relay.display());
             spawn_helper(cmd, &what, log, STARTUP_TIMEOUT, || socket.exists())?.ok_or_else(|| {
                 Error::Domain {
                     name: format!("domid {domid}"),
@@ -164,10 +176,11 @@ mod real {
         ) -> Result<u32> {
             let xs = self.xs()?;
             let path = format!("/local/domain/{domid}/{PAGE_TABLE_VCHAN}");
-            let mut cmd = Command::new(VCHAN_SOCKET_PROXY);
-            cmd.args(["-m", "server", &domid.to_string(), &path])
+            let relay = vchan_relay();
+            let mut cmd = Command::new(&relay);
+            cmd.args(["serve", &domid.to_string(), &path])
                 .arg(page_table);
-            let what = format!("{VCHAN_SOCKET_PROXY} -m server {domid} {path}");
+            let what = format!("{} serve {domid} {path}", relay.display());
             // Up once the vchan's ring is published for the guest to connect to.
             let ring = format!("{path}/ring-ref");
             let up = || matches!(xs.read_string(&ring), Ok(Some(_)));

@@ -36,6 +36,8 @@ pub const PAGE_TABLE_VCHAN: &str = "dbfork/pagetable";
 pub const GUEST_STATE: &str = "data/dbfork-state";
 /// The xenstore path (under the domain's directory) of the guest side's vchan.
 pub const GUEST_VCHAN: &str = "data/dbfork";
+/// The program that is dom0's (and a domU's) end of those vchans.
+pub const VCHAN_RELAY: &str = "dbfork-vchan-relay";
 
 /// What the Xen substrate remembers about a domain.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -73,7 +75,7 @@ pub struct XenAgent {
     pub source: bool,
     /// The domid it runs as now (a replica's is what its source grants to).
     pub domid: u32,
-    /// dom0's end of the channel to the page table (a vchan-socket-proxy).
+    /// dom0's end of the channel to the page table (a `dbfork-vchan-relay serve`).
     pub page_table_proxy: u32,
 }
 

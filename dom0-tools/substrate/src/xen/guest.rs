@@ -1,7 +1,7 @@
 //! The database of a domU, as the orchestration uses it (`Endpoint`), reached through
 //! the domU's guest side (`dbfork-guestd`) over its channel: dom0 never holds the
 //! guest's SQL passwords nor needs its network. The channel is the domain's identity:
-//! one per domU (on Xen, the Unix socket vchan-socket-proxy makes for that domU's
+//! one per domU (on Xen, the Unix socket dbfork-vchan-relay makes for that domU's
 //! vchan); nothing a guest sends can claim to be another domain.
 
 use crate::error::{Error, Result};
@@ -57,8 +57,9 @@ impl GuestEndpoint {
 
     /// `connect`, waiting on the guest as `patience` says.
     ///
-    /// A first request left unanswered is asked again on a new connection: the
-    /// guest's end of a vchan (Xen's vchan-socket-proxy, server mode) can miss the
+    /// A first request left unanswered is asked again on a new connection: a
+    /// guest's end of a vchan that is Xen's vchan-socket-proxy (server mode, what
+    /// dbfork's guests ran before dbfork-vchan-relay) can miss the
     /// request that comes with a new connection. Its wait for the connection consumes
     /// the event that announced both when dom0's first write follows the connect
     /// before the guest runs, and it then waits for an event that never comes, the
