@@ -492,6 +492,15 @@ impl Substrate for Xen {
                 script.display()
             )));
         }
+        let relay = crate::xen::control::vchan_relay();
+        if !relay.exists() {
+            return Err(Error::XenHostLacks(format!(
+                "{} is missing: it is dom0's end of each domU's channels; install it next to \
+                 dbfork (cargo build --release --workspace builds it, scripts/install-units \
+                 installs it) or name it with DBFORK_VCHAN_RELAY",
+                relay.display()
+            )));
+        }
         for (tool, pkg) in [("xl", "xen-utils-4.17"), ("nbd-client", "nbd-client")] {
             if !crate::local::on_path(tool) {
                 return Err(Error::XenHostLacks(format!(

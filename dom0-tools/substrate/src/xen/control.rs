@@ -4,8 +4,9 @@
 //! what the guest reports, and the channel proxy that makes a domU's vchan a Unix
 //! socket in dom0.
 
-use crate::error::{Error, Result};
-use std::path::Path;
+use crate::error::Result;
+use crate::xen::domain::VCHAN_RELAY;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// What the Xen backend asks of the host's Xen.
@@ -39,14 +40,30 @@ pub trait DomainControl {
     fn console_tail(&self, name: &str, lines: usize) -> Vec<String>;
 }
 
+/// dom0's end of a domU's vchans: dbfork's relay (`dbfork-vchan-relay`, next to the
+/// running binary, or `DBFORK_VCHAN_RELAY`). Xen's own vchan-socket-proxy leaves a
+/// first request unread when it arrives with the connect (docs/xen.md).
+pub fn vchan_relay() -> PathBuf {
+    std::env::var_os("DBFORK_VCHAN_RELAY")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::current_exe()
+                .ok()
+                .and_then(|e| e.parent().map(|d| d.join(VCHAN_RELAY)))
+        })
+        .unwrap_or_else(|| PathBuf::from(VCHAN_RELAY))
+}
+
 #[cfg(feature = "xen")]
 pub use real::{guest_dir, guest_perms, XenControl};
 
 #[cfg(feature = "xen")]
 mod real {
+    use super::vchan_relay;
     use super::*;
+    use crate::error::Error;
     use crate::process::{spawn_helper, STARTUP_TIMEOUT};
-    use crate::xen::domain::{GUEST_KEYS, GUEST_VCHAN, PAGE_TABLE_VCHAN, VCHAN_RELAY};
+    use crate::xen::domain::{GUEST_KEYS, GUEST_VCHAN, PAGE_TABLE_VCHAN};
     use crate::xen::toolstack::Xl;
     use std::path::PathBuf;
     use std::process::Command;
@@ -58,19 +75,6 @@ mod real {
         xs: std::sync::OnceLock<Xenstore>,
     }
 
-    /// dom0's end of a domU's vchans: dbfork's relay (`dbfork-vchan-relay`, next to the
-    /// running binary, or `DBFORK_VCHAN_RELAY`). Xen's own vchan-socket-proxy leaves a
-    /// first request unread when it arrives with the connect (docs/xen.md).
-    pub fn vchan_relay() -> PathBuf {
-        std::env::var_os("DBFORK_VCHAN_RELAY")
-            .map(PathBuf::from)
-            .or_else(|| {
-                std::env::current_exe()
-                    .ok()
-                    .and_then(|e| e.parent().map(|d| d.join(VCHAN_RELAY)))
-            })
-            .unwrap_or_else(|| PathBuf::from(VCHAN_RELAY))
-    }
     /// Where xenconsoled writes guests' consoles (when started with --log=guest).
     const CONSOLE_LOGS: &str = "/var/log/xen/console";
 
