@@ -78,15 +78,15 @@ impl GuestEndpoint {
             stream.set_read_timeout(Some(patience.hello)).map_err(io)?;
             match Client::new(stream) {
                 Ok(c) => break c,
-                Err(guest_channel::Error::Io(e)) if timed_out(&e) => {
+                Err(e) if hello_missed(&e) => {
                     if attempt >= patience.connections {
                         return Err(guest(guest_channel::Error::Io(std::io::Error::new(
-                            e.kind(),
+                            std::io::ErrorKind::TimedOut,
                             format!(
-                                "no answer to a hello on {} connections, {} s each: another \
-                                 dbfork command may hold its channel (one connection at a \
-                                 time), or dbfork-guestd does not run in the domU (see its \
-                                 console)",
+                                "no answer to a hello on {} connections ({} s each, or closed \
+                                 unanswered): another dbfork command may hold its channel \
+                                 (one connection at a time), or dbfork-guestd or its channel \
+                                 relay does not run in the domU (see its console)",
                                 patience.connections,
                                 patience.hello.as_secs_f32()
                             ),
@@ -94,7 +94,7 @@ impl GuestEndpoint {
                     }
                     let said = format!(
                         "{name}'s guest side did not answer a new connection within {:.1} s \
-                         (attempt {attempt} of {}): connecting again",
+                         or closed it ({e}; attempt {attempt} of {}): connecting again",
                         patience.hello.as_secs_f32(),
                         patience.connections
                     );
@@ -145,6 +145,23 @@ impl GuestEndpoint {
             .set_read_timeout(Some(self.patience.reply))
             .map_err(io)?;
         reply.map_err(guest)
+    }
+}
+
+/// A hello left unanswered on its connection: it timed out, or the connection closed
+/// without an answer (dom0's relay closes a connection when the domU offers no ring in
+/// time, the domU's relay when its guest side does not accept).
+fn hello_missed(e: &guest_channel::Error) -> bool {
+    match e {
+        guest_channel::Error::Io(e) => {
+            timed_out(e)
+                || matches!(
+                    e.kind(),
+                    std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+                )
+        }
+        guest_channel::Error::Closed => true,
+        _ => false,
     }
 }
 
@@ -481,6 +498,32 @@ mod tests {
         );
         let m = ep.memory_use().unwrap();
         assert!(m.server.is_none() && m.domain.is_none());
+        drop(ep);
+        guest.join().unwrap();
+    }
+
+    /// dom0's relay closes a connection whose domU offered no ring in time: the hello
+    /// is asked again on a new connection, as for one left unanswered.
+    #[test]
+    fn a_connection_closed_before_its_hello_is_answered_is_tried_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("guest.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let guest = std::thread::spawn(move || {
+            let mut conns = listener.incoming();
+            drop(conns.next().unwrap().unwrap());
+            let conn = conns.next().unwrap().unwrap();
+            let mut r = BufReader::new(conn.try_clone().unwrap());
+            let mut w = conn;
+            while let Some(req) = request(&mut r) {
+                match req {
+                    Request::Hello { .. } => answer(&mut w, &Reply::Hello { version: VERSION }),
+                    _ => answer(&mut w, &memory()),
+                }
+            }
+        });
+        let ep = GuestEndpoint::connect_with("d4", &socket, quick()).unwrap();
+        assert!(ep.memory_use().unwrap().server.is_none());
         drop(ep);
         guest.join().unwrap();
     }
