@@ -225,8 +225,20 @@ pub fn serve<R: Ring>(
                 continue;
             }
         };
-        let ended = pump(&mut ring, &mut sock, tick)?;
-        tracing::debug!(?ended, "conversation over");
+        over(pump(&mut ring, &mut sock, tick));
+    }
+}
+
+/// Logs how a conversation ended. A failure ends that conversation only: its ring and
+/// connection are dropped, and the relay serves the next one.
+fn over(ended: Result<Ended>) {
+    match ended {
+        Ok(ended) => tracing::debug!(?ended, "conversation over"),
+        // As a `dyn Error`, the log line carries its causes too.
+        Err(e) => tracing::warn!(
+            error = &e as &dyn std::error::Error,
+            "conversation failed; serving the next"
+        ),
     }
 }
 
@@ -257,8 +269,7 @@ pub fn accept_and_connect<R: Ring>(
             }
         };
         if let Some(ring) = ring.as_mut() {
-            let ended = pump(ring, &mut sock, tick)?;
-            tracing::debug!(?ended, "conversation over");
+            over(pump(ring, &mut sock, tick));
         }
     }
 }
@@ -283,6 +294,8 @@ mod tests {
         room: usize,
         state: Option<RingState>,
         dropped: bool,
+        /// Reads fail (as a ring whose event channel broke).
+        broken: bool,
     }
 
     struct Peer {
@@ -340,6 +353,12 @@ mod tests {
         }
         fn read(&mut self, buf: &mut [u8]) -> Result<usize> {
             let mut s = self.shared.lock().unwrap();
+            if s.broken {
+                return Err(Error::Ring {
+                    op: "read",
+                    source: std::io::Error::from(ErrorKind::InvalidData),
+                });
+            }
             let n = buf.len().min(s.from_peer.len());
             for b in buf.iter_mut().take(n) {
                 *b = s.from_peer.pop_front().unwrap();
@@ -383,6 +402,15 @@ mod tests {
         let mut buf = vec![0u8; n];
         s.read_exact(&mut buf).expect("relayed within 10 s");
         buf
+    }
+
+    fn accept_within(listener: &UnixListener) -> UnixStream {
+        let l = listener.try_clone().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(l.accept().map(|(c, _)| c)));
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("a connection within 10 s")
+            .unwrap()
     }
 
     /// The stalls' case: the client's request is in the ring when the relay starts and
@@ -479,6 +507,41 @@ mod tests {
         drop(tx);
         assert!(t.join().unwrap().is_err());
         assert!(peers.iter().all(|p| p.with(|s| s.dropped)));
+    }
+
+    /// A conversation that fails (its ring broke) ends alone: the relay offers the
+    /// next ring and serves its client.
+    #[test]
+    fn a_failed_conversation_is_not_the_relays_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target.sock");
+        let listener = UnixListener::bind(&target).unwrap();
+        let (broken, broken_peer) = fake(RingState::Open, b"lost");
+        broken_peer.with(|s| s.broken = true);
+        let (good, _good_peer) = fake(RingState::Open, b"fine");
+        let mut rings = vec![good, broken];
+        std::thread::spawn(move || {
+            serve(
+                || {
+                    rings.pop().ok_or(Error::Ring {
+                        op: "offer",
+                        source: ErrorKind::NotFound.into(),
+                    })
+                },
+                &target,
+                NO_TICK,
+            )
+        });
+        let (mut first, _) = listener.accept().unwrap();
+        let mut rest = Vec::new();
+        first
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        first.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty(), "the broken ring relayed {rest:?}");
+        let mut second = accept_within(&listener);
+        assert_eq!(read_exact_within(&mut second, 4), b"fine");
+        assert!(broken_peer.with(|s| s.dropped));
     }
 
     /// A client-side relay retries while the peer offers no ring, then relays.
