@@ -470,6 +470,18 @@ mod tests {
         }
     }
 
+    /// A guest end that answers every request on `conn` until dom0 closes it.
+    fn answer_all(conn: UnixStream) {
+        let mut r = BufReader::new(conn.try_clone().unwrap());
+        let mut w = conn;
+        while let Some(req) = request(&mut r) {
+            match req {
+                Request::Hello { .. } => answer(&mut w, &Reply::Hello { version: VERSION }),
+                _ => answer(&mut w, &memory()),
+            }
+        }
+    }
+
     #[test]
     fn a_first_request_the_guests_end_missed_is_asked_again_on_a_new_connection() {
         let dir = tempfile::tempdir().unwrap();
@@ -480,15 +492,7 @@ mod tests {
             let mut conns = listener.incoming();
             // The first connection's request is never read (the proxy's lost wakeup).
             seen.send(swallow(conns.next().unwrap().unwrap())).unwrap();
-            let conn = conns.next().unwrap().unwrap();
-            let mut r = BufReader::new(conn.try_clone().unwrap());
-            let mut w = conn;
-            while let Some(req) = request(&mut r) {
-                match req {
-                    Request::Hello { .. } => answer(&mut w, &Reply::Hello { version: VERSION }),
-                    _ => answer(&mut w, &memory()),
-                }
-            }
+            answer_all(conns.next().unwrap().unwrap());
         });
         let ep = GuestEndpoint::connect_with("d1", &socket, quick()).unwrap();
         assert_eq!(
@@ -512,15 +516,7 @@ mod tests {
         let guest = std::thread::spawn(move || {
             let mut conns = listener.incoming();
             drop(conns.next().unwrap().unwrap());
-            let conn = conns.next().unwrap().unwrap();
-            let mut r = BufReader::new(conn.try_clone().unwrap());
-            let mut w = conn;
-            while let Some(req) = request(&mut r) {
-                match req {
-                    Request::Hello { .. } => answer(&mut w, &Reply::Hello { version: VERSION }),
-                    _ => answer(&mut w, &memory()),
-                }
-            }
+            answer_all(conns.next().unwrap().unwrap());
         });
         let ep = GuestEndpoint::connect_with("d4", &socket, quick()).unwrap();
         assert!(ep.memory_use().unwrap().server.is_none());
