@@ -566,7 +566,13 @@ mod tests {
             // (dom0 may have closed by then.)
             go.recv().unwrap();
             let _ = write_message(&mut w, &Reply::Ok);
-            assert_eq!(request(&mut r), None, "dom0 sent no more requests");
+            // dom0 closing with that reply unread reads as a reset rather than an end.
+            match read_line(&mut r, guest_channel::MAX_REQUEST) {
+                Ok(None) => {}
+                Err(guest_channel::Error::Io(e))
+                    if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+                other => panic!("dom0 sent more after giving up: {other:?}"),
+            }
         });
         let ep = GuestEndpoint::connect_with("d3", &socket, quick()).unwrap();
         let err = crate::error::chain(&ep.agent_counters().unwrap_err());
