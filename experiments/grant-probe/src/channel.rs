@@ -97,7 +97,7 @@ fn wait_for(what: &str, ready: impl FnMut() -> bool) -> Result<()> {
     Ok(())
 }
 
-pub fn first_request(domain: &str, socket: &Path, proxy_pid: u32, hello: Duration) -> Result<()> {
+pub fn first_request(domain: &str, socket: &Path, relay_pid: u32, hello: Duration) -> Result<()> {
     let paused = Paused::new(domain)?;
     let (tid_tx, tid_rx) = mpsc::channel();
     let (name, socket) = (domain.to_string(), socket.to_path_buf());
@@ -115,13 +115,13 @@ pub fn first_request(domain: &str, socket: &Path, proxy_pid: u32, hello: Duratio
     });
     let tid = tid_rx.recv().context("the asking thread")?;
     // The hello is written once the asker waits for its answer, and in the ring once
-    // dom0's proxy read it and waits again.
+    // dom0's relay read it and waits again.
     wait_for("the hello to be sent", || {
         blocked_in(&format!("/proc/self/task/{tid}/syscall"), &[READ, RECVFROM])
     })?;
     let sent = Instant::now();
-    wait_for("dom0's channel proxy to pass the hello on", || {
-        passed_on(proxy_pid)
+    wait_for("dom0's channel relay to pass the hello on", || {
+        passed_on(relay_pid)
     })?;
     drop(paused);
     let unpaused = Instant::now();

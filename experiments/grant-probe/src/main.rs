@@ -62,15 +62,15 @@ enum Cmd {
         #[arg(long)]
         mapped_by: Option<u16>,
     },
-    /// In dom0: ask DOMAIN's guest side on its channel SOCKET (dom0's end, proxy
-    /// PROXY_PID) a first request while the domain is paused (`channel.rs`).
+    /// In dom0: ask DOMAIN's guest side on its channel SOCKET (dom0's end, relay
+    /// RELAY_PID) a first request while the domain is paused (`channel.rs`).
     ChannelFirstRequest {
         #[arg(long)]
         domain: String,
         #[arg(long)]
         socket: std::path::PathBuf,
         #[arg(long)]
-        proxy_pid: u32,
+        relay_pid: u32,
         #[arg(long, default_value_t = 10)]
         hello_secs: u64,
     },
@@ -90,9 +90,9 @@ fn main() {
         Cmd::ChannelFirstRequest {
             domain,
             socket,
-            proxy_pid,
+            relay_pid,
             hello_secs,
-        } => channel::first_request(&domain, &socket, proxy_pid, Duration::from_secs(hello_secs)),
+        } => channel::first_request(&domain, &socket, relay_pid, Duration::from_secs(hello_secs)),
     };
     if let Err(e) = r {
         eprintln!("dbfork-grant-probe: {e:#}");

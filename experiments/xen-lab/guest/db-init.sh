@@ -64,7 +64,7 @@ if xenstore-read dbfork/agent >/run/dbfork/agent.json 2>/dev/null; then
     # dbfork's relay, not Xen's vchan-socket-proxy: it exits once dom0 closes a ring
     # it still writes to, and then the agent can never reach the page table again.
     /run/dbfork-lab/dbfork-vchan-relay connect 0 "/local/domain/$domid/dbfork/pagetable" \
-        /run/dbfork/pt.sock >/run/dbfork/pt-proxy.log 2>&1 &
+        /run/dbfork/pt.sock >/run/dbfork/pt-relay.log 2>&1 &
     agent_flags="--agent /run/dbfork/agent.json --agent-lib /run/dbfork-lab/libdbfork_agent.so --xen-domid $domid --page-table /run/dbfork/pt.sock"
     say "DBFORK-GUEST sharing pages: $(cat /run/dbfork/agent.json)"
 fi
@@ -93,7 +93,7 @@ fi
 # dbfork's relay: Xen's vchan-socket-proxy in server mode leaves a first request that
 # arrives with the connect unread (docs/xen.md).
 /run/dbfork-lab/dbfork-vchan-relay serve 0 "/local/domain/$domid/data/dbfork" \
-    /run/dbfork/guestd.sock >/run/dbfork/proxy.log 2>&1 &
+    /run/dbfork/guestd.sock >/run/dbfork/relay.log 2>&1 &
 state ready
 say "DBFORK-GUEST-READY domid=$domid ip=$ip"
 while :; do sleep 3600; done

@@ -32,6 +32,9 @@ checksums() { # checksums HOST: the two sysbench tables' checksums, one line
 record_field() { # record_field NAME KEY: a number from an instance's record
     grep -o "\"$2\": *[0-9]*" "$DBFORK_STORE/instances/$1/record.json" 2>/dev/null | grep -o '[0-9]*$' | head -n 1
 }
+record_text() { # record_text NAME KEY: a string (without escapes) from an instance's record
+    grep -o "\"$2\": *\"[^\"]*\"" "$DBFORK_STORE/instances/$1/record.json" 2>/dev/null | head -n 1 | sed 's/.*: *"//; s/"$//'
+}
 
 status_json() { # status_json NAME FILE: dbfork status NAME --json into FILE, bounded
     timeout 120 dbfork status "$1" --json >"$2" 2>&1 ||
@@ -55,8 +58,8 @@ dump_domain() { # dump_domain NAME
     echo "  --- hotplug log:"
     tail -n 10 /var/log/xen/xen-hotplug.log 2>/dev/null | sed 's/^/  | /'
 }
-# dom0's channel proxies of a domain: their processes and logs.
-proxy_logs() { # proxy_logs NAME
+# dom0's channel relays of a domain: its problems and their logs.
+relay_logs() { # relay_logs NAME
     echo "  --- $1's problems: $(timeout 60 dbfork status "$1" 2>&1 | grep PROBLEM | tr '\n' ' ' | cut -c1-300)"
     for l in "$DBFORK_STORE/run/$1.channel.log" "$DBFORK_STORE/run/$1.pagetable.log"; do
         echo "  --- $l:"
@@ -169,8 +172,8 @@ if grep -q "^$SRC .*running" /tmp/list.out && grep -q "^r1 .*replica .*running" 
     echo "  $(tr -s ' ' </tmp/list.out | tr '\n' '|')"
 else
     fail replica-listed "list: $(oneline /tmp/list.out) status: $(oneline /tmp/st.json)"
-    proxy_logs $SRC
-    proxy_logs r1
+    relay_logs $SRC
+    relay_logs r1
 fi
 
 # --- a write on the source arrives -----------------------------------------------------
@@ -205,8 +208,8 @@ if [ "${R_SHARED:-0}" -gt 0 ] && [ "${PT_HITS:-0}" -gt 0 ] && [ "${GRANTS_SHARED
 else
     fail pages-shared "r1 shared '$R_SHARED', pagetabled hits '$PT_HITS', $SRC's grants mapped by r1 (d$R1_DOMID) '$GRANTS_SHARED'; r1 status: $(dbfork status r1 --json 2>&1 | grep -E '"(role|sharing_off|sharing_off_reason|lookups|lookup_errors|map_errors|fallback_errors)"' | tr -s ' ' | tr '\n' ' ' | cut -c1-500); $SRC: $(dbfork status $SRC --json 2>&1 | grep -E '"(role|sharing_off|sharing_off_reason|pages_pooled|pages_registered|register_errors)"' | tr -s ' ' | tr '\n' ' ' | cut -c1-400)"
     dump_domain r1
-    proxy_logs $SRC
-    proxy_logs r1
+    relay_logs $SRC
+    relay_logs r1
 fi
 # A page the source changes after the clone (unlogged: it never reaches r1 by
 # replication) reads on r1 as it was at the clone.
@@ -314,9 +317,9 @@ fi
 # the guest's end is dbfork's relay, and dbfork's endpoint would ask again on a new
 # connection.
 t=$(now)
-CHANNEL=$(grep -o '"channel": *"[^"]*"' "$DBFORK_STORE/instances/r2/record.json" 2>/dev/null | head -n 1 | sed 's/.*: *"//; s/"$//')
+CHANNEL=$(record_text r2 channel)
 if timeout 120 dbfork-grant-probe channel-first-request --domain r2 --socket "$CHANNEL" \
-    --proxy-pid "$(record_field r2 proxy_pid)" >/tmp/chan.out 2>&1; then
+    --relay-pid "$(record_field r2 relay_pid)" >/tmp/chan.out 2>&1; then
     pass channel-first-request
     echo "  $(oneline /tmp/chan.out) ($(since "$t") s in all)"
 else
@@ -355,8 +358,8 @@ GRANTS_R1=$(grants_of "$SRC_DOMID" "$R1_DOMID")
 status_json r1 /tmp/r1.json
 R1_SHARING=$(grep -E '"(shared|lookups|lookup_errors|declined_newer|map_errors|fallback_errors|sharing_off_reason|unshared_on_write)"' /tmp/r1.json | tr -s ' ' | tr '\n' ' ' | cut -c1-400)
 R1_PT_LOG=$(tail -n 6 "$DBFORK_STORE/run/r1.pagetable.log" 2>/dev/null | tr '\n' '|' | cut -c1-400)
-R1_PT_PROXY=$(grep -o '"page_table_proxy": *[0-9]*' "$DBFORK_STORE/instances/r1/record.json" 2>/dev/null | grep -o '[0-9]*$')
-R1_PT_ALIVE=$(kill -0 "${R1_PT_PROXY:-0}" 2>/dev/null && echo alive || echo gone)
+R1_PT_RELAY=$(record_field r1 page_table_relay)
+R1_PT_ALIVE=$(kill -0 "${R1_PT_RELAY:-0}" 2>/dev/null && echo alive || echo gone)
 t=$(now)
 nbd_connected() { for d in /sys/block/nbd*; do [ -e "$d/pid" ] && echo "${d##*/}"; done; }
 if dbfork destroy r1 >/tmp/d.out 2>&1 && ! xl list r1 >/dev/null 2>&1 &&
@@ -371,8 +374,8 @@ if [ "${GRANTS_R1:-0}" -gt 0 ] && [ "$GRANTS_AFTER" = 0 ]; then
     pass grants-released
     echo "  $SRC's grants mapped by r1 (d$R1_DOMID): $GRANTS_R1 before dbfork destroy r1, $GRANTS_AFTER after"
 else
-    fail grants-released "$SRC's grants mapped by r1 (d$R1_DOMID): '$GRANTS_R1' before dbfork destroy r1, '$GRANTS_AFTER' after; r1 before its destroy: $R1_SHARING; r1's page table proxy (pid '$R1_PT_PROXY', $R1_PT_ALIVE) log: $R1_PT_LOG"
-    proxy_logs $SRC
+    fail grants-released "$SRC's grants mapped by r1 (d$R1_DOMID): '$GRANTS_R1' before dbfork destroy r1, '$GRANTS_AFTER' after; r1 before its destroy: $R1_SHARING; r1's page table relay (pid '$R1_PT_RELAY', $R1_PT_ALIVE) log: $R1_PT_LOG"
+    relay_logs $SRC
 fi
 if [ "$(checksums $SRC_IP)" = "$SRC_SUMS" ] && sql $SRC_IP "INSERT INTO lab.marks VALUES ('after')" 2>/tmp/q.out &&
     dbfork status $SRC >/tmp/st.out 2>&1 && grep -q "running" /tmp/st.out; then

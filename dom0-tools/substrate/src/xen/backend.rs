@@ -18,7 +18,7 @@
 //! Page sharing (docs/xen.md): the store's page table runs in dom0; a domain whose
 //! server shares gets its agent's setup in xenstore and dom0's end of a channel to the
 //! page table before it runs (the page table knows the domain by that channel's
-//! proxy); a replica is added to its source's grantees before it runs, and taken off
+//! relay); a replica is added to its source's grantees before it runs, and taken off
 //! when it stops. What dom0 keeps of a family is in [`family`]. Read limits are not
 //! built for Xen.
 
@@ -212,7 +212,7 @@ impl Xen {
             .run_dir()
             .path()
             .join(format!("{}.pagetable.log", d.vm));
-        let proxy =
+        let relay =
             self.control
                 .open_page_table_channel(domid, &self.page_table.data_socket(), &log)?;
         let agent = XenAgent {
@@ -220,14 +220,14 @@ impl Xen {
             domain: spec.domain,
             source,
             domid,
-            page_table_proxy: proxy,
+            page_table_relay: relay,
         };
         let joined = self
             .page_table
             .join(
                 spec.family,
                 spec.domain,
-                Identity::XenChannel { pid: proxy, domid },
+                Identity::XenChannel { pid: relay, domid },
             )
             .and_then(|()| {
                 if source {
@@ -307,7 +307,7 @@ impl Xen {
             Ok(_) => {}
             Err(e) => tracing::warn!("updating {}'s family: {}", d.vm, crate::error::chain(&e)),
         }
-        stop_helper(agent.page_table_proxy, &d.vm, "page table channel proxy");
+        stop_helper(agent.page_table_relay, &d.vm, "page table channel relay");
     }
 
     fn forget_channel(&self, d: &XenDomain) {
@@ -356,7 +356,7 @@ impl Xen {
     }
 
     /// Starts the domain (created paused, its server config and agent handed over,
-    /// unpaused) and opens dom0's end of its channel; returns the channel proxy's pid
+    /// unpaused) and opens dom0's end of its channel; returns the channel relay's pid
     /// and the agent.
     fn boot(
         &self,
@@ -386,7 +386,7 @@ impl Xen {
             self.control.open_channel(domid, &d.channel, &log)
         })();
         match booted {
-            Ok(proxy) => {
+            Ok(relay) => {
                 if let (Some(a), Some(spec)) = (&set_up, agent) {
                     if a.source {
                         // Clones reach the source's agent from now on.
@@ -398,7 +398,7 @@ impl Xen {
                         })?;
                     }
                 }
-                Ok((proxy, set_up))
+                Ok((relay, set_up))
             }
             Err(e) => {
                 if let Err(e) = self.control.destroy(&d.vm) {
@@ -444,11 +444,11 @@ fn live_export(d: &XenDomain, volume: &str) -> Option<u32> {
         .filter(|p| crate::export::is_export_of(*p, volume))
 }
 
-/// Stops the proxy of the domain's guest channel (the page table's channel proxy is
+/// Stops the relay of the domain's guest channel (the page table's channel relay is
 /// its agent's, stopped when the agent's part ends: `end_agent`).
-fn stop_channel_proxy(d: &XenDomain) {
-    if let Some(pid) = d.proxy_pid {
-        stop_helper(pid, &d.vm, "channel proxy");
+fn stop_channel_relay(d: &XenDomain) {
+    if let Some(pid) = d.relay_pid {
+        stop_helper(pid, &d.vm, "channel relay");
     }
     let _ = std::fs::remove_file(&d.channel);
 }
@@ -457,11 +457,11 @@ fn stop_channel_proxy(d: &XenDomain) {
 /// anything now: only a relay is stopped; vchan-socket-proxy is what dbfork ran
 /// before it had its own, and may still run for a domain set up then).
 fn stop_helper(pid: u32, vm: &str, what: &str) {
-    let is_proxy = crate::process::cmdline(pid).is_some_and(|a| {
+    let is_relay = crate::process::cmdline(pid).is_some_and(|a| {
         a.first()
             .is_some_and(|x| x.ends_with(VCHAN_RELAY) || x.ends_with("vchan-socket-proxy"))
     });
-    if is_proxy && !crate::process::stop_process(pid) {
+    if is_relay && !crate::process::stop_process(pid) {
         tracing::warn!("the {what} of {vm} (pid {pid}) did not exit");
     }
 }
@@ -585,7 +585,7 @@ impl Substrate for Xen {
             vdev,
             channel: self.channel_path(name),
             export_pid: Some(export_pid),
-            proxy_pid: None,
+            relay_pid: None,
             format,
             agent: None,
         }))
@@ -593,11 +593,11 @@ impl Substrate for Xen {
 
     fn detach(&self, volume: &str, domain: &DomainState) -> Result<()> {
         let d = xen(domain);
-        stop_channel_proxy(d);
+        stop_channel_relay(d);
         // A domain detached without a stop before (its dbfork went down with it) may
-        // still have its page table's channel proxy.
+        // still have its page table's channel relay.
         if let Some(a) = &d.agent {
-            stop_helper(a.page_table_proxy, &d.vm, "page table channel proxy");
+            stop_helper(a.page_table_relay, &d.vm, "page table channel relay");
         }
         self.forget_channel(d);
         if let Some(pid) = live_export(d, volume) {
@@ -614,7 +614,7 @@ impl Substrate for Xen {
 
     fn reattach(&self, _name: &str, volume: &str, domain: &DomainState) -> Result<DomainState> {
         let mut d = xen(domain).clone();
-        d.proxy_pid = None;
+        d.relay_pid = None;
         d.agent = None;
         if live_export(&d, volume).is_none() {
             d.export_pid = Some(self.spawn_export(volume)?);
@@ -631,14 +631,14 @@ impl Substrate for Xen {
                 "the export process of volume {volume} (pid {pid}) is gone: the domU's database disk went with it"
             ));
         }
-        if running && !d.proxy_pid.is_some_and(crate::process::process_alive) {
+        if running && !d.relay_pid.is_some_and(crate::process::process_alive) {
             problems.push(format!(
                 "dom0's end of {}'s channel is gone: dbfork cannot reach its database",
                 d.vm
             ));
         }
         if let Some(a) = d.agent.as_ref().filter(|_| running) {
-            if !crate::process::process_alive(a.page_table_proxy) {
+            if !crate::process::process_alive(a.page_table_relay) {
                 problems.push(format!(
                     "dom0's end of {}'s page table channel is gone: its agent shares no pages \
                      until it is restarted (dbfork restart {})",
@@ -761,13 +761,13 @@ impl Substrate for Xen {
         self.forget_channel(d);
         // A domU boots its kernel and OS before its server (and a new source makes its
         // file system and datadir first): more than a server process's start.
-        let (proxy, agent) = self.boot(
+        let (relay, agent) = self.boot(
             req.config,
             d,
             agent.as_ref(),
             req.timeout.max(self.min_boot),
         )?;
-        d.proxy_pid = Some(proxy);
+        d.relay_pid = Some(relay);
         d.agent = agent;
         d.format = None;
         // The channel answers, or the start failed.
@@ -778,7 +778,7 @@ impl Substrate for Xen {
                 self.end_agent(d, a);
                 self.page_table.leave(a.domain);
             }
-            stop_channel_proxy(d);
+            stop_channel_relay(d);
             return Err(e);
         }
         Ok(())
@@ -799,7 +799,7 @@ impl Substrate for Xen {
         if let Some(a) = &d.agent {
             self.end_agent(d, a);
         }
-        stop_channel_proxy(d);
+        stop_channel_relay(d);
         Ok(())
     }
 

@@ -1,7 +1,7 @@
 //! The Xen mechanisms the backend drives, behind one narrow trait so that its logic
 //! (what is created, written, waited for and torn down, in which order) is tested
 //! without a hypervisor: `xl` for domains, xenstore for what dom0 hands a guest and
-//! what the guest reports, and the channel proxy that makes a domU's vchan a Unix
+//! what the guest reports, and the channel relay that makes a domU's vchan a Unix
 //! socket in dom0.
 
 use crate::error::Result;
@@ -27,11 +27,11 @@ pub trait DomainControl {
     /// What the domain wrote at `path` under its own directory (`data/...`).
     fn read_from_guest(&self, domid: u32, path: &str) -> Result<Option<String>>;
     /// Starts dom0's end of the domain's channel: a Unix socket at `socket` whose
-    /// connections reach the guest side's vchan. Returns the proxy's pid.
+    /// connections reach the guest side's vchan. Returns the relay's pid.
     fn open_channel(&self, domid: u32, socket: &Path, log: &Path) -> Result<u32>;
     /// Starts dom0's end of the channel between the domain's agent and the page table:
     /// a vchan dom0 serves (the guest connects to it), each of whose connections
-    /// reaches the page table's Unix socket `page_table`. Returns the proxy's pid (the
+    /// reaches the page table's Unix socket `page_table`. Returns the relay's pid (the
     /// page table knows the domain by it).
     fn open_page_table_channel(&self, domid: u32, page_table: &Path, log: &Path) -> Result<u32>;
     /// What `xl info` prints (the hypervisor's command line among it).
@@ -59,13 +59,11 @@ pub use real::{guest_dir, guest_perms, XenControl};
 
 #[cfg(feature = "xen")]
 mod real {
-    use super::vchan_relay;
     use super::*;
     use crate::error::Error;
     use crate::process::{spawn_helper, STARTUP_TIMEOUT};
     use crate::xen::domain::{GUEST_KEYS, GUEST_VCHAN, PAGE_TABLE_VCHAN};
     use crate::xen::toolstack::Xl;
-    use std::path::PathBuf;
     use std::process::Command;
     use xenstore::{Perm, Xenstore};
 
@@ -163,7 +161,7 @@ mod real {
                 Error::Domain {
                     name: format!("domid {domid}"),
                     what: format!(
-                        "the channel proxy did not come up: {}",
+                        "the channel relay did not come up: {}",
                         dbinstance::tools::tail_of_file(log, 3).replace('\n', " | ")
                     ),
                 }
@@ -191,7 +189,7 @@ mod real {
             spawn_helper(cmd, &what, log, STARTUP_TIMEOUT, up)?.ok_or_else(|| Error::Domain {
                 name: format!("domid {domid}"),
                 what: format!(
-                    "the page table's channel proxy did not come up: {}",
+                    "the page table's channel relay did not come up: {}",
                     dbinstance::tools::tail_of_file(log, 3).replace('\n', " | ")
                 ),
             })

@@ -53,9 +53,10 @@ pub struct XenDomain {
     /// The volume's export process, while it serves.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub export_pid: Option<u32>,
-    /// The channel's proxy in dom0, while the domU runs.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub proxy_pid: Option<u32>,
+    /// dom0's end of the channel (a `dbfork-vchan-relay connect`), while the domU runs.
+    /// Records written before the relay call it `proxy_pid`.
+    #[serde(default, alias = "proxy_pid", skip_serializing_if = "Option::is_none")]
+    pub relay_pid: Option<u32>,
     /// Until the first start of a new source: the filesystem the guest makes on its
     /// empty disk (and then a fresh datadir).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -76,7 +77,9 @@ pub struct XenAgent {
     /// The domid it runs as now (a replica's is what its source grants to).
     pub domid: u32,
     /// dom0's end of the channel to the page table (a `dbfork-vchan-relay serve`).
-    pub page_table_proxy: u32,
+    /// Records written before the relay call it `page_table_proxy`.
+    #[serde(alias = "page_table_proxy")]
+    pub page_table_relay: u32,
 }
 
 /// The server config the guest runs: dom0's settings for it (server_id, port, buffer
@@ -125,6 +128,24 @@ mod tests {
         let back: InstanceConfig = serde_json::from_str(&json).unwrap();
         assert_eq!(back.server_id, 7);
         assert!(json.len() < 4096, "a xenstore value holds at most 4 KiB");
+    }
+
+    /// A domain set up before dbfork had its own relay keeps its relays' pids (a
+    /// restart or destroy stops them by it) and is written back with today's names.
+    #[test]
+    fn a_record_from_before_the_relay_keeps_its_relays() {
+        let old = r#"{"vm":"r1","xl_config":"name = \"r1\"\n","vdev":"xvdb",
+            "channel":"/run/r1.sock","export_pid":10,"proxy_pid":11,
+            "agent":{"family":1,"domain":2,"source":false,"domid":5,"page_table_proxy":12}}"#;
+        let d: XenDomain = serde_json::from_str(old).unwrap();
+        assert_eq!(d.relay_pid, Some(11));
+        assert_eq!(d.agent.as_ref().map(|a| a.page_table_relay), Some(12));
+        let json = serde_json::to_string(&d).unwrap();
+        assert!(
+            json.contains(r#""relay_pid":11"#) && json.contains(r#""page_table_relay":12"#),
+            "{json}"
+        );
+        assert_eq!(serde_json::from_str::<XenDomain>(&json).unwrap(), d);
     }
 
     #[test]

@@ -490,7 +490,7 @@ mod tests {
         let (seen, saw) = mpsc::channel();
         let guest = std::thread::spawn(move || {
             let mut conns = listener.incoming();
-            // The first connection's request is never read (the proxy's lost wakeup).
+            // The first connection's request is never read (what Xen's vchan-socket-proxy did).
             seen.send(swallow(conns.next().unwrap().unwrap())).unwrap();
             answer_all(conns.next().unwrap().unwrap());
         });

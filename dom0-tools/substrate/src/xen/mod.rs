@@ -1,6 +1,6 @@
 //! The Xen substrate: domains are PV domUs, dbfork runs in dom0 (docs/xen.md).
 //! `backend` is the `Substrate`; `domain` what it remembers of a domU and hands it;
-//! `control` the Xen mechanisms it drives (xl, xenstore, the channel proxy) behind a
+//! `control` the Xen mechanisms it drives (xl, xenstore, the channel relay) behind a
 //! trait; `guest` the database of a domU reached through its guest side;
 //! `toolstack` the `xl` command and deaths seen through xenstore; `budget` what page
 //! sharing may use of the hypervisor's grant tables; `family` what dom0 keeps of a
