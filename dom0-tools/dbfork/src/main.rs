@@ -50,8 +50,10 @@ fn main() {
         },
     };
     if let Err(e) = result {
-        // The whole chain: "opening the volume store: permission denied" beats either half.
-        let chain = chain(&e);
+        // The whole chain: "opening the volume store: permission denied" beats either half
+        // (each cause said once: a library error's source is often also the end of its
+        // own message).
+        let chain = dbfork::error::chain(e.as_ref());
         if cli.json {
             outln!("{}", serde_json::json!({"error": chain}));
         }
@@ -90,21 +92,4 @@ fn usable_store(store: &std::path::Path, command: &Command) -> anyhow::Result<()
         ),
         Err(e) => Err(anyhow::Error::new(e).context(format!("store {}", store.display()))),
     }
-}
-
-/// The error and its causes, each said once (a library error's source is often also
-/// the last part of its own message).
-fn chain(e: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for c in e.chain() {
-        let text = c.to_string();
-        if out.ends_with(&text) {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push_str(": ");
-        }
-        out.push_str(&text);
-    }
-    out
 }
