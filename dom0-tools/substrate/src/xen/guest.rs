@@ -435,12 +435,14 @@ mod tests {
     use std::os::unix::net::UnixListener;
     use std::sync::mpsc;
 
+    /// Short enough for the tests that wait a timeout out, long enough that a guest
+    /// end's thread on a loaded machine (CI runs servers beside these) answers in it.
     fn quick() -> Patience {
         Patience {
-            hello: Duration::from_millis(200),
+            hello: Duration::from_secs(1),
             connections: 3,
             reply: Duration::from_secs(30),
-            status_reply: Duration::from_millis(200),
+            status_reply: Duration::from_secs(1),
         }
     }
 
