@@ -398,12 +398,14 @@ pub fn transactions_behind(target: &GtidPos, applied: &GtidPos) -> u64 {
 }
 
 /// Adopts the server online as source `name`: the base instance, caught up with it.
+/// The copy waits up to `lock_wait` for sessions holding LOCK TABLES to end.
 pub fn adopt(
     ctx: &Ctx,
     name: &str,
     server: &ExternalServer,
     account: &Account,
     opts: &SourceOptions,
+    lock_wait: Duration,
     progress: &dyn AdoptProgress,
 ) -> Result<InstanceRecord> {
     let sub = ctx.substrate();
@@ -473,7 +475,7 @@ pub fn adopt(
     progress.step("copy");
     progress.copy_started(copy_estimate(&facts));
     let mut stream = server
-        .backup_stream(&facts.datadir, &cfg.run_dir.join("backup.log"))
+        .backup_stream(&facts.datadir, &cfg.run_dir.join("backup.log"), lock_wait)
         .map_err(|e| doing("starting mariadb-backup")(e.into()))?;
     let mut received = 0;
     let mut reader = Cancellable {

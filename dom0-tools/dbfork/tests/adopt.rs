@@ -216,6 +216,30 @@ fn a_login_from_an_option_file_adopts_and_a_failed_adoption_leaves_nothing() {
     assert_store_empty(store);
     assert_eq!(dbfork_accounts(&ops), Vec::<String>::new());
 
+    // A session holding LOCK TABLES all the copy's --lock-wait: the copy gives up, says
+    // why and what to do, and the adoption takes back all it made.
+    let mut holder = ops.instance.conn().unwrap();
+    dbinstance::sql::exec(&mut holder, "ops", "LOCK TABLES app.t WRITE").unwrap();
+    let err = store.fails(&[
+        "source",
+        "adopt",
+        "app",
+        "--defaults-file",
+        &good,
+        "--lock-wait",
+        "2",
+    ]);
+    assert!(
+        err.contains("waited 2 s to start its copy")
+            && err.contains("LOCK TABLES")
+            && err.contains("--lock-wait"),
+        "{err}"
+    );
+    assert_store_empty(store);
+    assert_eq!(dbfork_accounts(&ops), Vec::<String>::new());
+    dbinstance::sql::exec(&mut holder, "ops", "UNLOCK TABLES").unwrap();
+    drop(holder);
+
     // With the file's login, mariadb-backup copies and the base replicates.
     store.ok(&["source", "adopt", "app", "--defaults-file", &good]);
     ops.instance

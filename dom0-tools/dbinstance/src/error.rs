@@ -28,6 +28,14 @@ pub enum Error {
     #[error("{tool} not found or not executable; install the Debian package `{package}`")]
     ToolMissing { tool: String, package: &'static str },
 
+    #[error(
+        "mariadb-backup waited {secs} s to start its copy and gave up: sessions of the \
+         server held LOCK TABLES (or another backup ran) all that time. End them (SHOW \
+         PROCESSLIST lists them) and adopt again, or let it wait longer with --lock-wait \
+         SECONDS"
+    )]
+    BackupLockWait { secs: u64 },
+
     #[error("{what} failed ({status}); output tail:\n{output_tail}")]
     CommandFailed {
         what: String,

@@ -21,9 +21,10 @@ pub fn adopt(
     server: &ExternalServer,
     account: &Account,
     opts: &SourceOptions,
+    lock_wait: std::time::Duration,
 ) -> Result<()> {
     let shown = Shown::new(out.json)?;
-    let rec = dbfork::adopt::adopt(ctx, name, server, account, opts, &shown)?;
+    let rec = dbfork::adopt::adopt(ctx, name, server, account, opts, lock_wait, &shown)?;
     shown.finish();
     let u = rec
         .upstream

@@ -235,6 +235,15 @@ pub enum SourceCommand {
         /// What the base's datadir lives on (see `source create --volume-engine`).
         #[arg(long, value_enum, default_value = "auto")]
         volume_engine: EngineArg,
+        /// How long the copy waits, in seconds, for sessions holding LOCK TABLES on the
+        /// server to end before it starts (then it gives up and changes nothing).
+        #[arg(
+            long,
+            value_name = "SECONDS",
+            default_value_t = 300,
+            conflicts_with = "take_over"
+        )]
+        lock_wait: u64,
         /// Take the server itself over instead: stop it (--service or --stop-command),
         /// copy its datadir into a dbfork volume, and run it from there under dbfork
         /// with its own options, port and server_id (`dbfork source release NAME`

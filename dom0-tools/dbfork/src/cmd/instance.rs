@@ -50,6 +50,7 @@ pub fn run(store: &Path, out: &Output, cmd: Command) -> Result<()> {
             buffer_pool,
             port,
             volume_engine,
+            lock_wait,
             take_over,
             service,
             stop_command,
@@ -97,7 +98,15 @@ pub fn run(store: &Path, out: &Output, cmd: Command) -> Result<()> {
                     Some(control) if take_over => {
                         super::adopt::take_over(&ctx, out, &name, &server, &control, &opts)?
                     }
-                    _ => super::adopt::adopt(&ctx, out, &name, &server, &account, &opts)?,
+                    _ => super::adopt::adopt(
+                        &ctx,
+                        out,
+                        &name,
+                        &server,
+                        &account,
+                        &opts,
+                        std::time::Duration::from_secs(lock_wait),
+                    )?,
                 }
             }
         }

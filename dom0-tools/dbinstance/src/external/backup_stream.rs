@@ -2,7 +2,8 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::time::Duration;
 
 use crate::error::{Error, Result};
 
@@ -11,10 +12,12 @@ pub struct BackupStream {
     child: Child,
     stdout: ChildStdout,
     log: PathBuf,
+    /// How long it waits for the server's locks before its copy starts.
+    lock_wait: Duration,
 }
 
 impl BackupStream {
-    pub(super) fn spawn(mut cmd: Command, log: &Path) -> Result<BackupStream> {
+    pub(super) fn spawn(mut cmd: Command, log: &Path, lock_wait: Duration) -> Result<BackupStream> {
         let err = std::fs::File::create(log).map_err(|e| Error::io(log, e))?;
         let mut child = cmd
             .stdin(Stdio::null())
@@ -27,7 +30,27 @@ impl BackupStream {
             child,
             stdout,
             log: log.to_path_buf(),
+            lock_wait,
         })
+    }
+
+    /// Why it failed: the lock it waited for in vain, named, or the end of its log.
+    fn failed(&self, status: ExitStatus) -> Error {
+        let tail = crate::tools::tail_of_file(&self.log, 20);
+        // What mariadb-backup 10.11 says when BACKUP STAGE START outwaits
+        // --startup-wait-timeout: a session's running statement it waited for, or an
+        // idle session's lock the statement itself waited for.
+        let start_timed_out = tail.contains("BACKUP STAGE START: Lock wait timeout exceeded");
+        if tail.contains("Unable to obtain lock") || start_timed_out {
+            return Error::BackupLockWait {
+                secs: self.lock_wait.as_secs(),
+            };
+        }
+        Error::CommandFailed {
+            what: format!("mariadb-backup --backup (log: {})", self.log.display()),
+            status: status.to_string(),
+            output_tail: tail,
+        }
     }
 
     /// Waits for mariadb-backup; a failure carries the end of its log.
@@ -36,11 +59,7 @@ impl BackupStream {
         if status.success() {
             return Ok(());
         }
-        Err(Error::CommandFailed {
-            what: format!("mariadb-backup --backup (log: {})", self.log.display()),
-            status: status.to_string(),
-            output_tail: crate::tools::tail_of_file(&self.log, 20),
-        })
+        Err(self.failed(status))
     }
 
     /// Stops it (a copy given up).
@@ -58,11 +77,7 @@ impl Read for BackupStream {
         if n == 0 && !buf.is_empty() {
             let status = self.child.wait()?;
             if !status.success() {
-                return Err(std::io::Error::other(Error::CommandFailed {
-                    what: format!("mariadb-backup --backup (log: {})", self.log.display()),
-                    status: status.to_string(),
-                    output_tail: crate::tools::tail_of_file(&self.log, 20),
-                }));
+                return Err(std::io::Error::other(self.failed(status)));
             }
         }
         Ok(n)

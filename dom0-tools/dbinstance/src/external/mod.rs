@@ -375,8 +375,15 @@ impl ExternalServer {
     }
 
     /// Starts mariadb-backup streaming a consistent copy of the server's data
-    /// (xbstream) on its stdout; its log goes to `log`.
-    pub fn backup_stream(&self, datadir: &Path, log: &Path) -> Result<BackupStream> {
+    /// (xbstream) on its stdout; its log goes to `log`. Its copy starts once no session
+    /// of the server holds LOCK TABLES: it gives up after `lock_wait` (at least 1 s)
+    /// rather than wait for ever, mariadb-backup's default.
+    pub fn backup_stream(
+        &self,
+        datadir: &Path,
+        log: &Path,
+        lock_wait: Duration,
+    ) -> Result<BackupStream> {
         let mut cmd = Command::new("mariadb-backup");
         // An option file goes first or not at all; without one, none of the host's
         // is read (the server's own settings are asked over the connection).
@@ -388,7 +395,10 @@ impl ExternalServer {
             .arg("--stream=xbstream")
             .arg(format!("--socket={}", self.socket.display()))
             .arg(format!("--datadir={}", datadir.display()));
-        BackupStream::spawn(cmd, log)
+        // 0 would be mariadb-backup's "for ever".
+        let lock_wait = Duration::from_secs(lock_wait.as_secs().max(1));
+        cmd.arg(format!("--startup-wait-timeout={}", lock_wait.as_secs()));
+        BackupStream::spawn(cmd, log, lock_wait)
     }
 }
 
