@@ -4,7 +4,10 @@
 
 use std::io;
 
-/// True when `pid` exists and is neither a zombie nor dead.
+/// True when `pid` exists and a thread of it still runs. Its main thread alone is not
+/// enough to go by: a killed process's main thread is a zombie while the others still
+/// exit, holding its files and their locks (a killed server's datadir lock outlives
+/// its main thread by milliseconds), and a main thread may end before the rest.
 pub fn process_alive(pid: u32) -> bool {
     if pid == 0 {
         return false;
@@ -12,6 +15,19 @@ pub fn process_alive(pid: u32) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return false;
     };
+    if runs(&stat) {
+        return true;
+    }
+    let Ok(threads) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    threads
+        .flatten()
+        .any(|t| std::fs::read_to_string(t.path().join("stat")).is_ok_and(|s| runs(&s)))
+}
+
+/// Whether a `stat` line's state is neither zombie nor dead.
+fn runs(stat: &str) -> bool {
     // The state follows the parenthesised comm, which may itself contain spaces.
     match stat.rfind(')') {
         Some(i) => !matches!(
@@ -45,6 +61,49 @@ mod tests {
         let args = cmdline(me).unwrap();
         assert_eq!(args, std::env::args().collect::<Vec<_>>());
         assert!(cmdline(u32::MAX - 1).is_err());
+    }
+
+    /// A process whose main thread has exited lives while another thread runs, and
+    /// is gone once that one ends.
+    #[test]
+    fn a_process_lives_while_any_thread_runs() {
+        use std::io::Write;
+        use std::process::{Command, Stdio};
+        let mut child = Command::new("python3")
+            .args([
+                "-c",
+                "import ctypes, sys, threading\n\
+                 threading.Thread(target=lambda: sys.stdin.read()).start()\n\
+                 ctypes.CDLL(None).pthread_exit(None)",
+            ])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("python3 (scripts/install-deps installs it)");
+        let pid = child.id();
+        let main_state = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| s[s.rfind(')')? + 1..].trim_start().chars().next())
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while main_state() != Some('Z') {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "its main thread never exited"
+            );
+            std::thread::yield_now();
+        }
+        assert!(process_alive(pid), "its reading thread still runs");
+        // The reader reads to the end, and the process exits.
+        child.stdin.take().unwrap().write_all(b"end").unwrap();
+        while process_alive(pid) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "its last thread never exited"
+            );
+            std::thread::yield_now();
+        }
+        assert!(child.wait().unwrap().success());
     }
 
     #[test]

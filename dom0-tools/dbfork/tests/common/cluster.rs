@@ -197,24 +197,11 @@ pub fn kill_export(store: &std::path::Path, volume: &str) {
     kill_and_wait(rec.export_pid);
 }
 
-/// Kills `pid` and waits until every thread of it has exited. A killed process's main
-/// thread is a zombie while its others still exit, holding its files (and their
-/// locks: a killed server's datadir lock outlives its main thread).
+/// Kills `pid` and waits until every thread of it has exited (`process_alive` looks at
+/// them all: a killed server's datadir lock outlives its zombie main thread).
 pub fn kill_and_wait(pid: u32) {
     substrate::process::signal(pid, libc::SIGKILL);
-    assert!(wait_until(Duration::from_secs(10), || threads_gone(pid)));
-}
-
-fn threads_gone(pid: u32) -> bool {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return true;
-    };
-    tasks.flatten().all(|t| {
-        std::fs::read_to_string(t.path().join("stat")).map_or(true, |stat| {
-            // The state follows the parenthesised command name.
-            stat.rfind(')')
-                .and_then(|i| stat[i + 1..].trim_start().chars().next())
-                .is_none_or(|state| matches!(state, 'Z' | 'X'))
-        })
-    })
+    assert!(wait_until(Duration::from_secs(10), || {
+        !substrate::process::process_alive(pid)
+    }));
 }
