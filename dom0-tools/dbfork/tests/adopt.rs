@@ -698,3 +698,30 @@ fn a_take_over_stopped_by_a_signal_starts_the_server_again_and_leaves_nothing() 
     assert_eq!(kept.as_deref(), Some("kept"));
     assert_store_empty(store);
 }
+
+/// The harness's own cleanup: a test that fails after a take-over drops its operator's
+/// server first, so the release cannot start it again; the taken-over source's server,
+/// mount and volume go all the same (a failed test once left them running).
+#[test]
+fn a_taken_over_source_whose_release_fails_is_still_cleaned_up() {
+    let Some(c) = Cluster::new() else { return };
+    let ops = OperatorServer::debian(15, &["log_bin = mysql-bin"]);
+    c.store.ok(&[
+        "source",
+        "adopt",
+        "prim",
+        "--socket",
+        &ops.socket_arg(),
+        "--take-over",
+        "--stop-command",
+        &ops.stop_command(),
+        "--start-command",
+        &ops.start_command(),
+    ]);
+    let mnt = c.store.path().join("mnt/prim");
+    assert!(substrate::local::is_mount_point(&mnt));
+    drop(ops);
+    drop(c);
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    assert!(!mounts.contains(&mnt.display().to_string()), "{mounts}");
+}

@@ -141,7 +141,16 @@ impl Drop for Cluster {
                     for c in reg.children(&r.name).unwrap_or_default() {
                         let _ = self.store.run(&["destroy", &c.name, "--with-replicas"]);
                     }
-                    let _ = self.store.run(&["source", "release", &r.name]);
+                    let released = self.store.run(&["source", "release", &r.name]);
+                    if !released.status.success() {
+                        // A failed test may leave no way to give it back (its
+                        // operator's server gone first): its server and volume still
+                        // go, the data with them.
+                        let ctx = Ctx::with_substrate(self.store.path(), Box::new(self.local()));
+                        if let Err(e) = dbfork::destroy::forget_released(&ctx, &r.name) {
+                            eprintln!("cleanup: {} left behind: {e}", r.name);
+                        }
+                    }
                     continue;
                 }
                 let _ = self.store.run(&["destroy", &r.name, "--with-replicas"]);
