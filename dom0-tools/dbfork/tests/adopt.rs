@@ -197,46 +197,43 @@ fn a_login_from_an_option_file_adopts_and_a_failed_adoption_leaves_nothing() {
     let err = check_with(&broken);
     assert!(err.contains("line 1: group header"), "{err}");
 
+    // An adoption with the file's login and `extra` that fails, and what it said.
+    let adopt_fails = |extra: &[&str]| {
+        let mut args = vec!["source", "adopt", "app", "--defaults-file", good.as_str()];
+        args.extend_from_slice(extra);
+        store.fails(&args)
+    };
+    // No volume, no record, no account on the server.
+    let left_nothing = || {
+        assert_store_empty(store);
+        assert_eq!(dbfork_accounts(&ops), Vec::<String>::new());
+    };
+
     // An adoption whose replication account cannot log in fails and takes back all it
-    // made: no volume, no record, no account on the server.
+    // made.
     let pw = ops.path("etc/mysql/repl.pw");
     std::fs::write(&pw, "not-its-password\n").unwrap();
-    let err = store.fails(&[
-        "source",
-        "adopt",
-        "app",
-        "--defaults-file",
-        &good,
+    let err = adopt_fails(&[
         "--replication-user",
         "nobody",
         "--replication-password-file",
         &pw.display().to_string(),
     ]);
     assert!(err.contains("replicating from the server"), "{err}");
-    assert_store_empty(store);
-    assert_eq!(dbfork_accounts(&ops), Vec::<String>::new());
+    left_nothing();
 
     // A session holding LOCK TABLES all the copy's --lock-wait: the copy gives up, says
     // why and what to do, and the adoption takes back all it made.
     let mut holder = ops.instance.conn().unwrap();
     dbinstance::sql::exec(&mut holder, "ops", "LOCK TABLES app.t WRITE").unwrap();
-    let err = store.fails(&[
-        "source",
-        "adopt",
-        "app",
-        "--defaults-file",
-        &good,
-        "--lock-wait",
-        "2",
-    ]);
+    let err = adopt_fails(&["--lock-wait", "2"]);
     assert!(
         err.contains("waited 2 s to start its copy")
             && err.contains("LOCK TABLES")
             && err.contains("--lock-wait"),
         "{err}"
     );
-    assert_store_empty(store);
-    assert_eq!(dbfork_accounts(&ops), Vec::<String>::new());
+    left_nothing();
     dbinstance::sql::exec(&mut holder, "ops", "UNLOCK TABLES").unwrap();
     drop(holder);
 
