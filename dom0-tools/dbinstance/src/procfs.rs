@@ -28,14 +28,14 @@ pub fn process_alive(pid: u32) -> bool {
 
 /// Whether a `stat` line's state is neither zombie nor dead.
 fn runs(stat: &str) -> bool {
-    // The state follows the parenthesised comm, which may itself contain spaces.
-    match stat.rfind(')') {
-        Some(i) => !matches!(
-            stat[i + 1..].trim_start().chars().next(),
-            Some('Z') | Some('X') | None
-        ),
-        None => false,
-    }
+    !matches!(state(stat), Some('Z') | Some('X') | None)
+}
+
+/// The state letter of a `stat` line.
+fn state(stat: &str) -> Option<char> {
+    // It follows the parenthesised comm, which may itself contain spaces.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.trim_start().chars().next()
 }
 
 /// A process's command line, argument by argument (empty arguments left out).
@@ -83,7 +83,7 @@ mod tests {
         let main_state = || {
             std::fs::read_to_string(format!("/proc/{pid}/stat"))
                 .ok()
-                .and_then(|s| s[s.rfind(')')? + 1..].trim_start().chars().next())
+                .and_then(|s| state(&s))
         };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while main_state() != Some('Z') {
